@@ -1,0 +1,218 @@
+//! `Admin` service: what operators (`bulkheadctl`) may do — apply, get and
+//! delete resources, list endpoints. Callers must present a certificate whose
+//! identity is one of the control plane's operators.
+
+use std::sync::Arc;
+
+use bulkhead_proto::model::{self, Kind, Resource};
+use bulkhead_proto::pb;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{ControlPlane, now_unix_ms, peer, store_status};
+use crate::keys;
+use crate::store::Op;
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    plane: Arc<ControlPlane>,
+}
+
+impl AdminService {
+    pub fn new(plane: Arc<ControlPlane>) -> Self {
+        Self { plane }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>, action: &'static str) -> Result<(), Status> {
+        let identity = peer(request)?;
+        if self.plane.operators.contains(&identity) {
+            tracing::debug!(%identity, action, "operator call");
+            Ok(())
+        } else {
+            metrics::counter!("bulkhead_admin_denied_total", "action" => action).increment(1);
+            tracing::warn!(%identity, action, "admin call by a non-operator refused");
+            Err(Status::permission_denied(format!(
+                "{identity} is not an operator of this control plane (see bulkhead-control --operators)"
+            )))
+        }
+    }
+}
+
+fn parse_kind(kind: &str) -> Result<Kind, Status> {
+    kind.parse::<Kind>().map_err(|_| {
+        Status::invalid_argument(format!(
+            "unknown kind {kind:?}: expected Service, AllowList, TrafficSplit or Rollout"
+        ))
+    })
+}
+
+fn validate_optional_name(what: &'static str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    bulkhead_proto::identity::validate_name(what, value)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn to_pb(res: &Resource) -> pb::Resource {
+    pb::Resource {
+        kind: res.kind().to_string(),
+        namespace: res.namespace().to_owned(),
+        name: res.name().to_owned(),
+        json: res.to_json(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.authorize(&request, "apply")?;
+        let req = request.into_inner();
+        let source = if req.source.is_empty() {
+            "-"
+        } else {
+            req.source.as_str()
+        };
+        let resources = model::parse_documents(source, &req.yaml)
+            .map_err(|errors| Status::invalid_argument(errors.to_string()))?;
+        let mut results = Vec::with_capacity(resources.len());
+        let mut ops = Vec::with_capacity(resources.len());
+        for res in &resources {
+            let key = keys::resource(res.kind(), res.namespace(), res.name());
+            let json = res.to_json();
+            let existing = self.plane.store.get(&key).await.map_err(store_status)?;
+            let outcome = match existing {
+                None => "created",
+                Some(kv) if kv.value == json.as_bytes() => "unchanged",
+                Some(_) => "configured",
+            };
+            if outcome != "unchanged" {
+                ops.push(Op::Put {
+                    key,
+                    value: json.into_bytes(),
+                    lease: None,
+                });
+            }
+            results.push(pb::ApplyResult {
+                kind: res.kind().to_string(),
+                namespace: res.namespace().to_owned(),
+                name: res.name().to_owned(),
+                outcome: outcome.to_owned(),
+            });
+        }
+        let mut revision = 0;
+        if !req.dry_run && !ops.is_empty() {
+            // All documents or none.
+            revision = self.plane.store.txn(ops).await.map_err(store_status)?;
+            for r in &results {
+                tracing::info!(kind = %r.kind, namespace = %r.namespace, name = %r.name, outcome = %r.outcome, "applied");
+            }
+        }
+        Ok(Response::new(pb::ApplyResponse { results, revision }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        self.authorize(&request, "get")?;
+        let req = request.into_inner();
+        let kind = parse_kind(&req.kind)?;
+        validate_optional_name("namespace", &req.namespace)?;
+        validate_optional_name("name", &req.name)?;
+        let namespace = (!req.namespace.is_empty()).then_some(req.namespace.as_str());
+        let stored = if req.name.is_empty() {
+            let (kvs, _) = self
+                .plane
+                .store
+                .list(&keys::resources_of(kind, namespace))
+                .await
+                .map_err(store_status)?;
+            kvs
+        } else {
+            let ns = namespace.unwrap_or("default");
+            let key = keys::resource(kind, ns, &req.name);
+            match self.plane.store.get(&key).await.map_err(store_status)? {
+                Some(kv) => vec![kv],
+                None => {
+                    return Err(Status::not_found(format!(
+                        "{kind} {ns}/{} not found",
+                        req.name
+                    )));
+                }
+            }
+        };
+        let mut resources = Vec::with_capacity(stored.len());
+        for kv in stored {
+            let json = String::from_utf8(kv.value)
+                .map_err(|_| Status::internal(format!("stored {} is not UTF-8", kv.key)))?;
+            let res = Resource::from_json(&json)
+                .map_err(|e| Status::internal(format!("stored {} does not parse: {e}", kv.key)))?;
+            resources.push(to_pb(&res));
+        }
+        Ok(Response::new(pb::GetResponse { resources }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.authorize(&request, "delete")?;
+        let req = request.into_inner();
+        let kind = parse_kind(&req.kind)?;
+        let ns = if req.namespace.is_empty() {
+            "default"
+        } else {
+            req.namespace.as_str()
+        };
+        validate_optional_name("namespace", ns)?;
+        validate_optional_name("name", &req.name)?;
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("delete needs a resource name"));
+        }
+        let key = keys::resource(kind, ns, &req.name);
+        match self.plane.store.delete(&key).await.map_err(store_status)? {
+            Some(revision) => {
+                tracing::info!(%kind, namespace = ns, name = %req.name, "deleted");
+                Ok(Response::new(pb::DeleteResponse { revision }))
+            }
+            None => Err(Status::not_found(format!(
+                "{kind} {ns}/{} not found",
+                req.name
+            ))),
+        }
+    }
+
+    async fn list_endpoints(
+        &self,
+        request: Request<pb::ListEndpointsRequest>,
+    ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        self.authorize(&request, "endpoints")?;
+        let req = request.into_inner();
+        validate_optional_name("namespace", &req.namespace)?;
+        validate_optional_name("service", &req.service)?;
+        let (kvs, _) = self
+            .plane
+            .store
+            .list(keys::ENDPOINTS)
+            .await
+            .map_err(store_status)?;
+        let mut endpoints = Vec::new();
+        for kv in kvs {
+            let ep = pb::Endpoint::decode(kv.value.as_slice())
+                .map_err(|e| Status::internal(format!("stored {} does not decode: {e}", kv.key)))?;
+            if (req.namespace.is_empty() || ep.namespace == req.namespace)
+                && (req.service.is_empty() || ep.service == req.service)
+            {
+                endpoints.push(ep);
+            }
+        }
+        Ok(Response::new(pb::ListEndpointsResponse {
+            endpoints,
+            now_unix_ms: now_unix_ms(),
+        }))
+    }
+}

@@ -1,0 +1,391 @@
+//! `Discovery` service: endpoint registration on store leases, and the
+//! `Watch` stream that pushes each sidecar what concerns it.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bulkhead_proto::SpiffeId;
+use bulkhead_proto::model::{Endpoint, Kind, Resource};
+use bulkhead_proto::pb::{self, change::Item, change::Op};
+use futures::Stream;
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{ControlPlane, now_unix_ms, peer, store_status};
+use crate::hub::{Change, Delta, View};
+use crate::keys;
+use crate::store::Op as StoreOp;
+
+/// Updates queued per subscriber before its stream applies backpressure.
+const SUBSCRIBER_QUEUE: usize = 16;
+/// Most services one Watch may name.
+const MAX_WATCHED_SERVICES: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct DiscoveryService {
+    plane: Arc<ControlPlane>,
+}
+
+impl DiscoveryService {
+    pub fn new(plane: Arc<ControlPlane>) -> Self {
+        Self { plane }
+    }
+
+    /// The Service resource for `ns/name`, checked to admit `identity` as a
+    /// registrant.
+    async fn authorize_registrant(
+        &self,
+        identity: &SpiffeId,
+        namespace: &str,
+        service: &str,
+    ) -> Result<(), Status> {
+        if namespace != identity.namespace() {
+            return Err(Status::permission_denied(format!(
+                "{identity} may not register endpoints in namespace {namespace:?}: only in its own namespace {:?}",
+                identity.namespace()
+            )));
+        }
+        let key = keys::resource(Kind::Service, namespace, service);
+        let Some(kv) = self.plane.store.get(&key).await.map_err(store_status)? else {
+            return Err(Status::failed_precondition(format!(
+                "no Service {namespace}/{service}: apply a Service resource before registering endpoints for it"
+            )));
+        };
+        let json = std::str::from_utf8(&kv.value).map_err(|_| {
+            Status::internal(format!("stored Service {namespace}/{service} is not UTF-8"))
+        })?;
+        let Ok(Resource::Service(svc)) = Resource::from_json(json) else {
+            return Err(Status::internal(format!(
+                "stored Service {namespace}/{service} does not parse"
+            )));
+        };
+        if !svc.may_register(identity, self.plane.ca.trust_domain()) {
+            return Err(Status::permission_denied(format!(
+                "{identity} is not among the serviceAccounts of Service {namespace}/{service}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The stored registration `key`, if it is `identity`'s on `lease`.
+    async fn owned_registration(
+        &self,
+        identity: &SpiffeId,
+        req: &pb::KeepAliveRequest,
+    ) -> Result<String, Status> {
+        let key = keys::endpoint(&req.namespace, &req.service, &req.address);
+        let not_found = || {
+            Status::not_found(format!(
+                "no registration of {}/{} at {} on lease {:x}: register again",
+                req.namespace, req.service, req.address, req.lease_id
+            ))
+        };
+        let kv = self
+            .plane
+            .store
+            .get(&key)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(not_found)?;
+        let record = pb::Endpoint::decode(kv.value.as_slice())
+            .map_err(|e| Status::internal(format!("stored endpoint {key} does not decode: {e}")))?;
+        if kv.lease != req.lease_id {
+            return Err(not_found());
+        }
+        if record.identity != identity.to_string() {
+            return Err(Status::permission_denied(format!(
+                "registration {key} belongs to {}, not to {identity}",
+                record.identity
+            )));
+        }
+        Ok(key)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::discovery_server::Discovery for DiscoveryService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let identity = peer(&request)?;
+        let Some(mut endpoint) = request.into_inner().endpoint else {
+            return Err(Status::invalid_argument(
+                "RegisterRequest.endpoint is missing",
+            ));
+        };
+        // The identity is ours to set, from the certificate.
+        endpoint.identity.clear();
+        let mut endpoint = Endpoint::try_from(endpoint)
+            .map_err(|e| Status::invalid_argument(format!("invalid endpoint: {e}")))?;
+        self.authorize_registrant(&identity, &endpoint.namespace, &endpoint.service)
+            .await?;
+        endpoint.identity = Some(identity.clone());
+        endpoint.registered_unix_ms = now_unix_ms();
+        let address = endpoint.address.to_string();
+        let key = keys::endpoint(&endpoint.namespace, &endpoint.service, &address);
+        let ttl = self.plane.lease_ttl;
+        let lease = self.plane.store.grant(ttl).await.map_err(store_status)?;
+        let record = pb::Endpoint::from(&endpoint).encode_to_vec();
+        let revision = self
+            .plane
+            .store
+            .txn(vec![StoreOp::Put {
+                key,
+                value: record,
+                lease: Some(lease),
+            }])
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%identity, service = %endpoint.service, namespace = %endpoint.namespace,
+            %address, version = %endpoint.version, lease = format!("{lease:x}"), "registered endpoint");
+        Ok(Response::new(pb::RegisterResponse {
+            lease_id: lease,
+            ttl_seconds: ttl.as_secs() as u32,
+            revision,
+        }))
+    }
+
+    async fn keep_alive(
+        &self,
+        request: Request<pb::KeepAliveRequest>,
+    ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let identity = peer(&request)?;
+        let req = request.into_inner();
+        self.owned_registration(&identity, &req).await?;
+        let ttl = self
+            .plane
+            .store
+            .keep_alive(req.lease_id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::KeepAliveResponse {
+            ttl_seconds: ttl.as_secs() as u32,
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::KeepAliveRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let identity = peer(&request)?;
+        let req = request.into_inner();
+        let key = self.owned_registration(&identity, &req).await?;
+        self.plane.store.delete(&key).await.map_err(store_status)?;
+        self.plane
+            .store
+            .revoke(req.lease_id)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%identity, %key, "deregistered endpoint");
+        Ok(Response::new(pb::DeregisterResponse {}))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let identity = peer(&request)?;
+        let interest = Interest::new(&identity, request.get_ref())?;
+        self.plane.hub.wait_synced().await;
+        let bundle = pb::TrustBundle {
+            roots_der: self
+                .plane
+                .ca
+                .bundle_der()
+                .iter()
+                .map(|c| c.to_vec())
+                .collect(),
+        };
+        let hub = self.plane.hub.clone();
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        tracing::debug!(%identity, ?interest, "watch subscribed");
+        tokio::spawn(async move {
+            metrics::gauge!("bulkhead_watch_subscribers").increment(1.0);
+            feed(&hub, &interest, &bundle, &tx).await;
+            metrics::gauge!("bulkhead_watch_subscribers").decrement(1.0);
+            tracing::debug!(%identity, "watch ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends a snapshot, then deltas, until the subscriber goes away.
+async fn feed(
+    hub: &crate::hub::Hub,
+    interest: &Interest,
+    bundle: &pb::TrustBundle,
+    tx: &mpsc::Sender<Result<pb::WatchUpdate, Status>>,
+) {
+    loop {
+        let (snapshot, mut rx) = hub.subscribe(|view| interest.snapshot(view, bundle));
+        if tx.send(Ok(snapshot)).await.is_err() {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(Delta::Changes { revision, changes }) => {
+                    let changes: Vec<pb::Change> =
+                        changes.iter().filter_map(|c| interest.change(c)).collect();
+                    if changes.is_empty() {
+                        continue;
+                    }
+                    let update = pb::WatchUpdate {
+                        revision,
+                        snapshot: false,
+                        changes,
+                    };
+                    if tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                }
+                // Fell behind, or the view was rebuilt: start over with a
+                // fresh snapshot rather than buffering without bound.
+                Ok(Delta::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// What one subscriber is pushed.
+#[derive(Debug)]
+struct Interest {
+    namespace: String,
+    /// `None`: every service.
+    services: Option<BTreeSet<(String, String)>>,
+    own_service: Option<String>,
+}
+
+impl Interest {
+    fn new(identity: &SpiffeId, req: &pb::WatchRequest) -> Result<Self, Status> {
+        if req.services.len() > MAX_WATCHED_SERVICES {
+            return Err(Status::invalid_argument(format!(
+                "a watch may name at most {MAX_WATCHED_SERVICES} services, got {}",
+                req.services.len()
+            )));
+        }
+        let namespace = identity.namespace().to_owned();
+        let mut services = Some(BTreeSet::new());
+        for name in &req.services {
+            if name == "*" {
+                services = None;
+                break;
+            }
+            let (svc, ns) = name.split_once('.').unwrap_or((name, &namespace));
+            for (what, value) in [("service", svc), ("namespace", ns)] {
+                bulkhead_proto::identity::validate_name(what, value).map_err(|e| {
+                    Status::invalid_argument(format!("WatchRequest.services entry {name:?}: {e}"))
+                })?;
+            }
+            if let Some(set) = services.as_mut() {
+                set.insert((ns.to_owned(), svc.to_owned()));
+            }
+        }
+        let own_service = if req.own_service.is_empty() {
+            None
+        } else {
+            bulkhead_proto::identity::validate_name("service", &req.own_service)
+                .map_err(|e| Status::invalid_argument(format!("WatchRequest.own_service: {e}")))?;
+            Some(req.own_service.clone())
+        };
+        Ok(Self {
+            namespace,
+            services,
+            own_service,
+        })
+    }
+
+    fn wants_service(&self, namespace: &str, service: &str) -> bool {
+        match &self.services {
+            None => true,
+            Some(set) => set.contains(&(namespace.to_owned(), service.to_owned())),
+        }
+    }
+
+    fn is_own(&self, namespace: &str, service: &str) -> bool {
+        namespace == self.namespace && self.own_service.as_deref() == Some(service)
+    }
+
+    fn wants_resource(&self, res: &Resource) -> bool {
+        let ns = res.namespace();
+        match res {
+            Resource::Service(_) => {
+                self.wants_service(ns, res.name()) || self.is_own(ns, res.name())
+            }
+            Resource::AllowList(al) => self.is_own(ns, &al.spec.target),
+            Resource::TrafficSplit(ts) => self.wants_service(ns, &ts.spec.service),
+            // Rollouts drive TrafficSplits on the control plane; sidecars
+            // only need the splits.
+            Resource::Rollout(_) => false,
+        }
+    }
+
+    fn wants_endpoint(&self, ep: &Endpoint) -> bool {
+        self.wants_service(&ep.namespace, &ep.service)
+    }
+
+    fn change(&self, change: &Change) -> Option<pb::Change> {
+        let (op, item) = match change {
+            Change::Resource(res) if self.wants_resource(res) => {
+                (Op::Upsert, resource_item(res, true))
+            }
+            Change::ResourceDeleted(res) if self.wants_resource(res) => {
+                (Op::Delete, resource_item(res, false))
+            }
+            Change::Endpoint(ep) if self.wants_endpoint(ep) => {
+                (Op::Upsert, Item::Endpoint(pb::Endpoint::from(ep.as_ref())))
+            }
+            Change::EndpointDeleted(ep) if self.wants_endpoint(ep) => {
+                (Op::Delete, Item::Endpoint(pb::Endpoint::from(ep.as_ref())))
+            }
+            _ => return None,
+        };
+        Some(pb::Change {
+            op: op as i32,
+            item: Some(item),
+        })
+    }
+
+    fn snapshot(&self, view: &View, bundle: &pb::TrustBundle) -> pb::WatchUpdate {
+        let mut changes = vec![pb::Change {
+            op: Op::Upsert as i32,
+            item: Some(Item::TrustBundle(bundle.clone())),
+        }];
+        for res in view.resources.values() {
+            if let Some(c) = self.change(&Change::Resource(res.clone())) {
+                changes.push(c);
+            }
+        }
+        for ep in view.endpoints.values() {
+            if let Some(c) = self.change(&Change::Endpoint(ep.clone())) {
+                changes.push(c);
+            }
+        }
+        pb::WatchUpdate {
+            revision: view.revision,
+            snapshot: true,
+            changes,
+        }
+    }
+}
+
+fn resource_item(res: &Resource, with_body: bool) -> Item {
+    Item::Resource(pb::Resource {
+        kind: res.kind().to_string(),
+        namespace: res.namespace().to_owned(),
+        name: res.name().to_owned(),
+        json: if with_body {
+            res.to_json()
+        } else {
+            String::new()
+        },
+    })
+}

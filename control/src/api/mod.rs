@@ -1,0 +1,84 @@
+//! The control plane's gRPC services, one module each:
+//!
+//! - [`identity`]: `Certify` (attestation + CSR → certificate) and `Renew`.
+//! - [`discovery`]: endpoint registration on leases, and the `Watch` push.
+//! - [`admin`]: apply/get/delete resources and list endpoints, for operators.
+//!
+//! Every handler takes the caller's identity from its client certificate
+//! ([`crate::server::ConnInfo`]), never from the request.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_proto::SpiffeId;
+use tonic::{Request, Status};
+
+use crate::ca::Ca;
+use crate::hub::Hub;
+use crate::server::ConnInfo;
+use crate::store::{Store, StoreError};
+
+pub mod admin;
+pub mod discovery;
+pub mod identity;
+
+/// Largest request the control plane decodes (YAML files for `apply` are
+/// the biggest legitimate ones).
+pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+
+/// Shared state of every service.
+pub struct ControlPlane {
+    pub store: Arc<dyn Store>,
+    pub ca: Arc<Ca>,
+    pub hub: Arc<Hub>,
+    /// Identities allowed to call the admin API.
+    pub operators: BTreeSet<SpiffeId>,
+    /// Lifetime of issued workload certificates.
+    pub cert_lifetime: Duration,
+    /// TTL of endpoint registrations' leases.
+    pub lease_ttl: Duration,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("trust_domain", &self.ca.trust_domain())
+            .field("operators", &self.operators)
+            .field("cert_lifetime", &self.cert_lifetime)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
+}
+
+/// The identity of the caller's client certificate, or UNAUTHENTICATED.
+pub(crate) fn peer<T>(req: &Request<T>) -> Result<SpiffeId, Status> {
+    req.extensions()
+        .get::<ConnInfo>()
+        .and_then(|info| info.peer.clone())
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "this call needs a mesh client certificate (mTLS); none was presented",
+            )
+        })
+}
+
+/// Maps store failures to gRPC: callers may retry UNAVAILABLE.
+pub(crate) fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::Unavailable(reason) => {
+            Status::unavailable(format!("control-plane store unavailable: {reason}"))
+        }
+        StoreError::LeaseNotFound(lease) => Status::not_found(format!(
+            "lease {lease:x} expired or revoked: register again"
+        )),
+        other => Status::internal(format!("control-plane store: {other}")),
+    }
+}
+
+pub(crate) fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,169 @@
+//! `bulkhead-control`: the control plane binary. See `--help`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bulkhead_control::ca::Ca;
+use bulkhead_control::config::{ControlArgs, StoreKind};
+use bulkhead_control::runtime::{self, Settings};
+use bulkhead_control::store::{EtcdConfig, EtcdStore, MemoryStore, Store};
+use bulkhead_control::telemetry;
+use bulkhead_proto::SpiffeId;
+use clap::Parser;
+
+/// Exit code for bad flags, unreadable files and other usage errors.
+const USAGE: u8 = 2;
+
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("bulkhead-control: {message}");
+    ExitCode::from(USAGE)
+}
+
+fn main() -> ExitCode {
+    let args = match ControlArgs::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the flag and the reason, not clap's whole page.
+            let rendered = e.render().to_string();
+            let line: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:"))
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("tip:")
+                        && !l.starts_with("For more information")
+                })
+                .collect();
+            let line = line.join(" ");
+            return usage_error(format!(
+                "{} (see --help)",
+                line.trim_start_matches("error: ")
+            ));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bulkhead-control: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: ControlArgs) -> ExitCode {
+    telemetry::init_logs(args.log_format, &args.log_level);
+    bulkhead_proto::tls::install_default_provider();
+    tracing::debug!(config = ?args, "effective configuration");
+
+    if let Err(e) = bulkhead_proto::identity::validate_trust_domain(&args.trust_domain) {
+        return usage_error(format!("--trust-domain: {e}"));
+    }
+    let mut operators = Vec::new();
+    for op in &args.operators {
+        let parsed = if op.starts_with("spiffe://") {
+            op.parse::<SpiffeId>()
+        } else {
+            SpiffeId::from_ns_sa(&args.trust_domain, op)
+        };
+        match parsed {
+            Ok(id) => operators.push(id),
+            Err(e) => return usage_error(format!("--operators {op:?}: {e}")),
+        }
+    }
+    let ca = match Ca::load(
+        &args.issuer_cert,
+        &args.issuer_key,
+        &args.trust_bundle,
+        &args.trust_domain,
+    ) {
+        Ok(ca) => Arc::new(ca),
+        Err(e) => return usage_error(e),
+    };
+    let metrics = match telemetry::init_metrics() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("bulkhead-control: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store: Arc<dyn Store> = match args.store {
+        StoreKind::Memory => {
+            tracing::warn!("using the in-memory store: state is lost when this process exits");
+            Arc::new(MemoryStore::new())
+        }
+        StoreKind::Etcd => {
+            let mut prefix = args.prefix.clone();
+            if !prefix.ends_with('/') {
+                prefix.push('/');
+            }
+            let config = EtcdConfig {
+                endpoints: args.etcd_endpoints.clone(),
+                prefix,
+                ..EtcdConfig::default()
+            };
+            match EtcdStore::connect(config).await {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    eprintln!(
+                        "bulkhead-control: --etcd-endpoints {}: {e}",
+                        args.etcd_endpoints.join(",")
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let settings = Settings {
+        listen: args.listen,
+        admin: args.admin,
+        ca,
+        operators,
+        cert_lifetime: args.cert_lifetime,
+        lease_ttl: args.lease_ttl,
+        dns_names: args.dns_names.clone(),
+    };
+    let mut running = match runtime::start(settings, store, metrics).await {
+        Ok(r) => r,
+        Err(e) => return usage_error(e),
+    };
+    tokio::select! {
+        result = running.wait() => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "control plane stopped");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            running.shutdown().await;
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,306 @@
+//! `bulkheadctl`: the operator CLI — CA set-up, bootstrap tokens,
+//! certificates for workloads outside the mesh, and kubectl-like resource
+//! management against the control plane's admin API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+mod certs;
+mod demo;
+mod ops;
+mod settings;
+
+/// Exit codes (DESIGN.md, "Conventions users expect").
+const FAILURE: u8 = 1;
+const USAGE: u8 = 2;
+
+/// An error for the user: a message and the exit code that goes with it.
+#[derive(Debug)]
+pub(crate) struct CliError {
+    message: String,
+    code: u8,
+}
+
+impl CliError {
+    pub(crate) fn failure(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: FAILURE,
+        }
+    }
+
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: USAGE,
+        }
+    }
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        let what = match status.code() {
+            tonic::Code::Unavailable => "control plane unreachable",
+            tonic::Code::PermissionDenied => "permission denied",
+            tonic::Code::Unauthenticated => "not authenticated",
+            tonic::Code::InvalidArgument => "invalid input",
+            tonic::Code::NotFound => "not found",
+            _ => "control plane error",
+        };
+        Self::failure(format!("{what}: {}", status.message()))
+    }
+}
+
+pub(crate) type CliResult = Result<(), CliError>;
+
+#[derive(Debug, Parser)]
+#[command(name = "bulkheadctl", version, about = "Operate a Bulkhead service mesh", after_help = EXAMPLES)]
+pub(crate) struct Cli {
+    /// Control-plane URL.
+    #[arg(long, global = true, env = "BULKHEAD_CONTROL", value_name = "URL")]
+    control: Option<String>,
+
+    /// Folder with operator.crt, operator.key and bundle.crt (as `ca init` writes).
+    #[arg(long, global = true, env = "BULKHEAD_CREDENTIALS", value_name = "DIR")]
+    credentials: Option<PathBuf>,
+
+    /// Config file with `control:` and `credentials:` (default ~/.config/bulkhead/config.yaml).
+    #[arg(long, global = true, env = "BULKHEAD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  bulkheadctl ca init --trust-domain cluster.local --out ./ca
+  bulkheadctl --credentials ./ca token create --identity shop/cart --ttl 1h --once
+  bulkheadctl cert request --control https://127.0.0.1:8443 --trust-bundle ./ca/bundle.crt \\
+      --token \"$TOKEN\" --out ./cart-certs
+  bulkheadctl --credentials ./ca apply -f shop.yaml
+  bulkheadctl --credentials ./ca get allowlists -n shop -o yaml
+  bulkheadctl --credentials ./ca endpoints inventory -n shop";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Certificate authority set-up.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Bootstrap tokens for workloads.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Certificates for workloads outside the mesh (VMs, CI jobs).
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Create or update resources from a YAML file (`-` for stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
+        file: String,
+        /// Validate and show what would change, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show resources: KIND is service, allowlist, trafficsplit or rollout.
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// Namespace (default: all namespaces when listing, `default` for a named resource).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Delete a resource.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// What the registry holds now.
+    Endpoints {
+        service: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Run the mesh demo on loopback (embedded store, no etcd needed).
+    Demo {
+        /// How long to run in all.
+        #[arg(long, value_parser = bulkhead_control::config::parse_duration, default_value = "15s")]
+        duration: std::time::Duration,
+    },
+    /// Print a shell completion script.
+    Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a root, an issuer, the trust bundle and an operator certificate.
+    Init {
+        #[arg(long, default_value = bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Folder to create (refused if it exists).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a bootstrap token bound to one identity, signed with the issuer key.
+    Create {
+        /// NAMESPACE/SERVICE-ACCOUNT
+        #[arg(long, value_name = "NS/SA")]
+        identity: String,
+        /// How long the token stays valid, e.g. 10m, 1h.
+        #[arg(long, value_parser = bulkhead_control::config::parse_duration, default_value = "1h")]
+        ttl: std::time::Duration,
+        /// The control plane accepts the token once only.
+        #[arg(long)]
+        once: bool,
+        /// Issuer key (default: issuer.key in the credentials folder).
+        #[arg(long, value_name = "FILE")]
+        issuer_key: Option<PathBuf>,
+        /// Trust domain (default: the one named by the credentials' bundle.crt).
+        #[arg(long, env = "BULKHEAD_TRUST_DOMAIN")]
+        trust_domain: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Make a key pair here, send a CSR with a bootstrap token, write the certificate.
+    Request {
+        /// Trust bundle to verify the control plane with.
+        #[arg(long, value_name = "FILE")]
+        trust_bundle: PathBuf,
+        /// Bootstrap token (or `@FILE` to read it from a file).
+        #[arg(long, env = "BULKHEAD_TOKEN")]
+        token: String,
+        /// Folder for tls.crt, tls.key and bundle.crt (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Replace existing files in DIR.
+        #[arg(long)]
+        force: bool,
+        /// Trust domain (default: the one named by the trust bundle).
+        #[arg(long, env = "BULKHEAD_TRUST_DOMAIN")]
+        trust_domain: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(USAGE);
+        }
+    };
+    bulkhead_proto::tls::install_default_provider();
+    // The demo embeds a control plane whose refusals are the point of the
+    // show: keep its logs to errors so they do not drown the narration.
+    let level = if matches!(cli.command, Command::Demo { .. }) {
+        "error"
+    } else {
+        "warn"
+    };
+    bulkhead_control::telemetry::init_logs(bulkhead_control::telemetry::LogFormat::Text, level);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bulkheadctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bulkheadctl: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> CliResult {
+    let settings = settings::Settings::resolve(
+        cli.control.clone(),
+        cli.credentials.clone(),
+        cli.config.clone(),
+    )?;
+    match cli.command {
+        Command::Ca(CaCommand::Init { trust_domain, out }) => certs::ca_init(&trust_domain, &out),
+        Command::Token(TokenCommand::Create {
+            identity,
+            ttl,
+            once,
+            issuer_key,
+            trust_domain,
+        }) => certs::token_create(&settings, &identity, ttl, once, issuer_key, trust_domain),
+        Command::Cert(CertCommand::Request {
+            trust_bundle,
+            token,
+            out,
+            force,
+            trust_domain,
+        }) => {
+            certs::cert_request(&settings, &trust_bundle, &token, &out, force, trust_domain).await
+        }
+        Command::Apply { file, dry_run } => ops::apply(&settings, &file, dry_run).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+        } => {
+            ops::get(
+                &settings,
+                &kind,
+                name.as_deref(),
+                namespace.as_deref(),
+                output,
+            )
+            .await
+        }
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+        } => ops::delete(&settings, &kind, &name, &namespace).await,
+        Command::Endpoints {
+            service,
+            namespace,
+            output,
+        } => ops::endpoints(&settings, service.as_deref(), namespace.as_deref(), output).await,
+        Command::Demo { duration } => demo::run(duration).await,
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "bulkheadctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Test fixtures for the CA: a throwaway CA directory and certificate readers.
+
+use std::path::Path;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tempfile::TempDir;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{Ca, CaFiles, init_ca};
+
+/// A CA made by `init_ca` in a temporary directory, loaded.
+pub(super) struct TestCa {
+    pub(super) files: CaFiles,
+    pub(super) ca: Ca,
+    _dir: TempDir,
+}
+
+impl TestCa {
+    pub(super) fn new(trust_domain: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let files = init_ca(trust_domain, &dir.path().join("ca")).unwrap();
+        let ca = Ca::load(
+            &files.issuer_cert,
+            &files.issuer_key,
+            &files.bundle,
+            trust_domain,
+        )
+        .unwrap();
+        Self {
+            files,
+            ca,
+            _dir: dir,
+        }
+    }
+
+    pub(super) fn issuer_key_pem(&self) -> String {
+        std::fs::read_to_string(&self.files.issuer_key).unwrap()
+    }
+}
+
+pub(super) fn certs_in(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+pub(super) fn cert_of<'a>(der: &'a [u8]) -> X509Certificate<'a> {
+    let (rest, cert) = X509Certificate::from_der(der).unwrap();
+    assert!(rest.is_empty());
+    cert
+}

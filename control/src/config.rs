@@ -1,0 +1,176 @@
+//! `bulkhead-control` configuration: flags, each also readable from
+//! `BULKHEAD_<FLAG>` (flag wins over env). Parsed once, here, at the edge.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Embedded, in-memory: for demos and development; state dies with the process.
+    Memory,
+    /// etcd: production; several replicas may share one etcd cluster.
+    Etcd,
+}
+
+/// The Bulkhead control plane: workload CA, endpoint registry and config push.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bulkhead-control", version, about, after_help = EXAMPLES)]
+pub struct ControlArgs {
+    /// Where mesh state lives.
+    #[arg(long, env = "BULKHEAD_STORE", value_enum, default_value = "etcd")]
+    pub store: StoreKind,
+
+    /// etcd client URLs, comma separated.
+    #[arg(
+        long,
+        env = "BULKHEAD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        value_name = "URL,..."
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Prefix of every key Bulkhead writes in the store.
+    #[arg(long, env = "BULKHEAD_PREFIX", default_value = "/bulkhead/")]
+    pub prefix: String,
+
+    /// gRPC listen address (TLS; mTLS for everything but bootstrap).
+    #[arg(
+        long,
+        env = "BULKHEAD_LISTEN",
+        default_value = "127.0.0.1:8443",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Admin listen address: /metrics, /ready, /live.
+    #[arg(
+        long,
+        env = "BULKHEAD_ADMIN",
+        default_value = "127.0.0.1:9990",
+        value_name = "ADDR"
+    )]
+    pub admin: SocketAddr,
+
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// Issuer (intermediate CA) certificate, PEM.
+    #[arg(long, env = "BULKHEAD_ISSUER_CERT", value_name = "FILE")]
+    pub issuer_cert: PathBuf,
+
+    /// Issuer private key, PEM. Read from a file (a Kubernetes Secret), never from the store.
+    #[arg(long, env = "BULKHEAD_ISSUER_KEY", value_name = "FILE")]
+    pub issuer_key: PathBuf,
+
+    /// Trust bundle: the root certificate(s), PEM.
+    #[arg(long, env = "BULKHEAD_TRUST_BUNDLE", value_name = "FILE")]
+    pub trust_bundle: PathBuf,
+
+    /// Identities allowed to use the admin API, besides bulkhead/operator:
+    /// `ns/sa` or `spiffe://...`, comma separated.
+    #[arg(
+        long,
+        env = "BULKHEAD_OPERATORS",
+        value_delimiter = ',',
+        value_name = "ID,..."
+    )]
+    pub operators: Vec<String>,
+
+    /// Lifetime of issued workload certificates.
+    #[arg(long, env = "BULKHEAD_CERT_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub cert_lifetime: Duration,
+
+    /// TTL of endpoint registrations (registrants renew well within it).
+    #[arg(long, env = "BULKHEAD_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// DNS names for the control plane's own serving certificate, comma separated.
+    #[arg(
+        long,
+        env = "BULKHEAD_DNS_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,bulkhead-control,bulkhead-control.bulkhead.svc"
+    )]
+    pub dns_names: Vec<String>,
+
+    /// Log format.
+    #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log level or filter (RUST_LOG syntax).
+    #[arg(long, env = "BULKHEAD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  bulkheadctl ca init --trust-domain cluster.local --out ./ca
+  bulkhead-control --store etcd --etcd-endpoints http://10.0.0.5:2379 \\
+      --issuer-cert ./ca/issuer.crt --issuer-key ./ca/issuer.key --trust-bundle ./ca/bundle.crt
+  bulkhead-control --store memory --issuer-cert ./ca/issuer.crt --issuer-key ./ca/issuer.key \\
+      --trust-bundle ./ca/bundle.crt";
+
+/// Durations such as `90s`, `10m`, `24h`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration like 30s, 10m or 24h ({e})"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ControlArgs, clap::Error> {
+        let base = [
+            "bulkhead-control",
+            "--issuer-cert",
+            "i.crt",
+            "--issuer-key",
+            "i.key",
+            "--trust-bundle",
+            "b.crt",
+        ];
+        ControlArgs::try_parse_from(base.iter().chain(args))
+    }
+
+    #[test]
+    fn defaults_follow_design() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(a.admin.to_string(), "127.0.0.1:9990");
+        assert_eq!(a.prefix, "/bulkhead/");
+        assert_eq!(a.trust_domain, "cluster.local");
+        assert_eq!(a.cert_lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(a.store, StoreKind::Etcd);
+    }
+
+    #[test]
+    fn lists_and_durations() {
+        let a = parse(&[
+            "--etcd-endpoints",
+            "http://a:1,http://b:2",
+            "--operators",
+            "ci/deployer,spiffe://cluster.local/ns/x/sa/y",
+            "--lease-ttl",
+            "5s",
+        ])
+        .unwrap();
+        assert_eq!(a.etcd_endpoints, ["http://a:1", "http://b:2"]);
+        assert_eq!(a.operators.len(), 2);
+        assert_eq!(a.lease_ttl, Duration::from_secs(5));
+        assert!(parse(&["--lease-ttl", "0s"]).is_err());
+        assert!(parse(&["--listen", "nonsense"]).is_err());
+        assert!(parse(&["--store", "zookeeper"]).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! The mesh as this replica sees it: a view of every resource and endpoint,
+//! kept current by one store watch, and fanned out to subscribers (sidecar
+//! Watch streams) as deltas.
+//!
+//! One watch per replica, however many sidecars: subscribers never touch the
+//! store. A subscriber takes a snapshot and subscribes to deltas under the
+//! same lock, so it can miss nothing; one that falls behind the bounded
+//! broadcast buffer is told to resync and gets a fresh snapshot instead of
+//! growing a queue.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use bulkhead_proto::model::{Endpoint, Resource};
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::{broadcast, watch};
+
+use crate::keys;
+use crate::store::{Event, Revision, Store, StoreError};
+
+/// How many deltas a slow subscriber may fall behind before it resyncs.
+const DELTA_BUFFER: usize = 1024;
+
+/// One change to the view. Deletions carry the object that was removed, so
+/// subscribers can tell whether it concerned them.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Resource(Arc<Resource>),
+    ResourceDeleted(Arc<Resource>),
+    Endpoint(Arc<Endpoint>),
+    EndpointDeleted(Arc<Endpoint>),
+}
+
+/// Changes that together bring the view to `revision`.
+#[derive(Clone, Debug)]
+pub enum Delta {
+    Changes {
+        revision: Revision,
+        changes: Arc<Vec<Change>>,
+    },
+    /// The view was rebuilt from a fresh listing (history was compacted):
+    /// subscribers must take a new snapshot.
+    Resync,
+}
+
+/// Everything the control plane knows, at one revision.
+#[derive(Debug, Default)]
+pub struct View {
+    pub revision: Revision,
+    /// By store key (`resources/...`).
+    pub resources: BTreeMap<String, Arc<Resource>>,
+    /// By store key (`endpoints/...`).
+    pub endpoints: BTreeMap<String, Arc<Endpoint>>,
+}
+
+impl View {
+    fn apply(&mut self, event: &Event) -> Option<Change> {
+        match event {
+            Event::Put(kv) => {
+                if kv.key.starts_with(keys::RESOURCES) {
+                    let json = std::str::from_utf8(&kv.value).ok()?;
+                    match Resource::from_json(json) {
+                        Ok(res) => {
+                            let res = Arc::new(res);
+                            self.resources.insert(kv.key.clone(), res.clone());
+                            Some(Change::Resource(res))
+                        }
+                        Err(error) => {
+                            // Only the control plane writes here, after
+                            // validation; a bad record means a foreign writer.
+                            tracing::warn!(key = %kv.key, %error, "ignoring unparsable resource in store");
+                            None
+                        }
+                    }
+                } else if kv.key.starts_with(keys::ENDPOINTS) {
+                    let decoded = bulkhead_proto::pb::Endpoint::decode(kv.value.as_slice())
+                        .map_err(|e| e.to_string())
+                        .and_then(|pb| Endpoint::try_from(pb).map_err(|e| e.to_string()));
+                    match decoded {
+                        Ok(ep) => {
+                            let ep = Arc::new(ep);
+                            self.endpoints.insert(kv.key.clone(), ep.clone());
+                            Some(Change::Endpoint(ep))
+                        }
+                        Err(error) => {
+                            tracing::warn!(key = %kv.key, %error, "ignoring unparsable endpoint in store");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                }
+            }
+            Event::Delete { key, .. } => {
+                if let Some(res) = self.resources.remove(key) {
+                    Some(Change::ResourceDeleted(res))
+                } else {
+                    self.endpoints.remove(key).map(Change::EndpointDeleted)
+                }
+            }
+        }
+    }
+}
+
+/// The shared view plus its delta feed.
+pub struct Hub {
+    view: RwLock<View>,
+    deltas: broadcast::Sender<Delta>,
+    synced: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("revision", &self.read().revision)
+            .finish()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        let (deltas, _) = broadcast::channel(DELTA_BUFFER);
+        let (synced, _) = watch::channel(false);
+        Self {
+            view: RwLock::new(View::default()),
+            deltas,
+            synced,
+        }
+    }
+
+    /// Read access to the current view.
+    pub fn read(&self) -> RwLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A consistent snapshot (whatever `f` extracts) and a receiver for every
+    /// delta after it.
+    pub fn subscribe<T>(&self, f: impl FnOnce(&View) -> T) -> (T, broadcast::Receiver<Delta>) {
+        let view = self.read();
+        // Subscribing while holding the read lock: deltas are published under
+        // the write lock, so none can slip between snapshot and receiver.
+        let rx = self.deltas.subscribe();
+        (f(&view), rx)
+    }
+
+    /// True once the first listing has been loaded.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Waits until the first listing has been loaded.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    fn replace(&self, listing: Vec<crate::store::KeyValue>, revision: Revision) {
+        let mut fresh = View {
+            revision,
+            ..View::default()
+        };
+        for kv in listing {
+            fresh.apply(&Event::Put(kv));
+        }
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+        let had_state = self.is_synced();
+        *view = fresh;
+        if had_state {
+            let _ = self.deltas.send(Delta::Resync);
+        }
+        self.synced.send_replace(true);
+    }
+
+    fn apply(&self, revision: Revision, events: &[Event]) {
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+        let changes: Vec<Change> = events.iter().filter_map(|e| view.apply(e)).collect();
+        view.revision = view.revision.max(revision);
+        if !changes.is_empty() {
+            let _ = self.deltas.send(Delta::Changes {
+                revision: view.revision,
+                changes: Arc::new(changes),
+            });
+        }
+    }
+
+    /// Keeps the view current for as long as the process runs: list, then
+    /// watch from the listing's revision; relist when history is compacted
+    /// or the store cannot be listed yet (retrying with backoff).
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let (listing, revision) = match store.list("").await {
+                Ok(l) => l,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "cannot list the store; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            tracing::info!(revision, keys = listing.len(), "loaded mesh state");
+            self.replace(listing, revision);
+            let mut stream = store.watch("", revision + 1);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(batch) => self.apply(batch.revision, &batch.events),
+                    Err(StoreError::Compacted {
+                        requested,
+                        compacted,
+                    }) => {
+                        tracing::warn!(requested, compacted, "watch history compacted; relisting");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "watch failed; relisting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The store's key layout (relative to the prefix, default `/bulkhead/`):
+//!
+//! ```text
+//! resources/<Kind>/<namespace>/<name>      canonical JSON of an applied resource
+//! endpoints/<namespace>/<service>/<ip>     protobuf bulkhead.v1.Endpoint, on the registrant's lease
+//! tokens/<token-id>                        one-time bootstrap token already used
+//!                                          (on a lease that ends when the token expires)
+//! ```
+
+use bulkhead_proto::model::Kind;
+
+pub const RESOURCES: &str = "resources/";
+pub const ENDPOINTS: &str = "endpoints/";
+pub const TOKENS: &str = "tokens/";
+
+pub fn resource(kind: Kind, namespace: &str, name: &str) -> String {
+    format!("{RESOURCES}{kind}/{namespace}/{name}")
+}
+
+/// Prefix of every resource of `kind`, in one namespace or (None) in all.
+pub fn resources_of(kind: Kind, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{RESOURCES}{kind}/{ns}/"),
+        None => format!("{RESOURCES}{kind}/"),
+    }
+}
+
+pub fn endpoint(namespace: &str, service: &str, address: &str) -> String {
+    format!("{ENDPOINTS}{namespace}/{service}/{address}")
+}
+
+pub fn token(id: &str) -> String {
+    format!("{TOKENS}{id}")
+}

@@ -1,0 +1,19 @@
+//! Bulkhead control plane: the mesh's CA, endpoint registry and config push,
+//! on etcd (or an embedded store for demos).
+//!
+//! A request's path: [`server`] accepts and completes TLS (peer identity from
+//! the client certificate) → an [`api`] service authorizes by that identity
+//! → it reads or writes the [`store`]; a [`hub`] per replica watches the store
+//! once and pushes changes to every sidecar's Watch stream.
+
+pub mod admin_http;
+pub mod api;
+pub mod ca;
+pub mod client;
+pub mod config;
+pub mod hub;
+pub mod keys;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod telemetry;

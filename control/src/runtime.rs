@@ -1,0 +1,214 @@
+//! Assembling a control plane: store, CA, mesh view, gRPC and admin
+//! listeners. [`start`] is what `bulkhead-control` runs and what
+//! `bulkheadctl demo` embeds.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_proto::SpiffeId;
+use bulkhead_proto::pb::{
+    admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
+};
+use bulkhead_proto::tls::{self, CertSlot, TrustBundle};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::api::{self, ControlPlane};
+use crate::ca::Ca;
+use crate::hub::Hub;
+use crate::store::Store;
+use crate::{admin_http, server};
+
+/// Lifetime of the control plane's own serving certificate; it is renewed
+/// at half of it.
+const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Everything needed to start a control plane (already validated).
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub ca: Arc<Ca>,
+    /// Operators besides the built-in `bulkhead/operator`.
+    pub operators: Vec<SpiffeId>,
+    pub cert_lifetime: Duration,
+    pub lease_ttl: Duration,
+    pub dns_names: Vec<String>,
+}
+
+/// A running control plane. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub plane: Arc<ControlPlane>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight calls finish (bounded), stops tasks.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Waits until the gRPC server ends (it ends on shutdown or fatal error).
+    pub async fn wait(&mut self) -> Result<(), String> {
+        match (&mut self.server).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("gRPC server failed: {e}")),
+            Err(e) => Err(format!("gRPC server task failed: {e}")),
+        }
+    }
+}
+
+/// The built-in operator identity that `bulkheadctl ca init` issues.
+pub fn builtin_operator(trust_domain: &str) -> SpiffeId {
+    SpiffeId::new(trust_domain, "bulkhead", "operator").expect("static identity is valid")
+}
+
+/// The identity every control-plane replica serves as.
+pub fn control_identity(trust_domain: &str) -> SpiffeId {
+    SpiffeId::new(trust_domain, "bulkhead", "control").expect("static identity is valid")
+}
+
+fn serving_cert(ca: &Ca, settings: &Settings) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    if !settings.listen.ip().is_unspecified() && !ips.contains(&settings.listen.ip()) {
+        ips.push(settings.listen.ip());
+    }
+    let (chain, key) = ca
+        .issue_local(
+            &control_identity(ca.trust_domain()),
+            &settings.dns_names,
+            &ips,
+            SERVING_CERT_LIFETIME,
+        )
+        .map_err(|e| format!("cannot issue the control plane's serving certificate: {e}"))?;
+    CertSlot::certified_key(chain, key).map_err(|e| e.to_string())
+}
+
+/// Binds both listeners and starts serving. Errors are one line for the user.
+pub async fn start(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    metrics: PrometheusHandle,
+) -> Result<Running, String> {
+    let ca = settings.ca.clone();
+    let td = ca.trust_domain().to_owned();
+    let bundle = TrustBundle::new(ca.bundle_der().to_vec(), &td).map_err(|e| e.to_string())?;
+
+    let slot = CertSlot::empty();
+    slot.set(serving_cert(&ca, &settings)?);
+    let server_config = tls::server_config(&bundle, slot.clone(), false, &[tls::ALPN_H2])
+        .map_err(|e| e.to_string())?;
+
+    let grpc_listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("--listen {}: cannot bind: {e}", settings.listen))?;
+    let admin_listener = TcpListener::bind(settings.admin)
+        .await
+        .map_err(|e| format!("--admin {}: cannot bind: {e}", settings.admin))?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+
+    let hub = Arc::new(Hub::new());
+    let mut operators: BTreeSet<SpiffeId> = settings.operators.into_iter().collect();
+    operators.insert(builtin_operator(&td));
+    let plane = Arc::new(ControlPlane {
+        store: store.clone(),
+        ca: ca.clone(),
+        hub: hub.clone(),
+        operators,
+        cert_lifetime: settings.cert_lifetime,
+        lease_ttl: settings.lease_ttl,
+    });
+
+    let mut tasks = vec![tokio::spawn(hub.clone().run(store.clone()))];
+    tasks.push(tokio::spawn(admin_http::serve(
+        admin_listener,
+        admin_http::AdminState {
+            metrics,
+            store: store.clone(),
+            hub: hub.clone(),
+        },
+    )));
+    // Renew the serving certificate at half its lifetime; handshakes pick up
+    // the new one, open connections keep theirs.
+    {
+        let ca = ca.clone();
+        let slot = slot.clone();
+        let settings_dns = settings.dns_names.clone();
+        let listen = settings.listen;
+        tasks.push(tokio::spawn(async move {
+            let renew_settings = Settings {
+                listen,
+                admin: listen,
+                ca: ca.clone(),
+                operators: vec![],
+                cert_lifetime: SERVING_CERT_LIFETIME,
+                lease_ttl: SERVING_CERT_LIFETIME,
+                dns_names: settings_dns,
+            };
+            loop {
+                tokio::time::sleep(SERVING_CERT_LIFETIME / 2).await;
+                match serving_cert(&ca, &renew_settings) {
+                    Ok(key) => slot.set(key),
+                    Err(error) => {
+                        tracing::error!(%error, "renewing the serving certificate failed")
+                    }
+                }
+            }
+        }));
+    }
+
+    let incoming = server::accept_tls(
+        grpc_listener,
+        TlsAcceptor::from(Arc::new(server_config)),
+        td.clone(),
+    );
+    let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let max = api::MAX_REQUEST_BYTES;
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(256))
+        .add_service(
+            IdentityServer::new(api::identity::IdentityService::new(plane.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            DiscoveryServer::new(api::discovery::DiscoveryService::new(plane.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            AdminServer::new(api::admin::AdminService::new(plane.clone()))
+                .max_decoding_message_size(max),
+        );
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        ReceiverStream::new(incoming),
+        async move {
+            let _ = shutdown_rx.wait_for(|s| *s).await;
+        },
+    ));
+    tracing::info!(%grpc_addr, %admin_addr, trust_domain = %td, "control plane serving");
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        plane,
+        shutdown,
+        tasks,
+        server,
+    })
+}

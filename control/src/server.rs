@@ -1,0 +1,152 @@
+//! The control plane's gRPC listener: accept, TLS handshake (bounded in time
+//! and in number at once), then tonic. The peer's SPIFFE identity, already
+//! verified by the handshake, travels to handlers as [`ConnInfo`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bulkhead_proto::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+/// A client that has not finished its TLS handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; further connections wait in the backlog.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Who is on the other end of a gRPC connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The identity of the client certificate, if one was presented (it has
+    /// passed chain, validity and SPIFFE checks in the handshake).
+    pub peer: Option<SpiffeId>,
+    pub remote: SocketAddr,
+}
+
+/// A TLS connection that remembers its peer.
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    info: ConnInfo,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections, performs TLS handshakes concurrently, and yields
+/// finished connections. Ends when the returned receiver is dropped.
+pub fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    trust_domain: String,
+) -> mpsc::Receiver<Result<TlsConn, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (tcp, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let trust_domain = trust_domain.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        metrics::counter!("bulkhead_tls_handshakes_total", "result" => "error")
+                            .increment(1);
+                        tracing::debug!(%remote, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::counter!("bulkhead_tls_handshakes_total", "result" => "timeout")
+                            .increment(1);
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                metrics::counter!("bulkhead_tls_handshakes_total", "result" => "ok").increment(1);
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|leaf| SpiffeId::from_cert_der(leaf, &trust_domain).ok());
+                let conn = TlsConn {
+                    inner: tls,
+                    info: ConnInfo { peer, remote },
+                };
+                let _ = tx.send(Ok(conn)).await;
+            });
+        }
+    });
+    rx
+}

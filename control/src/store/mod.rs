@@ -1,0 +1,143 @@
+//! The control plane's storage: one trait, two implementations.
+//!
+//! - [`EtcdStore`]: production. Several control-plane replicas share one etcd
+//!   cluster; leases and watches do the work.
+//! - [`MemoryStore`]: embedded, for the one-command demo and unit tests. Same
+//!   semantics (revisions, leases, watches, atomic transactions).
+//!
+//! Keys given to and returned by a [`Store`] are relative to the store's
+//! prefix (default `/bulkhead/`); the implementation prepends it.
+
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+
+mod etcd;
+mod memory;
+
+pub use etcd::{EtcdConfig, EtcdStore};
+pub use memory::MemoryStore;
+
+/// A store revision (etcd's cluster-wide, monotonically increasing counter).
+pub type Revision = i64;
+/// A lease: keys attached to it disappear when it is revoked or expires.
+pub type LeaseId = i64;
+
+/// One stored key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    /// Relative to the store prefix.
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+    /// 0 when the key has no lease.
+    pub lease: LeaseId,
+}
+
+/// A change seen by a watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Put(KeyValue),
+    /// `revision` is the revision of the deletion.
+    Delete {
+        key: String,
+        revision: Revision,
+    },
+}
+
+/// Events of a watch, in revision order. `revision` is the highest revision
+/// the batch brings the watcher to: that of its last event, so a new watch
+/// resumes from `revision + 1`. (Not etcd's response header revision: a
+/// watcher still catching up gets the current revision in every header while
+/// older events are yet to come.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchBatch {
+    pub revision: Revision,
+    pub events: Vec<Event>,
+}
+
+/// One write of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A watch asked for history that has been compacted away; the watcher
+    /// must list again and watch from the listing's revision + 1.
+    #[error("revision {requested} has been compacted (oldest available {compacted})")]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    /// The lease does not exist (expired or revoked).
+    #[error("lease {0:x} not found (expired or revoked)")]
+    LeaseNotFound(LeaseId),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+/// What the control plane needs of a key-value store.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// One key, or `None`.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Every key under `prefix`, sorted by key, and the revision the listing
+    /// was read at.
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError>;
+
+    /// Applies every op atomically (all or nothing); returns the revision
+    /// after the write.
+    async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError>;
+
+    /// Writes `key` only if it does not exist. `Ok(false)`: it existed and
+    /// nothing was written. Atomic across replicas (a compare-and-swap).
+    async fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes one key; returns the revision of the deletion, or `None` when
+    /// the key did not exist.
+    async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError>;
+
+    /// Grants a lease with the given time to live (rounded up to seconds).
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId, StoreError>;
+
+    /// Renews a lease once; returns its TTL, or `LeaseNotFound`.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError>;
+
+    /// Revokes a lease, deleting its keys. Revoking an unknown lease is not
+    /// an error.
+    async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// Watches every key under `prefix`, starting at revision `from`
+    /// (inclusive). The implementation rides out connection loss on its own:
+    /// it reconnects with backoff and resumes from the last revision it
+    /// delivered + 1, so the stream has no gaps and no duplicates. The stream
+    /// yields `Err(Compacted)` (and ends) when history is gone; other errors
+    /// are logged and retried, not yielded.
+    fn watch(
+        &self,
+        prefix: &str,
+        from: Revision,
+    ) -> BoxStream<'static, Result<WatchBatch, StoreError>>;
+
+    /// Cheap liveness probe for `/ready`.
+    async fn health(&self) -> Result<(), StoreError>;
+}

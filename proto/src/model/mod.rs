@@ -1,0 +1,33 @@
+//! The shared model: the resources operators apply (`Service`, `AllowList`,
+//! `TrafficSplit`, `Rollout`), parsing and validating them, matching requests
+//! against allow-lists, and registry endpoints.
+//!
+//! Everything here checks what it reads: a `Resource` or `Endpoint` value is
+//! always valid, and bad input is reported with its file, document, field
+//! path and what was expected.
+
+mod allowlist;
+mod check;
+mod endpoint;
+mod error;
+mod matching;
+mod parse;
+mod resource;
+mod rollout;
+mod service;
+mod traffic;
+
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
+
+pub use allowlist::{AllowList, AllowListSpec, AllowRule, HttpMatch, Mode};
+pub use endpoint::{Endpoint, EndpointError, Locality};
+pub use error::{ValidationError, ValidationErrors};
+pub use matching::{BadPathPattern, BadPrincipal, PathPattern, Principal};
+pub use parse::{MAX_DOCUMENTS, MAX_FILE_BYTES, parse_documents};
+pub use resource::{API_VERSION, DEFAULT_NAMESPACE, Kind, Metadata, Resource, UnknownKind};
+pub use rollout::{Analysis, BadInterval, Interval, Rollout, RolloutSpec, Strategy};
+pub use service::{Protocol, Service, ServicePort, ServiceSpec, UnknownProtocol};
+pub use traffic::{Backend, HeaderMatch, HeaderRoute, TrafficSplit, TrafficSplitSpec};

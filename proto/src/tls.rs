@@ -1,0 +1,472 @@
+//! TLS between mesh identities: rustls configurations that authenticate peers
+//! by SPIFFE ID rather than by host name.
+//!
+//! Both directions check the same things (DESIGN.md, "Peer checks"): the chain
+//! leads to the trust bundle, the certificate is inside its validity window,
+//! and it carries exactly one URI SAN, a SPIFFE ID in our trust domain. A
+//! client additionally checks that the server is the identity it meant to
+//! reach. The CN is never looked at. Only TLS 1.3 is offered.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls13_signature};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::identity::{IdentityError, SpiffeId};
+
+/// ALPN protocol ids offered on gRPC listeners.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Why TLS material could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what}: no PEM certificate found")]
+    NoCertificates { what: String },
+    #[error("{what}: not valid PEM: {reason}")]
+    BadPem { what: String, reason: String },
+    #[error("{what}: rejected by rustls: {reason}")]
+    Rejected { what: String, reason: String },
+}
+
+/// The process-wide crypto provider (ring). Installing it as the default
+/// avoids rustls panicking when two providers end up in the dependency tree.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs ring as rustls' process default; harmless if already installed.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Parses every certificate in a PEM text (`what` names the source in errors).
+pub fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadPem {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificates {
+            what: what.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Parses a PEM private key (PKCS#8, SEC1 or PKCS#1).
+pub fn key_from_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::BadPem {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The roots a mesh trusts, and the trust domain its identities live in.
+#[derive(Clone)]
+pub struct TrustBundle {
+    roots: Arc<RootCertStore>,
+    roots_der: Vec<CertificateDer<'static>>,
+    trust_domain: String,
+}
+
+impl fmt::Debug for TrustBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustBundle")
+            .field("roots", &self.roots_der.len())
+            .field("trust_domain", &self.trust_domain)
+            .finish()
+    }
+}
+
+impl TrustBundle {
+    pub fn new(
+        roots_der: Vec<CertificateDer<'static>>,
+        trust_domain: &str,
+    ) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for root in &roots_der {
+            roots.add(root.clone()).map_err(|e| TlsError::Rejected {
+                what: "trust bundle".to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::NoCertificates {
+                what: "trust bundle".to_owned(),
+            });
+        }
+        Ok(Self {
+            roots: Arc::new(roots),
+            roots_der,
+            trust_domain: trust_domain.to_owned(),
+        })
+    }
+
+    pub fn from_pem(pem: &[u8], what: &str, trust_domain: &str) -> Result<Self, TlsError> {
+        Self::new(certs_from_pem(pem, what)?, trust_domain)
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn roots_der(&self) -> &[CertificateDer<'static>] {
+        &self.roots_der
+    }
+}
+
+/// The identity a TLS client accepts from the server it dialled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpectedServer {
+    /// Exactly this identity (an endpoint's registered identity).
+    Identity(SpiffeId),
+    /// Any identity in the trust domain with this namespace and service
+    /// account (used to reach the control plane, `bulkhead/control`).
+    NsSa {
+        namespace: String,
+        service_account: String,
+    },
+}
+
+impl ExpectedServer {
+    /// The control plane's identity in any replica: `ns/bulkhead/sa/control`.
+    pub fn control_plane() -> Self {
+        Self::NsSa {
+            namespace: "bulkhead".to_owned(),
+            service_account: "control".to_owned(),
+        }
+    }
+
+    fn accepts(&self, id: &SpiffeId) -> bool {
+        match self {
+            Self::Identity(want) => want == id,
+            Self::NsSa {
+                namespace,
+                service_account,
+            } => id.namespace() == namespace && id.service_account() == service_account,
+        }
+    }
+}
+
+/// A server's certificate did not carry the identity the client expected.
+#[derive(Debug, thiserror::Error)]
+#[error("server identity {found} is not the expected {expected:?}")]
+struct UnexpectedIdentity {
+    found: String,
+    expected: ExpectedServer,
+}
+
+fn identity_error(e: IdentityError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// Client-side verifier: chain to the bundle, validity, one SPIFFE ID in the
+/// trust domain, and that ID is the expected one. Host names are not checked.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    bundle: TrustBundle,
+    expected: ExpectedServer,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl SpiffeServerVerifier {
+    pub fn new(bundle: TrustBundle, expected: ExpectedServer) -> Self {
+        Self {
+            bundle,
+            expected,
+            algs: provider().signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.bundle.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        let id = SpiffeId::from_cert_der(end_entity, &self.bundle.trust_domain)
+            .map_err(identity_error)?;
+        if !self.expected.accepts(&id) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(UnexpectedIdentity {
+                    found: id.to_string(),
+                    expected: self.expected.clone(),
+                })),
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Only TLS 1.3 is ever negotiated (see `client_config`).
+        Err(rustls::Error::General(
+            "TLS 1.2 is not offered by the mesh".to_owned(),
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Server-side verifier: WebPKI chain/validity/clientAuth checks, then the
+/// SPIFFE rules, so a peer without a valid mesh identity fails the handshake.
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+    mandatory: bool,
+}
+
+impl SpiffeClientVerifier {
+    /// `mandatory = false` lets clients without a certificate through the
+    /// handshake (the control plane's Certify call); a certificate that is
+    /// presented is still fully checked.
+    pub fn new(bundle: &TrustBundle, mandatory: bool) -> Result<Self, TlsError> {
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider());
+        if !mandatory {
+            builder = builder.allow_unauthenticated();
+        }
+        let inner = builder.build().map_err(|e| TlsError::Rejected {
+            what: "client verifier".to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            inner,
+            trust_domain: bundle.trust_domain.clone(),
+            mandatory,
+        })
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: they would only leak the CA's name.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        SpiffeId::from_cert_der(end_entity, &self.trust_domain).map_err(identity_error)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The current certificate and key of a workload, swappable at run time so
+/// that rotation never drops a connection: new handshakes pick up the new
+/// certificate, established connections keep theirs.
+#[derive(Clone)]
+pub struct CertSlot {
+    current: Arc<RwLock<Option<Arc<CertifiedKey>>>>,
+}
+
+impl fmt::Debug for CertSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertSlot")
+            .field("loaded", &self.get().is_some())
+            .finish()
+    }
+}
+
+impl Default for CertSlot {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl CertSlot {
+    pub fn empty() -> Self {
+        Self {
+            current: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// Builds a certified key from a chain (leaf first) and its private key.
+    pub fn certified_key(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<CertifiedKey>, TlsError> {
+        let signing =
+            provider()
+                .key_provider
+                .load_private_key(key)
+                .map_err(|e| TlsError::Rejected {
+                    what: "private key".to_owned(),
+                    reason: e.to_string(),
+                })?;
+        Ok(Arc::new(CertifiedKey::new(chain, signing)))
+    }
+
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        // A poisoned lock only means a writer panicked mid-swap of an Arc;
+        // the value is still a whole Arc, so keep going.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+
+    pub fn get(&self) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+}
+
+impl ResolvesClientCert for CertSlot {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.get().is_some()
+    }
+}
+
+/// A TLS 1.3 client config that verifies the server's SPIFFE identity and
+/// presents the certificate in `slot` when it holds one.
+pub fn client_config(
+    bundle: &TrustBundle,
+    expected: ExpectedServer,
+    slot: Option<CertSlot>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Rejected {
+            what: "client config".to_owned(),
+            reason: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+            bundle.clone(),
+            expected,
+        )));
+    let mut config = match slot {
+        Some(slot) => builder.with_client_cert_resolver(Arc::new(slot)),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A TLS 1.3 server config presenting the certificate in `slot` and
+/// verifying client certificates by SPIFFE identity.
+pub fn server_config(
+    bundle: &TrustBundle,
+    slot: CertSlot,
+    client_auth_mandatory: bool,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    let verifier = SpiffeClientVerifier::new(bundle, client_auth_mandatory)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Rejected {
+            what: "server config".to_owned(),
+            reason: e.to_string(),
+        })?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(slot));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The trust domain named by a bundle's roots: `bulkheadctl ca init` puts a
+/// URI SAN `spiffe://<trust-domain>` on the root. `None` when no root says.
+pub fn trust_domain_of_roots(roots_der: &[CertificateDer<'_>]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    roots_der.iter().find_map(|der| {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let uris = crate::identity::uri_sans(&cert).ok()?;
+        uris.iter().find_map(|uri| {
+            let td = uri.strip_prefix("spiffe://")?.trim_end_matches('/');
+            crate::identity::validate_trust_domain(td)
+                .ok()
+                .map(|()| td.to_owned())
+        })
+    })
+}

@@ -1,0 +1,533 @@
+//! Starting the real `bulkhead-control` and `bulkheadctl` binaries, with a
+//! CA made by `bulkheadctl ca init`, and talking to them as operators and
+//! workloads do.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::pb;
+use bulkhead_proto::tls::{CertSlot, TrustBundle};
+use tonic::transport::Channel;
+
+/// Path of a workspace binary (built by `cargo build --workspace --bins`,
+/// which `scripts/test` runs before the tests).
+pub fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (`cargo build --workspace --bins`, or run scripts/test)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Polls `check` every 50 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Async version of [`wait_for`].
+pub async fn wait_for_async<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET (no client library needed): status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {resp:?}")))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A CA folder made by the real `bulkheadctl ca init`.
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub trust_domain: String,
+}
+
+impl TestCa {
+    pub fn init(trust_domain: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ca");
+        let out = Command::new(bin("bulkheadctl"))
+            .args(["ca", "init", "--trust-domain", trust_domain, "--out"])
+            .arg(&path)
+            .output()
+            .expect("run bulkheadctl ca init");
+        assert!(
+            out.status.success(),
+            "ca init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            _dir: dir,
+            path,
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn bundle(&self) -> TrustBundle {
+        let pem = std::fs::read(self.file("bundle.crt")).expect("read bundle");
+        TrustBundle::from_pem(&pem, "bundle.crt", &self.trust_domain).expect("parse bundle")
+    }
+
+    /// The operator certificate `ca init` wrote.
+    pub fn operator(&self) -> CertSlot {
+        slot_from_files(&self.file("operator.crt"), &self.file("operator.key"))
+    }
+
+    /// Mints a token with the real CLI.
+    pub fn token(&self, identity: &str, ttl: &str, once: bool) -> String {
+        let mut args = vec!["token", "create", "--identity", identity, "--ttl", ttl];
+        if once {
+            args.push("--once");
+        }
+        let out = self.ctl_at("https://127.0.0.1:1", &args);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// Runs `bulkheadctl` with this CA's credentials against `control`.
+    pub fn ctl_at(&self, control: &str, args: &[&str]) -> Output {
+        Command::new(bin("bulkheadctl"))
+            .env("BULKHEAD_CONTROL", control)
+            .env("BULKHEAD_CREDENTIALS", &self.path)
+            .env("XDG_CONFIG_HOME", &self.path) // never read the developer's own config
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .expect("run bulkheadctl")
+    }
+}
+
+pub fn slot_from_files(cert: &Path, key: &Path) -> CertSlot {
+    let chain =
+        bulkhead_proto::tls::certs_from_pem(&std::fs::read(cert).expect("read cert"), "cert")
+            .expect("certs");
+    let key = bulkhead_proto::tls::key_from_pem(&std::fs::read(key).expect("read key"), "key")
+        .expect("key");
+    let slot = CertSlot::empty();
+    slot.set(CertSlot::certified_key(chain, key).expect("certified key"));
+    slot
+}
+
+/// Where a control plane keeps its state.
+#[derive(Clone, Debug)]
+pub enum StoreSpec {
+    Memory,
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+/// A running `bulkhead-control` process, killed on drop.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    args: Vec<String>,
+    log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    pub fn start(ca: &TestCa, store: &StoreSpec, extra: &[&str]) -> Self {
+        let logdir = tempfile::tempdir().expect("tempdir");
+        let log = logdir.path().join("control.log");
+        let mut args: Vec<String> = vec![
+            "--trust-domain".into(),
+            ca.trust_domain.clone(),
+            "--issuer-cert".into(),
+            ca.file("issuer.crt").display().to_string(),
+            "--issuer-key".into(),
+            ca.file("issuer.key").display().to_string(),
+            "--trust-bundle".into(),
+            ca.file("bundle.crt").display().to_string(),
+            "--log-level".into(),
+            "info,bulkhead_control=debug".into(),
+        ];
+        match store {
+            StoreSpec::Memory => args.extend(["--store".into(), "memory".into()]),
+            StoreSpec::Etcd { endpoints, prefix } => args.extend([
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                endpoints.join(","),
+                "--prefix".into(),
+                prefix.clone(),
+            ]),
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cp = Self {
+            child: None,
+            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            args,
+            log,
+            _logdir: logdir,
+        };
+        cp.spawn_on_fresh_ports();
+        cp
+    }
+
+    /// The URL operators and workloads use.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
+    fn spawn_on_fresh_ports(&mut self) {
+        self.grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(bin("bulkhead-control"))
+            .args(&self.args)
+            .arg("--listen")
+            .arg(self.grpc.to_string())
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bulkhead-control");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until `/ready` says 200 (state loaded, store reachable).
+    pub fn wait_ready(&mut self) {
+        let admin = self.admin;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "bulkhead-control exited with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok((200, _)) = http_get(admin, "/ready") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bulkhead-control not ready after 20 s; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the fault of a crashed replica.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill, then start again on the same ports with the same flags.
+    pub fn restart(&mut self) {
+        self.kill();
+        // The old socket may linger briefly; binding is retried by the wait.
+        self.spawn();
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// A gRPC channel presenting `client_cert` (None: no client certificate).
+    pub fn channel(&self, ca: &TestCa, client_cert: Option<CertSlot>) -> Channel {
+        bulkhead_control::client::channel(&self.url(), &ca.bundle(), client_cert).expect("channel")
+    }
+
+    pub fn admin_client(&self, ca: &TestCa) -> pb::admin_client::AdminClient<Channel> {
+        pb::admin_client::AdminClient::new(self.channel(ca, Some(ca.operator())))
+    }
+
+    /// Runs `bulkheadctl` against this control plane as the operator.
+    pub fn ctl(&self, ca: &TestCa, args: &[&str]) -> Output {
+        ca.ctl_at(&self.url(), args)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A workload certificate obtained the way a sidecar does it: a key made
+/// here, a CSR, a token.
+pub struct Workload {
+    pub slot: CertSlot,
+    pub chain_der: Vec<Vec<u8>>,
+    pub spiffe_id: String,
+}
+
+/// Makes a key pair and a CSR (optionally asking for SANs).
+pub fn key_and_csr(uri_sans: &[&str]) -> (rcgen::KeyPair, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
+    let mut params = rcgen::CertificateParams::default();
+    for uri in uri_sans {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI((*uri).try_into().expect("ia5")));
+    }
+    let csr = params.serialize_request(&key).expect("csr");
+    (key, csr.der().to_vec())
+}
+
+pub async fn certify(
+    cp: &ControlPlane,
+    ca: &TestCa,
+    token: &str,
+) -> Result<Workload, tonic::Status> {
+    let (key, csr) = key_and_csr(&[]);
+    let resp = pb::identity_client::IdentityClient::new(cp.channel(ca, None))
+        .certify(pb::CertifyRequest {
+            csr_der: csr,
+            attestation: Some(pb::certify_request::Attestation::BootstrapToken(
+                token.to_owned(),
+            )),
+        })
+        .await?
+        .into_inner();
+    Ok(workload_from(key, resp))
+}
+
+pub fn workload_from(key: rcgen::KeyPair, resp: pb::CertifyResponse) -> Workload {
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+        resp.chain_der.iter().map(|c| c.clone().into()).collect();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let slot = CertSlot::empty();
+    slot.set(CertSlot::certified_key(chain, key).expect("certified key"));
+    Workload {
+        slot,
+        chain_der: resp.chain_der,
+        spiffe_id: resp.spiffe_id,
+    }
+}
+
+/// Certifies `ns/sa` with a fresh token.
+pub async fn workload(cp: &ControlPlane, ca: &TestCa, ns_sa: &str) -> Workload {
+    let token = ca.token(ns_sa, "10m", false);
+    certify(cp, ca, &token).await.expect("certify")
+}
+
+/// A Watch stream and what it has delivered so far.
+pub struct Watcher {
+    stream: tonic::Streaming<pb::WatchUpdate>,
+    pub updates: Vec<pb::WatchUpdate>,
+}
+
+impl Watcher {
+    /// Subscribes as `workload`, for `services`, with `own_service` for policy.
+    pub async fn start(
+        cp: &ControlPlane,
+        ca: &TestCa,
+        workload: &Workload,
+        services: &[&str],
+        own_service: &str,
+    ) -> Self {
+        let mut client =
+            pb::discovery_client::DiscoveryClient::new(cp.channel(ca, Some(workload.slot.clone())));
+        let stream = client
+            .watch(pb::WatchRequest {
+                services: services.iter().map(|s| s.to_string()).collect(),
+                own_service: own_service.to_owned(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        Self {
+            stream,
+            updates: Vec::new(),
+        }
+    }
+
+    /// The next update (bounded wait).
+    pub async fn next(&mut self) -> pb::WatchUpdate {
+        let update = tokio::time::timeout(Duration::from_secs(20), self.stream.message())
+            .await
+            .expect("no watch update within 20 s")
+            .expect("watch stream failed")
+            .expect("watch stream ended");
+        self.updates.push(update.clone());
+        update
+    }
+
+    /// Reads updates until one satisfies `pred`; returns it.
+    pub async fn until(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&pb::WatchUpdate) -> bool,
+    ) -> pb::WatchUpdate {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "watch never delivered {what}"
+            );
+            let u = self.next().await;
+            if pred(&u) {
+                return u;
+            }
+        }
+    }
+}
+
+/// The resources named in an update: (op, kind, namespace, name).
+pub fn resource_changes(u: &pb::WatchUpdate) -> Vec<(i32, String, String, String)> {
+    u.changes
+        .iter()
+        .filter_map(|c| match &c.item {
+            Some(pb::change::Item::Resource(r)) => {
+                Some((c.op, r.kind.clone(), r.namespace.clone(), r.name.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The endpoints in an update: (op, service, address).
+pub fn endpoint_changes(u: &pb::WatchUpdate) -> Vec<(i32, String, String)> {
+    u.changes
+        .iter()
+        .filter_map(|c| match &c.item {
+            Some(pb::change::Item::Endpoint(e)) => {
+                Some((c.op, e.service.clone(), e.address.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// An endpoint record as a sidecar would send it.
+pub fn endpoint(
+    namespace: &str,
+    service: &str,
+    version: &str,
+    address: &str,
+    node: &str,
+) -> pb::Endpoint {
+    pb::Endpoint {
+        namespace: namespace.into(),
+        service: service.into(),
+        version: version.into(),
+        address: address.into(),
+        inbound_port: 4143,
+        ports: vec![pb::Port {
+            port: 8080,
+            protocol: "http".into(),
+        }],
+        locality: Some(pb::Locality {
+            node: node.into(),
+            zone: "zone-a".into(),
+            region: "region-1".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Applies YAML through the admin API as the operator; panics on error.
+pub async fn apply(cp: &ControlPlane, ca: &TestCa, yaml: &str) -> pb::ApplyResponse {
+    cp.admin_client(ca)
+        .apply(pb::ApplyRequest {
+            source: "test.yaml".into(),
+            yaml: yaml.into(),
+            dry_run: false,
+        })
+        .await
+        .expect("apply")
+        .into_inner()
+}
+
+/// Path of a file in the repository's examples/.
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("examples")
+        .join(name)
+}
