@@ -184,6 +184,9 @@ pub async fn start(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(256))
+        // Bounds the time to a response (for Watch: to the stream's start,
+        // not its length); store calls have their own, shorter limits.
+        .timeout(Duration::from_secs(30))
         .add_service(
             IdentityServer::new(api::identity::IdentityService::new(plane.clone()))
                 .max_decoding_message_size(max),

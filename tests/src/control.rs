@@ -340,6 +340,7 @@ impl Drop for ControlPlane {
 
 /// A workload certificate obtained the way a sidecar does it: a key made
 /// here, a CSR, a token.
+#[derive(Debug)]
 pub struct Workload {
     pub slot: CertSlot,
     pub chain_der: Vec<Vec<u8>>,

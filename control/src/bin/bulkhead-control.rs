@@ -29,22 +29,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One line naming the flag and the reason, not clap's whole page.
-            let rendered = e.render().to_string();
-            let line: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.starts_with("Usage:"))
-                .filter(|l| {
-                    !l.is_empty()
-                        && !l.starts_with("tip:")
-                        && !l.starts_with("For more information")
-                })
-                .collect();
-            let line = line.join(" ");
-            return usage_error(format!(
-                "{} (see --help)",
-                line.trim_start_matches("error: ")
-            ));
+            return usage_error(bulkhead_control::config::usage_line(&e));
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -126,7 +126,13 @@ pub(crate) async fn run(duration: Duration) -> CliResult {
         "   gRPC {url}   admin http://{}/metrics",
         running.admin_addr
     );
-    let result = scenario(&url, &files, &issuer_key, duration, started).await;
+    let result = tokio::select! {
+        r = scenario(&url, &files, &issuer_key, duration, started) => r,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\n== interrupted: stopping");
+            Ok(())
+        }
+    };
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
     result

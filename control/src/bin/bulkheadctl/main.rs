@@ -210,7 +210,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let _ = e.print();
+            eprintln!("bulkheadctl: {}", bulkhead_control::config::usage_line(&e));
             return ExitCode::from(USAGE);
         }
     };
