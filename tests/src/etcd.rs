@@ -71,6 +71,20 @@ impl EtcdServer {
         }
     }
 
+    /// How many watchers etcd is serving (its `/metrics`): shows whether a
+    /// client really cancelled a watch.
+    pub fn watcher_count(&self) -> u64 {
+        let metric = "etcd_debugging_mvcc_watcher_total ";
+        let (status, body) = http(self.member.client_port, "GET", "/metrics", "")
+            .unwrap_or_else(|e| panic!("reading etcd metrics: {e}"));
+        assert_eq!(status, 200, "etcd /metrics: {body}");
+        body.lines()
+            .find_map(|line| line.strip_prefix(metric))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map(|value| value as u64)
+            .unwrap_or_else(|| panic!("no {metric}in etcd metrics"))
+    }
+
     /// The last lines of etcd's log.
     pub fn log_tail(&self) -> String {
         self.member.log_tail()
@@ -370,14 +384,15 @@ fn tempdir() -> TempDir {
         .expect("create a temporary directory")
 }
 
-/// A minimal HTTP/1.1 exchange with etcd's client port: status and body.
+/// A minimal HTTP exchange with etcd's client port: status and body.
+/// HTTP/1.0, so that the body comes without chunked encoding.
 fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;

@@ -370,6 +370,36 @@ spec:
     );
 }
 
+#[test]
+fn apply_is_one_transaction_and_refuses_more_than_etcd_takes_in_one() {
+    let mesh = Mesh::start(&[]);
+    let service = |i: usize| {
+        format!(
+            "apiVersion: bulkhead.dev/v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bulk}}\nspec:\n  ports: [{{port: 80, protocol: http}}]\n"
+        )
+    };
+    // 128 resources (etcd's default transaction limit) go in at once...
+    let at_limit: Vec<String> = (0..128).map(service).collect();
+    let path = mesh.write("at-limit.yaml", &at_limit.join("---\n"));
+    assert_eq!(mesh.apply(&path).len(), 128);
+    assert_eq!(mesh.get_json("service").len(), 128);
+    // ...one more changed resource is refused before anything is written,
+    // with a message that says what to do.
+    let over: Vec<String> = (0..257).map(service).collect();
+    let path = mesh.write("over.yaml", &over.join("---\n"));
+    let run = mesh.ctl(&["apply", "-f", path_str(&path)]);
+    assert_one_line_error(
+        &run,
+        1,
+        &["over.yaml", "129 resources would change", "split the file"],
+    );
+    assert_eq!(
+        mesh.get_json("service").len(),
+        128,
+        "nothing of the refused file was written"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // delete
 // ---------------------------------------------------------------------------

@@ -436,6 +436,26 @@ async fn etcd_connect_to_nothing_fails_in_time() {
     );
 }
 
+#[tokio::test]
+async fn etcd_dropping_a_watch_cancels_it_in_etcd() {
+    let etcd = EtcdServer::start();
+    let store = connect(vec![etcd.client_url()]).await;
+    let mut watch = store.watch("", 1);
+    let revision = store.txn(vec![put("k", b"1")]).await.unwrap();
+    assert_eq!(next_events(&mut watch, 1).await, [seen_put("k", revision)]);
+    assert_eq!(etcd.watcher_count(), 1);
+
+    drop(watch);
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    while etcd.watcher_count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "etcd still serves the dropped watch"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Kill: etcd dies without warning and comes back on the same data. Writes
 /// after the restart reach the watcher exactly once, in order, with
 /// revisions continuing where they were.

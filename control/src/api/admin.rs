@@ -13,6 +13,11 @@ use super::{ControlPlane, now_unix_ms, peer, store_status};
 use crate::keys;
 use crate::store::Op;
 
+/// Most resources one apply may change: they are written in one atomic
+/// transaction, and etcd refuses transactions of more than 128 operations
+/// (its default `--max-txn-ops`).
+pub const MAX_APPLY_CHANGES: usize = 128;
+
 #[derive(Debug, Clone)]
 pub struct AdminService {
     plane: Arc<ControlPlane>,
@@ -102,6 +107,12 @@ impl pb::admin_server::Admin for AdminService {
                 name: res.name().to_owned(),
                 outcome: outcome.to_owned(),
             });
+        }
+        if ops.len() > MAX_APPLY_CHANGES {
+            return Err(Status::invalid_argument(format!(
+                "{source}: {} resources would change, at most {MAX_APPLY_CHANGES} may change in one apply (one atomic store transaction); split the file",
+                ops.len()
+            )));
         }
         let mut revision = 0;
         if !req.dry_run && !ops.is_empty() {

@@ -11,6 +11,11 @@
 //! etcd cannot have applied them (the connection was never made, or etcd
 //! refused the request for want of a leader). A write that failed in flight
 //! returns [`StoreError::Unavailable`]: its outcome is unknown.
+//!
+//! Each watch is a task (spawned on the current tokio runtime) that owns the
+//! etcd watch. A watch from revision 0 starts at the revision current when
+//! that task first reaches etcd, some time after `watch` returns: to miss
+//! nothing, watch from a listing's revision + 1.
 
 use std::future::Future;
 use std::time::Duration;

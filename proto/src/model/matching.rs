@@ -234,6 +234,11 @@ pub(crate) fn check_method(method: &str) -> Result<(), String> {
     }
 }
 
+/// An RFC 9110 `tchar`: what HTTP tokens (methods, field names) are made of.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,9 +412,4 @@ mod tests {
             assert!(check_method(bad).is_err(), "{bad:?}");
         }
     }
-}
-
-/// An RFC 9110 `tchar`: what HTTP tokens (methods, field names) are made of.
-pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
