@@ -168,3 +168,53 @@ fn versions_and_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"));
     }
 }
+
+#[test]
+fn ctl_reads_control_and_credentials_from_a_config_file_and_flags_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("creds-from-file");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "control: http://from-file:1\ncredentials: {}\n",
+            creds.display()
+        ),
+    )
+    .expect("write");
+    let run = |args: &[&str]| {
+        let out = Command::new(CTL)
+            .args(args)
+            .env_remove("BULKHEAD_CREDENTIALS")
+            .env_remove("BULKHEAD_CONTROL")
+            .env("XDG_CONFIG_HOME", dir.path())
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The file's credentials folder is used (and named when it is missing).
+    let config_arg = config.to_str().expect("utf-8");
+    let (code, err) = run(&["--config", config_arg, "get", "services"]);
+    assert_eq!(code, 2);
+    assert!(one_line(&err).contains("creds-from-file"), "{err}");
+    // Credentials from a flag win over the file; then the file's URL is used.
+    std::fs::create_dir_all(dir.path().join("ca")).expect("mkdir");
+    let (code, err) = run(&[
+        "--config",
+        config_arg,
+        "--credentials",
+        "/nonexistent/flag-creds",
+        "get",
+        "services",
+    ]);
+    assert_eq!(code, 2);
+    assert!(one_line(&err).contains("/nonexistent/flag-creds"), "{err}");
+    // An unknown key in the file is an error naming the file.
+    std::fs::write(&config, "contorl: https://typo:8443\n").expect("write");
+    let (code, err) = run(&["--config", config_arg, "get", "services"]);
+    assert_eq!(code, 2);
+    assert!(one_line(&err).contains("config.yaml"), "{err}");
+}

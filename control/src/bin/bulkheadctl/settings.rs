@@ -94,8 +94,17 @@ pub(crate) fn slot_from_files(cert_path: &Path, key_path: &Path) -> Result<CertS
 fn read_config(path: &Path) -> Result<ConfigFile, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::usage(format!("config file {}: {e}", path.display())))?;
-    serde_saphyr::from_str(&text)
-        .map_err(|e| CliError::usage(format!("config file {}: {e}", path.display())))
+    serde_saphyr::from_str(&text).map_err(|e| {
+        // The YAML error carries a source snippet on further lines; the
+        // first line names the place and the problem.
+        let e = e.to_string();
+        let first = e
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        CliError::usage(format!("config file {}: {first}", path.display()))
+    })
 }
 
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CliError> {
