@@ -9,7 +9,6 @@
 pub mod admin_http;
 pub mod api;
 pub mod ca;
-pub mod client;
 pub mod config;
 pub mod hub;
 pub mod keys;

@@ -6,8 +6,12 @@
 //!   `TrafficSplit`, `Rollout`), their validation, and registry endpoints.
 //! - [`tls`]: rustls configurations that authenticate peers by SPIFFE ID.
 //!
-//! No I/O happens here: both the control plane and the sidecar build on it.
+//! - [`client`]: a gRPC channel to the control plane over mesh TLS.
+//!
+//! Nothing here listens or stores: both the control plane and the sidecar
+//! build on it (the [`client`] connector is the one piece that dials).
 
+pub mod client;
 pub mod identity;
 pub mod model;
 pub mod tls;

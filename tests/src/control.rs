@@ -319,7 +319,7 @@ impl ControlPlane {
 
     /// A gRPC channel presenting `client_cert` (None: no client certificate).
     pub fn channel(&self, ca: &TestCa, client_cert: Option<CertSlot>) -> Channel {
-        bulkhead_control::client::channel(&self.url(), &ca.bundle(), client_cert).expect("channel")
+        bulkhead_proto::client::channel(&self.url(), &ca.bundle(), client_cert).expect("channel")
     }
 
     pub fn admin_client(&self, ca: &TestCa) -> pb::admin_client::AdminClient<Channel> {

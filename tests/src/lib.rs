@@ -4,3 +4,4 @@
 
 pub mod control;
 pub mod etcd;
+pub mod proxy;

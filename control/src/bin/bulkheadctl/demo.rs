@@ -146,7 +146,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf, CliError> {
 }
 
 fn channel(url: &str, bundle: &TrustBundle, slot: Option<CertSlot>) -> Result<Channel, CliError> {
-    bulkhead_control::client::channel(url, bundle, slot).map_err(|e| fail("channel")(e.to_string()))
+    bulkhead_proto::client::channel(url, bundle, slot).map_err(|e| fail("channel")(e.to_string()))
 }
 
 async fn certify(

@@ -1,12 +1,12 @@
 //! Connecting to the control plane: a tonic channel over our own TLS
 //! (TLS 1.3, the server must be a control-plane identity chained to the trust
 //! bundle; host names are not what is checked). Used by `bulkheadctl`, the
-//! tests, and — until it moves to a crate both share — the sidecar.
+//! tests and the sidecar.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_proto::tls::{self, CertSlot, ExpectedServer, TrustBundle};
+use crate::tls::{self, CertSlot, ExpectedServer, TrustBundle};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;

@@ -1,0 +1,148 @@
+//! The proxy's admin port (default 127.0.0.1:4191): `/metrics`, `/ready`
+//! (certificate, config and a live app), `/live`, and `/config` (what the
+//! sidecar currently acts on, as JSON).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bulkhead_proto::tls::CertSlot;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::http::{self as h, Body};
+use crate::state::MeshState;
+
+pub struct Admin {
+    pub metrics: PrometheusHandle,
+    pub slot: CertSlot,
+    pub states: watch::Receiver<Arc<MeshState>>,
+    pub app: Option<SocketAddr>,
+    pub draining: tokio_util::sync::CancellationToken,
+    pub cert_not_after: std::sync::Mutex<Option<SystemTime>>,
+}
+
+impl Admin {
+    /// Ready: a certificate, a config, the app answering, not draining.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.draining.is_cancelled() {
+            return Err("draining".into());
+        }
+        if self.slot.get().is_none() {
+            return Err("no certificate yet".into());
+        }
+        if self.states.borrow().revision == 0 {
+            return Err("no config from the control plane yet".into());
+        }
+        if let Some(app) = self.app {
+            match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                _ => return Err(format!("app at {app} does not answer")),
+            }
+        }
+        Ok(())
+    }
+
+    fn config_json(&self) -> String {
+        let state = self.states.borrow().clone();
+        let resources: Vec<serde_json::Value> = state
+            .resources
+            .values()
+            .filter_map(|r| serde_json::from_str(&r.to_json()).ok())
+            .collect();
+        let endpoints: Vec<serde_json::Value> = state
+            .endpoints
+            .values()
+            .flat_map(|set| set.values())
+            .map(|e| {
+                serde_json::json!({
+                    "namespace": e.namespace, "service": e.service, "version": e.version,
+                    "address": e.address.to_string(), "inboundPort": e.inbound_port,
+                    "identity": e.identity.as_ref().map(|i| i.to_string()),
+                    "locality": {"node": e.locality.node, "zone": e.locality.zone, "region": e.locality.region},
+                })
+            })
+            .collect();
+        let expiry = self
+            .cert_not_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        serde_json::to_string_pretty(&serde_json::json!({
+            "revision": state.revision,
+            "certificateNotAfterUnix": expiry,
+            "resources": resources,
+            "endpoints": endpoints,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(req, &admin).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(h::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Body> {
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET\n".into(),
+            "text/plain",
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            admin.metrics.render(),
+            "text/plain; version=0.0.4",
+        ),
+        "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),
+        "/ready" => match admin.readiness().await {
+            Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+                "text/plain",
+            ),
+        },
+        "/config" => text(StatusCode::OK, admin.config_json(), "application/json"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /ready, /live or /config\n".into(),
+            "text/plain",
+        ),
+    }
+}

@@ -1,0 +1,395 @@
+//! `bulkhead-proxy run` configuration: flags, each also readable from
+//! `BULKHEAD_<FLAG>`; parsed and checked once, here, into a plain
+//! [`Config`] the rest of the proxy reads.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bulkhead_proto::identity::validate_name;
+use bulkhead_proto::model::Protocol;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead-proxy", version, about = "The Bulkhead sidecar proxy", after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar beside one workload.
+    Run(Box<RunArgs>),
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  bulkhead-proxy run --control https://bulkhead-control:8443 --trust-bundle bundle.crt \\
+      --token-file token --namespace shop --service cart --version 2.0.1 \\
+      --app 127.0.0.1:8080 --upstream inventory=127.0.0.1:9001 --node node-1 --zone a";
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Control-plane URL.
+    #[arg(
+        long,
+        env = "BULKHEAD_CONTROL",
+        default_value = "https://127.0.0.1:8443",
+        value_name = "URL"
+    )]
+    pub control: String,
+    /// Trust bundle (root certificates, PEM) to verify the control plane and peers.
+    #[arg(long, env = "BULKHEAD_TRUST_BUNDLE", value_name = "FILE")]
+    pub trust_bundle: PathBuf,
+    /// Bootstrap token for the first certificate (later ones renew with the current certificate).
+    #[arg(long, env = "BULKHEAD_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// Trust domain (default: the one the bundle's roots name, else cluster.local).
+    #[arg(long, env = "BULKHEAD_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    #[arg(long, env = "BULKHEAD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The service this workload serves.
+    #[arg(long, env = "BULKHEAD_SERVICE")]
+    pub service: String,
+    /// The workload's version (registered; TrafficSplits route by it).
+    #[arg(long, env = "BULKHEAD_VERSION", default_value = "0.0.0")]
+    pub version: String,
+    /// Service account (default: the service name).
+    #[arg(long, env = "BULKHEAD_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    /// The local app the inbound side forwards to.
+    #[arg(long, env = "BULKHEAD_APP", value_name = "ADDR")]
+    pub app: Option<SocketAddr>,
+    #[arg(
+        long,
+        env = "BULKHEAD_APP_PROTOCOL",
+        value_enum,
+        default_value = "http"
+    )]
+    pub app_protocol: AppProtocol,
+    /// Inbound mTLS listener.
+    #[arg(
+        long,
+        env = "BULKHEAD_INBOUND",
+        default_value = "0.0.0.0:4143",
+        value_name = "ADDR"
+    )]
+    pub inbound: SocketAddr,
+    /// Address registered for this endpoint (default: the inbound IP, or 127.0.0.1 when that is unspecified).
+    #[arg(long, env = "BULKHEAD_ADVERTISE", value_name = "IP")]
+    pub advertise: Option<IpAddr>,
+    /// Admin listener: /metrics, /ready, /live, /config.
+    #[arg(
+        long,
+        env = "BULKHEAD_ADMIN",
+        default_value = "127.0.0.1:4191",
+        value_name = "ADDR"
+    )]
+    pub admin: SocketAddr,
+    /// Local listener for a service: NAME[.NS][:PORT]=ADDR (repeatable).
+    #[arg(
+        long = "upstream",
+        env = "BULKHEAD_UPSTREAM",
+        value_delimiter = ',',
+        value_name = "NAME[.NS][:PORT]=ADDR"
+    )]
+    pub upstreams: Vec<String>,
+    /// DNS server for mesh names (optional).
+    #[arg(long, env = "BULKHEAD_DNS", value_name = "ADDR")]
+    pub dns: Option<SocketAddr>,
+    #[arg(long, env = "BULKHEAD_NODE", default_value = "")]
+    pub node: String,
+    #[arg(long, env = "BULKHEAD_ZONE", default_value = "")]
+    pub zone: String,
+    #[arg(long, env = "BULKHEAD_REGION", default_value = "")]
+    pub region: String,
+    /// Where the last good config is kept, to start without a control plane.
+    #[arg(long, env = "BULKHEAD_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Longest a request may take end to end.
+    #[arg(long, env = "BULKHEAD_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests.
+    #[arg(long, env = "BULKHEAD_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[arg(long, env = "BULKHEAD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AppProtocol {
+    Http,
+    Grpc,
+    Tcp,
+}
+
+impl AppProtocol {
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Self::Http => Protocol::Http,
+            Self::Grpc => Protocol::Grpc,
+            Self::Tcp => Protocol::Tcp,
+        }
+    }
+}
+
+/// A local listener for one service (`--upstream`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub service: String,
+    pub namespace: String,
+    /// The Service's declared port; `None`: its only port.
+    pub port: Option<u16>,
+    pub listen: SocketAddr,
+}
+
+impl Upstream {
+    /// Parses `NAME[.NS][:PORT]=ADDR`; the namespace defaults to ours.
+    pub fn parse(spec: &str, own_namespace: &str) -> Result<Self, String> {
+        let (target, addr) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("{spec:?}: expected NAME[.NS][:PORT]=ADDR"))?;
+        let listen: SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("{spec:?}: {addr:?} is not an IP:PORT listen address"))?;
+        let (name, port) = match target.rsplit_once(':') {
+            Some((name, port)) => {
+                let port: u16 = port
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{spec:?}: port {port:?} is not 1-65535"))?;
+                (name, Some(port))
+            }
+            None => (target, None),
+        };
+        let (service, namespace) = name.split_once('.').unwrap_or((name, own_namespace));
+        validate_name("service", service).map_err(|e| format!("{spec:?}: {e}"))?;
+        validate_name("namespace", namespace).map_err(|e| format!("{spec:?}: {e}"))?;
+        Ok(Self {
+            service: service.to_owned(),
+            namespace: namespace.to_owned(),
+            port,
+            listen,
+        })
+    }
+}
+
+/// The sidecar's settings, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub control: String,
+    pub trust_bundle: PathBuf,
+    pub token_file: PathBuf,
+    pub trust_domain: Option<String>,
+    pub namespace: String,
+    pub service: String,
+    pub version: String,
+    pub service_account: String,
+    pub app: Option<SocketAddr>,
+    pub app_protocol: AppProtocol,
+    pub inbound: SocketAddr,
+    pub advertise: IpAddr,
+    pub admin: SocketAddr,
+    pub upstreams: Vec<Upstream>,
+    pub dns: Option<SocketAddr>,
+    pub locality: bulkhead_proto::model::Locality,
+    pub state_dir: Option<PathBuf>,
+    pub request_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Checks every value; an error names the flag.
+    pub fn from_args(a: RunArgs) -> Result<Self, String> {
+        validate_name("namespace", &a.namespace).map_err(|e| format!("--namespace: {e}"))?;
+        validate_name("service", &a.service).map_err(|e| format!("--service: {e}"))?;
+        let service_account = a
+            .service_account
+            .clone()
+            .unwrap_or_else(|| a.service.clone());
+        validate_name("service account", &service_account)
+            .map_err(|e| format!("--service-account: {e}"))?;
+        let version_ok = !a.version.is_empty()
+            && a.version.len() <= 64
+            && a.version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+        if !version_ok {
+            return Err(format!(
+                "--version {:?}: expected 1-64 characters of A-Z a-z 0-9 . _ + -",
+                a.version
+            ));
+        }
+        for (flag, value) in [
+            ("--node", &a.node),
+            ("--zone", &a.zone),
+            ("--region", &a.region),
+        ] {
+            if value.len() > 128 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(format!(
+                    "{flag} {value:?}: expected up to 128 printable characters without spaces"
+                ));
+            }
+        }
+        if let Some(td) = &a.trust_domain {
+            bulkhead_proto::identity::validate_trust_domain(td)
+                .map_err(|e| format!("--trust-domain: {e}"))?;
+        }
+        let mut upstreams = Vec::new();
+        for spec in &a.upstreams {
+            let up = Upstream::parse(spec, &a.namespace).map_err(|e| format!("--upstream {e}"))?;
+            if upstreams.iter().any(|u: &Upstream| u.listen == up.listen) {
+                return Err(format!(
+                    "--upstream {spec:?}: {} is already used by another upstream",
+                    up.listen
+                ));
+            }
+            upstreams.push(up);
+        }
+        let advertise = a.advertise.unwrap_or_else(|| {
+            if a.inbound.ip().is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                a.inbound.ip()
+            }
+        });
+        Ok(Self {
+            control: a.control,
+            trust_bundle: a.trust_bundle,
+            token_file: a.token_file,
+            trust_domain: a.trust_domain,
+            namespace: a.namespace,
+            service: a.service,
+            version: a.version,
+            service_account,
+            app: a.app,
+            app_protocol: a.app_protocol,
+            inbound: a.inbound,
+            advertise,
+            admin: a.admin,
+            upstreams,
+            dns: a.dns,
+            locality: bulkhead_proto::model::Locality {
+                node: a.node,
+                zone: a.zone,
+                region: a.region,
+            },
+            state_dir: a.state_dir,
+            request_timeout: a.request_timeout,
+            drain_timeout: a.drain_timeout,
+            log_format: a.log_format,
+            log_level: a.log_level,
+        })
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration like 30s or 5m ({e})"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+/// A clap error as one line (the message, no usage page).
+pub fn usage_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more information")
+        })
+        .collect();
+    format!(
+        "{} (see --help)",
+        parts.join(" ").trim_start_matches("error: ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_specs() {
+        let u = Upstream::parse("inventory=127.0.0.1:9001", "shop").unwrap();
+        assert_eq!(
+            (u.service.as_str(), u.namespace.as_str(), u.port),
+            ("inventory", "shop", None)
+        );
+        let u = Upstream::parse("pricing.billing:9090=127.0.0.1:9002", "shop").unwrap();
+        assert_eq!(
+            (u.service.as_str(), u.namespace.as_str(), u.port),
+            ("pricing", "billing", Some(9090))
+        );
+        for bad in [
+            "inventory",
+            "inventory=nowhere",
+            "Inventory=127.0.0.1:1",
+            "inv:0=127.0.0.1:1",
+            "inv:x=127.0.0.1:1",
+            "=127.0.0.1:1",
+        ] {
+            assert!(Upstream::parse(bad, "shop").is_err(), "{bad}");
+        }
+    }
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let base = [
+            "bulkhead-proxy",
+            "run",
+            "--trust-bundle",
+            "b",
+            "--token-file",
+            "t",
+            "--service",
+            "cart",
+        ];
+        let cli = Cli::try_parse_from(base.iter().chain(extra)).map_err(|e| e.to_string())?;
+        let Command::Run(a) = cli.command;
+        Config::from_args(*a)
+    }
+
+    #[test]
+    fn defaults_and_checks() {
+        let c = args(&[]).unwrap();
+        assert_eq!(c.inbound.to_string(), "0.0.0.0:4143");
+        assert_eq!(c.admin.to_string(), "127.0.0.1:4191");
+        assert_eq!(c.service_account, "cart");
+        assert_eq!(c.advertise.to_string(), "127.0.0.1");
+        assert!(
+            args(&["--version", "1 0"])
+                .unwrap_err()
+                .contains("--version")
+        );
+        assert!(
+            args(&["--namespace", "Shop"])
+                .unwrap_err()
+                .contains("--namespace")
+        );
+        assert!(args(&["--node", "a b"]).unwrap_err().contains("--node"));
+        assert!(
+            args(&["--upstream", "a=127.0.0.1:1", "--upstream", "b=127.0.0.1:1"])
+                .unwrap_err()
+                .contains("already used")
+        );
+        let c = args(&["--inbound", "198.18.0.5:4143"]).unwrap();
+        assert_eq!(c.advertise.to_string(), "198.18.0.5");
+    }
+}

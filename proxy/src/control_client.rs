@@ -1,0 +1,197 @@
+//! Talking to the control plane after bootstrap: one Watch subscription that
+//! keeps [`MeshState`] current (reconnecting with backoff, resuming on a
+//! fresh snapshot), and the endpoint registration kept alive on its lease.
+//!
+//! An outage changes nothing on the data path: the last state stays
+//! published and `bulkhead_control_plane_connected` drops to 0.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_proto::pb::{self, discovery_client::DiscoveryClient};
+use rand::Rng;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::state::{self, MeshState};
+
+/// Backoff between reconnects: 200 ms doubling to 10 s, with jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(200).saturating_mul(1 << attempt.min(6));
+    let capped = base.min(Duration::from_secs(10));
+    capped.mul_f64(rand::rng().random_range(0.5..1.0))
+}
+
+/// Subscribes and re-subscribes forever, publishing each new state.
+pub async fn watch_forever(
+    channel: Channel,
+    request: pb::WatchRequest,
+    states: watch::Sender<Arc<MeshState>>,
+    state_dir: Option<PathBuf>,
+) {
+    let mut attempt = 0;
+    loop {
+        let mut client = DiscoveryClient::new(channel.clone());
+        match client.watch(request.clone()).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                // Work on a copy; publish only whole updates.
+                let mut current = states.borrow().as_ref().clone();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(update)) => {
+                            attempt = 0;
+                            metrics::gauge!("bulkhead_control_plane_connected").set(1.0);
+                            let problems = current.apply(&update);
+                            if !problems.is_empty() {
+                                tracing::warn!(
+                                    ?problems,
+                                    revision = update.revision,
+                                    "ignored invalid items pushed by the control plane"
+                                );
+                            }
+                            metrics::gauge!("bulkhead_config_revision")
+                                .set(current.revision as f64);
+                            tracing::debug!(
+                                revision = update.revision,
+                                snapshot = update.snapshot,
+                                changes = update.changes.len(),
+                                "config update"
+                            );
+                            states.send_replace(Arc::new(current.clone()));
+                            if let Some(dir) = &state_dir
+                                && let Err(error) = state::save(&current, dir)
+                            {
+                                tracing::warn!(%error, "could not save the config snapshot");
+                            }
+                        }
+                        Ok(None) => {
+                            tracing::warn!("control plane ended the watch; reconnecting");
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::warn!(code = ?status.code(), message = status.message(), "watch failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "cannot subscribe to the control plane; retrying");
+            }
+        }
+        metrics::gauge!("bulkhead_control_plane_connected").set(0.0);
+        metrics::counter!("bulkhead_control_plane_reconnects_total").increment(1);
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
+    }
+}
+
+/// The registration of this endpoint, kept alive until dropped or
+/// deregistered.
+pub struct Registration {
+    channel: Channel,
+    record: pb::Endpoint,
+    lease: Arc<std::sync::Mutex<Option<i64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Registration {
+    /// Registers (retrying until it succeeds) and keeps the lease alive,
+    /// re-registering if the control plane lost it.
+    pub fn start(channel: Channel, record: pb::Endpoint) -> Self {
+        let lease = Arc::new(std::sync::Mutex::new(None));
+        let task = {
+            let channel = channel.clone();
+            let record = record.clone();
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                let mut client = DiscoveryClient::new(channel);
+                let mut attempt = 0;
+                loop {
+                    let current = *lease.lock().unwrap_or_else(|e| e.into_inner());
+                    let step = match current {
+                        None => match client
+                            .register(pb::RegisterRequest {
+                                endpoint: Some(record.clone()),
+                            })
+                            .await
+                        {
+                            Ok(resp) => {
+                                let resp = resp.into_inner();
+                                tracing::info!(
+                                    lease = format!("{:x}", resp.lease_id),
+                                    ttl = resp.ttl_seconds,
+                                    "endpoint registered"
+                                );
+                                *lease.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(resp.lease_id);
+                                metrics::gauge!("bulkhead_registered").set(1.0);
+                                Ok(Duration::from_secs(u64::from(resp.ttl_seconds.max(3))) / 3)
+                            }
+                            Err(status) => Err(status),
+                        },
+                        Some(id) => match client.keep_alive(key(&record, id)).await {
+                            Ok(resp) => Ok(Duration::from_secs(u64::from(
+                                resp.into_inner().ttl_seconds.max(3),
+                            )) / 3),
+                            Err(status) if status.code() == tonic::Code::NotFound => {
+                                tracing::warn!("registration lease lost; registering again");
+                                *lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                                metrics::gauge!("bulkhead_registered").set(0.0);
+                                Ok(Duration::ZERO)
+                            }
+                            Err(status) => Err(status),
+                        },
+                    };
+                    match step {
+                        Ok(wait) => {
+                            attempt = 0;
+                            tokio::time::sleep(wait).await;
+                        }
+                        Err(status) => {
+                            tracing::warn!(code = ?status.code(), message = status.message(), "registration call failed; retrying");
+                            tokio::time::sleep(backoff(attempt)).await;
+                            attempt += 1;
+                        }
+                    }
+                }
+            })
+        };
+        Self {
+            channel,
+            record,
+            lease,
+            task,
+        }
+    }
+
+    /// Stops renewing and removes the record at once (graceful shutdown).
+    pub async fn deregister(self) {
+        self.task.abort();
+        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = lease {
+            let mut client = DiscoveryClient::new(self.channel.clone());
+            let call = client.deregister(key(&self.record, id));
+            match tokio::time::timeout(Duration::from_secs(3), call).await {
+                Ok(Ok(_)) => tracing::info!("endpoint deregistered"),
+                Ok(Err(status)) => tracing::warn!(
+                    message = status.message(),
+                    "deregistration failed; the lease will expire"
+                ),
+                Err(_) => tracing::warn!("deregistration timed out; the lease will expire"),
+            }
+        }
+        metrics::gauge!("bulkhead_registered").set(0.0);
+    }
+}
+
+fn key(record: &pb::Endpoint, lease_id: i64) -> pb::KeepAliveRequest {
+    pb::KeepAliveRequest {
+        namespace: record.namespace.clone(),
+        service: record.service.clone(),
+        address: record.address.clone(),
+        lease_id,
+    }
+}

@@ -1,0 +1,259 @@
+//! The workload's certificate: a key made here (never sent anywhere), a CSR
+//! and the bootstrap token for the first certificate, then renewal at ~70 %
+//! of the lifetime (with jitter) by presenting the current certificate, so a
+//! one-time token stays one-time. A failed renewal retries with backoff and
+//! never touches the certificate in use, so serving connections never drop.
+//!
+//! The current key and certificate are also kept in `--state-dir` (mode
+//! 0600; the folder is the pod's own) so a restarted sidecar can serve while
+//! the control plane is unreachable.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bulkhead_proto::SpiffeId;
+use bulkhead_proto::pb::{self, identity_client::IdentityClient};
+use bulkhead_proto::tls::{CertSlot, TrustBundle};
+use rand::Rng;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tonic::transport::Channel;
+
+/// The certificate in use and what it says.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub id: SpiffeId,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("token file {path}: {reason}")]
+    Token { path: String, reason: String },
+    #[error("control plane refused the certificate request: {0}")]
+    Refused(String),
+    #[error("control plane unreachable: {0}")]
+    Unavailable(String),
+    #[error("issued certificate unusable: {0}")]
+    BadCertificate(String),
+}
+
+fn new_key_and_csr() -> Result<(rcgen::KeyPair, Vec<u8>), IdentityError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| IdentityError::BadCertificate(format!("key generation: {e}")))?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(|e| IdentityError::BadCertificate(format!("CSR: {e}")))?;
+    Ok((key, csr.der().to_vec()))
+}
+
+fn status_error(s: tonic::Status) -> IdentityError {
+    match s.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Unknown
+        | tonic::Code::Cancelled => IdentityError::Unavailable(s.message().to_owned()),
+        _ => IdentityError::Refused(format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+/// Installs an issued chain and key in `slot`; returns what it says.
+fn install(
+    slot: &CertSlot,
+    chain_der: Vec<Vec<u8>>,
+    key: PrivateKeyDer<'static>,
+    trust_domain: &str,
+) -> Result<Issued, IdentityError> {
+    let chain: Vec<CertificateDer<'static>> = chain_der.into_iter().map(Into::into).collect();
+    let leaf = chain
+        .first()
+        .ok_or_else(|| IdentityError::BadCertificate("empty chain".into()))?;
+    let id = SpiffeId::from_cert_der(leaf, trust_domain)
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let (not_before, not_after) = validity(leaf)?;
+    let certified = CertSlot::certified_key(chain, key)
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    slot.set(certified);
+    metrics::gauge!("bulkhead_cert_expiry_seconds").set(unix(not_after) as f64);
+    Ok(Issued {
+        id,
+        not_before,
+        not_after,
+    })
+}
+
+fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), IdentityError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let at = |t: i64| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    Ok((
+        at(cert.validity().not_before.timestamp()),
+        at(cert.validity().not_after.timestamp()),
+    ))
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// First certificate, with the bootstrap token.
+pub async fn certify(
+    channel: Channel,
+    token_file: &Path,
+    slot: &CertSlot,
+    trust_domain: &str,
+    state_dir: Option<&Path>,
+) -> Result<Issued, IdentityError> {
+    let token = std::fs::read_to_string(token_file).map_err(|e| IdentityError::Token {
+        path: token_file.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let (key, csr) = new_key_and_csr()?;
+    let resp = IdentityClient::new(channel)
+        .certify(pb::CertifyRequest {
+            csr_der: csr,
+            attestation: Some(pb::certify_request::Attestation::BootstrapToken(
+                token.trim().to_owned(),
+            )),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    finish(resp, key, slot, trust_domain, state_dir)
+}
+
+/// A new certificate for the identity of the current one.
+pub async fn renew(
+    channel: Channel,
+    slot: &CertSlot,
+    trust_domain: &str,
+    state_dir: Option<&Path>,
+) -> Result<Issued, IdentityError> {
+    let (key, csr) = new_key_and_csr()?;
+    let resp = IdentityClient::new(channel)
+        .renew(pb::RenewRequest { csr_der: csr })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    finish(resp, key, slot, trust_domain, state_dir)
+}
+
+fn finish(
+    resp: pb::CertifyResponse,
+    key: rcgen::KeyPair,
+    slot: &CertSlot,
+    trust_domain: &str,
+    state_dir: Option<&Path>,
+) -> Result<Issued, IdentityError> {
+    let key_der = key.serialize_der();
+    let chain = resp.chain_der.clone();
+    let issued = install(
+        slot,
+        resp.chain_der,
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.clone())),
+        trust_domain,
+    )?;
+    if let Some(dir) = state_dir
+        && let Err(error) = save(dir, &chain, &key_der)
+    {
+        tracing::warn!(%error, "could not keep the certificate in the state dir");
+    }
+    tracing::info!(identity = %issued.id, not_after = unix(issued.not_after), "certificate installed");
+    Ok(issued)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+/// `identity.key`: the PKCS#8 key (DER); `identity.chain`: the chain as a
+/// `CertifyResponse` with only `chain_der` set.
+fn save(dir: &Path, chain: &[Vec<u8>], key_der: &[u8]) -> std::io::Result<()> {
+    use prost::Message;
+    let record = pb::CertifyResponse {
+        chain_der: chain.to_vec(),
+        ..Default::default()
+    };
+    write_private(&dir.join("identity.key"), key_der)?;
+    write_private(&dir.join("identity.chain"), &record.encode_to_vec())
+}
+
+/// A still-valid certificate kept by an earlier run, installed in `slot`.
+pub fn load_saved(dir: &Path, slot: &CertSlot, trust_domain: &str) -> Option<Issued> {
+    use prost::Message;
+    let key = std::fs::read(dir.join("identity.key")).ok()?;
+    let chain = std::fs::read(dir.join("identity.chain")).ok()?;
+    let record = pb::CertifyResponse::decode(chain.as_slice()).ok()?;
+    let (_, not_after) = validity(record.chain_der.first()?).ok()?;
+    if not_after <= SystemTime::now() {
+        return None;
+    }
+    install(
+        slot,
+        record.chain_der,
+        PrivateKeyDer::Pkcs8(key.into()),
+        trust_domain,
+    )
+    .ok()
+}
+
+/// When to renew: ~70 % of the lifetime, ±5 % jitter so a fleet started
+/// together does not renew together.
+pub fn renewal_delay(issued: &Issued, now: SystemTime) -> Duration {
+    let lifetime = issued
+        .not_after
+        .duration_since(issued.not_before)
+        .unwrap_or_default();
+    let jitter = rand::rng().random_range(0.65..0.75);
+    let at = issued.not_before + lifetime.mul_f64(jitter);
+    at.duration_since(now).unwrap_or_default()
+}
+
+/// Renews forever: at the renewal time, then with backoff on failure (1 s
+/// doubling to 60 s) until it succeeds; the current certificate stays in
+/// use meanwhile.
+pub async fn renew_forever(
+    channel: Channel,
+    slot: CertSlot,
+    mut issued: Issued,
+    trust_domain: String,
+    state_dir: Option<PathBuf>,
+    bundle: TrustBundle,
+) {
+    let _ = bundle; // the channel already verifies the control plane with it
+    loop {
+        tokio::time::sleep(renewal_delay(&issued, SystemTime::now())).await;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match renew(channel.clone(), &slot, &trust_domain, state_dir.as_deref()).await {
+                Ok(next) => {
+                    metrics::counter!("bulkhead_cert_renewals_total", "result" => "ok")
+                        .increment(1);
+                    issued = next;
+                    break;
+                }
+                Err(error) => {
+                    metrics::counter!("bulkhead_cert_renewals_total", "result" => "error")
+                        .increment(1);
+                    tracing::warn!(%error, retry_in = ?backoff, "certificate renewal failed; the current certificate stays in use");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+}

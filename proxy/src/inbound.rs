@@ -1,0 +1,356 @@
+//! Inbound (port 4143): accept → TLS 1.3 with a mandatory mesh client
+//! certificate (checked in the handshake: chain, validity, one SPIFFE ID in
+//! our trust domain) → read the preface → authorize → forward to the app.
+//! Nothing reaches the app before the peer is authenticated and the request
+//! authorized; denials are logged, counted and marked.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::SpiffeId;
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AppProtocol;
+use crate::http::{self as h, Body};
+use crate::policy::{self, HttpRequestInfo, Verdict};
+use crate::state::MeshState;
+use crate::wire::{Payload, Preface};
+
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the inbound side needs, shared by every connection.
+pub struct Inbound {
+    pub tls: TlsAcceptor,
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service: String,
+    pub version: String,
+    pub app: Option<SocketAddr>,
+    pub app_protocol: AppProtocol,
+    pub states: watch::Receiver<Arc<MeshState>>,
+    pub app_http1: Client<HttpConnector, Incoming>,
+    pub app_http2: Client<HttpConnector, Incoming>,
+    pub request_timeout: Duration,
+}
+
+impl Inbound {
+    pub fn app_clients() -> (
+        Client<HttpConnector, Incoming>,
+        Client<HttpConnector, Incoming>,
+    ) {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http1 = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        (http1, http2)
+    }
+}
+
+/// Accepts until `shutdown`; connections are tracked so drain can wait.
+pub async fn serve(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let inbound = inbound.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            connection(tcp, remote, inbound, shutdown).await;
+        });
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    inbound: Arc<Inbound>,
+    shutdown: CancellationToken,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.tls.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            metrics::counter!("bulkhead_tls_handshakes_total", "direction" => "inbound", "result" => "error").increment(1);
+            tracing::info!(%remote, %error, "inbound TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("bulkhead_tls_handshakes_total", "direction" => "inbound", "result" => "timeout").increment(1);
+            tracing::info!(%remote, "inbound TLS handshake timed out");
+            return;
+        }
+    };
+    metrics::counter!("bulkhead_tls_handshakes_total", "direction" => "inbound", "result" => "ok")
+        .increment(1);
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| SpiffeId::from_cert_der(leaf, &inbound.trust_domain).ok());
+    let Some(peer) = peer else {
+        // The verifier makes this unreachable; fail closed anyway.
+        tracing::warn!(%remote, "inbound connection without a mesh identity");
+        return;
+    };
+    let mut tls = tls;
+    let preface = match tokio::time::timeout(PREFACE_TIMEOUT, Preface::read(&mut tls)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(error)) => {
+            tracing::info!(%remote, %peer, %error, "inbound connection refused: bad preface");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%remote, %peer, "inbound connection refused: no preface in time");
+            return;
+        }
+    };
+    let span = tracing::info_span!("inbound", %peer, port = preface.port);
+    let _enter = span.enter();
+    match preface.payload {
+        Payload::Tcp => {
+            drop(_enter);
+            tcp_stream(tls, peer, preface.port, &inbound).await;
+        }
+        Payload::Http2 => {
+            drop(_enter);
+            let port = preface.port;
+            let svc_inbound = inbound.clone();
+            let peer = Arc::new(peer);
+            let service = hyper::service::service_fn(move |req| {
+                let inbound = svc_inbound.clone();
+                let peer = peer.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(request(req, &inbound, &peer, port).await)
+                }
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(1024)
+                .serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "inbound HTTP/2 connection ended");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    // Drain: GOAWAY, let in-flight streams finish.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }
+    }
+}
+
+fn deny_log(peer: &SpiffeId, target: &str, label: &str, port: u16, what: &str) {
+    metrics::counter!("bulkhead_authz_denied_total", "direction" => "inbound", "target" => target.to_owned(), "peer" => peer.to_string(), "rule" => label.to_owned()).increment(1);
+    tracing::info!(%peer, target, port, rule = label, request = what, "denied by allow-list");
+}
+
+async fn tcp_stream(
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SpiffeId,
+    port: u16,
+    inbound: &Inbound,
+) {
+    let decision = {
+        let state = inbound.states.borrow().clone();
+        let lists = state.allow_lists(&inbound.namespace, &inbound.service);
+        policy::authorize(&lists, &peer, port, None, &inbound.trust_domain)
+    };
+    match decision.verdict {
+        Verdict::Deny => {
+            deny_log(&peer, &inbound.service, &decision.label(), port, "tcp");
+            return;
+        }
+        Verdict::AuditAllow => {
+            metrics::counter!("bulkhead_authz_audit_total", "target" => inbound.service.clone(), "peer" => peer.to_string(), "rule" => decision.label()).increment(1);
+            tracing::info!(%peer, port, rule = %decision.label(), "audit: would deny tcp connection");
+        }
+        Verdict::Allow => {}
+    }
+    let Some(app) = inbound.app else {
+        tracing::warn!(%peer, "no --app to forward to");
+        return;
+    };
+    let mut upstream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(app))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        _ => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "app-unreachable").increment(1);
+            tracing::warn!(%app, "app unreachable");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let started = Instant::now();
+    let result = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+    let class = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("bulkhead_tcp_connections_total", "direction" => "inbound", "service" => inbound.service.clone(), "peer" => peer.to_string(), "result" => class).increment(1);
+    metrics::histogram!("bulkhead_tcp_connection_duration_seconds", "direction" => "inbound", "service" => inbound.service.clone()).record(started.elapsed().as_secs_f64());
+}
+
+async fn request(
+    req: Request<Incoming>,
+    inbound: &Inbound,
+    peer: &SpiffeId,
+    port: u16,
+) -> Response<Body> {
+    let started = Instant::now();
+    let grpc = h::is_grpc(req.headers());
+    let resp = authorize_and_forward(req, inbound, peer, port, grpc).await;
+    let class = h::status_class(resp.status());
+    let peer_label = peer.to_string();
+    metrics::counter!("bulkhead_requests_total", "direction" => "inbound", "service" => inbound.service.clone(), "version" => inbound.version.clone(), "peer" => peer_label.clone(), "status_class" => class).increment(1);
+    metrics::histogram!("bulkhead_request_duration_seconds", "direction" => "inbound", "service" => inbound.service.clone(), "version" => inbound.version.clone(), "peer" => peer_label, "status_class" => class)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn authorize_and_forward(
+    mut req: Request<Incoming>,
+    inbound: &Inbound,
+    peer: &SpiffeId,
+    port: u16,
+    grpc: bool,
+) -> Response<Body> {
+    let path = match policy::normalize_path(req.uri().path()) {
+        Ok(p) => p.to_string(),
+        Err(error) => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => error.reason()).increment(1);
+            tracing::info!(%peer, %error, "request refused: ambiguous path");
+            return h::mesh_response(
+                grpc,
+                StatusCode::BAD_REQUEST,
+                "bad-path",
+                &format!("bulkhead: {error}"),
+            );
+        }
+    };
+    let decision = {
+        let state = inbound.states.borrow().clone();
+        let lists = state.allow_lists(&inbound.namespace, &inbound.service);
+        policy::authorize(
+            &lists,
+            peer,
+            port,
+            Some(HttpRequestInfo {
+                method: req.method().as_str(),
+                normalized_path: &path,
+            }),
+            &inbound.trust_domain,
+        )
+    };
+    match decision.verdict {
+        Verdict::Deny => {
+            let label = decision.label();
+            deny_log(peer, &inbound.service, &label, port, req.method().as_str());
+            let mut resp = h::mesh_response(
+                grpc,
+                StatusCode::FORBIDDEN,
+                "denied",
+                &format!(
+                    "denied by the mesh: {peer} may not call {} ({label})",
+                    inbound.service
+                ),
+            );
+            if let Ok(v) = HeaderValue::from_str(&label) {
+                resp.headers_mut().insert(h::MESH_DENIED, v);
+            }
+            return resp;
+        }
+        Verdict::AuditAllow => {
+            metrics::counter!("bulkhead_authz_audit_total", "target" => inbound.service.clone(), "peer" => peer.to_string(), "rule" => decision.label()).increment(1);
+            tracing::info!(%peer, port, method = %req.method(), rule = %decision.label(), "audit: would deny request");
+        }
+        Verdict::Allow => {}
+    }
+    let Some(app) = inbound.app else {
+        return h::mesh_response(
+            grpc,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-app",
+            "bulkhead: no app behind this sidecar",
+        );
+    };
+    // The app sees exactly the path that was authorized.
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let authority = req.uri().authority().map(|a| a.to_string());
+    let Ok(uri) = format!("http://{app}{path}{query}").parse::<Uri>() else {
+        return h::mesh_response(
+            grpc,
+            StatusCode::BAD_REQUEST,
+            "bad-target",
+            "bulkhead: request target does not parse",
+        );
+    };
+    *req.uri_mut() = uri;
+    h::strip_hop_by_hop(req.headers_mut());
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(authority) = authority.and_then(|a| HeaderValue::from_str(&a).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, authority);
+    }
+    let client = if inbound.app_protocol == AppProtocol::Grpc {
+        &inbound.app_http2
+    } else {
+        &inbound.app_http1
+    };
+    if inbound.app_protocol != AppProtocol::Grpc {
+        *req.version_mut() = http::Version::HTTP_11;
+    }
+    match tokio::time::timeout(inbound.request_timeout, client.request(req)).await {
+        Ok(Ok(resp)) => resp.map(|b| b.boxed()),
+        Ok(Err(error)) => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "app-error").increment(1);
+            tracing::warn!(%error, "forwarding to the app failed");
+            h::mesh_response(
+                grpc,
+                StatusCode::BAD_GATEWAY,
+                "app-unreachable",
+                "bulkhead: the app did not answer",
+            )
+        }
+        Err(_) => h::mesh_response(
+            grpc,
+            StatusCode::GATEWAY_TIMEOUT,
+            "app-timeout",
+            "bulkhead: the app did not answer in time",
+        ),
+    }
+}

@@ -1,0 +1,486 @@
+//! Outbound: the local listeners an app calls (`--upstream NAME=ADDR`).
+//!
+//! Per connection: find the Service (its declared port and protocol). TCP
+//! services: pick an endpoint, dial its sidecar (mTLS, exact identity),
+//! copy bytes. HTTP/gRPC services: serve HTTP/1.1 and HTTP/2 to the app and
+//! route every request on its own: choose a version (pin, header match,
+//! weights), pick an endpoint (locality tier, P2C over peak-EWMA), send over
+//! the pooled HTTP/2 connection to that sidecar; retry idempotent requests
+//! within a budget; bound each request in time. Errors the mesh generates
+//! carry `x-bulkhead-error`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::model::{Locality, Protocol};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::balance::{Balancer, BalancerConfig, Outcome};
+use crate::config::Upstream;
+use crate::http::{self as h, Body};
+use crate::pool::{ConnectError, Pool};
+use crate::route;
+use crate::state::{MeshState, ServiceKey};
+use crate::wire::{Payload, Preface};
+
+/// Attempts for a retryable request (the first plus retries).
+const MAX_ATTEMPTS: usize = 3;
+
+pub struct Outbound {
+    pub locality: Locality,
+    pub states: watch::Receiver<Arc<MeshState>>,
+    pub pool: Pool,
+    pub balancers: Balancers,
+    pub request_timeout: Duration,
+    pub budget: RetryBudget,
+}
+
+/// One balancer per service, kept in step with the mesh state.
+#[derive(Default)]
+pub struct Balancers {
+    map: Mutex<HashMap<ServiceKey, Arc<Balancer>>>,
+}
+
+impl Balancers {
+    pub fn get(&self, key: &ServiceKey, state: &MeshState) -> Arc<Balancer> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key.clone())
+            .or_insert_with(|| {
+                let b = Arc::new(Balancer::new(key.1.clone(), BalancerConfig::default()));
+                b.update(state.endpoints_of(&key.0, &key.1));
+                b
+            })
+            .clone()
+    }
+
+    /// Pushes new endpoint sets to every balancer (stats of endpoints that
+    /// stay are kept by the balancer).
+    pub fn refresh(&self, state: &MeshState) {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for ((ns, name), b) in map.iter() {
+            b.update(state.endpoints_of(ns, name));
+        }
+    }
+}
+
+/// Retries may add at most 20 % to the request rate (plus 10 per second so
+/// a quiet service can still retry): counted over a sliding 10 s window.
+pub struct RetryBudget {
+    window_start: Mutex<Instant>,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            window_start: Mutex::new(Instant::now()),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RetryBudget {
+    fn roll(&self) {
+        let mut start = self.window_start.lock().unwrap_or_else(|e| e.into_inner());
+        if start.elapsed() > Duration::from_secs(10) {
+            *start = Instant::now();
+            self.requests.store(0, Ordering::Relaxed);
+            self.retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_request(&self) {
+        self.roll();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn try_retry(&self) -> bool {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let allowed = requests / 5 + 100;
+        if self.retries.fetch_add(1, Ordering::Relaxed) < allowed {
+            true
+        } else {
+            self.retries.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Accepts app connections on one upstream listener until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    upstream: Upstream,
+    outbound: Arc<Outbound>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let upstream = Arc::new(upstream);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let outbound = outbound.clone();
+        let upstream = upstream.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move { connection(tcp, upstream, outbound, shutdown).await });
+    }
+}
+
+/// The service port and protocol an upstream addresses, from its Service.
+fn target(state: &MeshState, up: &Upstream) -> Result<(u16, Protocol), String> {
+    let svc = state
+        .service(&up.namespace, &up.service)
+        .ok_or_else(|| format!("no Service {}/{} known yet", up.namespace, up.service))?;
+    match up.port {
+        Some(p) => svc
+            .spec
+            .ports
+            .iter()
+            .find(|sp| sp.port == p)
+            .map(|sp| (sp.port, sp.protocol))
+            .ok_or_else(|| {
+                format!(
+                    "Service {}/{} declares no port {p}",
+                    up.namespace, up.service
+                )
+            }),
+        None if svc.spec.ports.len() == 1 => {
+            Ok((svc.spec.ports[0].port, svc.spec.ports[0].protocol))
+        }
+        None => Err(format!(
+            "Service {}/{} has several ports: name one as {}:PORT",
+            up.namespace, up.service, up.service
+        )),
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    up: Arc<Upstream>,
+    outbound: Arc<Outbound>,
+    shutdown: CancellationToken,
+) {
+    let state = outbound.states.borrow().clone();
+    let (port, protocol) = match target(&state, &up) {
+        Ok(t) => t,
+        Err(reason) => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "unknown-service").increment(1);
+            tracing::warn!(service = %up.service, %reason, "refusing connection");
+            return;
+        }
+    };
+    if protocol == Protocol::Tcp {
+        tcp_stream(tcp, &up, port, &outbound, &state).await;
+        return;
+    }
+    let svc_outbound = outbound.clone();
+    let svc_up = up.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let outbound = svc_outbound.clone();
+        let up = svc_up.clone();
+        async move { Ok::<_, std::convert::Infallible>(request(req, &up, port, &outbound).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "outbound app connection ended");
+            }
+        }
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn tcp_stream(
+    mut app: TcpStream,
+    up: &Upstream,
+    port: u16,
+    outbound: &Outbound,
+    state: &MeshState,
+) {
+    let key = (up.namespace.clone(), up.service.clone());
+    let balancer = outbound.balancers.get(&key, state);
+    let choice = route::choose_with_fallback(
+        state.split(&up.namespace, &up.service),
+        &http::HeaderMap::new(),
+        rand::random(),
+        |c| balancer.has_healthy(|e| c.accepts(&e.version)),
+    )
+    .unwrap_or(route::VersionChoice::Any);
+    let Some(pick) = balancer.pick(&outbound.locality, |e| {
+        choice.accepts(&e.version) && e.port(port).is_some()
+    }) else {
+        metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "no-endpoints").increment(1);
+        tracing::warn!(service = %up.service, "no endpoints; closing connection");
+        return;
+    };
+    let ep = pick.endpoint().clone();
+    let Some(identity) = ep.identity.clone() else {
+        return;
+    };
+    let addr = std::net::SocketAddr::new(ep.address, ep.inbound_port);
+    let started = Instant::now();
+    let mut remote = match outbound
+        .pool
+        .dial(
+            addr,
+            &identity,
+            Preface {
+                payload: Payload::Tcp,
+                port,
+            },
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(error) => {
+            pick.finish(Outcome {
+                latency: started.elapsed(),
+                success: false,
+            });
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => error.reason()).increment(1);
+            tracing::warn!(%error, "cannot reach endpoint");
+            return;
+        }
+    };
+    let connected = started.elapsed();
+    let result = tokio::io::copy_bidirectional(&mut app, &mut remote).await;
+    pick.finish(Outcome {
+        latency: connected,
+        success: result.is_ok(),
+    });
+    metrics::counter!("bulkhead_tcp_connections_total", "direction" => "outbound", "service" => up.service.clone(), "peer" => identity.to_string(), "result" => if result.is_ok() { "ok" } else { "error" }).increment(1);
+}
+
+fn retryable(req: &Request<Incoming>) -> bool {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || req.headers().contains_key("idempotency-key");
+    // Only bodiless requests can be sent twice without buffering.
+    idempotent && req.body().is_end_stream()
+}
+
+async fn request(
+    req: Request<Incoming>,
+    up: &Upstream,
+    port: u16,
+    outbound: &Outbound,
+) -> Response<Body> {
+    let started = Instant::now();
+    let grpc = h::is_grpc(req.headers());
+    outbound.budget.record_request();
+    let (resp, version) = match tokio::time::timeout(
+        outbound.request_timeout,
+        route_request(req, up, port, outbound, grpc),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "timeout").increment(1);
+            (
+                h::mesh_response(
+                    grpc,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "bulkhead: request timed out",
+                ),
+                String::new(),
+            )
+        }
+    };
+    let class = h::status_class(resp.status());
+    metrics::counter!("bulkhead_requests_total", "direction" => "outbound", "service" => up.service.clone(), "version" => version.clone(), "status_class" => class).increment(1);
+    metrics::histogram!("bulkhead_request_duration_seconds", "direction" => "outbound", "service" => up.service.clone(), "version" => version, "status_class" => class)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn route_request(
+    req: Request<Incoming>,
+    up: &Upstream,
+    port: u16,
+    outbound: &Outbound,
+    grpc: bool,
+) -> (Response<Body>, String) {
+    let state = outbound.states.borrow().clone();
+    let key = (up.namespace.clone(), up.service.clone());
+    let balancer = outbound.balancers.get(&key, &state);
+    let choice = match route::choose_with_fallback(
+        state.split(&up.namespace, &up.service),
+        req.headers(),
+        rand::random(),
+        |c| balancer.has_healthy(|e| c.accepts(&e.version)),
+    ) {
+        Ok(c) => c,
+        Err(error) => {
+            return (
+                h::mesh_response(
+                    grpc,
+                    StatusCode::BAD_REQUEST,
+                    "bad-version-pin",
+                    &format!("bulkhead: {error}"),
+                ),
+                String::new(),
+            );
+        }
+    };
+    let can_retry = retryable(&req);
+    let (mut parts, body) = req.into_parts();
+    h::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(h::VERSION_PIN);
+    let authority = format!("{}.{}:{port}", up.service, up.namespace);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let Ok(uri) = format!("http://{authority}{path}").parse::<Uri>() else {
+        return (
+            h::mesh_response(
+                grpc,
+                StatusCode::BAD_REQUEST,
+                "bad-target",
+                "bulkhead: request target does not parse",
+            ),
+            String::new(),
+        );
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_2;
+    let mut body = Some(body.boxed());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(pick) = balancer.pick(&outbound.locality, |e| {
+            choice.accepts(&e.version) && e.port(port).is_some()
+        }) else {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "no-endpoints").increment(1);
+            return (
+                h::mesh_response(
+                    grpc,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no-endpoints",
+                    &format!(
+                        "bulkhead: no healthy endpoint of {}/{}",
+                        up.namespace, up.service
+                    ),
+                ),
+                String::new(),
+            );
+        };
+        let ep = pick.endpoint().clone();
+        let Some(identity) = ep.identity.clone() else {
+            pick.finish(Outcome {
+                latency: Duration::ZERO,
+                success: false,
+            });
+            continue;
+        };
+        let addr = std::net::SocketAddr::new(ep.address, ep.inbound_port);
+        let sent = Instant::now();
+        let result = match outbound.pool.sender(addr, &identity, port).await {
+            Ok(mut sender) => {
+                let req_body = if can_retry {
+                    h::empty()
+                } else {
+                    body.take().unwrap_or_else(h::empty)
+                };
+                sender
+                    .send_request(Request::from_parts(parts.clone(), req_body))
+                    .await
+                    .map_err(|e| SendError::Request(e.to_string()))
+            }
+            Err(e) => Err(SendError::Connect(e)),
+        };
+        let latency = sent.elapsed();
+        let retry_left = can_retry && attempt < MAX_ATTEMPTS;
+        match result {
+            Ok(resp) => {
+                // A mesh-level failure at the peer (app unreachable) is
+                // worth another endpoint; the app's own errors are not ours
+                // to retry.
+                let peer_mesh_error = resp.status() == StatusCode::BAD_GATEWAY
+                    && resp.headers().contains_key(h::MESH_ERROR);
+                pick.finish(Outcome {
+                    latency,
+                    success: !resp.status().is_server_error(),
+                });
+                if peer_mesh_error && retry_left && outbound.budget.try_retry() {
+                    metrics::counter!("bulkhead_retries_total", "service" => up.service.clone())
+                        .increment(1);
+                    continue;
+                }
+                return (resp.map(|b| b.boxed()), ep.version);
+            }
+            Err(error) => {
+                pick.finish(Outcome {
+                    latency,
+                    success: false,
+                });
+                let before_send = matches!(error, SendError::Connect(_));
+                tracing::warn!(endpoint = %addr, %error, attempt, "request to endpoint failed");
+                // A request that never left may always go elsewhere; one
+                // that did only if it is idempotent.
+                let may_retry =
+                    (before_send && body.is_some() && attempt < MAX_ATTEMPTS) || retry_left;
+                if may_retry && outbound.budget.try_retry() {
+                    metrics::counter!("bulkhead_retries_total", "service" => up.service.clone())
+                        .increment(1);
+                    continue;
+                }
+                let reason = match &error {
+                    SendError::Connect(e) => e.reason(),
+                    SendError::Request(_) => "request-failed",
+                };
+                metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => reason).increment(1);
+                return (
+                    h::mesh_response(
+                        grpc,
+                        StatusCode::BAD_GATEWAY,
+                        reason,
+                        &format!("bulkhead: {error}"),
+                    ),
+                    ep.version,
+                );
+            }
+        }
+    }
+}
+
+/// How sending to one endpoint failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// Nothing was sent: safe to send elsewhere.
+    #[error(transparent)]
+    Connect(ConnectError),
+    /// Failed after sending started: the peer may have acted on it.
+    #[error("request failed: {0}")]
+    Request(String),
+}

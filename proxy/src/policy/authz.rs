@@ -1,0 +1,315 @@
+//! Allow-list evaluation: one [`Decision`] per request (HTTP) or connection
+//! (TCP), with the mode semantics described in the [module docs](super).
+
+use bulkhead_proto::SpiffeId;
+use bulkhead_proto::model::{AllowList, Mode};
+
+/// The HTTP side of a request, for rules with an `http` match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpRequestInfo<'a> {
+    /// As received: methods are case-sensitive.
+    pub method: &'a str,
+    /// The output of [`normalize_path`](super::normalize_path).
+    pub normalized_path: &'a str,
+}
+
+/// What the inbound does with the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// A rule matched.
+    Allow,
+    /// No rule matched, but every list targeting the service is in audit
+    /// mode: let it through, log it and count it as a would-be denial.
+    AuditAllow,
+    /// Refuse: 403 (HTTP), `PERMISSION_DENIED` (gRPC), close (TCP).
+    Deny,
+}
+
+/// The outcome of [`authorize`], with what logs and metrics need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// `allowlist-name#rule-index` of the rule that allowed; `None` otherwise.
+    pub rule: Option<String>,
+    /// A bounded label: `allowed`, `no-allowlist`, `no-matching-rule` or
+    /// `audit-no-matching-rule`.
+    pub reason: &'static str,
+}
+
+impl Decision {
+    pub const ALLOWED: &'static str = "allowed";
+    pub const NO_ALLOWLIST: &'static str = "no-allowlist";
+    pub const NO_MATCHING_RULE: &'static str = "no-matching-rule";
+    pub const AUDIT_NO_MATCHING_RULE: &'static str = "audit-no-matching-rule";
+
+    /// The `rule` label of `bulkhead_authz_denied_total`: the rule when one
+    /// matched, the reason otherwise. Bounded: AllowList names are bounded
+    /// by the config, reasons are constants, never request data.
+    pub fn label(&self) -> String {
+        match &self.rule {
+            Some(rule) => rule.clone(),
+            None => self.reason.to_owned(),
+        }
+    }
+
+    /// Whether the inbound forwards the request to the app.
+    pub fn lets_through(&self) -> bool {
+        self.verdict != Verdict::Deny
+    }
+}
+
+/// Decides whether `peer` may call this service on declared `port`.
+///
+/// `lists` are the AllowLists targeting this service; they are tried in the
+/// order given and the first matching rule names the decision, so pass them
+/// in a stable order (by name) for stable labels. `http` is `None` for opaque
+/// TCP, which rules with an `http` match never allow. `trust_domain` is the
+/// mesh's own: short `from` forms only match identities in it.
+pub fn authorize(
+    lists: &[&AllowList],
+    peer: &SpiffeId,
+    port: u16,
+    http: Option<HttpRequestInfo<'_>>,
+    trust_domain: &str,
+) -> Decision {
+    let method = http.map(|h| h.method);
+    let path = http.map(|h| h.normalized_path);
+    for list in lists {
+        if let Some(index) = list.allows(peer, port, method, path, trust_domain) {
+            return Decision {
+                verdict: Verdict::Allow,
+                rule: Some(format!("{}#{index}", list.metadata.name)),
+                reason: Decision::ALLOWED,
+            };
+        }
+    }
+    let (verdict, reason) = if lists.is_empty() {
+        (Verdict::Deny, Decision::NO_ALLOWLIST)
+    } else if lists.iter().any(|list| list.mode() == Mode::Enforce) {
+        (Verdict::Deny, Decision::NO_MATCHING_RULE)
+    } else {
+        (Verdict::AuditAllow, Decision::AUDIT_NO_MATCHING_RULE)
+    };
+    Decision {
+        verdict,
+        rule: None,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bulkhead_proto::model::{Resource, parse_documents};
+
+    use super::*;
+
+    const TD: &str = "cluster.local";
+
+    /// An AllowList named `name` in namespace `shop` targeting `inventory`.
+    fn list(name: &str, mode: &str, rules: &str) -> AllowList {
+        let yaml = format!(
+            "apiVersion: bulkhead.dev/v1\nkind: AllowList\n\
+             metadata: {{name: {name}, namespace: shop}}\n\
+             spec:\n  target: inventory\n  mode: {mode}\n  rules:\n{rules}"
+        );
+        match parse_documents("test.yaml", &yaml)
+            .expect("valid AllowList")
+            .pop()
+        {
+            Some(Resource::AllowList(list)) => list,
+            other => panic!("not an AllowList: {other:?}"),
+        }
+    }
+
+    fn peer(ns: &str, sa: &str) -> SpiffeId {
+        SpiffeId::new(TD, ns, sa).unwrap()
+    }
+
+    fn get(path: &str) -> Option<HttpRequestInfo<'_>> {
+        Some(HttpRequestInfo {
+            method: "GET",
+            normalized_path: path,
+        })
+    }
+
+    fn allowed(rule: &str) -> Decision {
+        Decision {
+            verdict: Verdict::Allow,
+            rule: Some(rule.to_owned()),
+            reason: Decision::ALLOWED,
+        }
+    }
+
+    fn denied(reason: &'static str) -> Decision {
+        Decision {
+            verdict: Verdict::Deny,
+            rule: None,
+            reason,
+        }
+    }
+
+    fn audited() -> Decision {
+        Decision {
+            verdict: Verdict::AuditAllow,
+            rule: None,
+            reason: Decision::AUDIT_NO_MATCHING_RULE,
+        }
+    }
+
+    #[test]
+    fn default_deny_without_lists() {
+        let d = authorize(&[], &peer("shop", "cart"), 8080, get("/"), TD);
+        assert_eq!(d, denied(Decision::NO_ALLOWLIST));
+        assert_eq!(d.label(), "no-allowlist");
+        assert!(!d.lets_through());
+        let tcp = authorize(&[], &peer("shop", "cart"), 8080, None, TD);
+        assert_eq!(tcp, denied(Decision::NO_ALLOWLIST));
+    }
+
+    #[test]
+    fn from_forms() {
+        let al = list(
+            "inv",
+            "enforce",
+            "  - from: [cart]\n\
+             \x20 - from: [web/frontend]\n\
+             \x20 - from: [ops/*]\n\
+             \x20 - from: [spiffe://cluster.local/ns/batch/sa/sync]\n",
+        );
+        let lists = [&al];
+        let check = |ns, sa| authorize(&lists, &peer(ns, sa), 8080, get("/x"), TD);
+        assert_eq!(check("shop", "cart"), allowed("inv#0"));
+        assert_eq!(check("other", "cart"), denied(Decision::NO_MATCHING_RULE));
+        assert_eq!(check("web", "frontend"), allowed("inv#1"));
+        assert_eq!(check("web", "backend"), denied(Decision::NO_MATCHING_RULE));
+        assert_eq!(check("ops", "anyone"), allowed("inv#2"));
+        assert_eq!(check("batch", "sync"), allowed("inv#3"));
+        assert_eq!(check("batch", "other"), denied(Decision::NO_MATCHING_RULE));
+        assert_eq!(check("shop", "cart").label(), "inv#0");
+    }
+
+    #[test]
+    fn any_identity_of_the_trust_domain_only() {
+        let al = list("open", "enforce", "  - from: ['*']\n");
+        let lists = [&al];
+        let d = authorize(&lists, &peer("x", "y"), 1, None, TD);
+        assert_eq!(d, allowed("open#0"));
+        let foreign = SpiffeId::new("evil.org", "x", "y").unwrap();
+        let d = authorize(&lists, &foreign, 1, None, TD);
+        assert_eq!(d, denied(Decision::NO_MATCHING_RULE));
+    }
+
+    #[test]
+    fn ports_methods_and_paths() {
+        let al = list(
+            "inv",
+            "enforce",
+            "  - from: [cart]\n    ports: [8080]\n    http: {methods: [GET], paths: [/items/*]}\n",
+        );
+        let lists = [&al];
+        let cart = peer("shop", "cart");
+        let req = |method, normalized_path| {
+            Some(HttpRequestInfo {
+                method,
+                normalized_path,
+            })
+        };
+        assert_eq!(
+            authorize(&lists, &cart, 8080, req("GET", "/items/1"), TD),
+            allowed("inv#0")
+        );
+        let no = denied(Decision::NO_MATCHING_RULE);
+        assert_eq!(
+            authorize(&lists, &cart, 9090, req("GET", "/items/1"), TD),
+            no
+        );
+        assert_eq!(
+            authorize(&lists, &cart, 8080, req("POST", "/items/1"), TD),
+            no
+        );
+        assert_eq!(
+            authorize(&lists, &cart, 8080, req("get", "/items/1"), TD),
+            no
+        );
+        assert_eq!(
+            authorize(&lists, &cart, 8080, req("GET", "/items/1/x"), TD),
+            no
+        );
+        assert_eq!(authorize(&lists, &cart, 8080, req("GET", "/admin"), TD), no);
+    }
+
+    #[test]
+    fn tcp_never_matches_http_rules() {
+        let al = list(
+            "inv",
+            "enforce",
+            "  - from: [cart]\n    http: {}\n  - from: [sync]\n    ports: [9090]\n",
+        );
+        let lists = [&al];
+        let cart = peer("shop", "cart");
+        assert_eq!(
+            authorize(&lists, &cart, 8080, get("/"), TD),
+            allowed("inv#0")
+        );
+        assert_eq!(
+            authorize(&lists, &cart, 8080, None, TD),
+            denied(Decision::NO_MATCHING_RULE)
+        );
+        // A rule without `http` allows both TCP and HTTP on its ports.
+        let sync = peer("shop", "sync");
+        assert_eq!(authorize(&lists, &sync, 9090, None, TD), allowed("inv#1"));
+        assert_eq!(
+            authorize(&lists, &sync, 9090, get("/"), TD),
+            allowed("inv#1")
+        );
+    }
+
+    #[test]
+    fn audit_only_lets_through_what_it_would_deny() {
+        let al = list("trial", "audit", "  - from: [cart]\n");
+        let lists = [&al];
+        let web = peer("shop", "web");
+        let d = authorize(&lists, &web, 8080, get("/"), TD);
+        assert_eq!(d, audited());
+        assert!(d.lets_through());
+        assert_eq!(d.label(), "audit-no-matching-rule");
+        // What the audit list allows is allowed, not counted.
+        let d = authorize(&lists, &peer("shop", "cart"), 8080, None, TD);
+        assert_eq!(d, allowed("trial#0"));
+    }
+
+    #[test]
+    fn enforce_beside_audit_fails_closed() {
+        let enforced = list("base", "enforce", "  - from: [cart]\n");
+        let trial = list("trial", "audit", "  - from: [web]\n");
+        for lists in [[&enforced, &trial], [&trial, &enforced]] {
+            let d = authorize(&lists, &peer("shop", "pricing"), 8080, None, TD);
+            assert_eq!(d, denied(Decision::NO_MATCHING_RULE));
+            assert_eq!(d.label(), "no-matching-rule");
+            let cart = authorize(&lists, &peer("shop", "cart"), 8080, None, TD);
+            assert_eq!(cart, allowed("base#0"));
+            // Any rule of any list allows, whatever its mode.
+            let web = authorize(&lists, &peer("shop", "web"), 8080, None, TD);
+            assert_eq!(web, allowed("trial#0"));
+        }
+    }
+
+    #[test]
+    fn several_lists_first_match_names_the_rule() {
+        let a = list("a", "enforce", "  - from: [cart]\n    ports: [1]\n");
+        let b = list("b", "enforce", "  - from: [web]\n  - from: [cart]\n");
+        let lists = [&a, &b];
+        let cart = peer("shop", "cart");
+        assert_eq!(authorize(&lists, &cart, 1, None, TD), allowed("a#0"));
+        assert_eq!(authorize(&lists, &cart, 2, None, TD), allowed("b#1"));
+        assert_eq!(
+            authorize(&lists, &peer("shop", "web"), 2, None, TD),
+            allowed("b#0")
+        );
+        let two_audits = [
+            &list("x", "audit", "  - from: [web]\n"),
+            &list("y", "audit", "  - from: [web]\n"),
+        ];
+        assert_eq!(authorize(&two_audits, &cart, 1, None, TD), audited());
+    }
+}

@@ -1,0 +1,310 @@
+//! Assembling a sidecar: identity first, then config, listeners, and the
+//! registration once the app is ready; on SIGTERM deregister, stop
+//! accepting, let in-flight work finish (HTTP/2 GOAWAY), exit within the
+//! grace period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_proto::pb;
+use bulkhead_proto::tls::{self, CertSlot, TrustBundle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::control_client::{self, Registration};
+use crate::identity::{self, IdentityError};
+use crate::inbound::{self, Inbound};
+use crate::outbound::{self, Outbound};
+use crate::pool::Pool;
+use crate::state::{self, MeshState};
+use crate::wire;
+
+/// How the sidecar ended, for the exit code.
+#[derive(Debug)]
+pub enum Exit {
+    /// Bad configuration or files: exit 2.
+    Usage(String),
+    /// Could not run: exit 1.
+    Failure(String),
+}
+
+async fn bind(flag: &str, addr: std::net::SocketAddr) -> Result<TcpListener, Exit> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Exit::Usage(format!("{flag} {addr}: cannot listen: {e}")))
+}
+
+/// Gets the first certificate: a still-valid saved one, else the token,
+/// retrying while the control plane is unreachable.
+async fn first_certificate(
+    config: &Config,
+    bundle: &TrustBundle,
+    slot: &CertSlot,
+) -> Result<identity::Issued, Exit> {
+    let td = bundle.trust_domain().to_owned();
+    if let Some(dir) = &config.state_dir
+        && let Some(saved) = identity::load_saved(dir, slot, &td)
+    {
+        tracing::info!(identity = %saved.id, "using the certificate kept in the state dir");
+        return Ok(saved);
+    }
+    let channel = bulkhead_proto::client::channel(&config.control, bundle, None)
+        .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match identity::certify(
+            channel.clone(),
+            &config.token_file,
+            slot,
+            &td,
+            config.state_dir.as_deref(),
+        )
+        .await
+        {
+            Ok(issued) => return Ok(issued),
+            Err(IdentityError::Unavailable(why)) => {
+                tracing::warn!(reason = %why, retry_in = ?backoff, "control plane unreachable; retrying the certificate request");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e @ IdentityError::Token { .. }) => {
+                return Err(Exit::Usage(format!("--token-file: {e}")));
+            }
+            Err(e) => return Err(Exit::Failure(e.to_string())),
+        }
+    }
+}
+
+pub async fn run(
+    config: Config,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<(), Exit> {
+    let bundle_pem = std::fs::read(&config.trust_bundle).map_err(|e| {
+        Exit::Usage(format!(
+            "--trust-bundle {}: {e}",
+            config.trust_bundle.display()
+        ))
+    })?;
+    let what = config.trust_bundle.display().to_string();
+    let roots = tls::certs_from_pem(&bundle_pem, &what)
+        .map_err(|e| Exit::Usage(format!("--trust-bundle {e}")))?;
+    let td = config
+        .trust_domain
+        .clone()
+        .or_else(|| tls::trust_domain_of_roots(&roots))
+        .unwrap_or_else(|| bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN.to_owned());
+    let bundle = TrustBundle::new(roots, &td)
+        .map_err(|e| Exit::Usage(format!("--trust-bundle {what}: {e}")))?;
+    if let Some(dir) = &config.state_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Exit::Usage(format!("--state-dir {}: {e}", dir.display())))?;
+    }
+
+    // Listeners first, so a port clash is reported at once.
+    let inbound_listener = bind("--inbound", config.inbound).await?;
+    let admin_listener = bind("--admin", config.admin).await?;
+    let mut upstream_listeners = Vec::new();
+    for up in &config.upstreams {
+        upstream_listeners.push((bind("--upstream", up.listen).await?, up.clone()));
+    }
+
+    let slot = CertSlot::empty();
+    let (states_tx, states) = watch::channel(Arc::new(MeshState::default()));
+    if let Some(dir) = &config.state_dir {
+        match state::load(dir) {
+            Ok(Some(saved)) => {
+                tracing::info!(
+                    revision = saved.revision,
+                    "serving on the last saved config until the control plane answers"
+                );
+                states_tx.send_replace(Arc::new(saved));
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "ignoring the saved config"),
+        }
+    }
+    let draining = CancellationToken::new();
+    let admin = Arc::new(Admin {
+        metrics,
+        slot: slot.clone(),
+        states: states.clone(),
+        app: config.app,
+        draining: draining.clone(),
+        cert_not_after: std::sync::Mutex::new(None),
+    });
+    tokio::spawn(admin::serve(admin_listener, admin.clone()));
+
+    let issued = first_certificate(&config, &bundle, &slot).await?;
+    *admin
+        .cert_not_after
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(issued.not_after);
+    let mtls = bulkhead_proto::client::channel(&config.control, &bundle, Some(slot.clone()))
+        .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
+    tokio::spawn(identity::renew_forever(
+        mtls.clone(),
+        slot.clone(),
+        issued,
+        td.clone(),
+        config.state_dir.clone(),
+        bundle.clone(),
+    ));
+
+    let watch_request = pb::WatchRequest {
+        services: config
+            .upstreams
+            .iter()
+            .map(|u| format!("{}.{}", u.service, u.namespace))
+            .collect(),
+        own_service: config.service.clone(),
+    };
+    tokio::spawn(control_client::watch_forever(
+        mtls.clone(),
+        watch_request,
+        states_tx,
+        config.state_dir.clone(),
+    ));
+
+    let tracker = TaskTracker::new();
+    let (app_http1, app_http2) = Inbound::app_clients();
+    let server_config = tls::server_config(&bundle, slot.clone(), true, &[wire::ALPN])
+        .map_err(|e| Exit::Failure(e.to_string()))?;
+    let inbound = Arc::new(Inbound {
+        tls: TlsAcceptor::from(Arc::new(server_config)),
+        trust_domain: td.clone(),
+        namespace: config.namespace.clone(),
+        service: config.service.clone(),
+        version: config.version.clone(),
+        app: config.app,
+        app_protocol: config.app_protocol,
+        states: states.clone(),
+        app_http1,
+        app_http2,
+        request_timeout: config.request_timeout,
+    });
+    tokio::spawn(inbound::serve(
+        inbound_listener,
+        inbound,
+        draining.clone(),
+        tracker.clone(),
+    ));
+
+    let outbound = Arc::new(Outbound {
+        locality: config.locality.clone(),
+        states: states.clone(),
+        pool: Pool::new(bundle.clone(), slot.clone()),
+        balancers: outbound::Balancers::default(),
+        request_timeout: config.request_timeout,
+        budget: outbound::RetryBudget::default(),
+    });
+    for (listener, up) in upstream_listeners {
+        tokio::spawn(outbound::serve(
+            listener,
+            up,
+            outbound.clone(),
+            draining.clone(),
+            tracker.clone(),
+        ));
+    }
+    // Endpoint sets follow the config; connections to endpoints that left
+    // are dropped from the pool.
+    {
+        let outbound = outbound.clone();
+        let mut states = states.clone();
+        tokio::spawn(async move {
+            while states.changed().await.is_ok() {
+                let state = states.borrow_and_update().clone();
+                outbound.balancers.refresh(&state);
+                let live: std::collections::HashSet<std::net::SocketAddr> = state
+                    .endpoints
+                    .values()
+                    .flat_map(|s| s.values())
+                    .map(|e| std::net::SocketAddr::new(e.address, e.inbound_port))
+                    .collect();
+                outbound.pool.retain(|a| live.contains(a));
+            }
+        });
+    }
+
+    // Register once ready (certificate, config with our Service, app up).
+    let registration = {
+        let admin = admin.clone();
+        let config = config.clone();
+        let states = states.clone();
+        let inbound_port = config.inbound.port();
+        let mtls = mtls.clone();
+        tokio::spawn(async move {
+            loop {
+                let ports = states
+                    .borrow()
+                    .service(&config.namespace, &config.service)
+                    .map(|s| {
+                        s.spec
+                            .ports
+                            .iter()
+                            .map(|p| pb::Port {
+                                port: u32::from(p.port),
+                                protocol: p.protocol.as_str().to_owned(),
+                            })
+                            .collect::<Vec<_>>()
+                    });
+                if let (Ok(()), Some(ports)) = (admin.readiness().await, ports) {
+                    let record = pb::Endpoint {
+                        namespace: config.namespace.clone(),
+                        service: config.service.clone(),
+                        version: config.version.clone(),
+                        address: config.advertise.to_string(),
+                        inbound_port: u32::from(inbound_port),
+                        ports,
+                        locality: Some(pb::Locality {
+                            node: config.locality.node.clone(),
+                            zone: config.locality.zone.clone(),
+                            region: config.locality.region.clone(),
+                        }),
+                        ..Default::default()
+                    };
+                    return Registration::start(mtls, record);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    shutdown_signal().await;
+    tracing::info!(grace = ?config.drain_timeout, "SIGTERM: deregistering, then draining");
+    // Deregister first so callers stop picking us, then stop accepting.
+    if registration.is_finished()
+        && let Ok(reg) = registration.await
+    {
+        reg.deregister().await;
+    }
+    draining.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over with connections still open; closing them");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

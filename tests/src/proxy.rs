@@ -1,0 +1,441 @@
+//! Sidecars and sample apps: the real `bulkhead-proxy` binary beside tiny
+//! in-process apps on loopback, and an HTTP client to call through them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::control::{ControlPlane, TestCa, bin, free_port, http_get};
+
+/// A tiny HTTP app (HTTP/1.1 and h2c): answers every request with
+/// `service=<s> version=<v> method=<m> path=<p>` and counts what it saw.
+pub struct App {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl App {
+    pub async fn http(service: &str, version: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicU64::new(0));
+        let (svc, ver, count) = (service.to_owned(), version.to_owned(), requests.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (svc, ver, count) = (svc.clone(), ver.clone(), count.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let body = format!(
+                            "service={svc} version={ver} method={} path={}",
+                            req.method(),
+                            req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
+                        );
+                        async move {
+                            // Drain the request body first (POSTs in tests).
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// A TCP echo app.
+    pub async fn tcp_echo() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicU64::new(0));
+        let count = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut r, mut w) = tcp.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn seen(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Stops answering (the listener closes).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How to start one sidecar.
+#[derive(Clone, Debug)]
+pub struct SidecarSpec {
+    pub namespace: String,
+    pub service: String,
+    pub version: String,
+    pub app: Option<SocketAddr>,
+    pub app_protocol: String,
+    /// `NAME[.NS][:PORT]` → a local port is chosen.
+    pub upstreams: Vec<String>,
+    pub node: String,
+    pub zone: String,
+    pub region: String,
+    pub extra: Vec<String>,
+}
+
+impl SidecarSpec {
+    pub fn new(namespace: &str, service: &str, version: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            service: service.into(),
+            version: version.into(),
+            app: None,
+            app_protocol: "http".into(),
+            upstreams: vec![],
+            node: "node-1".into(),
+            zone: "zone-a".into(),
+            region: "region-1".into(),
+            extra: vec![],
+        }
+    }
+
+    pub fn app(mut self, app: &App) -> Self {
+        self.app = Some(app.addr);
+        self
+    }
+
+    pub fn protocol(mut self, p: &str) -> Self {
+        self.app_protocol = p.into();
+        self
+    }
+
+    pub fn upstream(mut self, target: &str) -> Self {
+        self.upstreams.push(target.into());
+        self
+    }
+
+    pub fn node(mut self, node: &str) -> Self {
+        self.node = node.into();
+        self
+    }
+
+    pub fn zone(mut self, zone: &str) -> Self {
+        self.zone = zone.into();
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra.push(a.into());
+        self
+    }
+}
+
+/// A running `bulkhead-proxy`, killed on drop.
+pub struct Sidecar {
+    child: Option<Child>,
+    pub spec: SidecarSpec,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    /// Upstream target → the local address the app calls.
+    pub upstreams: Vec<(String, SocketAddr)>,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts a sidecar with a fresh token for `ns/service` and waits for
+    /// `/ready` (certificate, config, app) and for its registration to be
+    /// visible to the operator.
+    pub fn start(ca: &TestCa, cp: &ControlPlane, spec: SidecarSpec) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = ca.token(&format!("{}/{}", spec.namespace, spec.service), "10m", true);
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, token).expect("write token");
+        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let upstreams: Vec<(String, SocketAddr)> = spec
+            .upstreams
+            .iter()
+            .map(|t| (t.clone(), SocketAddr::from(([127, 0, 0, 1], free_port()))))
+            .collect();
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--control".into(),
+            cp.url(),
+            "--trust-bundle".into(),
+            ca.file("bundle.crt").display().to_string(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+            "--namespace".into(),
+            spec.namespace.clone(),
+            "--service".into(),
+            spec.service.clone(),
+            "--version".into(),
+            spec.version.clone(),
+            "--app-protocol".into(),
+            spec.app_protocol.clone(),
+            "--inbound".into(),
+            inbound.to_string(),
+            "--admin".into(),
+            admin.to_string(),
+            "--node".into(),
+            spec.node.clone(),
+            "--zone".into(),
+            spec.zone.clone(),
+            "--region".into(),
+            spec.region.clone(),
+            "--state-dir".into(),
+            dir.path().join("state").display().to_string(),
+            "--log-level".into(),
+            "info,bulkhead_proxy=debug".into(),
+        ];
+        if let Some(app) = spec.app {
+            args.extend(["--app".into(), app.to_string()]);
+        }
+        for (target, addr) in &upstreams {
+            args.extend(["--upstream".into(), format!("{target}={addr}")]);
+        }
+        args.extend(spec.extra.iter().cloned());
+        let mut sidecar = Self {
+            child: None,
+            spec,
+            inbound,
+            admin,
+            upstreams,
+            args,
+            dir,
+        };
+        sidecar.spawn();
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.log")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log");
+        let child = Command::new(bin("bulkhead-proxy"))
+            .args(&self.args)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn bulkhead-proxy");
+        self.child = Some(child);
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "bulkhead-proxy {} exited with {status}; log:\n{}",
+                    self.spec.service,
+                    self.log_text()
+                );
+            }
+            if let Ok((200, _)) = http_get(self.admin, "/ready") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sidecar {} not ready after 20 s; log:\n{}",
+                self.spec.service,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The local address the app uses for `target`.
+    pub fn upstream(&self, target: &str) -> SocketAddr {
+        self.upstreams
+            .iter()
+            .find(|(t, _)| t == target)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no upstream {target}"))
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    pub fn config(&self) -> serde_json::Value {
+        let (_, body) = http_get(self.admin, "/config").expect("config");
+        serde_json::from_str(&body).expect("config json")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then wait for exit (bounded); returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                self.child = None;
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: a crashed pod.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plain HTTP/1.1 client, as an app would use it.
+pub fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A plain HTTP/2 (h2c) client.
+pub fn h2_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// What a call returned.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// GET (or any method) through an upstream address.
+pub async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    call_with(&client(), addr, method, path, headers).await
+}
+
+pub async fn call_with(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// The version an app reply names.
+pub fn version_of(body: &str) -> Option<&str> {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix("version="))
+}
