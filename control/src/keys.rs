@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! resources/<Kind>/<namespace>/<name>      canonical JSON of an applied resource
-//! endpoints/<namespace>/<service>/<ip>     protobuf bulkhead.v1.Endpoint, on the registrant's lease
+//! endpoints/<namespace>/<service>/<ip>:<inbound-port> protobuf bulkhead.v1.Endpoint, on the registrant's lease
 //! tokens/<token-id>                        one-time bootstrap token already used
 //!                                          (on a lease that ends when the token expires)
 //! ```
@@ -25,8 +25,8 @@ pub fn resources_of(kind: Kind, namespace: Option<&str>) -> String {
     }
 }
 
-pub fn endpoint(namespace: &str, service: &str, address: &str) -> String {
-    format!("{ENDPOINTS}{namespace}/{service}/{address}")
+pub fn endpoint(namespace: &str, service: &str, address: &str, inbound_port: u32) -> String {
+    format!("{ENDPOINTS}{namespace}/{service}/{address}:{inbound_port}")
 }
 
 pub fn token(id: &str) -> String {

@@ -193,5 +193,6 @@ fn key(record: &pb::Endpoint, lease_id: i64) -> pb::KeepAliveRequest {
         service: record.service.clone(),
         address: record.address.clone(),
         lease_id,
+        inbound_port: record.inbound_port,
     }
 }

@@ -86,6 +86,7 @@ async fn registration_lives_on_a_lease_kept_alive_by_the_registrant() {
         service: "inventory".into(),
         address: "198.18.0.7".into(),
         lease_id: reg.lease_id,
+        inbound_port: 4143,
     };
     for _ in 0..12 {
         client.keep_alive(key.clone()).await.expect("keep alive");
@@ -126,6 +127,7 @@ async fn deregistration_removes_the_record_at_once_and_only_for_its_owner() {
         service: "cart".into(),
         address: "198.18.0.9".into(),
         lease_id: reg.lease_id,
+        inbound_port: 4143,
     };
     // Another identity allowed for the same service still cannot remove it.
     let err = discovery(&cp, &ca, &canary)
@@ -335,6 +337,7 @@ spec:
             service: "inventory".into(),
             address: "198.18.0.7".into(),
             lease_id: reg.lease_id,
+            inbound_port: 4143,
         })
         .await
         .expect("deregister");

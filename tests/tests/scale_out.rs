@@ -177,6 +177,7 @@ async fn a_control_plane_restart_loses_no_registration_or_resource() {
             service: "inventory".into(),
             address: "198.18.0.7".into(),
             lease_id: reg.lease_id,
+            inbound_port: 4143,
         })
         .await
         .expect("keep alive after restart");

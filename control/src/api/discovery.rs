@@ -76,11 +76,11 @@ impl DiscoveryService {
         identity: &SpiffeId,
         req: &pb::KeepAliveRequest,
     ) -> Result<String, Status> {
-        let key = keys::endpoint(&req.namespace, &req.service, &req.address);
+        let key = keys::endpoint(&req.namespace, &req.service, &req.address, req.inbound_port);
         let not_found = || {
             Status::not_found(format!(
-                "no registration of {}/{} at {} on lease {:x}: register again",
-                req.namespace, req.service, req.address, req.lease_id
+                "no registration of {}/{} at {}:{} on lease {:x}: register again",
+                req.namespace, req.service, req.address, req.inbound_port, req.lease_id
             ))
         };
         let kv = self
@@ -128,7 +128,12 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         endpoint.identity = Some(identity.clone());
         endpoint.registered_unix_ms = now_unix_ms();
         let address = endpoint.address.to_string();
-        let key = keys::endpoint(&endpoint.namespace, &endpoint.service, &address);
+        let key = keys::endpoint(
+            &endpoint.namespace,
+            &endpoint.service,
+            &address,
+            u32::from(endpoint.inbound_port),
+        );
         let ttl = self.plane.lease_ttl;
         let lease = self.plane.store.grant(ttl).await.map_err(store_status)?;
         let record = pb::Endpoint::from(&endpoint).encode_to_vec();

@@ -215,6 +215,7 @@ fn keep_registered(
             service: record.service.clone(),
             address: record.address.clone(),
             lease_id: lease,
+            inbound_port: record.inbound_port,
         };
         loop {
             tokio::time::sleep(LEASE_TTL / 3).await;
