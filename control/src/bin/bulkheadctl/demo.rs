@@ -1,97 +1,321 @@
-//! `bulkheadctl demo`: the control plane at work on loopback, no etcd needed.
+//! `bulkheadctl demo`: the mesh at work on loopback, no etcd needed.
 //!
 //! It makes a CA, starts a control plane on the embedded store, applies the
-//! shop from `examples/shop.yaml` as an operator over mTLS, then plays the
-//! workloads' side the way a sidecar does: key made locally, CSR + one-time
-//! token, endpoint registration on a lease kept alive, and a Watch stream
-//! whose pushed updates are printed live. It shows the refusals too (a
-//! reused token, a registration by the wrong identity, a non-operator
-//! changing policy) and a workload that stops: its lease runs out and every
-//! watcher hears of it. The sidecar data path joins the demo with the sidecar
-//! issue.
+//! shop from `examples/shop.yaml` as an operator, and starts a small shop:
+//! `web` → `cart` → `inventory` (3.0.0 on node-1, 3.1.0 on node-2, split
+//! 90/10) and `pricing` (one endpoint on each node). Every app is a tiny
+//! HTTP server in this process; every sidecar is a real `bulkhead-proxy`
+//! process (this binary re-executed as `bulkheadctl sidecar run ...`, the
+//! same code), with its own certificate from a one-time token. The demo
+//! drives traffic, including a call the allow-list forbids (web → inventory),
+//! and prints a live table. On exit every sidecar gets SIGTERM, the control
+//! plane stops and the temporary folder is removed.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bulkhead_control::ca::{self, Ca};
 use bulkhead_control::runtime::{self, Settings};
 use bulkhead_control::store::MemoryStore;
 use bulkhead_proto::SpiffeId;
-use bulkhead_proto::pb::{
-    self, admin_client::AdminClient, discovery_client::DiscoveryClient,
-    identity_client::IdentityClient,
-};
-use bulkhead_proto::tls::{CertSlot, TrustBundle};
-use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use bulkhead_proto::pb::{self, admin_client::AdminClient};
+use bulkhead_proto::tls::TrustBundle;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
 
 use crate::{CliError, CliResult};
 
 const SHOP: &str = include_str!("../../../../examples/shop.yaml");
-const LEASE_TTL: Duration = Duration::from_secs(3);
-
-struct Workload {
-    service: &'static str,
-    version: &'static str,
-    address: &'static str,
-    node: &'static str,
-}
-
-const WORKLOADS: &[Workload] = &[
-    Workload {
-        service: "web",
-        version: "1.4.0",
-        address: "198.18.1.10",
-        node: "node-1",
-    },
-    Workload {
-        service: "cart",
-        version: "2.0.1",
-        address: "198.18.1.20",
-        node: "node-1",
-    },
-    Workload {
-        service: "inventory",
-        version: "3.0.0",
-        address: "198.18.1.30",
-        node: "node-1",
-    },
-    Workload {
-        service: "inventory",
-        version: "3.1.0",
-        address: "198.18.2.31",
-        node: "node-2",
-    },
-    Workload {
-        service: "pricing",
-        version: "1.0.0",
-        address: "198.18.1.40",
-        node: "node-1",
-    },
-    Workload {
-        service: "pricing",
-        version: "1.0.0",
-        address: "198.18.2.41",
-        node: "node-2",
-    },
-];
 
 fn fail(what: &str) -> impl FnOnce(String) -> CliError + '_ {
     move |e| CliError::failure(format!("demo: {what}: {e}"))
 }
 
 fn step(text: &str) {
-    println!("\n== {text}");
+    println!("== {text}");
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Latencies and outcomes of one kind of call.
+#[derive(Default)]
+struct Stats {
+    ok: u64,
+    failed: u64,
+    denied: u64,
+    latencies_ms: Vec<f64>,
+    versions: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn record(&mut self, elapsed: Duration, status: Option<u16>, version: Option<String>) {
+        match status {
+            Some(s) if s < 400 => self.ok += 1,
+            Some(403) => self.denied += 1,
+            _ => self.failed += 1,
+        }
+        if self.latencies_ms.len() < 200_000 {
+            self.latencies_ms.push(elapsed.as_secs_f64() * 1000.0);
+        }
+        if let Some(v) = version {
+            *self.versions.entry(v).or_default() += 1;
+        }
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_ms.is_empty() {
+            return 0.0;
+        }
+        let mut v = self.latencies_ms.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+#[derive(Default)]
+struct Board {
+    rows: BTreeMap<&'static str, Stats>,
+}
+
+type Shared = Arc<Mutex<Board>>;
+
+fn record(
+    board: &Shared,
+    row: &'static str,
+    elapsed: Duration,
+    status: Option<u16>,
+    version: Option<String>,
+) {
+    board
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .rows
+        .entry(row)
+        .or_default()
+        .record(elapsed, status, version);
+}
+
+async fn get(client: &HttpClient, addr: SocketAddr, path: &str) -> (Option<u16>, String) {
+    let Ok(req) = http::Request::get(format!("http://{addr}{path}")).body(Full::new(Bytes::new()))
+    else {
+        return (None, String::new());
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            (Some(status), String::from_utf8_lossy(&body).into_owned())
+        }
+        _ => (None, String::new()),
+    }
+}
+
+/// An in-process app: `handler(path)` gives the reply body.
+async fn app<F, Fut>(handler: F) -> Result<SocketAddr, CliError>
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail("app")(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| fail("app")(e.to_string()))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let body = handler(req.uri().path().to_owned()).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn free_addr() -> Result<SocketAddr, CliError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| fail("port")(e.to_string()))
+}
+
+/// One sidecar process.
+struct Sidecar {
+    name: String,
+    child: Child,
+    admin: SocketAddr,
+    upstreams: BTreeMap<String, SocketAddr>,
+}
+
+struct SidecarPlan<'a> {
+    service: &'a str,
+    version: &'a str,
+    node: &'a str,
+    app: Option<SocketAddr>,
+    protocol: &'a str,
+    upstreams: &'a [&'a str],
+}
+
+fn spawn_sidecar(
+    dir: &Path,
+    control: &str,
+    bundle: &Path,
+    token: String,
+    plan: &SidecarPlan<'_>,
+) -> Result<Sidecar, CliError> {
+    let name = format!("{}-{}-{}", plan.service, plan.version, plan.node);
+    let own = dir.join(&name);
+    std::fs::create_dir_all(&own).map_err(|e| fail("sidecar dir")(e.to_string()))?;
+    let token_file = own.join("token");
+    std::fs::write(&token_file, token).map_err(|e| fail("token file")(e.to_string()))?;
+    let admin = free_addr()?;
+    let inbound = free_addr()?;
+    let mut upstreams = BTreeMap::new();
+    let exe = std::env::current_exe().map_err(|e| fail("own binary")(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "sidecar",
+        "run",
+        "--control",
+        control,
+        "--namespace",
+        "shop",
+    ])
+    .arg("--trust-bundle")
+    .arg(bundle)
+    .arg("--token-file")
+    .arg(&token_file)
+    .args([
+        "--service",
+        plan.service,
+        "--version",
+        plan.version,
+        "--app-protocol",
+        plan.protocol,
+    ])
+    .args([
+        "--node", plan.node, "--zone", "zone-a", "--region", "region-1",
+    ])
+    .arg("--inbound")
+    .arg(inbound.to_string())
+    .arg("--admin")
+    .arg(admin.to_string())
+    .arg("--state-dir")
+    .arg(own.join("state"))
+    .args(["--log-level", "warn"]);
+    if let Some(app) = plan.app {
+        cmd.arg("--app").arg(app.to_string());
+    }
+    for target in plan.upstreams {
+        let addr = free_addr()?;
+        cmd.arg("--upstream").arg(format!("{target}={addr}"));
+        upstreams.insert((*target).to_owned(), addr);
+    }
+    let log =
+        std::fs::File::create(own.join("proxy.log")).map_err(|e| fail("log")(e.to_string()))?;
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(log)
+        .env("NO_COLOR", "1")
+        .spawn()
+        .map_err(|e| fail("start sidecar")(e.to_string()))?;
+    Ok(Sidecar {
+        name,
+        child,
+        admin,
+        upstreams,
+    })
+}
+
+async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    match get(&client, addr, path).await {
+        (Some(s), body) => Some((s, body)),
+        _ => None,
+    }
+}
+
+/// Sum of a Prometheus counter's samples whose labels contain every `want`.
+fn metric_sum(text: &str, name: &str, want: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| want.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 pub(crate) async fn run(duration: Duration) -> CliResult {
+    let dir = std::env::temp_dir().join(format!("bulkhead-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| fail("temp dir")(e.to_string()))?;
+    let mut sidecars = Vec::new();
+    let result = tokio::select! {
+        r = scenario(&dir, duration, &mut sidecars) => r,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\n== interrupted: stopping");
+            Ok(())
+        }
+    };
+    step("stopping: SIGTERM to every sidecar (they deregister and drain), then the control plane");
+    for s in &mut sidecars {
+        let _ = Command::new("kill")
+            .args(["-TERM", &s.child.id().to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for s in &mut sidecars {
+        loop {
+            match s.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = s.child.kill();
+                    let _ = s.child.wait();
+                    break;
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if result.is_ok() {
+        println!("== done: nothing left running");
+    }
+    result
+}
+
+async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -> CliResult {
     let started = Instant::now();
-    let dir = tempfile_dir()?;
     let ca_dir = dir.join("ca");
     step("bulkheadctl ca init: root, issuer, trust bundle, operator certificate");
     let files =
         ca::init_ca("cluster.local", &ca_dir).map_err(|e| fail("ca init")(e.to_string()))?;
-    println!("   CA in {}", ca_dir.display());
     let ca = Arc::new(
         Ca::load(
             &files.issuer_cert,
@@ -104,7 +328,7 @@ pub(crate) async fn run(duration: Duration) -> CliResult {
     let issuer_key = std::fs::read_to_string(&files.issuer_key)
         .map_err(|e| fail("issuer key")(e.to_string()))?;
 
-    step("bulkhead-control on the embedded store (127.0.0.1, ephemeral ports)");
+    step("bulkhead-control on the embedded store (loopback, ephemeral ports)");
     let metrics = bulkhead_control::telemetry::init_metrics().map_err(fail("metrics"))?;
     let running = runtime::start(
         Settings {
@@ -113,7 +337,7 @@ pub(crate) async fn run(duration: Duration) -> CliResult {
             ca: ca.clone(),
             operators: vec![],
             cert_lifetime: Duration::from_secs(3600),
-            lease_ttl: LEASE_TTL,
+            lease_ttl: Duration::from_secs(5),
             dns_names: vec!["localhost".into()],
         },
         Arc::new(MemoryStore::new()),
@@ -122,156 +346,29 @@ pub(crate) async fn run(duration: Duration) -> CliResult {
     .await
     .map_err(fail("start control plane"))?;
     let url = format!("https://{}", running.grpc_addr);
-    println!(
-        "   gRPC {url}   admin http://{}/metrics",
-        running.admin_addr
-    );
-    let result = tokio::select! {
-        r = scenario(&url, &files, &issuer_key, duration, started) => r,
-        _ = tokio::signal::ctrl_c() => {
-            println!("\n== interrupted: stopping");
-            Ok(())
-        }
-    };
+    let result = shop(&url, &files, &issuer_key, dir, duration, started, sidecars).await;
     running.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf, CliError> {
-    let base = std::env::temp_dir().join(format!("bulkhead-demo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).map_err(|e| fail("temp dir")(e.to_string()))?;
-    Ok(base)
-}
-
-fn channel(url: &str, bundle: &TrustBundle, slot: Option<CertSlot>) -> Result<Channel, CliError> {
-    bulkhead_proto::client::channel(url, bundle, slot).map_err(|e| fail("channel")(e.to_string()))
-}
-
-async fn certify(
-    url: &str,
-    bundle: &TrustBundle,
-    token: String,
-) -> Result<(CertSlot, String), tonic::Status> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let resp = IdentityClient::new(
-        channel(url, bundle, None).map_err(|e| tonic::Status::internal(e.message))?,
-    )
-    .certify(pb::CertifyRequest {
-        csr_der: csr.der().to_vec(),
-        attestation: Some(pb::certify_request::Attestation::BootstrapToken(token)),
-    })
-    .await?
-    .into_inner();
-    let chain = resp.chain_der.into_iter().map(Into::into).collect();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let slot = CertSlot::empty();
-    slot.set(
-        CertSlot::certified_key(chain, key).map_err(|e| tonic::Status::internal(e.to_string()))?,
-    );
-    Ok((slot, resp.spiffe_id))
-}
-
-fn endpoint_record(w: &Workload) -> pb::Endpoint {
-    pb::Endpoint {
-        namespace: "shop".into(),
-        service: w.service.into(),
-        version: w.version.into(),
-        address: w.address.into(),
-        inbound_port: 4143,
-        ports: vec![pb::Port {
-            port: if w.service == "pricing" { 9090 } else { 8080 },
-            protocol: if w.service == "pricing" {
-                "grpc"
-            } else {
-                "http"
-            }
-            .into(),
-        }],
-        locality: Some(pb::Locality {
-            node: w.node.into(),
-            zone: "zone-a".into(),
-            region: "region-1".into(),
-        }),
-        ..Default::default()
-    }
-}
-
-/// Registers and keeps the lease alive, as a sidecar does, until aborted.
-fn keep_registered(
-    client: DiscoveryClient<Channel>,
-    record: pb::Endpoint,
-    lease: i64,
-) -> JoinHandle<()> {
-    let mut client = client;
-    tokio::spawn(async move {
-        let key = pb::KeepAliveRequest {
-            namespace: record.namespace.clone(),
-            service: record.service.clone(),
-            address: record.address.clone(),
-            lease_id: lease,
-            inbound_port: record.inbound_port,
-        };
-        loop {
-            tokio::time::sleep(LEASE_TTL / 3).await;
-            if client.keep_alive(key.clone()).await.is_err() {
-                return;
-            }
-        }
-    })
-}
-
-fn describe(update: &pb::WatchUpdate) -> Vec<String> {
-    let mut lines = Vec::new();
-    for c in &update.changes {
-        let op = if c.op == pb::change::Op::Delete as i32 {
-            "-"
-        } else {
-            "+"
-        };
-        match &c.item {
-            Some(pb::change::Item::Endpoint(e)) => lines.push(format!(
-                "{op} endpoint {}/{} v{} at {} on {}",
-                e.namespace,
-                e.service,
-                e.version,
-                e.address,
-                e.locality.as_ref().map(|l| l.node.as_str()).unwrap_or("?")
-            )),
-            Some(pb::change::Item::Resource(r)) => {
-                lines.push(format!("{op} {} {}/{}", r.kind, r.namespace, r.name))
-            }
-            Some(pb::change::Item::TrustBundle(b)) => {
-                lines.push(format!("{op} trust bundle ({} root)", b.roots_der.len()))
-            }
-            None => {}
-        }
-    }
-    lines
-}
-
-async fn scenario(
+#[allow(clippy::too_many_arguments)]
+async fn shop(
     url: &str,
     files: &ca::CaFiles,
     issuer_key: &str,
+    dir: &Path,
     duration: Duration,
     started: Instant,
+    sidecars: &mut Vec<Sidecar>,
 ) -> CliResult {
     let bundle_pem = std::fs::read(&files.bundle).map_err(|e| fail("bundle")(e.to_string()))?;
     let bundle = TrustBundle::from_pem(&bundle_pem, "bundle.crt", "cluster.local")
         .map_err(|e| fail("bundle")(e.to_string()))?;
     let operator = crate::settings::slot_from_files(&files.operator_cert, &files.operator_key)?;
-
-    step(
-        "bulkheadctl apply -f examples/shop.yaml (as spiffe://cluster.local/ns/bulkhead/sa/operator, over mTLS)",
-    );
-    let mut admin = AdminClient::new(channel(url, &bundle, Some(operator))?);
-    let applied = admin
+    step("bulkheadctl apply -f examples/shop.yaml (as the operator, over mTLS)");
+    let channel = bulkhead_proto::client::channel(url, &bundle, Some(operator))
+        .map_err(|e| fail("channel")(e.to_string()))?;
+    let applied = AdminClient::new(channel)
         .apply(pb::ApplyRequest {
             source: "examples/shop.yaml".into(),
             yaml: SHOP.into(),
@@ -280,193 +377,285 @@ async fn scenario(
         .await
         .map_err(|s| fail("apply")(s.message().to_owned()))?
         .into_inner();
-    for r in &applied.results {
-        println!(
-            "   {}/{} {}/{} {}",
-            r.kind.to_lowercase(),
-            r.name,
-            r.namespace,
-            r.name,
-            r.outcome
-        );
-    }
+    let names: Vec<String> = applied
+        .results
+        .iter()
+        .map(|r| format!("{}/{}", r.kind.to_lowercase(), r.name))
+        .collect();
+    println!("   {}", names.join("  "));
 
-    step(
-        "workloads: key made locally, CSR + one-time token -> certificate, endpoint registered on a lease",
-    );
-    let mint = |ns_sa: &str| -> Result<String, CliError> {
-        let id = SpiffeId::from_ns_sa("cluster.local", ns_sa)
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    // Apps. cart calls inventory and pricing through its sidecar.
+    let cart_upstreams: Arc<Mutex<BTreeMap<String, SocketAddr>>> = Arc::default();
+    let board: Shared = Arc::default();
+    let inventory = |version: &'static str| {
+        move |_path: String| async move { format!("inventory version={version} stock=17") }
+    };
+    let pricing = |node: &'static str| {
+        move |_path: String| async move { format!("pricing node={node} price=9.99") }
+    };
+    let cart_app = {
+        let upstreams = cart_upstreams.clone();
+        let board = board.clone();
+        let client = client.clone();
+        move |_path: String| {
+            let upstreams = upstreams.clone();
+            let board = board.clone();
+            let client = client.clone();
+            async move {
+                let (inv, pri) = {
+                    let u = upstreams.lock().unwrap_or_else(|e| e.into_inner());
+                    (u.get("inventory").copied(), u.get("pricing").copied())
+                };
+                let mut parts = Vec::new();
+                if let Some(addr) = inv {
+                    let t = Instant::now();
+                    let (status, body) = get(&client, addr, "/v1/stock/42").await;
+                    let version = body
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("version="))
+                        .map(str::to_owned);
+                    record(&board, "cart → inventory", t.elapsed(), status, version);
+                    parts.push(body);
+                }
+                if let Some(addr) = pri {
+                    let t = Instant::now();
+                    let (status, body) = get(&client, addr, "/price/42").await;
+                    let node = body
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("node="))
+                        .map(str::to_owned);
+                    record(&board, "cart → pricing", t.elapsed(), status, node);
+                    parts.push(body);
+                }
+                parts.join("; ")
+            }
+        }
+    };
+    let plans = [
+        SidecarPlan {
+            service: "inventory",
+            version: "3.0.0",
+            node: "node-1",
+            app: Some(app(inventory("3.0.0")).await?),
+            protocol: "http",
+            upstreams: &[],
+        },
+        SidecarPlan {
+            service: "inventory",
+            version: "3.1.0",
+            node: "node-2",
+            app: Some(app(inventory("3.1.0")).await?),
+            protocol: "http",
+            upstreams: &[],
+        },
+        SidecarPlan {
+            service: "pricing",
+            version: "1.0.0",
+            node: "node-1",
+            app: Some(app(pricing("node-1")).await?),
+            protocol: "grpc",
+            upstreams: &[],
+        },
+        SidecarPlan {
+            service: "pricing",
+            version: "1.0.0",
+            node: "node-2",
+            app: Some(app(pricing("node-2")).await?),
+            protocol: "grpc",
+            upstreams: &[],
+        },
+        SidecarPlan {
+            service: "cart",
+            version: "2.0.1",
+            node: "node-1",
+            app: Some(app(cart_app).await?),
+            protocol: "http",
+            upstreams: &["inventory", "pricing"],
+        },
+        SidecarPlan {
+            service: "web",
+            version: "1.4.0",
+            node: "node-1",
+            app: None,
+            protocol: "http",
+            upstreams: &["cart", "inventory"],
+        },
+    ];
+    step("sidecars: one bulkhead-proxy process per workload, each with a one-time token");
+    for plan in &plans {
+        let id = SpiffeId::from_ns_sa("cluster.local", &format!("shop/{}", plan.service))
             .map_err(|e| fail("identity")(e.to_string()))?;
-        ca::mint_token(
+        let token = ca::mint_token(
             issuer_key,
             &id,
             Duration::from_secs(600),
             true,
             SystemTime::now(),
         )
-        .map_err(|e| fail("token")(e.to_string()))
-    };
-    let mut keepers = Vec::new();
-    let mut slots = std::collections::BTreeMap::new();
-    let mut reused_token = None;
-    for w in WORKLOADS {
-        let token = mint(&format!("shop/{}", w.service))?;
-        let (slot, id) = certify(url, &bundle, token.clone())
-            .await
-            .map_err(|s| fail("certify")(s.message().to_owned()))?;
-        reused_token.get_or_insert(token);
-        let mut client = DiscoveryClient::new(channel(url, &bundle, Some(slot.clone()))?);
-        let record = endpoint_record(w);
-        let reg = client
-            .register(pb::RegisterRequest {
-                endpoint: Some(record.clone()),
-            })
-            .await
-            .map_err(|s| fail("register")(s.message().to_owned()))?
-            .into_inner();
+        .map_err(|e| fail("token")(e.to_string()))?;
+        let sidecar = spawn_sidecar(dir, url, &files.bundle, token, plan)?;
         println!(
-            "   {id:<45} {} v{} at {} ({}), lease {:x}",
-            w.service, w.version, w.address, w.node, reg.lease_id
-        );
-        keepers.push(keep_registered(client, record, reg.lease_id));
-        slots.insert(w.service, slot);
-    }
-
-    step("cart's sidecar subscribes once: snapshot, then pushed changes");
-    let cart = slots
-        .get("cart")
-        .cloned()
-        .ok_or_else(|| CliError::failure("demo: no cart workload"))?;
-    let mut watch = DiscoveryClient::new(channel(url, &bundle, Some(cart))?)
-        .watch(pb::WatchRequest {
-            services: vec!["inventory".into(), "pricing".into()],
-            own_service: "cart".into(),
-        })
-        .await
-        .map_err(|s| fail("watch")(s.message().to_owned()))?
-        .into_inner();
-    let printer = tokio::spawn(async move {
-        while let Ok(Some(update)) = watch.message().await {
-            let kind = if update.snapshot {
-                "snapshot"
+            "   {:<28} {} on {}{}",
+            sidecar.name,
+            id,
+            plan.node,
+            if plan.upstreams.is_empty() {
+                String::new()
             } else {
-                "update"
-            };
-            println!("   [watch] {kind} at revision {}", update.revision);
-            for line in describe(&update) {
-                println!("   [watch]   {line}");
+                format!(", calls {}", plan.upstreams.join(", "))
             }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    step("refusals");
-    if let Some(token) = reused_token {
-        match certify(url, &bundle, token).await {
-            Err(s) => println!(
-                "   reused one-time token     -> {:?}: {}",
-                s.code(),
-                s.message()
-            ),
-            Ok(_) => {
-                return Err(CliError::failure(
-                    "demo: a reused one-time token was accepted",
-                ));
+        );
+        sidecars.push(sidecar);
+    }
+    // Wait for every sidecar to be ready (certificate, config, app).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in sidecars.iter_mut() {
+        loop {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(CliError::failure(format!(
+                    "demo: sidecar {} exited ({status}); see its log in {}",
+                    s.name,
+                    dir.display()
+                )));
             }
+            if matches!(admin_get(s.admin, "/ready").await, Some((200, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(CliError::failure(format!(
+                    "demo: sidecar {} not ready after 30 s",
+                    s.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    if let Some(web) = slots.get("web") {
-        let mut client = DiscoveryClient::new(channel(url, &bundle, Some(web.clone()))?);
-        match client
-            .register(pb::RegisterRequest {
-                endpoint: Some(endpoint_record(&WORKLOADS[2])),
-            })
-            .await
-        {
-            Err(s) => println!(
-                "   web registering inventory -> {:?}: {}",
-                s.code(),
-                s.message()
-            ),
-            Ok(_) => {
-                return Err(CliError::failure(
-                    "demo: web was allowed to register inventory",
-                ));
+    if let Some(cart) = sidecars.iter().find(|s| s.name.starts_with("cart")) {
+        *cart_upstreams.lock().unwrap_or_else(|e| e.into_inner()) = cart.upstreams.clone();
+    }
+    let web = sidecars
+        .iter()
+        .find(|s| s.name.starts_with("web"))
+        .map(|s| s.upstreams.clone())
+        .unwrap_or_default();
+    let (Some(&web_cart), Some(&web_inventory)) = (web.get("cart"), web.get("inventory")) else {
+        return Err(CliError::failure("demo: web sidecar has no upstreams"));
+    };
+    // Endpoints are pushed to callers asynchronously: wait for a first answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&client, web_cart, "/cart/items").await.0 != Some(200) {
+        if Instant::now() > deadline {
+            return Err(CliError::failure("demo: web cannot reach cart"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    board.lock().unwrap_or_else(|e| e.into_inner()).rows.clear();
+
+    let run_for = duration
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(3));
+    step(&format!(
+        "traffic for {}s: web → cart (→ inventory, pricing), and web → inventory, which no allow-list permits",
+        run_for.as_secs()
+    ));
+    let driver = {
+        let board = board.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut n: u64 = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tick.tick().await;
+                n += 1;
+                let (row, addr, path) = if n.is_multiple_of(25) {
+                    ("web → inventory (forbidden)", web_inventory, "/v1/stock/42")
+                } else {
+                    ("web → cart", web_cart, "/cart/items")
+                };
+                let t = Instant::now();
+                let (status, _) = get(&client, addr, path).await;
+                record(&board, row, t.elapsed(), status, None);
             }
-        }
-        let mut not_operator = AdminClient::new(channel(url, &bundle, Some(web.clone()))?);
-        match not_operator
-            .delete(pb::DeleteRequest {
-                kind: "AllowList".into(),
-                namespace: "shop".into(),
-                name: "inventory-readers".into(),
-            })
-            .await
-        {
-            Err(s) => println!(
-                "   web deleting a policy     -> {:?}: {}",
-                s.code(),
-                s.message()
-            ),
-            Ok(_) => return Err(CliError::failure("demo: a workload changed policy")),
-        }
-    }
-
-    step("the inventory 3.1.0 canary stops renewing its lease: it leaves the registry on its own");
-    if let Some(k) = keepers.get(3) {
-        k.abort();
-    }
-    tokio::time::sleep(LEASE_TTL + Duration::from_secs(2)).await;
-
-    step("an operator shifts the split to 50/50");
-    let split = SHOP
-        .split("---")
-        .find(|d| d.contains("kind: TrafficSplit"))
-        .unwrap_or_default()
-        .replace("weight: 90", "weight: 50")
-        .replace("weight: 10", "weight: 50");
-    admin
-        .apply(pb::ApplyRequest {
-            source: "split.yaml".into(),
-            yaml: split,
-            dry_run: false,
         })
-        .await
-        .map_err(|s| fail("apply")(s.message().to_owned()))?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let end = Instant::now() + run_for;
+    let admins: Vec<(String, SocketAddr)> =
+        sidecars.iter().map(|s| (s.name.clone(), s.admin)).collect();
+    while Instant::now() < end {
+        tokio::time::sleep(
+            Duration::from_secs(2).min(end.saturating_duration_since(Instant::now())),
+        )
+        .await;
+        print_table(&board, &admins).await;
+    }
+    driver.abort();
+    Ok(())
+}
 
-    step("bulkheadctl endpoints -n shop");
-    let eps = admin
-        .list_endpoints(pb::ListEndpointsRequest {
-            service: String::new(),
-            namespace: "shop".into(),
-        })
-        .await
-        .map_err(|s| fail("endpoints")(s.message().to_owned()))?
-        .into_inner();
-    for e in &eps.endpoints {
+async fn print_table(board: &Shared, admins: &[(String, SocketAddr)]) {
+    // Locality and denials come from the sidecars' own /metrics.
+    let mut local = BTreeMap::new();
+    let mut denied_at_inventory = 0.0;
+    for (name, admin) in admins {
+        let Some((_, text)) = admin_get(*admin, "/metrics").await else {
+            continue;
+        };
+        if name.starts_with("cart") {
+            for svc in ["inventory", "pricing"] {
+                let s = format!("service=\"{svc}\"");
+                let node = metric_sum(&text, "bulkhead_lb_picks_total", &[&s, "tier=\"node\""]);
+                let all = metric_sum(&text, "bulkhead_lb_picks_total", &[&s]);
+                local.insert(svc, if all > 0.0 { node / all * 100.0 } else { 0.0 });
+            }
+        }
+        if name.starts_with("inventory") {
+            denied_at_inventory += metric_sum(&text, "bulkhead_authz_denied_total", &[]);
+        }
+    }
+    let board = board.lock().unwrap_or_else(|e| e.into_inner());
+    println!();
+    println!(
+        "   {:<28} {:>8} {:>8} {:>8} {:>8} {:>7}  {:<26} {:>9}",
+        "CALL", "REQS", "SUCCESS", "P50 ms", "P99 ms", "DENIED", "SPLIT", "LOCAL"
+    );
+    for (row, s) in &board.rows {
+        let total = s.ok + s.failed + s.denied;
+        let success = if total > 0 {
+            s.ok as f64 / total as f64 * 100.0
+        } else {
+            0.0
+        };
+        let seen: u64 = s.versions.values().sum();
+        let split: Vec<String> = s
+            .versions
+            .iter()
+            .map(|(v, n)| format!("{v} {:.0}%", *n as f64 / seen.max(1) as f64 * 100.0))
+            .collect();
+        let target = if row.ends_with("inventory") {
+            Some("inventory")
+        } else if row.ends_with("pricing") {
+            Some("pricing")
+        } else {
+            None
+        };
+        let local_share = target
+            .and_then(|t| local.get(t))
+            .map(|p| format!("{p:.0}% node"))
+            .unwrap_or_default();
         println!(
-            "   {:<10} v{:<6} {:<14} {:<7} {}",
-            e.service,
-            e.version,
-            e.address,
-            e.locality.as_ref().map(|l| l.node.as_str()).unwrap_or(""),
-            e.identity
+            "   {:<28} {:>8} {:>7.1}% {:>8.2} {:>8.2} {:>7}  {:<26} {:>9}",
+            row,
+            total,
+            success,
+            s.percentile(0.5),
+            s.percentile(0.99),
+            s.denied,
+            split.join("  "),
+            local_share
         );
     }
-
-    let remaining = duration.saturating_sub(started.elapsed());
-    if !remaining.is_zero() {
-        step(&format!(
-            "control plane keeps serving for {}s (--duration)",
-            remaining.as_secs()
-        ));
-        tokio::time::sleep(remaining).await;
-    }
-    for k in keepers {
-        k.abort();
-    }
-    printer.abort();
-    step("done: control plane stopped, nothing left running");
-    Ok(())
+    println!(
+        "   denials counted by the inventory sidecars (bulkhead_authz_denied_total): {denied_at_inventory:.0}"
+    );
 }

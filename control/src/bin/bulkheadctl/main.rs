@@ -203,6 +203,15 @@ enum CertCommand {
 }
 
 fn main() -> ExitCode {
+    // `bulkheadctl sidecar ...` is the sidecar itself (bulkhead-proxy's
+    // code), so `bulkheadctl demo` runs real sidecar processes from one
+    // binary. Handled before anything else sets up logging.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "sidecar") {
+        let mut proxy_args = vec![std::ffi::OsString::from("bulkhead-proxy")];
+        proxy_args.extend(args.into_iter().skip(2));
+        return bulkhead_proxy::cli::main(proxy_args);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {

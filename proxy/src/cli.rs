@@ -1,0 +1,81 @@
+//! The sidecar's command line: parse, set up logs and metrics, run.
+//! `bulkhead-proxy` calls [`main`]; so does `bulkheadctl demo`, which
+//! starts real sidecar processes from its own binary.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use std::ffi::OsString;
+
+use crate::config::{Cli, Command, Config, LogFormat, usage_line};
+use crate::run::{self, Exit};
+use clap::Parser;
+
+fn init_logs(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the sidecar CLI with `args` (the first is the program name).
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("bulkhead-proxy: {}", usage_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let Command::Run(args) = cli.command;
+    let config = match Config::from_args(*args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bulkhead-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.log_format, &config.log_level);
+    bulkhead_proto::tls::install_default_provider();
+    tracing::debug!(?config, "effective configuration");
+    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("bulkhead-proxy: cannot install the metrics recorder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bulkhead-proxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run::run(config, metrics)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Exit::Usage(e)) => {
+            eprintln!("bulkhead-proxy: {e}");
+            ExitCode::from(2)
+        }
+        Err(Exit::Failure(e)) => {
+            eprintln!("bulkhead-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

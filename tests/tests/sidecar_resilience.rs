@@ -1,0 +1,1437 @@
+//! The sidecar under change and fault: version splits and pins, local-first
+//! balancing and failover, retries when an endpoint dies mid-request,
+//! certificate renewal, a dead control plane, SIGTERM drain, and a restart
+//! from `--state-dir` while the control plane is down.
+//!
+//! Every call goes app → caller sidecar → mTLS → callee sidecar → app over
+//! real loopback sockets. Loads are bounded in count and time; waits are
+//! bounded polls on a signal (a metric, `/config`, a counter), never bare
+//! sleeps.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bulkhead_tests::control::*;
+use bulkhead_tests::etcd::EtcdServer;
+use bulkhead_tests::proxy::*;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const MESH: &str = "
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{port: 8080, protocol: http}]
+---
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {name: inventory, namespace: shop}
+spec:
+  ports: [{port: 8080, protocol: http}]
+---
+apiVersion: bulkhead.dev/v1
+kind: AllowList
+metadata: {name: inventory-from-web, namespace: shop}
+spec:
+  target: inventory
+  rules:
+    - from: [web]
+      ports: [8080]
+";
+
+const CANARY: &str = "3.1.0";
+const STABLE: &str = "3.0.0";
+
+fn split(stable_weight: u32, canary_weight: u32) -> String {
+    format!(
+        "
+apiVersion: bulkhead.dev/v1
+kind: TrafficSplit
+metadata: {{name: inventory, namespace: shop}}
+spec:
+  service: inventory
+  backends:
+    - {{version: \"{STABLE}\", weight: {stable_weight}}}
+    - {{version: \"{CANARY}\", weight: {canary_weight}}}
+  match:
+    - header: {{name: x-canary, value: \"true\"}}
+      version: \"{CANARY}\"
+"
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The mesh under test.
+
+/// Sidecar, control-plane and etcd helpers block (process spawns, bounded
+/// polls); run them off the async workers so in-process apps keep answering.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+struct Mesh {
+    ca: TestCa,
+    cp: ControlPlane,
+    // Dropped after the control plane (fields drop in order).
+    _etcd: Option<EtcdServer>,
+}
+
+impl Mesh {
+    /// A control plane on the in-memory store with `MESH` applied.
+    async fn memory(extra: &[&str]) -> Self {
+        let ca = TestCa::init("cluster.local");
+        let cp = blocking(|| ControlPlane::start(&ca, &StoreSpec::Memory, extra));
+        apply(&cp, &ca, MESH).await;
+        Self {
+            ca,
+            cp,
+            _etcd: None,
+        }
+    }
+
+    /// A control plane on a real etcd (state survives its restart).
+    async fn etcd(extra: &[&str]) -> Self {
+        let etcd = blocking(EtcdServer::start);
+        let ca = TestCa::init("cluster.local");
+        let store = StoreSpec::Etcd {
+            endpoints: vec![etcd.client_url()],
+            prefix: "/bulkhead/".into(),
+        };
+        let cp = blocking(|| ControlPlane::start(&ca, &store, extra));
+        apply(&cp, &ca, MESH).await;
+        Self {
+            ca,
+            cp,
+            _etcd: Some(etcd),
+        }
+    }
+
+    fn sidecar(&self, spec: SidecarSpec) -> Sidecar {
+        blocking(|| Sidecar::start(&self.ca, &self.cp, spec))
+    }
+
+    /// An inventory endpoint: its sidecar in front of `app`.
+    fn inventory(&self, version: &str, node: &str, app: &App) -> Sidecar {
+        self.sidecar(
+            SidecarSpec::new("shop", "inventory", version)
+                .app(app)
+                .node(node),
+        )
+    }
+
+    /// The caller: `web`, with an upstream listener for inventory.
+    fn web(&self, node: &str) -> Sidecar {
+        self.sidecar(
+            SidecarSpec::new("shop", "web", "1.0.0")
+                .upstream("inventory")
+                .node(node),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What sidecars report.
+
+/// The sum of the samples of metric `name` whose labels include `labels`;
+/// None when there is no such series.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name
+            || !labels
+                .iter()
+                .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
+        {
+            continue;
+        }
+        if let Ok(v) = value.parse::<f64>() {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+fn metrics_of(sidecar: &Sidecar) -> String {
+    blocking(|| sidecar.metrics())
+}
+
+fn config_of(sidecar: &Sidecar) -> serde_json::Value {
+    blocking(|| sidecar.config())
+}
+
+/// The inventory endpoints the sidecar's `/config` lists, as `addr:port`.
+fn inventory_endpoints(sidecar: &Sidecar) -> Vec<String> {
+    let mut eps: Vec<String> = config_of(sidecar)["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["service"] == "inventory")
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["address"].as_str().unwrap_or(""),
+                e["inboundPort"]
+            )
+        })
+        .collect();
+    eps.sort();
+    eps
+}
+
+fn endpoint_key(sidecar: &Sidecar) -> String {
+    format!("{}:{}", sidecar.inbound.ip(), sidecar.inbound.port())
+}
+
+/// The inventory TrafficSplit's weights as the sidecar knows them.
+fn split_weights(sidecar: &Sidecar) -> Option<BTreeMap<String, u64>> {
+    let config = config_of(sidecar);
+    let resources = config["resources"].as_array()?;
+    let ts = resources
+        .iter()
+        .find(|r| r["kind"] == "TrafficSplit" && r["metadata"]["name"] == "inventory")?;
+    Some(
+        ts["spec"]["backends"]
+            .as_array()?
+            .iter()
+            .filter_map(|b| Some((b["version"].as_str()?.to_owned(), b["weight"].as_u64()?)))
+            .collect(),
+    )
+}
+
+/// Waits until the caller's `/config` lists exactly `expected` inventory
+/// endpoints.
+async fn until_endpoints(caller: &Sidecar, expected: &[&Sidecar]) {
+    let mut want: Vec<String> = expected.iter().map(|s| endpoint_key(s)).collect();
+    want.sort();
+    wait_for_async(
+        &format!("the caller to list inventory endpoints {want:?}"),
+        Duration::from_secs(20),
+        || {
+            let seen = inventory_endpoints(caller);
+            let want = want.clone();
+            async move { (seen == want).then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// Waits until the caller knows the split with these weights.
+async fn until_split(caller: &Sidecar, stable: u64, canary: u64, within: Duration) {
+    let want: BTreeMap<String, u64> = [(STABLE.to_owned(), stable), (CANARY.to_owned(), canary)]
+        .into_iter()
+        .collect();
+    wait_for_async(
+        &format!("the caller to know the split {want:?}"),
+        within,
+        || {
+            let seen = split_weights(caller);
+            let want = want.clone();
+            async move { (seen == Some(want)).then_some(()) }
+        },
+    )
+    .await;
+}
+
+async fn until_connected(caller: &Sidecar, connected: f64, within: Duration) {
+    wait_for_async(
+        &format!("bulkhead_control_plane_connected {connected}"),
+        within,
+        || {
+            let m = metric(&metrics_of(caller), "bulkhead_control_plane_connected", &[]);
+            async move { (m == Some(connected)).then_some(()) }
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Traffic.
+
+/// What a batch of calls returned.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Successful calls by the version that answered.
+    versions: BTreeMap<String, usize>,
+    /// Everything that was not a 200 from an app, described.
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn record(&mut self, result: Result<Reply, String>) {
+        match result {
+            Ok(r) if r.status == 200 => {
+                let v = version_of(&r.body).unwrap_or("?").to_owned();
+                *self.versions.entry(v).or_default() += 1;
+            }
+            Ok(r) => self.failures.push(format!(
+                "{} {:?} {}",
+                r.status,
+                r.headers.get("x-bulkhead-error"),
+                r.body
+            )),
+            Err(e) => self.failures.push(e),
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (v, n) in other.versions {
+            *self.versions.entry(v).or_default() += n;
+        }
+        self.failures.extend(other.failures);
+    }
+
+    fn ok(&self) -> usize {
+        self.versions.values().sum()
+    }
+
+    fn count(&self, version: &str) -> usize {
+        self.versions.get(version).copied().unwrap_or(0)
+    }
+
+    fn share(&self, version: &str) -> f64 {
+        self.count(version) as f64 / self.ok().max(1) as f64
+    }
+}
+
+/// `n` GETs through `addr`, `concurrency` at a time, each worker on its own
+/// pooled client.
+async fn calls(addr: SocketAddr, n: usize, concurrency: usize, headers: &[(&str, &str)]) -> Tally {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let headers = headers.clone();
+            let share = n / concurrency + usize::from(w < n % concurrency);
+            tokio::spawn(async move {
+                let client = client();
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let mut tally = Tally::default();
+                for i in 0..share {
+                    let path = format!("/stock/{w}-{i}");
+                    tally.record(call_with(&client, addr, "GET", &path, &headers).await);
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for w in workers {
+        tally.merge(w.await.expect("worker"));
+    }
+    tally
+}
+
+/// Steady background traffic: workers each sending GETs one after another
+/// (paced), until stopped. Bounded: at most `MAX_PER_WORKER` calls and
+/// `MAX_LOAD_TIME` per worker.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+const MAX_PER_WORKER: u64 = 400;
+const MAX_LOAD_TIME: Duration = Duration::from_secs(60);
+
+impl Load {
+    /// `pace`: pause between one worker's calls (load shaping, not timing).
+    fn start(addr: SocketAddr, workers: usize, pace: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let workers = (0..workers)
+            .map(|w| {
+                let (stop, done) = (stop.clone(), done.clone());
+                tokio::spawn(async move {
+                    let client = client();
+                    let started = Instant::now();
+                    let mut tally = Tally::default();
+                    for i in 0..MAX_PER_WORKER {
+                        if stop.load(Ordering::SeqCst) || started.elapsed() > MAX_LOAD_TIME {
+                            break;
+                        }
+                        let path = format!("/stock/load-{w}-{i}");
+                        tally.record(call_with(&client, addr, "GET", &path, &[]).await);
+                        done.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(pace).await;
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            done,
+            workers,
+        }
+    }
+
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` more calls have completed (the load is flowing).
+    async fn until_more(&self, n: u64, what: &str) {
+        let target = self.done() + n;
+        let done = self.done.clone();
+        wait_for_async(
+            &format!("{n} more calls ({what})"),
+            Duration::from_secs(30),
+            || {
+                let reached = done.load(Ordering::SeqCst) >= target;
+                async move { reached.then_some(()) }
+            },
+        )
+        .await;
+    }
+
+    async fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut tally = Tally::default();
+        for w in self.workers {
+            tally.merge(w.await.expect("load worker"));
+        }
+        tally
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection from the app to its sidecar: if the
+/// sidecar dropped it, the next request would fail.
+struct OneConnection {
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl OneConnection {
+    async fn open(addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.expect("connect upstream");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        Self { addr, sender }
+    }
+
+    async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            self.sender
+                .ready()
+                .await
+                .map_err(|e| format!("connection lost: {e}"))?;
+            let mut req = Request::get(path).header("host", self.addr.to_string());
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?;
+            let resp = self
+                .sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("connection lost: {e}"))?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Reply {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        })
+        .await
+        .map_err(|_| "timed out".to_owned())?
+    }
+
+    async fn gets(&mut self, n: usize) -> Tally {
+        let mut tally = Tally::default();
+        for i in 0..n {
+            tally.record(self.get(&format!("/stock/{i}"), &[]).await);
+        }
+        tally
+    }
+}
+
+/// Waits until the caller routes to inventory at all.
+async fn until_routable(caller: &Sidecar) {
+    let addr = caller.upstream("inventory");
+    wait_for_async(
+        "inventory to be routable from web",
+        Duration::from_secs(20),
+        || async move {
+            let r = call(addr, "GET", "/probe", &[]).await.ok()?;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Apps that misbehave on purpose.
+
+/// An app that answers like [`App::http`], except that the first request
+/// whose path starts with `/hold` among all apps sharing `hold` is held
+/// (reported on `arrivals` with this app's index) for up to `HOLD`: one
+/// request in flight at a known endpoint, while every retry of it is
+/// answered at once.
+struct HoldingApp {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const HOLD: Duration = Duration::from_secs(30);
+
+impl HoldingApp {
+    async fn start(
+        index: usize,
+        hold: Arc<AtomicBool>,
+        arrivals: mpsc::UnboundedSender<(usize, String)>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicU64::new(0));
+        let count = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (count, hold, arrivals) = (count.clone(), hold.clone(), arrivals.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let path = req.uri().path().to_owned();
+                        let body = format!(
+                            "service=inventory version={STABLE} method={} path={path} app={index}",
+                            req.method()
+                        );
+                        let held = path.starts_with("/hold") && !hold.swap(true, Ordering::SeqCst);
+                        let arrivals = arrivals.clone();
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            if held {
+                                let _ = arrivals.send((index, path));
+                                tokio::time::sleep(HOLD).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    fn seen(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HoldingApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An app that reads each request's head, counts it, and resets the
+/// connection without answering: the fault "connection reset after the
+/// request was delivered".
+struct ResettingApp {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResettingApp {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicU64::new(0));
+        let count = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let read_head = async {
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tcp.read(&mut buf).await {
+                                Ok(0) | Err(_) => return false,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        true
+                    };
+                    if tokio::time::timeout(Duration::from_secs(5), read_head)
+                        .await
+                        .unwrap_or(false)
+                    {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // Linger 0: close with RST, not FIN.
+                    let _ = tcp.set_zero_linger();
+                    drop(tcp);
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    fn seen(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ResettingApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Versions.
+
+/// The mesh with inventory 3.0.0 and 3.1.0 (one endpoint each), the split
+/// applied, and the caller knowing all of it.
+struct Versions {
+    mesh: Mesh,
+    stable_app: App,
+    canary_app: App,
+    stable: Sidecar,
+    canary: Sidecar,
+    web: Sidecar,
+}
+
+async fn versions(stable_weight: u32, canary_weight: u32) -> Versions {
+    let mesh = Mesh::memory(&[]).await;
+    apply(&mesh.cp, &mesh.ca, &split(stable_weight, canary_weight)).await;
+    let stable_app = App::http("inventory", STABLE).await;
+    let canary_app = App::http("inventory", CANARY).await;
+    let stable = mesh.inventory(STABLE, "node-1", &stable_app);
+    let canary = mesh.inventory(CANARY, "node-1", &canary_app);
+    let web = mesh.web("node-1");
+    until_endpoints(&web, &[&stable, &canary]).await;
+    until_split(
+        &web,
+        stable_weight.into(),
+        canary_weight.into(),
+        Duration::from_secs(20),
+    )
+    .await;
+    Versions {
+        mesh,
+        stable_app,
+        canary_app,
+        stable,
+        canary,
+        web,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_90_10_split_sends_about_a_tenth_of_calls_to_the_canary() {
+    let v = versions(90, 10).await;
+    let tally = calls(v.web.upstream("inventory"), 1000, 4, &[]).await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert_eq!(tally.ok(), 1000);
+    // Binomial(1000, 0.1): sd ≈ 0.0095, so 5 %..15 % is beyond ±5 sd.
+    let share = tally.share(CANARY);
+    assert!(
+        (0.05..=0.15).contains(&share),
+        "canary share {share:.3}: {:?}",
+        tally.versions
+    );
+    assert_eq!(
+        tally.count(STABLE) + tally.count(CANARY),
+        1000,
+        "only split versions answer: {:?}",
+        tally.versions
+    );
+    // The apps saw what the replies say (plus the routability probes: none).
+    assert_eq!(v.canary_app.seen() as usize, tally.count(CANARY));
+    assert_eq!(v.stable_app.seen() as usize, tally.count(STABLE));
+    let _ = (&v.mesh, &v.stable, &v.canary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_pins_and_header_matches_override_the_weights() {
+    let v = versions(90, 10).await;
+    let addr = v.web.upstream("inventory");
+
+    // An exact pin: every call, whatever the weights.
+    let pinned = calls(addr, 100, 2, &[("x-bulkhead-version", CANARY)]).await;
+    assert!(pinned.failures.is_empty(), "{:?}", pinned.failures);
+    assert_eq!(pinned.count(CANARY), 100, "{:?}", pinned.versions);
+
+    // A partial version pins too (`3.0` means =3.0, so 3.0.0).
+    let pinned = calls(addr, 50, 2, &[("x-bulkhead-version", "3.0")]).await;
+    assert_eq!(
+        pinned.count(STABLE),
+        50,
+        "{:?} {:?}",
+        pinned.versions,
+        pinned.failures
+    );
+
+    // A requirement narrower than the split: only 3.1.x satisfies ^3.1.
+    let pinned = calls(addr, 50, 2, &[("x-bulkhead-version", "^3.1")]).await;
+    assert_eq!(
+        pinned.count(CANARY),
+        50,
+        "{:?} {:?}",
+        pinned.versions,
+        pinned.failures
+    );
+
+    // A requirement both versions satisfy: both serve (the balancer, not the
+    // 90/10 weights, chooses among them).
+    let both = calls(addr, 200, 4, &[("x-bulkhead-version", "^3")]).await;
+    assert!(both.failures.is_empty(), "{:?}", both.failures);
+    assert_eq!(both.ok(), 200);
+    assert!(
+        both.count(STABLE) > 0 && both.count(CANARY) > 0,
+        "^3 accepts both versions: {:?}",
+        both.versions
+    );
+
+    // The split's header route.
+    let routed = calls(addr, 100, 2, &[("x-canary", "true")]).await;
+    assert!(routed.failures.is_empty(), "{:?}", routed.failures);
+    assert_eq!(routed.count(CANARY), 100, "{:?}", routed.versions);
+    // Another value of the header is no match: the weights apply.
+    let weighted = calls(addr, 200, 4, &[("x-canary", "false")]).await;
+    assert!(weighted.failures.is_empty(), "{:?}", weighted.failures);
+    assert!(
+        weighted.count(STABLE) > weighted.count(CANARY),
+        "{:?}",
+        weighted.versions
+    );
+
+    // A pin no endpoint satisfies is refused by the mesh (never rerouted to
+    // another version); a malformed pin is a 400.
+    let r = call(addr, "GET", "/stock/1", &[("x-bulkhead-version", "4.0.0")])
+        .await
+        .expect("call");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.headers.contains_key("x-bulkhead-error"), "{r:?}");
+    let r = call(addr, "GET", "/stock/1", &[("x-bulkhead-version", "^^3")])
+        .await
+        .expect("call");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.headers.contains_key("x-bulkhead-error"), "{r:?}");
+    let _ = (&v.mesh, &v.stable, &v.canary, &v.stable_app, &v.canary_app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_change_applies_within_a_second_without_dropping_connections() {
+    let v = versions(90, 10).await;
+    // One app connection for the whole test: a dropped connection would
+    // fail the next request on it.
+    let mut conn = OneConnection::open(v.web.upstream("inventory")).await;
+    let before = conn.gets(300).await;
+    assert!(before.failures.is_empty(), "{:?}", before.failures);
+    assert!(
+        before.count(STABLE) > 0 && before.count(CANARY) > 0,
+        "both versions served before the change: {:?}",
+        before.versions
+    );
+    let handshakes = |s: &Sidecar| {
+        metric(
+            &metrics_of(s),
+            "bulkhead_tls_handshakes_total",
+            &[("direction", "outbound"), ("result", "ok")],
+        )
+        .unwrap_or(0.0)
+    };
+    let handshakes_before = handshakes(&v.web);
+
+    apply(&v.mesh.cp, &v.mesh.ca, &split(50, 50)).await;
+    let applied = Instant::now();
+    until_split(&v.web, 50, 50, Duration::from_secs(1)).await;
+    let propagated = applied.elapsed();
+
+    let after = conn.gets(400).await;
+    assert!(after.failures.is_empty(), "{:?}", after.failures);
+    // Binomial(400, 0.5): sd = 0.025; 35 %..65 % is ±6 sd.
+    let share = after.share(CANARY);
+    assert!(
+        (0.35..=0.65).contains(&share),
+        "canary share after 50/50 (config arrived {propagated:?} after apply): {share:.3} {:?}",
+        after.versions
+    );
+    // Neither the app's connection nor the sidecar-to-sidecar ones were
+    // replaced.
+    assert_eq!(
+        handshakes(&v.web),
+        handshakes_before,
+        "no new mTLS connection for a weight change"
+    );
+    let _ = (&v.stable, &v.canary, &v.stable_app, &v.canary_app);
+}
+
+// ---------------------------------------------------------------------------
+// 2. Local first.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stay_on_the_local_node_and_fail_over_when_it_dies() {
+    let mesh = Mesh::memory(&[]).await;
+    let local_app = App::http("inventory", STABLE).await;
+    let remote_app = App::http("inventory", STABLE).await;
+    let mut local = mesh.inventory(STABLE, "node-1", &local_app);
+    let remote = mesh.inventory(STABLE, "node-2", &remote_app);
+    let web = mesh.web("node-1");
+    until_endpoints(&web, &[&local, &remote]).await;
+    let addr = web.upstream("inventory");
+
+    let picks = |tier: &str| {
+        metric(
+            &metrics_of(&web),
+            "bulkhead_lb_picks_total",
+            &[("service", "inventory"), ("tier", tier)],
+        )
+        .unwrap_or(0.0)
+    };
+    let (node0, zone0) = (picks("node"), picks("zone"));
+    let tally = calls(addr, 200, 2, &[]).await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert_eq!(local_app.seen(), 200, "every call stays on node-1");
+    assert_eq!(remote_app.seen(), 0);
+    assert_eq!(picks("node") - node0, 200.0);
+    assert_eq!(picks("zone") - zone0, 0.0);
+
+    // Node-1's pod crashes: sidecar and app gone at once. Its endpoint stays
+    // listed until its lease runs out; retries and ejection carry the calls.
+    blocking(|| local.kill());
+    local_app.stop();
+    let during = calls(addr, 200, 2, &[]).await;
+    assert!(
+        during.failures.is_empty(),
+        "GETs are retried on node-2, none may fail: {} failed: {:?}",
+        during.failures.len(),
+        during.failures
+    );
+    assert_eq!(remote_app.seen(), 200);
+    assert!(
+        picks("zone") - zone0 >= 200.0,
+        "spilled over to the zone tier"
+    );
+
+    // The dead endpoint leaves the caller's config when its lease expires.
+    until_endpoints(&web, &[&remote]).await;
+    let after = calls(addr, 100, 2, &[]).await;
+    assert!(after.failures.is_empty(), "{:?}", after.failures);
+    assert_eq!(remote_app.seen(), 300);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Retries.
+
+/// Two inventory endpoints of one version, each in front of a
+/// [`HoldingApp`] (sharing one hold); the caller knows both.
+struct RetryMesh {
+    mesh: Mesh,
+    apps: [HoldingApp; 2],
+    arrivals: mpsc::UnboundedReceiver<(usize, String)>,
+    sidecars: [Sidecar; 2],
+    web: Sidecar,
+}
+
+async fn retry_mesh() -> RetryMesh {
+    let mesh = Mesh::memory(&[]).await;
+    let hold = Arc::new(AtomicBool::new(false));
+    let (tx, arrivals) = mpsc::unbounded_channel();
+    let apps = [
+        HoldingApp::start(0, hold.clone(), tx.clone()).await,
+        HoldingApp::start(1, hold, tx).await,
+    ];
+    let sidecars = [0, 1].map(|i| {
+        let mut spec = SidecarSpec::new("shop", "inventory", STABLE);
+        spec.app = Some(apps[i].addr);
+        mesh.sidecar(spec)
+    });
+    let web = mesh.web("node-1");
+    until_endpoints(&web, &[&sidecars[0], &sidecars[1]]).await;
+    until_routable(&web).await;
+    RetryMesh {
+        mesh,
+        apps,
+        arrivals,
+        sidecars,
+        web,
+    }
+}
+
+/// What happened to a request whose endpoint died under it.
+struct KilledUnder {
+    reply: Result<Reply, String>,
+    /// Index of the app that held it (its sidecar is dead).
+    held: usize,
+    /// Requests the surviving app had seen when its peer died.
+    survivor_seen: u64,
+}
+
+/// Sends `method /hold/order` and waits until an app holds it; then
+/// SIGKILLs that endpoint's sidecar, the request still in flight, and
+/// returns the caller's reply.
+async fn kill_mid_request(
+    m: &mut RetryMesh,
+    method: &str,
+    headers: &[(&str, &str)],
+) -> KilledUnder {
+    let addr = m.web.upstream("inventory");
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let method = method.to_owned();
+    let in_flight = tokio::spawn(async move {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        call(addr, &method, "/hold/order", &headers).await
+    });
+    let (held, path) = tokio::time::timeout(Duration::from_secs(10), m.arrivals.recv())
+        .await
+        .expect("the request reaches an app")
+        .expect("apps alive");
+    assert_eq!(path, "/hold/order");
+    let survivor_seen = m.apps[1 - held].seen();
+    // The request is at the app behind sidecars[held]: that pod dies now.
+    blocking(|| m.sidecars[held].kill());
+    let reply = tokio::time::timeout(Duration::from_secs(20), in_flight)
+        .await
+        .expect("the caller answers once the endpoint is gone")
+        .expect("call task");
+    KilledUnder {
+        reply,
+        held,
+        survivor_seen,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_keep_succeeding_when_an_endpoint_is_killed_mid_traffic() {
+    let mut m = retry_mesh().await;
+    let load = Load::start(m.web.upstream("inventory"), 3, Duration::from_millis(10));
+    load.until_more(30, "before the kill").await;
+    // A GET in flight on the endpoint that dies is sent again elsewhere.
+    let k = kill_mid_request(&mut m, "GET", &[]).await;
+    let reply = k.reply.expect("the held GET is answered");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.body.contains(&format!("app={}", 1 - k.held)),
+        "answered by the survivor: {reply:?}"
+    );
+    load.until_more(100, "after the kill").await;
+    let tally = load.finish().await;
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} GETs failed: {:?}",
+        tally.failures.len(),
+        tally.ok() + tally.failures.len(),
+        tally.failures
+    );
+    let retries = metric(&metrics_of(&m.web), "bulkhead_retries_total", &[]).unwrap_or(0.0);
+    assert!(retries >= 1.0, "retries are counted");
+    let _ = &m.mesh;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_without_idempotency_key_is_not_sent_twice_when_its_endpoint_dies() {
+    let mut m = retry_mesh().await;
+    let k = kill_mid_request(&mut m, "POST", &[]).await;
+    let reply = k.reply.expect("the caller gets an answer, not a hang");
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert!(
+        reply.headers.contains_key("x-bulkhead-error"),
+        "the mesh marks its own error: {reply:?}"
+    );
+    assert_eq!(
+        m.apps[1 - k.held].seen(),
+        k.survivor_seen,
+        "the POST may have been acted on: it must not be sent to another endpoint"
+    );
+    let _ = &m.mesh;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_with_idempotency_key_is_retried_when_its_endpoint_dies() {
+    let mut m = retry_mesh().await;
+    let k = kill_mid_request(&mut m, "POST", &[("idempotency-key", "order-7")]).await;
+    let reply = k.reply.expect("the held POST is answered");
+    assert_eq!(reply.status, 200, "{reply:?} DEBUG {}", m.web.log_text());
+    assert!(
+        reply.body.contains("method=POST")
+            && reply.body.contains("path=/hold/order")
+            && reply.body.contains(&format!("app={}", 1 - k.held)),
+        "{reply:?}"
+    );
+    assert_eq!(
+        m.apps[1 - k.held].seen(),
+        k.survivor_seen + 1,
+        "the keyed POST was sent once more, to the survivor"
+    );
+    let _ = &m.mesh;
+}
+
+/// The same rule, counted at the app: a reset after the request reached it
+/// is retried (up to the attempt limit) only for idempotent requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_delivery_is_retried_only_for_idempotent_requests() {
+    let mesh = Mesh::memory(&[]).await;
+    let app = ResettingApp::start().await;
+    let mut spec = SidecarSpec::new("shop", "inventory", STABLE);
+    spec.app = Some(app.addr);
+    let inventory = mesh.sidecar(spec);
+    let web = mesh.web("node-1");
+    until_endpoints(&web, &[&inventory]).await;
+    let addr = web.upstream("inventory");
+
+    let attempts = |method: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let app = &app;
+        async move {
+            let before = app.seen();
+            let r = call(addr, method, "/orders", headers).await.expect("call");
+            assert_eq!(r.status, 502, "{method} {headers:?}: {r:?}");
+            assert!(r.headers.contains_key("x-bulkhead-error"), "{r:?}");
+            app.seen() - before
+        }
+    };
+    assert_eq!(
+        attempts("POST", &[]).await,
+        1,
+        "POST without key: sent once"
+    );
+    let keyed = attempts("POST", &[("idempotency-key", "k-1")]).await;
+    assert!(keyed > 1, "POST with a key is retried: {keyed} attempts");
+    let get = attempts("GET", &[]).await;
+    assert!(get > 1, "GET is retried: {get} attempts");
+    assert!(keyed <= 3 && get <= 3, "bounded attempts: {keyed}, {get}");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Certificate renewal.
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn cert_not_after(sidecar: &Sidecar) -> Option<u64> {
+    config_of(sidecar)["certificateNotAfterUnix"].as_u64()
+}
+
+fn renewals(sidecar: &Sidecar) -> f64 {
+    metric(
+        &metrics_of(sidecar),
+        "bulkhead_cert_renewals_total",
+        &[("result", "ok")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// A 20 s certificate lifetime: renewals at ~14 s; the first certificates
+/// expire at ~20 s. Calls flow across both, new connections are made with
+/// the renewed certificates, and nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_under_traffic_with_no_failed_request() {
+    let mesh = Mesh::memory(&["--cert-lifetime", "20s"]).await;
+    let app = App::http("inventory", STABLE).await;
+    let inventory = mesh.inventory(STABLE, "node-1", &app);
+    let web = mesh.web("node-1");
+    until_routable(&web).await;
+    let first_expiry = metric(&metrics_of(&inventory), "bulkhead_cert_expiry_seconds", &[])
+        .expect("bulkhead_cert_expiry_seconds") as u64;
+
+    let load = Load::start(web.upstream("inventory"), 2, Duration::from_millis(100));
+    // Until the first certificates have expired (bounded: 20 s lifetime).
+    wait_for_async(
+        "the first certificates to expire",
+        Duration::from_secs(40),
+        || {
+            let expired = unix_now() > first_expiry + 1;
+            async move { expired.then_some(()) }
+        },
+    )
+    .await;
+    // A caller that connects now must meet the callee's renewed
+    // certificate: the expired one would fail its handshake.
+    let late = mesh.web("node-1");
+    let r = call(late.upstream("inventory"), "GET", "/stock/late", &[])
+        .await
+        .expect("call");
+    assert_eq!(r.status, 200, "a new connection after renewal: {r:?}");
+    load.until_more(10, "after the first certificates expired")
+        .await;
+    let tally = load.finish().await;
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} calls failed across renewal: {:?}",
+        tally.failures.len(),
+        tally.ok() + tally.failures.len(),
+        tally.failures
+    );
+    assert!(tally.ok() >= 100, "traffic flowed: {}", tally.ok());
+    for (name, s) in [("inventory", &inventory), ("web", &web)] {
+        assert!(renewals(s) >= 1.0, "{name} renewed");
+        let expiry = metric(&metrics_of(s), "bulkhead_cert_expiry_seconds", &[]).unwrap_or(0.0);
+        assert!(
+            expiry as u64 > first_expiry,
+            "{name}'s certificate now expires later ({expiry} > {first_expiry})"
+        );
+    }
+}
+
+/// `/config` shows the certificate in use, so it must follow renewals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_shows_the_renewed_certificate_expiry() {
+    let mesh = Mesh::memory(&["--cert-lifetime", "20s"]).await;
+    let app = App::http("inventory", STABLE).await;
+    let inventory = mesh.inventory(STABLE, "node-1", &app);
+    let first = cert_not_after(&inventory).expect("certificateNotAfterUnix");
+    wait_for_async("a renewal", Duration::from_secs(30), || {
+        let renewed = renewals(&inventory) >= 1.0;
+        async move { renewed.then_some(()) }
+    })
+    .await;
+    wait_for_async(
+        "/config certificateNotAfterUnix to advance",
+        Duration::from_secs(5),
+        || {
+            let now = cert_not_after(&inventory);
+            async move { now.filter(|&t| t > first) }
+        },
+    )
+    .await;
+}
+
+/// Renewal at ~70 % of the lifetime: a 20 s certificate is renewed about
+/// every 14 s — not continuously.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_waits_for_seventy_percent_of_the_lifetime() {
+    let mesh = Mesh::memory(&["--cert-lifetime", "20s"]).await;
+    let app = App::http("inventory", STABLE).await;
+    let inventory = mesh.inventory(STABLE, "node-1", &app);
+    let started = Instant::now();
+    // Watch for ~16 s: past the first renewal (~14 s), before the second.
+    let renewed = wait_for_async("a renewal", Duration::from_secs(30), || {
+        let n = renewals(&inventory);
+        async move { (n >= 1.0).then_some(n) }
+    })
+    .await;
+    let first_after = started.elapsed();
+    assert!(
+        first_after >= Duration::from_secs(8),
+        "the first renewal came {first_after:?} after start-up, long before 70 % of 20 s \
+         ({renewed} renewals so far)"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Control plane down.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_keep_flowing_while_the_control_plane_is_down_and_it_reconnects() {
+    // A lease TTL longer than the outage: this test is about the data path
+    // riding out the outage, not about registrations expiring.
+    let mut mesh = Mesh::etcd(&["--lease-ttl", "30s"]).await;
+    let app = App::http("inventory", STABLE).await;
+    let inventory = mesh.inventory(STABLE, "node-1", &app);
+    let web = mesh.web("node-1");
+    until_routable(&web).await;
+    until_connected(&web, 1.0, Duration::from_secs(5)).await;
+
+    let load = Load::start(web.upstream("inventory"), 3, Duration::from_millis(20));
+    load.until_more(30, "before the kill").await;
+    blocking(|| mesh.cp.kill());
+    until_connected(&web, 0.0, Duration::from_secs(10)).await;
+    until_connected(&inventory, 0.0, Duration::from_secs(10)).await;
+    load.until_more(150, "with the control plane down").await;
+
+    blocking(|| mesh.cp.restart());
+    until_connected(&web, 1.0, Duration::from_secs(30)).await;
+    load.until_more(60, "after the restart").await;
+    let tally = load.finish().await;
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} calls failed: {:?}",
+        tally.failures.len(),
+        tally.ok() + tally.failures.len(),
+        tally.failures
+    );
+    // Still routable, and the endpoint is still known after the resnapshot.
+    assert_eq!(inventory_endpoints(&web), vec![endpoint_key(&inventory)]);
+    let reconnects = metric(
+        &metrics_of(&web),
+        "bulkhead_control_plane_reconnects_total",
+        &[],
+    )
+    .unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "reconnects are counted");
+}
+
+/// An outage longer than the registration lease: etcd expires the
+/// endpoints meanwhile. Once the control plane is back, callers must not
+/// lose the endpoints that were never gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_causes_no_failed_request_after_the_restart() {
+    let mut mesh = Mesh::etcd(&["--lease-ttl", "3s"]).await;
+    let app = App::http("inventory", STABLE).await;
+    let inventory = mesh.inventory(STABLE, "node-1", &app);
+    let web = mesh.web("node-1");
+    until_routable(&web).await;
+
+    let load = Load::start(web.upstream("inventory"), 2, Duration::from_millis(20));
+    load.until_more(20, "before the kill").await;
+    blocking(|| mesh.cp.kill());
+    until_connected(&web, 0.0, Duration::from_secs(10)).await;
+    // Well past the 3 s lease.
+    load.until_more(200, "with the control plane down").await;
+    blocking(|| mesh.cp.restart());
+    until_connected(&web, 1.0, Duration::from_secs(30)).await;
+    load.until_more(150, "after the restart").await;
+    let tally = load.finish().await;
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} calls failed: {:?}",
+        tally.failures.len(),
+        tally.ok() + tally.failures.len(),
+        tally.failures
+    );
+    let _ = &inventory;
+}
+
+// ---------------------------------------------------------------------------
+// 6. SIGTERM drain.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_drains_the_endpoint_with_no_client_error() {
+    let mesh = Mesh::memory(&[]).await;
+    let leaving_app = App::http("inventory", STABLE).await;
+    let staying_app = App::http("inventory", STABLE).await;
+    let grace = Duration::from_secs(5);
+    let mut leaving = mesh.sidecar(
+        SidecarSpec::new("shop", "inventory", STABLE)
+            .app(&leaving_app)
+            .arg("--drain-timeout")
+            .arg("5s"),
+    );
+    let staying = mesh.inventory(STABLE, "node-1", &staying_app);
+    let web = mesh.web("node-1");
+    until_endpoints(&web, &[&leaving, &staying]).await;
+
+    // One sequential caller on a single keep-alive connection, and a few
+    // concurrent ones on pooled clients.
+    let mut conn = OneConnection::open(web.upstream("inventory")).await;
+    let load = Load::start(web.upstream("inventory"), 3, Duration::from_millis(5));
+    let sequential = tokio::spawn(async move {
+        let mut tally = Tally::default();
+        let started = Instant::now();
+        for i in 0..MAX_PER_WORKER {
+            if started.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+            tally.record(conn.get(&format!("/stock/seq-{i}"), &[]).await);
+        }
+        tally
+    });
+    load.until_more(60, "before SIGTERM").await;
+    assert!(
+        leaving_app.seen() > 0,
+        "the leaving endpoint served traffic"
+    );
+
+    let started = Instant::now();
+    let status = blocking(|| leaving.terminate()).expect("sidecar was running");
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took < grace + Duration::from_secs(2),
+        "exited after {took:?}"
+    );
+    let served_by_leaving = leaving_app.seen();
+
+    until_endpoints(&web, &[&staying]).await;
+    load.until_more(60, "after the drain").await;
+    let mut tally = load.finish().await;
+    tally.merge(sequential.await.expect("sequential caller"));
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} calls failed: {:?}",
+        tally.failures.len(),
+        tally.ok() + tally.failures.len(),
+        tally.failures
+    );
+    assert_eq!(
+        leaving_app.seen(),
+        served_by_leaving,
+        "nothing reached the drained endpoint after it exited"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 7. Restart from --state-dir with the control plane down.
+
+/// The command line of a running process (Linux `/proc`).
+fn cmdline(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).expect("read /proc cmdline");
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> &'a str {
+    let i = args
+        .iter()
+        .position(|a| a == name)
+        .unwrap_or_else(|| panic!("{name} in {args:?}"));
+    &args[i + 1]
+}
+
+/// A `bulkhead-proxy` this test spawned itself; killed on drop.
+struct Respawned {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Respawned {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Respawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_restarted_with_the_control_plane_down_serves_from_its_state_dir() {
+    let mut mesh = Mesh::memory(&[]).await;
+    let app = App::http("inventory", STABLE).await;
+    let inventory = mesh.inventory(STABLE, "node-1", &app);
+    let mut web = mesh.web("node-1");
+    until_routable(&web).await;
+
+    // The Sidecar helper has no restart: rerun the binary with the same
+    // command line (same ports, token file and --state-dir).
+    let args = cmdline(web.pid().expect("web runs"));
+    let state_dir = std::path::PathBuf::from(flag(&args, "--state-dir"));
+    let admin: SocketAddr = flag(&args, "--admin").parse().expect("admin addr");
+    let callee_id = "spiffe://cluster.local/ns/shop/sa/inventory";
+    wait_for_async(
+        "the snapshot on disk to hold the inventory endpoint",
+        Duration::from_secs(10),
+        || {
+            let saved = std::fs::read(state_dir.join("mesh-state.pb")).unwrap_or_default();
+            let has = saved
+                .windows(callee_id.len())
+                .any(|w| w == callee_id.as_bytes());
+            async move { has.then_some(()) }
+        },
+    )
+    .await;
+
+    blocking(|| mesh.cp.kill());
+    blocking(|| web.kill());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("proxy.log");
+    let child = std::process::Command::new(bin("bulkhead-proxy"))
+        .args(&args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("respawn bulkhead-proxy");
+    let mut again = Respawned {
+        child,
+        log,
+        _dir: dir,
+    };
+    wait_for_async(
+        "the restarted sidecar to be ready without a control plane",
+        Duration::from_secs(20),
+        || {
+            let exited = again.child.try_wait().ok().flatten();
+            let ready = blocking(|| http_get(admin, "/ready"));
+            let log = again.log_text();
+            async move {
+                if let Some(status) = exited {
+                    panic!("restarted sidecar exited with {status}; log:\n{log}");
+                }
+                matches!(ready, Ok((200, _))).then_some(())
+            }
+        },
+    )
+    .await;
+
+    let tally = calls(web.upstream("inventory"), 50, 2, &[]).await;
+    assert!(
+        tally.failures.is_empty(),
+        "{:?}; log:\n{}",
+        tally.failures,
+        again.log_text()
+    );
+    assert_eq!(tally.count(STABLE), 50);
+    let metrics = blocking(|| http_get(admin, "/metrics"))
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    assert_eq!(
+        metric(&metrics, "bulkhead_control_plane_connected", &[]),
+        Some(0.0),
+        "the outage is reported"
+    );
+    let _ = (&inventory, &mut again);
+}
