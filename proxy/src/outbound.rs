@@ -295,7 +295,7 @@ async fn request(
     let started = Instant::now();
     let grpc = h::is_grpc(req.headers());
     outbound.budget.record_request();
-    let (resp, version) = match tokio::time::timeout(
+    let (resp, served) = match tokio::time::timeout(
         outbound.request_timeout,
         route_request(req, up, port, outbound, grpc),
     )
@@ -311,15 +311,35 @@ async fn request(
                     "timeout",
                     "bulkhead: request timed out",
                 ),
-                String::new(),
+                Served::default(),
             )
         }
     };
     let class = h::status_class(resp.status());
-    metrics::counter!("bulkhead_requests_total", "direction" => "outbound", "service" => up.service.clone(), "version" => version.clone(), "status_class" => class).increment(1);
-    metrics::histogram!("bulkhead_request_duration_seconds", "direction" => "outbound", "service" => up.service.clone(), "version" => version, "status_class" => class)
+    metrics::counter!("bulkhead_requests_total", "direction" => "outbound", "service" => up.service.clone(), "version" => served.version.clone(), "peer" => served.peer.clone(), "status_class" => class).increment(1);
+    metrics::histogram!("bulkhead_request_duration_seconds", "direction" => "outbound", "service" => up.service.clone(), "version" => served.version, "peer" => served.peer, "status_class" => class)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Which endpoint answered, for metrics labels.
+#[derive(Default)]
+struct Served {
+    version: String,
+    peer: String,
+}
+
+impl From<&bulkhead_proto::model::Endpoint> for Served {
+    fn from(ep: &bulkhead_proto::model::Endpoint) -> Self {
+        Self {
+            version: ep.version.clone(),
+            peer: ep
+                .identity
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 async fn route_request(
@@ -328,7 +348,7 @@ async fn route_request(
     port: u16,
     outbound: &Outbound,
     grpc: bool,
-) -> (Response<Body>, String) {
+) -> (Response<Body>, Served) {
     let state = outbound.states.borrow().clone();
     let key = (up.namespace.clone(), up.service.clone());
     let balancer = outbound.balancers.get(&key, &state);
@@ -347,7 +367,7 @@ async fn route_request(
                     "bad-version-pin",
                     &format!("bulkhead: {error}"),
                 ),
-                String::new(),
+                Served::default(),
             );
         }
     };
@@ -369,7 +389,7 @@ async fn route_request(
                 "bad-target",
                 "bulkhead: request target does not parse",
             ),
-            String::new(),
+            Served::default(),
         );
     };
     parts.uri = uri;
@@ -392,7 +412,7 @@ async fn route_request(
                         up.namespace, up.service
                     ),
                 ),
-                String::new(),
+                Served::default(),
             );
         };
         let ep = pick.endpoint().clone();
@@ -437,7 +457,7 @@ async fn route_request(
                         .increment(1);
                     continue;
                 }
-                return (resp.map(|b| b.boxed()), ep.version);
+                return (resp.map(|b| b.boxed()), Served::from(&ep));
             }
             Err(error) => {
                 pick.finish(Outcome {
@@ -467,7 +487,7 @@ async fn route_request(
                         reason,
                         &format!("bulkhead: {error}"),
                     ),
-                    ep.version,
+                    Served::from(&ep),
                 );
             }
         }
@@ -483,4 +503,97 @@ enum SendError {
     /// Failed after sending started: the peer may have acted on it.
     #[error("request failed: {0}")]
     Request(String),
+}
+
+/// Listeners made on demand for the DNS server: each mesh service gets a
+/// loopback address of its own (127.77.0.1, 127.77.0.2, ... in the order
+/// names are first asked for) with a listener on each of its declared
+/// ports, which route exactly as an `--upstream` would.
+pub struct MeshListeners {
+    outbound: Arc<Outbound>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    inner: Mutex<ListenerTable>,
+}
+
+#[derive(Default)]
+struct ListenerTable {
+    /// Service → its loopback address and the ports bound on it.
+    services: HashMap<ServiceKey, (std::net::Ipv4Addr, std::collections::BTreeSet<u16>)>,
+    next: u32,
+}
+
+/// Most services one sidecar makes listeners for (one /16 of loopback).
+const MAX_DYNAMIC_SERVICES: u32 = 65_000;
+
+impl MeshListeners {
+    pub fn new(outbound: Arc<Outbound>, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
+        Self {
+            outbound,
+            shutdown,
+            tracker,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The loopback address for `namespace/service`, binding listeners for
+    /// any declared port not yet bound. `None` when the mesh has no such
+    /// Service (or addresses ran out).
+    pub fn lookup(&self, service: &str, namespace: &str) -> Option<std::net::IpAddr> {
+        let state = self.outbound.states.borrow().clone();
+        let svc = state.service(namespace, service)?;
+        let key = (namespace.to_owned(), service.to_owned());
+        let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let ip = match table.services.get(&key) {
+            Some((ip, _)) => *ip,
+            None => {
+                if table.next >= MAX_DYNAMIC_SERVICES {
+                    tracing::warn!(
+                        service,
+                        namespace,
+                        "no loopback addresses left for DNS-addressed services"
+                    );
+                    return None;
+                }
+                table.next += 1;
+                let n = table.next;
+                let ip = std::net::Ipv4Addr::new(127, 77, (n >> 8) as u8, (n & 0xff) as u8);
+                table.services.insert(key.clone(), (ip, Default::default()));
+                ip
+            }
+        };
+        let bound = &mut table.services.get_mut(&key)?.1;
+        for port in svc.spec.ports.iter().map(|p| p.port) {
+            if bound.contains(&port) {
+                continue;
+            }
+            let addr = std::net::SocketAddr::from((ip, port));
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(TcpListener::from_std);
+            match listener {
+                Ok(listener) => {
+                    bound.insert(port);
+                    let upstream = Upstream {
+                        service: service.to_owned(),
+                        namespace: namespace.to_owned(),
+                        port: Some(port),
+                        listen: addr,
+                    };
+                    tracing::info!(%addr, service, namespace, "listening for a DNS-addressed service");
+                    self.tracker.spawn(serve(
+                        listener,
+                        upstream,
+                        self.outbound.clone(),
+                        self.shutdown.clone(),
+                        self.tracker.clone(),
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(%addr, %error, "cannot listen for a DNS-addressed service")
+                }
+            }
+        }
+        Some(std::net::IpAddr::V4(ip))
+    }
 }
