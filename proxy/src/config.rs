@@ -105,6 +105,9 @@ pub struct RunArgs {
     /// DNS server for mesh names (optional).
     #[arg(long, env = "BULKHEAD_DNS", value_name = "ADDR")]
     pub dns: Option<SocketAddr>,
+    /// The cluster's DNS domain (for <svc>.<ns>.svc.<domain> names).
+    #[arg(long, env = "BULKHEAD_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
     #[arg(long, env = "BULKHEAD_NODE", default_value = "")]
     pub node: String,
     #[arg(long, env = "BULKHEAD_ZONE", default_value = "")]
@@ -203,6 +206,7 @@ pub struct Config {
     pub admin: SocketAddr,
     pub upstreams: Vec<Upstream>,
     pub dns: Option<SocketAddr>,
+    pub cluster_domain: String,
     pub locality: bulkhead_proto::model::Locality,
     pub state_dir: Option<PathBuf>,
     pub request_timeout: Duration,
@@ -282,6 +286,7 @@ impl Config {
             admin: a.admin,
             upstreams,
             dns: a.dns,
+            cluster_domain: a.cluster_domain,
             locality: bulkhead_proto::model::Locality {
                 node: a.node,
                 zone: a.zone,

@@ -12,6 +12,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control_client;
+pub mod dns;
 pub mod http;
 pub mod identity;
 pub mod inbound;

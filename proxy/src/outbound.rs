@@ -597,3 +597,9 @@ impl MeshListeners {
         Some(std::net::IpAddr::V4(ip))
     }
 }
+
+impl crate::dns::MeshNames for MeshListeners {
+    fn lookup(&self, service: &str, namespace: &str) -> Option<std::net::IpAddr> {
+        MeshListeners::lookup(self, service, namespace)
+    }
+}

@@ -23,7 +23,8 @@
 //! - every list targeting it is in `audit` mode: [`Verdict::AuditAllow`],
 //!   reason `audit-no-matching-rule`. The caller lets it through and counts it
 //!   as a would-be denial. This is how a first policy is rolled out: apply it
-//!   as `audit`, watch `bulkhead_authz_denied_total`, then switch to `enforce`.
+//!   as `audit`, watch `bulkhead_authz_audit_total` (what enforce would deny), then
+//!   switch to `enforce`.
 //!
 //! # Path normalization
 //!

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::control_client::{self, Registration};
+use crate::dns;
 use crate::identity::{self, IdentityError};
 use crate::inbound::{self, Inbound};
 use crate::outbound::{self, Outbound};
@@ -155,12 +156,18 @@ pub async fn run(
         bundle.clone(),
     ));
 
-    let watch_request = pb::WatchRequest {
-        services: config
+    // With mesh DNS the app may call any service by name: watch them all.
+    let services = if config.dns.is_some() {
+        vec!["*".to_owned()]
+    } else {
+        config
             .upstreams
             .iter()
             .map(|u| format!("{}.{}", u.service, u.namespace))
-            .collect(),
+            .collect()
+    };
+    let watch_request = pb::WatchRequest {
+        services,
         own_service: config.service.clone(),
     };
     tokio::spawn(control_client::watch_forever(
@@ -210,6 +217,24 @@ pub async fn run(
             draining.clone(),
             tracker.clone(),
         ));
+    }
+    if let Some(listen) = config.dns {
+        let names = Arc::new(outbound::MeshListeners::new(
+            outbound.clone(),
+            draining.clone(),
+            tracker.clone(),
+        ));
+        let dns_config = dns::DnsConfig {
+            listen,
+            own_namespace: config.namespace.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+            forward: dns::Forward::System,
+        };
+        let server = dns::DnsServer::bind(dns_config, names)
+            .await
+            .map_err(|e| Exit::Usage(format!("--dns: {e}")))?;
+        tracing::info!(addr = %server.local_addr(), "mesh DNS serving");
+        tokio::spawn(server.run(draining.clone()));
     }
     // Endpoint sets follow the config; connections to endpoints that left
     // are dropped from the pool.

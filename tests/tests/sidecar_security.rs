@@ -2,8 +2,8 @@
 //! plane, real `bulkhead-proxy` processes, real TLS and sockets.
 //!
 //! - Inbound TLS refusals: plaintext, no client certificate, a foreign CA, an
-//!   expired certificate, two URI SANs, a SPIFFE ID only in the CN, and a
-//!   mesh client with a garbage preface. Each is refused before a single
+//!   expired certificate, two URI SANs, a SPIFFE ID only in the CN, TLS 1.2,
+//!   and a mesh client with a garbage preface. Each is refused before a single
 //!   byte reaches the app. The client is tokio-rustls driven by hand (the
 //!   wire format of `proxy/src/wire.rs`), so nothing of the proxy's own
 //!   client code can paper over a server-side gap.
@@ -213,6 +213,24 @@ async fn a_spiffe_id_in_the_cn_without_a_uri_san_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_client_is_refused() {
+    let m = Mesh::start().await;
+    let (echo, ledger) = m.ledger().await;
+    // A valid mesh certificate, but only TLS 1.2 offered. The server's
+    // certificate is accepted blindly so that only the server can say no.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2 config")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_cert_resolver(Arc::new(m.client_cert(|_| {})));
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let outcome = dial_and_send(&ledger, config, &TO_LEDGER, b"ping").await;
+    assert_refused_before_the_app(outcome, &ledger, &echo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_client_with_a_garbage_preface_is_closed() {
     let m = Mesh::start().await;
     let (echo, ledger) = m.ledger().await;
@@ -319,7 +337,7 @@ async fn h2c_calls_are_allowed_and_denied_like_http1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_denied_grpc_call_gets_permission_denied() {
+async fn grpc_calls_are_allowed_or_answered_permission_denied() {
     let m = Mesh::start().await;
     let app = App::http("pricing", "1.0.0").await;
     let _pricing = m.sidecar(
@@ -487,18 +505,34 @@ async fn a_denial_is_logged_with_peer_target_and_rule() {
         .await
         .expect("call");
     assert_eq!(r.status, 403, "{r:?}");
+    // One JSON object per line; the denial's fields name who, what and why.
     let web_id = spiffe("web");
-    let fields = wait_for_async("the denial log line", WAIT, || async {
+    let line = wait_for_async("the denial log line", WAIT, || async {
         cart.log_text()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|v| v["fields"].clone())
-            .find(|f| f["peer"] == web_id.as_str() && f.get("rule").is_some())
+            .find(|l| {
+                l["fields"]["peer"] == web_id.as_str() && l["fields"]["rule"] == "no-matching-rule"
+            })
     })
     .await;
-    assert_eq!(fields["target"], "cart", "{fields}");
-    assert_eq!(fields["rule"], "no-matching-rule", "{fields}");
-    assert_eq!(fields["port"], 8080, "{fields}");
+    let fields = &line["fields"];
+    assert_eq!(fields["target"], "cart", "{line}");
+    assert_eq!(fields["port"], 8080, "{line}");
+    // Visible at the default level, not only when debugging.
+    assert!(line["level"] == "INFO" || line["level"] == "WARN", "{line}");
+    // And the same three in the counter.
+    let metrics = cart.metrics();
+    let counted = metric_line(
+        &metrics,
+        "bulkhead_authz_denied_total",
+        &[
+            ("target", "cart"),
+            ("peer", &web_id),
+            ("rule", "no-matching-rule"),
+        ],
+    );
+    assert!(counted.is_some(), "{metrics}");
 }
 
 // ---------------------------------------------------------------------------
@@ -514,13 +548,13 @@ struct Mesh {
 impl Mesh {
     async fn start() -> Self {
         let ca = TestCa::init(TRUST_DOMAIN);
-        let cp = ControlPlane::start(&ca, &StoreSpec::Memory, &[]);
+        let cp = again_on_port_race(|| ControlPlane::start(&ca, &StoreSpec::Memory, &[]));
         apply(&cp, &ca, MESH).await;
         Self { ca, cp }
     }
 
     fn sidecar(&self, spec: SidecarSpec) -> Sidecar {
-        Sidecar::start(&self.ca, &self.cp, spec)
+        again_on_port_race(|| Sidecar::start(&self.ca, &self.cp, spec.clone()))
     }
 
     /// The `ledger` TCP service: a byte-counting echo behind its sidecar.
@@ -568,6 +602,31 @@ impl Shop {
         call(self.web.upstream("cart"), "GET", path, &[])
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+}
+
+/// The harness picks ports with `free_port()` (bind to port 0, close) and
+/// the process binds them a moment later; with many tests in parallel,
+/// another socket sometimes takes the port in between and the process exits
+/// with "Address already in use". Start again (on fresh ports) in that case
+/// only; any other start-up failure fails the test.
+fn again_on_port_race<T>(start: impl Fn() -> T) -> T {
+    let mut attempt = 1;
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&start)) {
+            Ok(started) => return started,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or_default();
+                if attempt == 3 || !message.contains("Address already in use") {
+                    std::panic::resume_unwind(panic);
+                }
+                attempt += 1;
+            }
+        }
     }
 }
 
@@ -738,6 +797,15 @@ async fn mesh_call(
         &[ALPN],
     )
     .expect("client config");
+    dial_and_send(callee, config, preface, payload).await
+}
+
+async fn dial_and_send(
+    callee: &Sidecar,
+    config: rustls::ClientConfig,
+    preface: &[u8],
+    payload: &[u8],
+) -> Outcome {
     let tcp = TcpStream::connect(callee.inbound)
         .await
         .expect("connect inbound");
@@ -755,6 +823,56 @@ async fn mesh_call(
         return Outcome::Refused(format!("flush: {e}"));
     }
     read_reply(&mut tls, payload.len()).await
+}
+
+/// Trusts any server certificate: for clients that test what the server
+/// refuses, not who the server is.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Reads until `want` bytes arrived or the connection ended (bounded).
@@ -840,8 +958,8 @@ async fn wait_for_handshake_errors(callee: &Sidecar) {
 // Calls through a caller's sidecar.
 // ---------------------------------------------------------------------------
 
-/// Writes `payload` to an upstream address as an app would, half-closes,
-/// and reads the reply; Err when the connection ends short.
+/// Writes `payload` to an upstream address as an app would and reads as
+/// many bytes back; Err when the connection ends short.
 async fn tcp_exchange(addr: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, String> {
     let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut r, mut w) = tcp.split();
