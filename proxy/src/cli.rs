@@ -38,7 +38,18 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::InitIptables(init) => {
+            return match crate::capture::init_iptables(&init) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bulkhead-proxy init-iptables: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     let config = match Config::from_args(*args) {
         Ok(c) => c,
         Err(e) => {

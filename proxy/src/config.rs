@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar beside one workload.
     Run(Box<RunArgs>),
+    /// Install transparent capture in this network namespace (the pod's init container).
+    InitIptables(crate::capture::InitArgs),
 }
 
 const EXAMPLES: &str = "\
@@ -86,6 +88,18 @@ pub struct RunArgs {
     /// Address registered for this endpoint (default: the inbound IP, or 127.0.0.1 when that is unspecified).
     #[arg(long, env = "BULKHEAD_ADVERTISE", value_name = "IP")]
     pub advertise: Option<IpAddr>,
+    /// Transparent-capture listeners (where init-iptables redirects the pod's
+    /// outbound TCP), e.g. 127.0.0.1:4140,[::1]:4140. None by default.
+    #[arg(
+        long = "outbound",
+        env = "BULKHEAD_OUTBOUND",
+        value_delimiter = ',',
+        value_name = "ADDR,..."
+    )]
+    pub outbound: Vec<SocketAddr>,
+    /// Captured connections to destinations outside the mesh: refuse (default) or allow.
+    #[arg(long, env = "BULKHEAD_EGRESS", value_enum, default_value = "deny")]
+    pub egress: Egress,
     /// Admin listener: /metrics, /ready, /live, /config.
     #[arg(
         long,
@@ -127,6 +141,14 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     #[arg(long, env = "BULKHEAD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Egress {
+    /// Refuse and count connections to unknown destinations.
+    Deny,
+    /// Pass them through unchanged (plain TCP, not mesh traffic).
+    Allow,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -204,6 +226,8 @@ pub struct Config {
     pub inbound: SocketAddr,
     pub advertise: IpAddr,
     pub admin: SocketAddr,
+    pub outbound: Vec<SocketAddr>,
+    pub egress: Egress,
     pub upstreams: Vec<Upstream>,
     pub dns: Option<SocketAddr>,
     pub cluster_domain: String,
@@ -284,6 +308,8 @@ impl Config {
             inbound: a.inbound,
             advertise,
             admin: a.admin,
+            outbound: a.outbound,
+            egress: a.egress,
             upstreams,
             dns: a.dns,
             cluster_domain: a.cluster_domain,
@@ -367,7 +393,9 @@ mod tests {
             "cart",
         ];
         let cli = Cli::try_parse_from(base.iter().chain(extra)).map_err(|e| e.to_string())?;
-        let Command::Run(a) = cli.command;
+        let Command::Run(a) = cli.command else {
+            return Err("not run".into());
+        };
         Config::from_args(*a)
     }
 

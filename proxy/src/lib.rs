@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control_client;

@@ -603,3 +603,88 @@ impl crate::dns::MeshNames for MeshListeners {
         MeshListeners::lookup(self, service, namespace)
     }
 }
+
+/// The capture listener (4140): connections iptables redirected here. The
+/// original destination picks the service — a Service's VIP, or the address
+/// of a registered endpoint — and the connection is then routed exactly as
+/// on an `--upstream` listener. Unknown destinations go out unchanged only
+/// with `--egress allow`; otherwise they are refused and counted.
+pub async fn serve_captured(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    egress_allowed: bool,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "capture accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let dst = match crate::capture::original_destination(&tcp) {
+            Ok(d) => d,
+            Err(error) => {
+                metrics::counter!("bulkhead_outbound_refused_total", "reason" => "no-original-destination").increment(1);
+                tracing::warn!(%error, "captured connection without an original destination");
+                continue;
+            }
+        };
+        let state = outbound.states.borrow().clone();
+        match service_for(&state, dst) {
+            Some((namespace, service)) => {
+                let upstream = Arc::new(Upstream {
+                    service,
+                    namespace,
+                    port: Some(dst.port()),
+                    listen: dst,
+                });
+                let outbound = outbound.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move { connection(tcp, upstream, outbound, shutdown).await });
+            }
+            None if egress_allowed => {
+                tracker.spawn(async move { passthrough(tcp, dst).await });
+            }
+            None => {
+                metrics::counter!("bulkhead_outbound_refused_total", "reason" => "unknown-destination").increment(1);
+                tracing::info!(%dst, "refused captured connection to a destination outside the mesh (see --egress)");
+            }
+        }
+    }
+}
+
+/// The service a captured destination belongs to: its VIP, or an endpoint
+/// registered at that address serving that port.
+fn service_for(state: &MeshState, dst: std::net::SocketAddr) -> Option<ServiceKey> {
+    for resource in state.resources.values() {
+        if let bulkhead_proto::model::Resource::Service(svc) = resource.as_ref()
+            && svc.spec.vip == Some(dst.ip())
+            && svc.spec.ports.iter().any(|p| p.port == dst.port())
+        {
+            return Some((svc.metadata.namespace.clone(), svc.metadata.name.clone()));
+        }
+    }
+    state.endpoints.iter().find_map(|(key, set)| {
+        set.values()
+            .any(|e| e.address == dst.ip() && e.port(dst.port()).is_some())
+            .then(|| key.clone())
+    })
+}
+
+async fn passthrough(mut app: TcpStream, dst: std::net::SocketAddr) {
+    match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(dst)).await {
+        Ok(Ok(mut remote)) => {
+            metrics::counter!("bulkhead_egress_connections_total").increment(1);
+            let _ = tokio::io::copy_bidirectional(&mut app, &mut remote).await;
+        }
+        _ => tracing::info!(%dst, "egress destination unreachable"),
+    }
+}

@@ -109,6 +109,10 @@ pub async fn run(
     // Listeners first, so a port clash is reported at once.
     let inbound_listener = bind("--inbound", config.inbound).await?;
     let admin_listener = bind("--admin", config.admin).await?;
+    let mut capture_listeners = Vec::new();
+    for addr in &config.outbound {
+        capture_listeners.push(bind("--outbound", *addr).await?);
+    }
     let mut upstream_listeners = Vec::new();
     for up in &config.upstreams {
         upstream_listeners.push((bind("--upstream", up.listen).await?, up.clone()));
@@ -156,8 +160,8 @@ pub async fn run(
         bundle.clone(),
     ));
 
-    // With mesh DNS the app may call any service by name: watch them all.
-    let services = if config.dns.is_some() {
+    // With mesh DNS or capture the app may call any service: watch them all.
+    let services = if config.dns.is_some() || !config.outbound.is_empty() {
         vec!["*".to_owned()]
     } else {
         config
@@ -214,6 +218,16 @@ pub async fn run(
             listener,
             up,
             outbound.clone(),
+            draining.clone(),
+            tracker.clone(),
+        ));
+    }
+    for listener in capture_listeners {
+        let egress = config.egress == crate::config::Egress::Allow;
+        tokio::spawn(outbound::serve_captured(
+            listener,
+            outbound.clone(),
+            egress,
             draining.clone(),
             tracker.clone(),
         ));
