@@ -100,6 +100,29 @@ pub struct ControlArgs {
     )]
     pub dns_names: Vec<String>,
 
+    /// Kubernetes service-account issuer keys (JWKS JSON, e.g. from
+    /// `kubectl get --raw /openid/v1/jwks`): accept projected tokens as attestation.
+    #[arg(
+        long,
+        env = "BULKHEAD_K8S_JWKS",
+        value_name = "FILE",
+        requires = "k8s_issuer"
+    )]
+    pub k8s_jwks: Option<PathBuf>,
+
+    /// The cluster's service-account token issuer (`iss`), e.g. https://kubernetes.default.svc.cluster.local.
+    #[arg(
+        long,
+        env = "BULKHEAD_K8S_ISSUER",
+        value_name = "URL",
+        requires = "k8s_jwks"
+    )]
+    pub k8s_issuer: Option<String>,
+
+    /// Audience projected tokens must carry.
+    #[arg(long, env = "BULKHEAD_K8S_AUDIENCE", default_value = "bulkhead")]
+    pub k8s_audience: String,
+
     /// Log format.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -8,6 +8,7 @@
 
 pub mod admin_http;
 pub mod api;
+pub mod attest;
 pub mod ca;
 pub mod config;
 pub mod hub;

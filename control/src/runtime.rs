@@ -38,6 +38,8 @@ pub struct Settings {
     pub cert_lifetime: Duration,
     pub lease_ttl: Duration,
     pub dns_names: Vec<String>,
+    /// Kubernetes service-account token verification, when configured.
+    pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
 }
 
 /// A running control plane. Dropping it does not stop it; call [`Running::shutdown`].
@@ -133,9 +135,15 @@ pub async fn start(
         operators,
         cert_lifetime: settings.cert_lifetime,
         lease_ttl: settings.lease_ttl,
+        k8s: settings.k8s.clone(),
     });
 
     let mut tasks = vec![tokio::spawn(hub.clone().run(store.clone()))];
+    if let Some(k8s) = &settings.k8s {
+        tasks.push(tokio::spawn(
+            k8s.clone().reload_forever(Duration::from_secs(30)),
+        ));
+    }
     tasks.push(tokio::spawn(admin_http::serve(
         admin_listener,
         admin_http::AdminState {
@@ -160,6 +168,7 @@ pub async fn start(
                 cert_lifetime: SERVING_CERT_LIFETIME,
                 lease_ttl: SERVING_CERT_LIFETIME,
                 dns_names: settings_dns,
+                k8s: None,
             };
             loop {
                 tokio::time::sleep(SERVING_CERT_LIFETIME / 2).await;

@@ -17,7 +17,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "bulkhead-proxy", version, about = "The Bulkhead sidecar proxy", after_help = EXAMPLES)]
+#[command(name = "bulkhead-proxy", version, about = "The Bulkhead sidecar proxy", after_help = EXAMPLES, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -53,6 +53,15 @@ pub struct RunArgs {
     /// Bootstrap token for the first certificate (later ones renew with the current certificate).
     #[arg(long, env = "BULKHEAD_TOKEN_FILE", value_name = "FILE")]
     pub token_file: PathBuf,
+    /// What --token-file holds: a bootstrap token, or a Kubernetes projected
+    /// service-account token (re-read at each use: the kubelet rotates it).
+    #[arg(
+        long,
+        env = "BULKHEAD_ATTESTATION",
+        value_enum,
+        default_value = "token"
+    )]
+    pub attestation: Attestation,
     /// Trust domain (default: the one the bundle's roots name, else cluster.local).
     #[arg(long, env = "BULKHEAD_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
@@ -144,6 +153,14 @@ pub struct RunArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Attestation {
+    /// A token from `bulkheadctl token create`.
+    Token,
+    /// A Kubernetes projected service-account token (audience `bulkhead`).
+    K8sJwt,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Egress {
     /// Refuse and count connections to unknown destinations.
     Deny,
@@ -216,6 +233,7 @@ pub struct Config {
     pub control: String,
     pub trust_bundle: PathBuf,
     pub token_file: PathBuf,
+    pub attestation: Attestation,
     pub trust_domain: Option<String>,
     pub namespace: String,
     pub service: String,
@@ -298,6 +316,7 @@ impl Config {
             control: a.control,
             trust_bundle: a.trust_bundle,
             token_file: a.token_file,
+            attestation: a.attestation,
             trust_domain: a.trust_domain,
             namespace: a.namespace,
             service: a.service,

@@ -103,6 +103,7 @@ fn unix(t: SystemTime) -> u64 {
 pub async fn certify(
     channel: Channel,
     token_file: &Path,
+    kind: crate::config::Attestation,
     slot: &CertSlot,
     trust_domain: &str,
     state_dir: Option<&Path>,
@@ -115,9 +116,14 @@ pub async fn certify(
     let resp = IdentityClient::new(channel)
         .certify(pb::CertifyRequest {
             csr_der: csr,
-            attestation: Some(pb::certify_request::Attestation::BootstrapToken(
-                token.trim().to_owned(),
-            )),
+            attestation: Some(match kind {
+                crate::config::Attestation::Token => {
+                    pb::certify_request::Attestation::BootstrapToken(token.trim().to_owned())
+                }
+                crate::config::Attestation::K8sJwt => {
+                    pb::certify_request::Attestation::ServiceAccountJwt(token.trim().to_owned())
+                }
+            }),
         })
         .await
         .map_err(status_error)?

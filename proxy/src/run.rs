@@ -61,6 +61,7 @@ async fn first_certificate(
         match identity::certify(
             channel.clone(),
             &config.token_file,
+            config.attestation,
             slot,
             &td,
             config.state_dir.as_deref(),

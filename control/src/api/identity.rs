@@ -91,14 +91,23 @@ impl pb::identity_server::Identity for IdentityService {
         let req = request.into_inner();
         let token = match req.attestation {
             Some(Attestation::BootstrapToken(token)) => token,
-            Some(Attestation::ServiceAccountJwt(_)) => {
-                // TODO(issue 4): Kubernetes projected service-account tokens.
-                return Err(refused(
-                    "attestation",
-                    Status::unimplemented(
-                        "Kubernetes service-account attestation is not enabled on this control plane; use a bootstrap token",
-                    ),
-                ));
+            Some(Attestation::ServiceAccountJwt(jwt)) => {
+                let Some(k8s) = &self.plane.k8s else {
+                    return Err(refused(
+                        "attestation",
+                        Status::unimplemented(
+                            "Kubernetes service-account attestation is not enabled on this control plane (start it with --k8s-jwks and --k8s-issuer); use a bootstrap token",
+                        ),
+                    ));
+                };
+                let identity = k8s.verify(&jwt).map_err(|e| {
+                    refused(
+                        "k8s_token",
+                        Status::unauthenticated(format!("service-account token refused: {e}")),
+                    )
+                })?;
+                let issued = self.issue(&req.csr_der, &identity)?;
+                return Ok(Response::new(self.respond(issued, &identity, "certify")));
             }
             None => {
                 return Err(refused(

@@ -38,6 +38,8 @@ pub struct ControlPlane {
     pub cert_lifetime: Duration,
     /// TTL of endpoint registrations' leases.
     pub lease_ttl: Duration,
+    /// Kubernetes service-account token verification, when configured.
+    pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
 }
 
 impl std::fmt::Debug for ControlPlane {

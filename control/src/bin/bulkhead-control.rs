@@ -74,6 +74,20 @@ async fn run(args: ControlArgs) -> ExitCode {
         Ok(ca) => Arc::new(ca),
         Err(e) => return usage_error(e),
     };
+    let k8s = match (&args.k8s_jwks, &args.k8s_issuer) {
+        (Some(jwks), Some(issuer)) => {
+            match bulkhead_control::attest::K8sVerifier::new(
+                jwks,
+                issuer,
+                &args.k8s_audience,
+                &args.trust_domain,
+            ) {
+                Ok(v) => Some(Arc::new(v)),
+                Err(e) => return usage_error(format!("--k8s-jwks: {e}")),
+            }
+        }
+        _ => None,
+    };
     let metrics = match telemetry::init_metrics() {
         Ok(m) => m,
         Err(e) => {
@@ -116,6 +130,7 @@ async fn run(args: ControlArgs) -> ExitCode {
         cert_lifetime: args.cert_lifetime,
         lease_ttl: args.lease_ttl,
         dns_names: args.dns_names.clone(),
+        k8s,
     };
     let mut running = match runtime::start(settings, store, metrics).await {
         Ok(r) => r,

@@ -339,6 +339,7 @@ async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -
             cert_lifetime: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(5),
             dns_names: vec!["localhost".into()],
+            k8s: None,
         },
         Arc::new(MemoryStore::new()),
         metrics,
