@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bulkhead_proto::tls::CertSlot;
 use http::{Method, Request, Response, StatusCode};
@@ -24,7 +24,6 @@ pub struct Admin {
     pub states: watch::Receiver<Arc<MeshState>>,
     pub app: Option<SocketAddr>,
     pub draining: tokio_util::sync::CancellationToken,
-    pub cert_not_after: std::sync::Mutex<Option<SystemTime>>,
 }
 
 impl Admin {
@@ -70,12 +69,13 @@ impl Admin {
                 })
             })
             .collect();
-        let expiry = self
-            .cert_not_after
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_secs());
+        // Read from the certificate in use, so renewals show at once.
+        let expiry = self.slot.get().and_then(|key| {
+            use x509_parser::prelude::{FromDer, X509Certificate};
+            let leaf = key.cert.first()?;
+            let (_, cert) = X509Certificate::from_der(leaf).ok()?;
+            u64::try_from(cert.validity().not_after.timestamp()).ok()
+        });
         serde_json::to_string_pretty(&serde_json::json!({
             "revision": state.revision,
             "certificateNotAfterUnix": expiry,

@@ -193,30 +193,81 @@ pub fn init_iptables(args: &InitArgs) -> Result<(), String> {
         }
         return Ok(());
     }
+    // The IPv4 table as it was, to put back if IPv6 then fails: a pod must
+    // never be left half captured.
+    let saved_v4 = save_table("iptables-save")?;
     for (family, rules) in plans {
-        use std::io::Write;
-        let cmd = family.restore_command();
-        let mut child = Command::new(cmd)
-            .arg("--wait")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{cmd}: cannot run it ({e}); is iptables installed, and do we have CAP_NET_ADMIN?"))?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| format!("{cmd}: no stdin"))?
-            .write_all(rules.as_bytes())
-            .map_err(|e| format!("{cmd}: {e}"))?;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("{cmd}: {e}"))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(format!("{cmd} failed ({}): {}", out.status, err.trim()));
+        if let Err(e) = restore(family.restore_command(), &rules) {
+            if family == Family::V6 {
+                match restore("iptables-restore", &saved_v4) {
+                    Ok(()) => eprintln!(
+                        "bulkhead-proxy init-iptables: IPv6 failed; IPv4 rules rolled back"
+                    ),
+                    Err(rollback) => {
+                        return Err(format!("{e}; rolling IPv4 back also failed: {rollback}"));
+                    }
+                }
+            }
+            return Err(e);
         }
-        eprintln!("bulkhead-proxy init-iptables: {cmd}: nat rules installed");
+        eprintln!(
+            "bulkhead-proxy init-iptables: {}: nat rules installed",
+            family.restore_command()
+        );
+    }
+    Ok(())
+}
+
+/// The current `nat` table, in `iptables-restore` form.
+fn save_table(cmd: &str) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(["-t", "nat"])
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{cmd}: cannot run it ({e}); is iptables installed?"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // A namespace that never had a nat table prints nothing: putting that
+    // back means an empty nat table.
+    Ok(if text.trim().is_empty() {
+        "*nat\nCOMMIT\n".to_owned()
+    } else {
+        text
+    })
+}
+
+/// Feeds `rules` to `cmd` (iptables-restore or ip6tables-restore), one transaction.
+fn restore(cmd: &str, rules: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new(cmd)
+        .arg("--wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "{cmd}: cannot run it ({e}); is iptables installed, and do we have CAP_NET_ADMIN?"
+            )
+        })?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| format!("{cmd}: no stdin"))?
+        .write_all(rules.as_bytes())
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{cmd} failed ({}): {}", out.status, err.trim()));
     }
     Ok(())
 }

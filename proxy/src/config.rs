@@ -86,11 +86,12 @@ pub struct RunArgs {
         default_value = "http"
     )]
     pub app_protocol: AppProtocol,
-    /// Inbound mTLS listener.
+    /// Inbound mTLS listener (the default takes IPv4 and IPv6; on a host
+    /// without IPv6 it falls back to 0.0.0.0:4143).
     #[arg(
         long,
         env = "BULKHEAD_INBOUND",
-        default_value = "0.0.0.0:4143",
+        default_value = "[::]:4143",
         value_name = "ADDR"
     )]
     pub inbound: SocketAddr,
@@ -421,7 +422,7 @@ mod tests {
     #[test]
     fn defaults_and_checks() {
         let c = args(&[]).unwrap();
-        assert_eq!(c.inbound.to_string(), "0.0.0.0:4143");
+        assert_eq!(c.inbound.to_string(), "[::]:4143");
         assert_eq!(c.admin.to_string(), "127.0.0.1:4191");
         assert_eq!(c.service_account, "cart");
         assert_eq!(c.advertise.to_string(), "127.0.0.1");

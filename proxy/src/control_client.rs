@@ -5,16 +5,19 @@
 //! An outage changes nothing on the data path: the last state stays
 //! published and `bulkhead_control_plane_connected` drops to 0.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bulkhead_proto::pb::{self, discovery_client::DiscoveryClient};
 use rand::Rng;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::state::{self, MeshState};
+use crate::state::{self, MeshState, ServiceKey};
 
 /// Backoff between reconnects: 200 ms doubling to 10 s, with jitter.
 fn backoff(attempt: u32) -> Duration {
@@ -31,6 +34,10 @@ pub async fn watch_forever(
     state_dir: Option<PathBuf>,
 ) {
     let mut attempt = 0;
+    // Endpoints a resync snapshot left out, kept for a grace period (see
+    // `RESYNC_GRACE`), by (service, endpoint key), with their deadline.
+    let mut held: HashMap<(ServiceKey, String), Instant> = HashMap::new();
+    let mut synced_once = states.borrow().revision > 0;
     loop {
         let mut client = DiscoveryClient::new(channel.clone());
         match client.watch(request.clone()).await {
@@ -38,11 +45,23 @@ pub async fn watch_forever(
                 let mut stream = stream.into_inner();
                 // Work on a copy; publish only whole updates.
                 let mut current = states.borrow().as_ref().clone();
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
-                    match stream.message().await {
+                    let message = tokio::select! {
+                        m = stream.message() => m,
+                        _ = tick.tick() => {
+                            if release_held(&mut current, &mut held) {
+                                states.send_replace(Arc::new(current.clone()));
+                            }
+                            continue;
+                        }
+                    };
+                    match message {
                         Ok(Some(update)) => {
                             attempt = 0;
                             metrics::gauge!("bulkhead_control_plane_connected").set(1.0);
+                            let before =
+                                (update.snapshot && synced_once).then(|| current.endpoints.clone());
                             let problems = current.apply(&update);
                             if !problems.is_empty() {
                                 tracing::warn!(
@@ -51,6 +70,20 @@ pub async fn watch_forever(
                                     "ignored invalid items pushed by the control plane"
                                 );
                             }
+                            if let Some(before) = before {
+                                hold_missing(&mut current, before, &mut held);
+                            } else {
+                                // A pushed change to a held endpoint settles it.
+                                for change in &update.changes {
+                                    if let Some(pb::change::Item::Endpoint(e)) = &change.item {
+                                        held.remove(&(
+                                            (e.namespace.clone(), e.service.clone()),
+                                            format!("{}:{}", e.address, e.inbound_port),
+                                        ));
+                                    }
+                                }
+                            }
+                            synced_once = true;
                             metrics::gauge!("bulkhead_config_revision")
                                 .set(current.revision as f64);
                             tracing::debug!(
@@ -86,6 +119,59 @@ pub async fn watch_forever(
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
     }
+}
+
+/// After an outage longer than a registration lease, the first snapshot may
+/// miss endpoints that are alive but have not re-registered yet (their
+/// leases ran out while the control plane was away). They are kept this
+/// long, unless the control plane says otherwise, so callers do not see a
+/// burst of "no endpoints"; dead ones meanwhile fail over by retries and
+/// outlier ejection.
+const RESYNC_GRACE: Duration = Duration::from_secs(15);
+
+fn hold_missing(
+    current: &mut MeshState,
+    before: HashMap<
+        ServiceKey,
+        std::collections::BTreeMap<String, Arc<bulkhead_proto::model::Endpoint>>,
+    >,
+    held: &mut HashMap<(ServiceKey, String), Instant>,
+) {
+    let deadline = Instant::now() + RESYNC_GRACE;
+    for (service, endpoints) in before {
+        for (key, endpoint) in endpoints {
+            let set = current.endpoints.entry(service.clone()).or_default();
+            if let std::collections::btree_map::Entry::Vacant(slot) = set.entry(key.clone()) {
+                slot.insert(endpoint);
+                held.entry((service.clone(), key)).or_insert(deadline);
+            }
+        }
+    }
+    current.endpoints.retain(|_, set| !set.is_empty());
+    if !held.is_empty() {
+        tracing::info!(endpoints = held.len(), grace = ?RESYNC_GRACE, "keeping endpoints the resync left out until they re-register");
+    }
+}
+
+/// Drops held endpoints whose grace ran out; true if anything changed.
+fn release_held(
+    current: &mut MeshState,
+    held: &mut HashMap<(ServiceKey, String), Instant>,
+) -> bool {
+    let now = Instant::now();
+    let expired: Vec<(ServiceKey, String)> = held
+        .iter()
+        .filter(|(_, d)| **d <= now)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in &expired {
+        held.remove(key);
+        if let Some(set) = current.endpoints.get_mut(&key.0) {
+            set.remove(&key.1);
+        }
+    }
+    current.endpoints.retain(|_, set| !set.is_empty());
+    !expired.is_empty()
 }
 
 /// The registration of this endpoint, kept alive until dropped or
@@ -152,7 +238,9 @@ impl Registration {
                         }
                         Err(status) => {
                             tracing::warn!(code = ?status.code(), message = status.message(), "registration call failed; retrying");
-                            tokio::time::sleep(backoff(attempt)).await;
+                            // Short backoff (at most 2 s): a lost lease must
+                            // be renewed soon after the control plane is back.
+                            tokio::time::sleep(backoff(attempt).min(Duration::from_secs(2))).await;
                             attempt += 1;
                         }
                     }

@@ -220,13 +220,12 @@ pub fn load_saved(dir: &Path, slot: &CertSlot, trust_domain: &str) -> Option<Iss
 /// When to renew: ~70 % of the lifetime, ±5 % jitter so a fleet started
 /// together does not renew together.
 pub fn renewal_delay(issued: &Issued, now: SystemTime) -> Duration {
-    let lifetime = issued
-        .not_after
-        .duration_since(issued.not_before)
-        .unwrap_or_default();
+    // Measured from now (receipt), not from not_before: the CA backdates
+    // not_before for clock skew, which would make short lifetimes due at
+    // once. A floor keeps a nearly expired certificate from spinning.
+    let remaining = issued.not_after.duration_since(now).unwrap_or_default();
     let jitter = rand::rng().random_range(0.65..0.75);
-    let at = issued.not_before + lifetime.mul_f64(jitter);
-    at.duration_since(now).unwrap_or_default()
+    remaining.mul_f64(jitter).max(Duration::from_secs(1))
 }
 
 /// Renews forever: at the renewal time, then with backoff on failure (1 s

@@ -232,40 +232,57 @@ async fn tcp_stream(
         |c| balancer.has_healthy(|e| c.accepts(&e.version)),
     )
     .unwrap_or(route::VersionChoice::Any);
-    let Some(pick) = balancer.pick(&outbound.locality, |e| {
-        choice.accepts(&e.version) && e.port(port).is_some()
-    }) else {
-        metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "no-endpoints").increment(1);
-        tracing::warn!(service = %up.service, "no endpoints; closing connection");
-        return;
-    };
-    let ep = pick.endpoint().clone();
-    let Some(identity) = ep.identity.clone() else {
-        return;
-    };
-    let addr = std::net::SocketAddr::new(ep.address, ep.inbound_port);
-    let started = Instant::now();
-    let mut remote = match outbound
-        .pool
-        .dial(
-            addr,
-            &identity,
-            Preface {
-                payload: Payload::Tcp,
-                port,
-            },
-        )
-        .await
-    {
-        Ok(s) => s,
-        Err(error) => {
-            pick.finish(Outcome {
-                latency: started.elapsed(),
-                success: false,
-            });
-            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => error.reason()).increment(1);
-            tracing::warn!(%error, "cannot reach endpoint");
+    // Nothing has been sent yet, so a failed dial may try other endpoints.
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+    let (pick, identity, mut remote, started) = loop {
+        let eligible = |e: &bulkhead_proto::model::Endpoint| {
+            choice.accepts(&e.version) && e.port(port).is_some()
+        };
+        let pick = if tried.len() >= MAX_ATTEMPTS {
+            None
+        } else {
+            balancer.pick(&outbound.locality, |e| {
+                eligible(e)
+                    && !tried.contains(&std::net::SocketAddr::new(e.address, e.inbound_port))
+            })
+        };
+        let Some(pick) = pick else {
+            let reason = if tried.is_empty() {
+                "no-endpoints"
+            } else {
+                "connect-failed"
+            };
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => reason).increment(1);
+            tracing::warn!(service = %up.service, reason, "no reachable endpoint; closing connection");
             return;
+        };
+        let ep = pick.endpoint().clone();
+        let Some(identity) = ep.identity.clone() else {
+            return;
+        };
+        let addr = std::net::SocketAddr::new(ep.address, ep.inbound_port);
+        tried.push(addr);
+        let started = Instant::now();
+        match outbound
+            .pool
+            .dial(
+                addr,
+                &identity,
+                Preface {
+                    payload: Payload::Tcp,
+                    port,
+                },
+            )
+            .await
+        {
+            Ok(s) => break (pick, identity, s, started),
+            Err(error) => {
+                pick.finish(Outcome {
+                    latency: started.elapsed(),
+                    success: false,
+                });
+                tracing::warn!(%error, "cannot reach endpoint; trying another");
+            }
         }
     };
     let connected = started.elapsed();
@@ -396,11 +413,18 @@ async fn route_request(
     parts.version = http::Version::HTTP_2;
     let mut body = Some(body.boxed());
     let mut attempt = 0;
+    // Endpoints this request already failed on: a retry goes elsewhere,
+    // and comes back to them only when nothing else is left.
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     loop {
         attempt += 1;
-        let Some(pick) = balancer.pick(&outbound.locality, |e| {
+        let eligible = |e: &bulkhead_proto::model::Endpoint| {
             choice.accepts(&e.version) && e.port(port).is_some()
-        }) else {
+        };
+        let fresh = balancer.pick(&outbound.locality, |e| {
+            eligible(e) && !tried.contains(&std::net::SocketAddr::new(e.address, e.inbound_port))
+        });
+        let Some(pick) = fresh.or_else(|| balancer.pick(&outbound.locality, eligible)) else {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "no-endpoints").increment(1);
             return (
                 h::mesh_response(
@@ -424,6 +448,7 @@ async fn route_request(
             continue;
         };
         let addr = std::net::SocketAddr::new(ep.address, ep.inbound_port);
+        tried.push(addr);
         let sent = Instant::now();
         let result = match outbound.pool.sender(addr, &identity, port).await {
             Ok(mut sender) => {

@@ -25,6 +25,9 @@ use crate::pool::Pool;
 use crate::state::{self, MeshState};
 use crate::wire;
 
+/// How long a deregistered sidecar keeps accepting before it drains.
+const DEREGISTER_GRACE: Duration = Duration::from_secs(1);
+
 /// How the sidecar ended, for the exit code.
 #[derive(Debug)]
 pub enum Exit {
@@ -108,7 +111,17 @@ pub async fn run(
     }
 
     // Listeners first, so a port clash is reported at once.
-    let inbound_listener = bind("--inbound", config.inbound).await?;
+    let inbound_listener = match bind("--inbound", config.inbound).await {
+        // `[::]` needs IPv6; without it, take every IPv4 address instead.
+        Err(_)
+            if config.inbound.ip() == std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) =>
+        {
+            let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], config.inbound.port()));
+            tracing::warn!(%v4, "no IPv6 here: inbound listens on IPv4 only");
+            bind("--inbound", v4).await?
+        }
+        other => other?,
+    };
     let admin_listener = bind("--admin", config.admin).await?;
     let mut capture_listeners = Vec::new();
     for addr in &config.outbound {
@@ -141,71 +154,13 @@ pub async fn run(
         states: states.clone(),
         app: config.app,
         draining: draining.clone(),
-        cert_not_after: std::sync::Mutex::new(None),
     });
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
 
-    let issued = first_certificate(&config, &bundle, &slot).await?;
-    *admin
-        .cert_not_after
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some(issued.not_after);
-    let mtls = bulkhead_proto::client::channel(&config.control, &bundle, Some(slot.clone()))
-        .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
-    tokio::spawn(identity::renew_forever(
-        mtls.clone(),
-        slot.clone(),
-        issued,
-        td.clone(),
-        config.state_dir.clone(),
-        bundle.clone(),
-    ));
-
-    // With mesh DNS or capture the app may call any service: watch them all.
-    let services = if config.dns.is_some() || !config.outbound.is_empty() {
-        vec!["*".to_owned()]
-    } else {
-        config
-            .upstreams
-            .iter()
-            .map(|u| format!("{}.{}", u.service, u.namespace))
-            .collect()
-    };
-    let watch_request = pb::WatchRequest {
-        services,
-        own_service: config.service.clone(),
-    };
-    tokio::spawn(control_client::watch_forever(
-        mtls.clone(),
-        watch_request,
-        states_tx,
-        config.state_dir.clone(),
-    ));
-
+    // Outbound listeners serve from the start: before the first
+    // certificate and config, captured or local calls are refused (and
+    // counted) rather than left waiting in a backlog.
     let tracker = TaskTracker::new();
-    let (app_http1, app_http2) = Inbound::app_clients();
-    let server_config = tls::server_config(&bundle, slot.clone(), true, &[wire::ALPN])
-        .map_err(|e| Exit::Failure(e.to_string()))?;
-    let inbound = Arc::new(Inbound {
-        tls: TlsAcceptor::from(Arc::new(server_config)),
-        trust_domain: td.clone(),
-        namespace: config.namespace.clone(),
-        service: config.service.clone(),
-        version: config.version.clone(),
-        app: config.app,
-        app_protocol: config.app_protocol,
-        states: states.clone(),
-        app_http1,
-        app_http2,
-        request_timeout: config.request_timeout,
-    });
-    tokio::spawn(inbound::serve(
-        inbound_listener,
-        inbound,
-        draining.clone(),
-        tracker.clone(),
-    ));
-
     let outbound = Arc::new(Outbound {
         locality: config.locality.clone(),
         states: states.clone(),
@@ -251,6 +206,62 @@ pub async fn run(
         tracing::info!(addr = %server.local_addr(), "mesh DNS serving");
         tokio::spawn(server.run(draining.clone()));
     }
+    let issued = first_certificate(&config, &bundle, &slot).await?;
+    let mtls = bulkhead_proto::client::channel(&config.control, &bundle, Some(slot.clone()))
+        .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
+    tokio::spawn(identity::renew_forever(
+        mtls.clone(),
+        slot.clone(),
+        issued,
+        td.clone(),
+        config.state_dir.clone(),
+        bundle.clone(),
+    ));
+
+    // With mesh DNS or capture the app may call any service: watch them all.
+    let services = if config.dns.is_some() || !config.outbound.is_empty() {
+        vec!["*".to_owned()]
+    } else {
+        config
+            .upstreams
+            .iter()
+            .map(|u| format!("{}.{}", u.service, u.namespace))
+            .collect()
+    };
+    let watch_request = pb::WatchRequest {
+        services,
+        own_service: config.service.clone(),
+    };
+    tokio::spawn(control_client::watch_forever(
+        mtls.clone(),
+        watch_request,
+        states_tx,
+        config.state_dir.clone(),
+    ));
+
+    let (app_http1, app_http2) = Inbound::app_clients();
+    let server_config = tls::server_config(&bundle, slot.clone(), true, &[wire::ALPN])
+        .map_err(|e| Exit::Failure(e.to_string()))?;
+    let inbound = Arc::new(Inbound {
+        tls: TlsAcceptor::from(Arc::new(server_config)),
+        trust_domain: td.clone(),
+        namespace: config.namespace.clone(),
+        service: config.service.clone(),
+        version: config.version.clone(),
+        app: config.app,
+        app_protocol: config.app_protocol,
+        states: states.clone(),
+        app_http1,
+        app_http2,
+        request_timeout: config.request_timeout,
+    });
+    tokio::spawn(inbound::serve(
+        inbound_listener,
+        inbound,
+        draining.clone(),
+        tracker.clone(),
+    ));
+
     // Endpoint sets follow the config; connections to endpoints that left
     // are dropped from the pool.
     {
@@ -323,6 +334,9 @@ pub async fn run(
     {
         reg.deregister().await;
     }
+    // Callers hear of the deregistration within milliseconds; keep
+    // accepting for a moment so ones that had already picked us still land.
+    tokio::time::sleep(DEREGISTER_GRACE.min(config.drain_timeout / 2)).await;
     draining.cancel();
     tracker.close();
     if tokio::time::timeout(config.drain_timeout, tracker.wait())

@@ -4,4 +4,5 @@
 
 pub mod control;
 pub mod etcd;
+pub mod netns;
 pub mod proxy;

@@ -5,8 +5,17 @@
 //!
 //! Every call goes app → caller sidecar → mTLS → callee sidecar → app over
 //! real loopback sockets. Loads are bounded in count and time; waits are
-//! bounded polls on a signal (a metric, `/config`, a counter), never bare
-//! sleeps.
+//! bounded polls on a signal (a metric, `/config`, a counter, an app's
+//! report), never bare sleeps.
+//!
+//! How "the endpoint died while the request was in flight" is made
+//! deterministic: two replicas front [`HoldingApp`]s that share one hold, so
+//! the first `/hold/...` request is held by whichever app it reaches (which
+//! reports itself) while any retry of it is answered at once by the other.
+//! The test then kills (or SIGTERMs) exactly that replica's sidecar. A
+//! second, counting fault is [`ResettingApp`]: it reads the request and
+//! resets the connection, so the attempts each method gets are counted at
+//! the app.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -387,6 +396,27 @@ impl Load {
         }
     }
 
+    /// Adds a worker sending its calls one after another on a single
+    /// keep-alive connection (which must never break).
+    async fn and_one_connection(mut self, addr: SocketAddr, pace: Duration) -> Self {
+        let mut conn = OneConnection::open(addr).await;
+        let (stop, done) = (self.stop.clone(), self.done.clone());
+        self.workers.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tally = Tally::default();
+            for i in 0..MAX_PER_WORKER {
+                if stop.load(Ordering::SeqCst) || started.elapsed() > MAX_LOAD_TIME {
+                    break;
+                }
+                tally.record(conn.get(&format!("/stock/seq-{i}"), &[]).await);
+                done.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(pace).await;
+            }
+            tally
+        }));
+        self
+    }
+
     fn done(&self) -> u64 {
         self.done.load(Ordering::SeqCst)
     }
@@ -497,7 +527,7 @@ async fn until_routable(caller: &Sidecar) {
 
 /// An app that answers like [`App::http`], except that the first request
 /// whose path starts with `/hold` among all apps sharing `hold` is held
-/// (reported on `arrivals` with this app's index) for up to `HOLD`: one
+/// (reported on `arrivals` with this app's index) for `hold_for`: one
 /// request in flight at a known endpoint, while every retry of it is
 /// answered at once.
 struct HoldingApp {
@@ -506,12 +536,11 @@ struct HoldingApp {
     task: tokio::task::JoinHandle<()>,
 }
 
-const HOLD: Duration = Duration::from_secs(30);
-
 impl HoldingApp {
     async fn start(
         index: usize,
         hold: Arc<AtomicBool>,
+        hold_for: Duration,
         arrivals: mpsc::UnboundedSender<(usize, String)>,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
@@ -538,7 +567,7 @@ impl HoldingApp {
                             let _ = req.into_body().collect().await;
                             if held {
                                 let _ = arrivals.send((index, path));
-                                tokio::time::sleep(HOLD).await;
+                                tokio::time::sleep(hold_for).await;
                             }
                             Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                                 Bytes::from(body),
@@ -703,25 +732,25 @@ async fn version_pins_and_header_matches_override_the_weights() {
     let addr = v.web.upstream("inventory");
 
     // An exact pin: every call, whatever the weights.
-    let pinned = calls(addr, 100, 2, &[("x-bulkhead-version", CANARY)]).await;
+    let pinned = calls(addr, 50, 2, &[("x-bulkhead-version", CANARY)]).await;
     assert!(pinned.failures.is_empty(), "{:?}", pinned.failures);
-    assert_eq!(pinned.count(CANARY), 100, "{:?}", pinned.versions);
+    assert_eq!(pinned.count(CANARY), 50, "{:?}", pinned.versions);
 
     // A partial version pins too (`3.0` means =3.0, so 3.0.0).
-    let pinned = calls(addr, 50, 2, &[("x-bulkhead-version", "3.0")]).await;
+    let pinned = calls(addr, 20, 2, &[("x-bulkhead-version", "3.0")]).await;
     assert_eq!(
         pinned.count(STABLE),
-        50,
+        20,
         "{:?} {:?}",
         pinned.versions,
         pinned.failures
     );
 
     // A requirement narrower than the split: only 3.1.x satisfies ^3.1.
-    let pinned = calls(addr, 50, 2, &[("x-bulkhead-version", "^3.1")]).await;
+    let pinned = calls(addr, 20, 2, &[("x-bulkhead-version", "^3.1")]).await;
     assert_eq!(
         pinned.count(CANARY),
-        50,
+        20,
         "{:?} {:?}",
         pinned.versions,
         pinned.failures
@@ -729,9 +758,9 @@ async fn version_pins_and_header_matches_override_the_weights() {
 
     // A requirement both versions satisfy: both serve (the balancer, not the
     // 90/10 weights, chooses among them).
-    let both = calls(addr, 200, 4, &[("x-bulkhead-version", "^3")]).await;
+    let both = calls(addr, 100, 4, &[("x-bulkhead-version", "^3")]).await;
     assert!(both.failures.is_empty(), "{:?}", both.failures);
-    assert_eq!(both.ok(), 200);
+    assert_eq!(both.ok(), 100);
     assert!(
         both.count(STABLE) > 0 && both.count(CANARY) > 0,
         "^3 accepts both versions: {:?}",
@@ -739,11 +768,11 @@ async fn version_pins_and_header_matches_override_the_weights() {
     );
 
     // The split's header route.
-    let routed = calls(addr, 100, 2, &[("x-canary", "true")]).await;
+    let routed = calls(addr, 50, 2, &[("x-canary", "true")]).await;
     assert!(routed.failures.is_empty(), "{:?}", routed.failures);
-    assert_eq!(routed.count(CANARY), 100, "{:?}", routed.versions);
+    assert_eq!(routed.count(CANARY), 50, "{:?}", routed.versions);
     // Another value of the header is no match: the weights apply.
-    let weighted = calls(addr, 200, 4, &[("x-canary", "false")]).await;
+    let weighted = calls(addr, 100, 4, &[("x-canary", "false")]).await;
     assert!(weighted.failures.is_empty(), "{:?}", weighted.failures);
     assert!(
         weighted.count(STABLE) > weighted.count(CANARY),
@@ -816,55 +845,112 @@ async fn a_weight_change_applies_within_a_second_without_dropping_connections() 
 // ---------------------------------------------------------------------------
 // 2. Local first.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_stay_on_the_local_node_and_fail_over_when_it_dies() {
+/// Failed GETs tolerated while a caller still lists an endpoint that
+/// stopped answering (crashed, or drained before the caller heard of it).
+/// Each is a retry sent back to the endpoint that had just failed, until 5
+/// failures eject it: the bug the ignored
+/// `a_retry_after_a_connect_failure_goes_to_another_endpoint` pins down.
+/// Set this to 0 once it is fixed.
+const KNOWN_RETRY_BUG_FAILURES: usize = 0;
+
+/// Inventory on node-1 and node-2 (one zone), the caller on node-1.
+struct Local {
+    mesh: Mesh,
+    local_app: App,
+    remote_app: App,
+    local: Sidecar,
+    remote: Sidecar,
+    web: Sidecar,
+}
+
+async fn local_first() -> Local {
     let mesh = Mesh::memory(&[]).await;
     let local_app = App::http("inventory", STABLE).await;
     let remote_app = App::http("inventory", STABLE).await;
-    let mut local = mesh.inventory(STABLE, "node-1", &local_app);
+    let local = mesh.inventory(STABLE, "node-1", &local_app);
     let remote = mesh.inventory(STABLE, "node-2", &remote_app);
     let web = mesh.web("node-1");
     until_endpoints(&web, &[&local, &remote]).await;
-    let addr = web.upstream("inventory");
+    Local {
+        mesh,
+        local_app,
+        remote_app,
+        local,
+        remote,
+        web,
+    }
+}
 
-    let picks = |tier: &str| {
-        metric(
-            &metrics_of(&web),
-            "bulkhead_lb_picks_total",
-            &[("service", "inventory"), ("tier", tier)],
-        )
-        .unwrap_or(0.0)
-    };
-    let (node0, zone0) = (picks("node"), picks("zone"));
+fn picks(caller: &Sidecar, tier: &str) -> f64 {
+    metric(
+        &metrics_of(caller),
+        "bulkhead_lb_picks_total",
+        &[("service", "inventory"), ("tier", tier)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stay_on_the_local_node_and_fail_over_when_it_dies() {
+    let mut l = local_first().await;
+    let addr = l.web.upstream("inventory");
+    let (node0, zone0) = (picks(&l.web, "node"), picks(&l.web, "zone"));
     let tally = calls(addr, 200, 2, &[]).await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
-    assert_eq!(local_app.seen(), 200, "every call stays on node-1");
-    assert_eq!(remote_app.seen(), 0);
-    assert_eq!(picks("node") - node0, 200.0);
-    assert_eq!(picks("zone") - zone0, 0.0);
+    assert_eq!(l.local_app.seen(), 200, "every call stays on node-1");
+    assert_eq!(l.remote_app.seen(), 0);
+    assert_eq!(picks(&l.web, "node") - node0, 200.0);
+    assert_eq!(picks(&l.web, "zone") - zone0, 0.0);
 
     // Node-1's pod crashes: sidecar and app gone at once. Its endpoint stays
     // listed until its lease runs out; retries and ejection carry the calls.
-    blocking(|| local.kill());
-    local_app.stop();
+    blocking(|| l.local.kill());
+    l.local_app.stop();
     let during = calls(addr, 200, 2, &[]).await;
     assert!(
-        during.failures.is_empty(),
-        "GETs are retried on node-2, none may fail: {} failed: {:?}",
+        during.failures.len() <= KNOWN_RETRY_BUG_FAILURES,
+        "GETs are retried on node-2: {} failed: {:?}",
         during.failures.len(),
         during.failures
     );
-    assert_eq!(remote_app.seen(), 200);
+    assert_eq!(l.remote_app.seen() as usize, during.ok());
     assert!(
-        picks("zone") - zone0 >= 200.0,
+        picks(&l.web, "zone") - zone0 >= 200.0 - KNOWN_RETRY_BUG_FAILURES as f64,
         "spilled over to the zone tier"
     );
+    // Settled: node-1 is ejected; nothing fails any more.
+    let settled = calls(addr, 100, 2, &[]).await;
+    assert!(settled.failures.is_empty(), "{:?}", settled.failures);
 
     // The dead endpoint leaves the caller's config when its lease expires.
-    until_endpoints(&web, &[&remote]).await;
+    until_endpoints(&l.web, &[&l.remote]).await;
     let after = calls(addr, 100, 2, &[]).await;
     assert!(after.failures.is_empty(), "{:?}", after.failures);
-    assert_eq!(remote_app.seen(), 300);
+    let _ = &l.mesh;
+}
+
+/// The first GET after the local endpoint crashed: its connect fails, and
+/// its retry must go to the healthy node-2 endpoint rather than back to the
+/// dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_connect_failure_goes_to_another_endpoint() {
+    let mut l = local_first().await;
+    let addr = l.web.upstream("inventory");
+    let r = call(addr, "GET", "/stock/warm", &[]).await.expect("call");
+    assert_eq!(r.status, 200, "{r:?}");
+    blocking(|| l.local.kill());
+    l.local_app.stop();
+    let r = call(addr, "GET", "/stock/after-crash", &[])
+        .await
+        .expect("call");
+    assert_eq!(
+        r.status,
+        200,
+        "retried on node-2: {r:?}; caller log:\n{}",
+        l.web.log_text()
+    );
+    assert_eq!(l.remote_app.seen(), 1);
+    let _ = (&l.mesh, &l.remote);
 }
 
 // ---------------------------------------------------------------------------
@@ -872,7 +958,7 @@ async fn calls_stay_on_the_local_node_and_fail_over_when_it_dies() {
 
 /// Two inventory endpoints of one version, each in front of a
 /// [`HoldingApp`] (sharing one hold); the caller knows both.
-struct RetryMesh {
+struct HeldMesh {
     mesh: Mesh,
     apps: [HoldingApp; 2],
     arrivals: mpsc::UnboundedReceiver<(usize, String)>,
@@ -880,23 +966,26 @@ struct RetryMesh {
     web: Sidecar,
 }
 
-async fn retry_mesh() -> RetryMesh {
+async fn held_mesh(hold_for: Duration, sidecar_args: &[&str]) -> HeldMesh {
     let mesh = Mesh::memory(&[]).await;
     let hold = Arc::new(AtomicBool::new(false));
     let (tx, arrivals) = mpsc::unbounded_channel();
     let apps = [
-        HoldingApp::start(0, hold.clone(), tx.clone()).await,
-        HoldingApp::start(1, hold, tx).await,
+        HoldingApp::start(0, hold.clone(), hold_for, tx.clone()).await,
+        HoldingApp::start(1, hold, hold_for, tx).await,
     ];
     let sidecars = [0, 1].map(|i| {
         let mut spec = SidecarSpec::new("shop", "inventory", STABLE);
         spec.app = Some(apps[i].addr);
+        for a in sidecar_args {
+            spec = spec.arg(a);
+        }
         mesh.sidecar(spec)
     });
     let web = mesh.web("node-1");
     until_endpoints(&web, &[&sidecars[0], &sidecars[1]]).await;
     until_routable(&web).await;
-    RetryMesh {
+    HeldMesh {
         mesh,
         apps,
         arrivals,
@@ -905,23 +994,13 @@ async fn retry_mesh() -> RetryMesh {
     }
 }
 
-/// What happened to a request whose endpoint died under it.
-struct KilledUnder {
-    reply: Result<Reply, String>,
-    /// Index of the app that held it (its sidecar is dead).
-    held: usize,
-    /// Requests the surviving app had seen when its peer died.
-    survivor_seen: u64,
-}
-
-/// Sends `method /hold/order` and waits until an app holds it; then
-/// SIGKILLs that endpoint's sidecar, the request still in flight, and
-/// returns the caller's reply.
-async fn kill_mid_request(
-    m: &mut RetryMesh,
+/// Sends `method /hold/order` and waits until one of the apps holds it;
+/// returns the call in flight and that app's index.
+async fn hold_one(
+    m: &mut HeldMesh,
     method: &str,
     headers: &[(&str, &str)],
-) -> KilledUnder {
+) -> (tokio::task::JoinHandle<Result<Reply, String>>, usize) {
     let addr = m.web.upstream("inventory");
     let headers: Vec<(String, String)> = headers
         .iter()
@@ -940,8 +1019,24 @@ async fn kill_mid_request(
         .expect("the request reaches an app")
         .expect("apps alive");
     assert_eq!(path, "/hold/order");
+    (in_flight, held)
+}
+
+/// What happened to a request whose endpoint died under it.
+struct KilledUnder {
+    reply: Result<Reply, String>,
+    /// Index of the app that held it (its sidecar is dead).
+    held: usize,
+    /// Requests the surviving app had seen when its peer died.
+    survivor_seen: u64,
+}
+
+/// Holds one request at an app ([`hold_one`]), then SIGKILLs that
+/// endpoint's sidecar with the request still in flight, and returns the
+/// caller's reply.
+async fn kill_mid_request(m: &mut HeldMesh, method: &str, headers: &[(&str, &str)]) -> KilledUnder {
+    let (in_flight, held) = hold_one(m, method, headers).await;
     let survivor_seen = m.apps[1 - held].seen();
-    // The request is at the app behind sidecars[held]: that pod dies now.
     blocking(|| m.sidecars[held].kill());
     let reply = tokio::time::timeout(Duration::from_secs(20), in_flight)
         .await
@@ -954,36 +1049,66 @@ async fn kill_mid_request(
     }
 }
 
+/// How long [`HoldingApp`]s hold a request in the retry tests: past the
+/// kill, never past the test.
+const LONG_HOLD: Duration = Duration::from_secs(30);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gets_keep_succeeding_when_an_endpoint_is_killed_mid_traffic() {
-    let mut m = retry_mesh().await;
-    let load = Load::start(m.web.upstream("inventory"), 3, Duration::from_millis(10));
-    load.until_more(30, "before the kill").await;
-    // A GET in flight on the endpoint that dies is sent again elsewhere.
+    let mesh = Mesh::memory(&[]).await;
+    let apps = [
+        App::http("inventory", STABLE).await,
+        App::http("inventory", STABLE).await,
+    ];
+    let mut sidecars = [0, 1].map(|i| mesh.inventory(STABLE, "node-1", &apps[i]));
+    let web = mesh.web("node-1");
+    until_endpoints(&web, &[&sidecars[0], &sidecars[1]]).await;
+    let load = Load::start(web.upstream("inventory"), 3, Duration::from_millis(10));
+    load.until_more(60, "before the kill").await;
+    assert!(
+        apps[0].seen() > 0 && apps[1].seen() > 0,
+        "both endpoints serve"
+    );
+
+    blocking(|| sidecars[0].kill());
+    load.until_more(100, "after the kill").await;
+    let during = load.finish().await;
+    assert!(
+        during.failures.len() <= KNOWN_RETRY_BUG_FAILURES,
+        "{} of {} GETs failed: {:?}",
+        during.failures.len(),
+        during.ok() + during.failures.len(),
+        during.failures
+    );
+    let retries = metric(&metrics_of(&web), "bulkhead_retries_total", &[]).unwrap_or(0.0);
+    assert!(retries >= 1.0, "retries are counted");
+    // Settled: the dead endpoint is ejected, then gone.
+    let settled = calls(web.upstream("inventory"), 100, 3, &[]).await;
+    assert!(settled.failures.is_empty(), "{:?}", settled.failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_in_flight_on_a_killed_endpoint_is_retried_on_another() {
+    let mut m = held_mesh(LONG_HOLD, &[]).await;
     let k = kill_mid_request(&mut m, "GET", &[]).await;
     let reply = k.reply.expect("the held GET is answered");
-    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.status,
+        200,
+        "{reply:?}; caller log:\n{}",
+        m.web.log_text()
+    );
     assert!(
         reply.body.contains(&format!("app={}", 1 - k.held)),
         "answered by the survivor: {reply:?}"
     );
-    load.until_more(100, "after the kill").await;
-    let tally = load.finish().await;
-    assert!(
-        tally.failures.is_empty(),
-        "{} of {} GETs failed: {:?}",
-        tally.failures.len(),
-        tally.ok() + tally.failures.len(),
-        tally.failures
-    );
-    let retries = metric(&metrics_of(&m.web), "bulkhead_retries_total", &[]).unwrap_or(0.0);
-    assert!(retries >= 1.0, "retries are counted");
     let _ = &m.mesh;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_without_idempotency_key_is_not_sent_twice_when_its_endpoint_dies() {
-    let mut m = retry_mesh().await;
+    let mut m = held_mesh(LONG_HOLD, &[]).await;
+    let retries = metric(&metrics_of(&m.web), "bulkhead_retries_total", &[]).unwrap_or(0.0);
     let k = kill_mid_request(&mut m, "POST", &[]).await;
     let reply = k.reply.expect("the caller gets an answer, not a hang");
     assert_eq!(reply.status, 502, "{reply:?}");
@@ -996,15 +1121,25 @@ async fn a_post_without_idempotency_key_is_not_sent_twice_when_its_endpoint_dies
         k.survivor_seen,
         "the POST may have been acted on: it must not be sent to another endpoint"
     );
+    assert_eq!(
+        metric(&metrics_of(&m.web), "bulkhead_retries_total", &[]).unwrap_or(0.0),
+        retries,
+        "no retry"
+    );
     let _ = &m.mesh;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_post_with_idempotency_key_is_retried_when_its_endpoint_dies() {
-    let mut m = retry_mesh().await;
+async fn a_post_with_idempotency_key_in_flight_on_a_killed_endpoint_is_retried_on_another() {
+    let mut m = held_mesh(LONG_HOLD, &[]).await;
     let k = kill_mid_request(&mut m, "POST", &[("idempotency-key", "order-7")]).await;
     let reply = k.reply.expect("the held POST is answered");
-    assert_eq!(reply.status, 200, "{reply:?} DEBUG {}", m.web.log_text());
+    assert_eq!(
+        reply.status,
+        200,
+        "{reply:?}; caller log:\n{}",
+        m.web.log_text()
+    );
     assert!(
         reply.body.contains("method=POST")
             && reply.body.contains("path=/hold/order")
@@ -1152,30 +1287,53 @@ async fn config_dump_shows_the_renewed_certificate_expiry() {
     .await;
 }
 
-/// Renewal at ~70 % of the lifetime: a 20 s certificate is renewed about
-/// every 14 s — not continuously.
+/// Renewal at ~70 % of the lifetime: a 20 s certificate is first renewed
+/// ~14 s after it was issued — not at once, and not over and over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_waits_for_seventy_percent_of_the_lifetime() {
     let mesh = Mesh::memory(&["--cert-lifetime", "20s"]).await;
     let app = App::http("inventory", STABLE).await;
-    let inventory = mesh.inventory(STABLE, "node-1", &app);
     let started = Instant::now();
-    // Watch for ~16 s: past the first renewal (~14 s), before the second.
-    let renewed = wait_for_async("a renewal", Duration::from_secs(30), || {
-        let n = renewals(&inventory);
-        async move { (n >= 1.0).then_some(n) }
-    })
+    let inventory = mesh.inventory(STABLE, "node-1", &app);
+    // Watch the first 10 s of the certificate's life (bounded by the clock,
+    // the renewal counter read throughout).
+    let mut seen = Vec::new();
+    wait_for_async(
+        "10 s of the first certificate",
+        Duration::from_secs(20),
+        || {
+            seen.push((started.elapsed(), renewals(&inventory)));
+            let over = started.elapsed() > Duration::from_secs(10);
+            async move { over.then_some(()) }
+        },
+    )
     .await;
-    let first_after = started.elapsed();
-    assert!(
-        first_after >= Duration::from_secs(8),
-        "the first renewal came {first_after:?} after start-up, long before 70 % of 20 s \
-         ({renewed} renewals so far)"
+    let total = renewals(&inventory);
+    let first = seen.iter().find(|(_, n)| *n >= 1.0).map(|(t, _)| *t);
+    assert_eq!(
+        total, 0.0,
+        "{total} renewals within 10 s of a 20 s certificate (the first after {first:?}); \
+         expected the first at ~14 s"
     );
 }
 
 // ---------------------------------------------------------------------------
 // 5. Control plane down.
+
+/// Lets a fault that started at `since` last `length` (the load keeps
+/// running meanwhile): the fault's duration is the scenario, not a guess at
+/// how long something takes.
+async fn lasts(since: Instant, length: Duration) {
+    wait_for_async(
+        &format!("a fault of {length:?}"),
+        length + Duration::from_secs(10),
+        || {
+            let over = since.elapsed() >= length;
+            async move { over.then_some(()) }
+        },
+    )
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_keep_flowing_while_the_control_plane_is_down_and_it_reconnects() {
@@ -1188,12 +1346,14 @@ async fn calls_keep_flowing_while_the_control_plane_is_down_and_it_reconnects() 
     until_routable(&web).await;
     until_connected(&web, 1.0, Duration::from_secs(5)).await;
 
-    let load = Load::start(web.upstream("inventory"), 3, Duration::from_millis(20));
+    let load = Load::start(web.upstream("inventory"), 3, Duration::from_millis(50));
     load.until_more(30, "before the kill").await;
     blocking(|| mesh.cp.kill());
+    let killed = Instant::now();
     until_connected(&web, 0.0, Duration::from_secs(10)).await;
     until_connected(&inventory, 0.0, Duration::from_secs(10)).await;
-    load.until_more(150, "with the control plane down").await;
+    lasts(killed, Duration::from_secs(4)).await;
+    load.until_more(20, "with the control plane down").await;
 
     blocking(|| mesh.cp.restart());
     until_connected(&web, 1.0, Duration::from_secs(30)).await;
@@ -1218,8 +1378,9 @@ async fn calls_keep_flowing_while_the_control_plane_is_down_and_it_reconnects() 
 }
 
 /// An outage longer than the registration lease: etcd expires the
-/// endpoints meanwhile. Once the control plane is back, callers must not
-/// lose the endpoints that were never gone.
+/// registrations meanwhile (their keep-alives go through the control
+/// plane). Once the control plane is back, callers must not lose endpoints
+/// that never went away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_the_lease_causes_no_failed_request_after_the_restart() {
     let mut mesh = Mesh::etcd(&["--lease-ttl", "3s"]).await;
@@ -1228,15 +1389,18 @@ async fn an_outage_longer_than_the_lease_causes_no_failed_request_after_the_rest
     let web = mesh.web("node-1");
     until_routable(&web).await;
 
-    let load = Load::start(web.upstream("inventory"), 2, Duration::from_millis(20));
-    load.until_more(20, "before the kill").await;
+    let load = Load::start(web.upstream("inventory"), 2, Duration::from_millis(100));
+    load.until_more(10, "before the kill").await;
     blocking(|| mesh.cp.kill());
+    let killed = Instant::now();
     until_connected(&web, 0.0, Duration::from_secs(10)).await;
     // Well past the 3 s lease.
-    load.until_more(200, "with the control plane down").await;
+    lasts(killed, Duration::from_secs(8)).await;
     blocking(|| mesh.cp.restart());
     until_connected(&web, 1.0, Duration::from_secs(30)).await;
-    load.until_more(150, "after the restart").await;
+    until_connected(&inventory, 1.0, Duration::from_secs(30)).await;
+    until_endpoints(&web, &[&inventory]).await;
+    load.until_more(20, "after the restart").await;
     let tally = load.finish().await;
     assert!(
         tally.failures.is_empty(),
@@ -1245,75 +1409,66 @@ async fn an_outage_longer_than_the_lease_causes_no_failed_request_after_the_rest
         tally.ok() + tally.failures.len(),
         tally.failures
     );
-    let _ = &inventory;
 }
 
 // ---------------------------------------------------------------------------
 // 6. SIGTERM drain.
 
+/// Two replicas with a 5 s grace period; one request held 1 s at an app.
+/// SIGTERM its endpoint's sidecar while traffic flows: the held request
+/// finishes during the drain, the rest move to the other replica, and no
+/// caller sees an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_drains_the_endpoint_with_no_client_error() {
-    let mesh = Mesh::memory(&[]).await;
-    let leaving_app = App::http("inventory", STABLE).await;
-    let staying_app = App::http("inventory", STABLE).await;
     let grace = Duration::from_secs(5);
-    let mut leaving = mesh.sidecar(
-        SidecarSpec::new("shop", "inventory", STABLE)
-            .app(&leaving_app)
-            .arg("--drain-timeout")
-            .arg("5s"),
-    );
-    let staying = mesh.inventory(STABLE, "node-1", &staying_app);
-    let web = mesh.web("node-1");
-    until_endpoints(&web, &[&leaving, &staying]).await;
-
+    let mut m = held_mesh(Duration::from_secs(1), &["--drain-timeout", "5s"]).await;
+    let addr = m.web.upstream("inventory");
     // One sequential caller on a single keep-alive connection, and a few
     // concurrent ones on pooled clients.
-    let mut conn = OneConnection::open(web.upstream("inventory")).await;
-    let load = Load::start(web.upstream("inventory"), 3, Duration::from_millis(5));
-    let sequential = tokio::spawn(async move {
-        let mut tally = Tally::default();
-        let started = Instant::now();
-        for i in 0..MAX_PER_WORKER {
-            if started.elapsed() > Duration::from_secs(8) {
-                break;
-            }
-            tally.record(conn.get(&format!("/stock/seq-{i}"), &[]).await);
-        }
-        tally
-    });
+    let load = Load::start(addr, 3, Duration::from_millis(20))
+        .and_one_connection(addr, Duration::from_millis(10))
+        .await;
     load.until_more(60, "before SIGTERM").await;
-    assert!(
-        leaving_app.seen() > 0,
-        "the leaving endpoint served traffic"
-    );
 
+    let (in_flight, leaving) = hold_one(&mut m, "GET", &[]).await;
+    let staying = 1 - leaving;
     let started = Instant::now();
-    let status = blocking(|| leaving.terminate()).expect("sidecar was running");
+    let status = blocking(|| m.sidecars[leaving].terminate()).expect("sidecar was running");
     let took = started.elapsed();
     assert!(status.success(), "exit status {status:?}");
     assert!(
         took < grace + Duration::from_secs(2),
         "exited after {took:?}"
     );
-    let served_by_leaving = leaving_app.seen();
+    let reply = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the held request is answered")
+        .expect("call task")
+        .expect("call");
+    assert_eq!(reply.status, 200, "finished during the drain: {reply:?}");
+    assert!(reply.body.contains(&format!("app={leaving}")), "{reply:?}");
+    let served_by_leaving = m.apps[leaving].seen();
 
-    until_endpoints(&web, &[&staying]).await;
+    until_endpoints(&m.web, &[&m.sidecars[staying]]).await;
     load.until_more(60, "after the drain").await;
-    let mut tally = load.finish().await;
-    tally.merge(sequential.await.expect("sequential caller"));
+    let tally = load.finish().await;
+    // A caller that dials the leaving sidecar after it stopped accepting
+    // but before the deregistration reached it gets "connection refused";
+    // that GET is retried, but (the retry bug) back to the same endpoint.
     assert!(
-        tally.failures.is_empty(),
+        tally.failures.len() <= KNOWN_RETRY_BUG_FAILURES
+            && tally.failures.iter().all(|f| f.contains("connect-failed")),
         "{} of {} calls failed: {:?}",
         tally.failures.len(),
         tally.ok() + tally.failures.len(),
         tally.failures
     );
     assert_eq!(
-        leaving_app.seen(),
+        m.apps[leaving].seen(),
         served_by_leaving,
         "nothing reached the drained endpoint after it exited"
     );
+    let _ = &m.mesh;
 }
 
 // ---------------------------------------------------------------------------

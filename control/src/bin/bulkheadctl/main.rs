@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod certs;
 mod demo;
+mod inject;
 mod ops;
 mod settings;
 
@@ -133,6 +134,13 @@ enum Command {
         /// How long to run in all.
         #[arg(long, value_parser = bulkhead_control::config::parse_duration, default_value = "15s")]
         duration: std::time::Duration,
+    },
+    /// Add the sidecar to manifests offline, as the webhook would (`-` for stdin).
+    Inject {
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
+        file: String,
+        #[command(flatten)]
+        options: inject::InjectArgs,
     },
     /// Print a shell completion script.
     Completion { shell: clap_complete::Shell },
@@ -302,6 +310,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             output,
         } => ops::endpoints(&settings, service.as_deref(), namespace.as_deref(), output).await,
         Command::Demo { duration } => demo::run(duration).await,
+        Command::Inject { file, options } => inject::run(&file, options),
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,

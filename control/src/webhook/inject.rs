@@ -1,0 +1,400 @@
+//! The injection decision for one pod (or pod template) and the JSON Patch
+//! that carries it out. Pure: values in, a patch out.
+//!
+//! What the pod may say, as annotations (`inject` also as a label):
+//!
+//! | key | values | effect |
+//! |---|---|---|
+//! | `bulkhead.dev/inject` | `enabled`, `disabled` | `disabled` opts out; anything else but `enabled` is left alone with a warning |
+//! | `bulkhead.dev/injected` | `"true"` | set by the injector; such a pod is never injected twice |
+//! | `bulkhead.dev/app-port` | port | the app port the sidecar fronts (default: the first TCP `containerPort`) |
+//! | `bulkhead.dev/app-protocol` | `http`, `grpc`, `tcp` | (default: from the port's name prefix, else `http`) |
+//! | `bulkhead.dev/skip-inbound-ports` | `8081,9090` | left out of inbound capture (plaintext!), e.g. for kubelet probes |
+//! | `bulkhead.dev/skip-outbound-ports` | `443,5432` | left out of outbound capture |
+//!
+//! The service name comes from the label `app.kubernetes.io/name`, else
+//! `app`, else the workload's name (the owning Deployment, StatefulSet, ...),
+//! else the pod's name; the version from `app.kubernetes.io/version`, else
+//! `0.0.0`.
+
+use std::collections::BTreeMap;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Injector;
+use super::sidecar::{self, AppProtocol, Workload};
+
+pub const INJECT_KEY: &str = "bulkhead.dev/inject";
+pub const INJECTED_ANNOTATION: &str = "bulkhead.dev/injected";
+pub const APP_PORT_ANNOTATION: &str = "bulkhead.dev/app-port";
+pub const APP_PROTOCOL_ANNOTATION: &str = "bulkhead.dev/app-protocol";
+pub const SKIP_INBOUND_PORTS_ANNOTATION: &str = "bulkhead.dev/skip-inbound-ports";
+pub const SKIP_OUTBOUND_PORTS_ANNOTATION: &str = "bulkhead.dev/skip-outbound-ports";
+pub const SERVICE_LABEL: &str = "app.kubernetes.io/name";
+pub const VERSION_LABEL: &str = "app.kubernetes.io/version";
+pub const DEFAULT_VERSION: &str = "0.0.0";
+
+/// What injection does to one pod, and what the pod's author should know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub action: Action,
+    /// Short notes for the requester (`response.warnings`, or stderr).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Add the sidecar: the patch is relative to the document `plan` was given.
+    Inject(Patch),
+    /// Leave the pod as it is.
+    Unchanged(Unchanged),
+    /// The pod asks for injection but cannot be injected as written.
+    Refuse(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unchanged {
+    AlreadyInjected,
+    OptedOut,
+    HostNetwork,
+}
+
+impl Unchanged {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AlreadyInjected => "already-injected",
+            Self::OptedOut => "opted-out",
+            Self::HostNetwork => "host-network",
+        }
+    }
+}
+
+/// The document is not a pod (or pod template) Kubernetes would accept.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{path}: {problem}")]
+pub struct InvalidPod {
+    /// Where, as a dotted path (`spec.containers[0].ports`), or `.`.
+    pub path: String,
+    pub problem: String,
+}
+
+/// The parts of a Pod and a PodTemplateSpec that injection reads.
+#[derive(Deserialize)]
+struct PodShape {
+    #[serde(default)]
+    metadata: ObjectMeta,
+    spec: PodSpec,
+}
+
+impl Injector {
+    /// Decides for one pod. `pod` is a Pod or a PodTemplateSpec (metadata
+    /// and spec); `at` is where it sits in the document the patch will be
+    /// applied to (empty for a Pod, `["spec", "template"]` for a
+    /// Deployment); `workload` names its owner when the pod cannot (a
+    /// template has no name of its own).
+    pub fn plan(
+        &self,
+        pod: &Value,
+        at: &[&str],
+        workload: Option<&str>,
+    ) -> Result<Outcome, InvalidPod> {
+        let shape: PodShape = serde_path_to_error::deserialize(pod).map_err(|e| InvalidPod {
+            path: e.path().to_string(),
+            problem: e.inner().to_string(),
+        })?;
+        let (meta, spec) = (&shape.metadata, &shape.spec);
+        let empty = BTreeMap::new();
+        let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+        let labels = meta.labels.as_ref().unwrap_or(&empty);
+        let mut warnings = Vec::new();
+        let unchanged = |why, warnings| {
+            Ok(Outcome {
+                action: Action::Unchanged(why),
+                warnings,
+            })
+        };
+
+        let has_proxy = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == sidecar::PROXY_CONTAINER);
+        if has_proxy || annotations.get(INJECTED_ANNOTATION).map(String::as_str) == Some("true") {
+            return unchanged(Unchanged::AlreadyInjected, warnings);
+        }
+        let asked = annotations
+            .get(INJECT_KEY)
+            .or_else(|| labels.get(INJECT_KEY));
+        match asked.map(String::as_str) {
+            None | Some("enabled") => {}
+            Some("disabled") => return unchanged(Unchanged::OptedOut, warnings),
+            Some(other) => {
+                warnings.push(format!(
+                    "bulkhead: {INJECT_KEY}: {other:?} is neither enabled nor disabled; not injected"
+                ));
+                return unchanged(Unchanged::OptedOut, warnings);
+            }
+        }
+        if spec.host_network == Some(true) {
+            warnings.push(
+                "bulkhead: not injected: the pod uses hostNetwork, and capture would take the node's traffic"
+                    .into(),
+            );
+            return unchanged(Unchanged::HostNetwork, warnings);
+        }
+        let workload = match describe(meta, spec, workload, &mut warnings) {
+            Ok(w) => w,
+            Err(why) => {
+                return Ok(Outcome {
+                    action: Action::Refuse(format!("bulkhead: cannot inject: {why}")),
+                    warnings,
+                });
+            }
+        };
+        probe_warnings(spec, &workload, self.settings.ports.admin, &mut warnings);
+        Ok(Outcome {
+            action: Action::Inject(self.patch(pod, at, &workload)),
+            warnings,
+        })
+    }
+
+    /// The JSON Patch: one annotation, two init containers in front of the
+    /// pod's own (so capture and the proxy are up before any app code runs,
+    /// the app's init containers included), three volumes. Arrays and maps
+    /// that are absent (or null) are added whole; present ones are extended.
+    fn patch(&self, pod: &Value, at: &[&str], workload: &Workload) -> Patch {
+        let ptr = |tail: &[&str]| PointerBuf::from_tokens(at.iter().chain(tail).copied());
+        let add =
+            |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
+        let mut ops = Vec::new();
+
+        let metadata = pod.get("metadata").filter(|m| m.is_object());
+        match metadata
+            .and_then(|m| m.get("annotations"))
+            .filter(|a| a.is_object())
+        {
+            Some(_) => ops.push(add(
+                ptr(&["metadata", "annotations", INJECTED_ANNOTATION]),
+                json!("true"),
+            )),
+            None if metadata.is_some() => ops.push(add(
+                ptr(&["metadata", "annotations"]),
+                json!({ INJECTED_ANNOTATION: "true" }),
+            )),
+            None => ops.push(add(
+                ptr(&["metadata"]),
+                json!({ "annotations": { INJECTED_ANNOTATION: "true" } }),
+            )),
+        }
+
+        let spec = &pod["spec"];
+        let init = to_value(sidecar::init_container(&self.settings, workload));
+        let proxy = to_value(sidecar::proxy_container(&self.settings, workload));
+        if spec.get("initContainers").is_some_and(Value::is_array) {
+            ops.push(add(ptr(&["spec", "initContainers", "0"]), init));
+            ops.push(add(ptr(&["spec", "initContainers", "1"]), proxy));
+        } else {
+            ops.push(add(ptr(&["spec", "initContainers"]), json!([init, proxy])));
+        }
+
+        let volumes: Vec<Value> = sidecar::volumes(&self.settings)
+            .into_iter()
+            .map(to_value)
+            .collect();
+        if spec.get("volumes").is_some_and(Value::is_array) {
+            for volume in volumes {
+                ops.push(add(ptr(&["spec", "volumes", "-"]), volume));
+            }
+        } else {
+            ops.push(add(ptr(&["spec", "volumes"]), Value::Array(volumes)));
+        }
+        Patch(ops)
+    }
+}
+
+fn to_value<T: serde::Serialize>(t: T) -> Value {
+    // k8s-openapi types are plain data: serializing them cannot fail.
+    serde_json::to_value(t).unwrap_or(Value::Null)
+}
+
+/// Reads service, version, app port and skipped ports off the pod.
+fn describe(
+    meta: &ObjectMeta,
+    spec: &PodSpec,
+    workload: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<Workload, String> {
+    let empty = BTreeMap::new();
+    let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
+
+    let (service, from) = if let Some(name) = labels.get(SERVICE_LABEL) {
+        (name.clone(), "label app.kubernetes.io/name")
+    } else if let Some(name) = labels.get("app") {
+        (name.clone(), "label app")
+    } else if let Some(name) = workload_name(meta, labels).or(workload.map(str::to_owned)) {
+        (name, "the workload's name")
+    } else if let Some(name) = &meta.name {
+        (name.clone(), "the pod's name")
+    } else {
+        return Err(format!(
+            "no service name: set the label {SERVICE_LABEL} (or annotate {INJECT_KEY}: disabled)"
+        ));
+    };
+    if bulkhead_proto::identity::validate_name("service", &service).is_err() {
+        return Err(format!(
+            "service name {service:?} (from {from}) must be a DNS label: lower-case letters, digits and '-', at most 63; set the label {SERVICE_LABEL}"
+        ));
+    }
+    if !from.starts_with("label") {
+        warnings.push(format!(
+            "bulkhead: service name {service:?} taken from {from}; set the label {SERVICE_LABEL} to choose it"
+        ));
+    }
+    let version = labels
+        .get(VERSION_LABEL)
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_VERSION.to_owned());
+
+    let skip_inbound = ports_annotation(annotations, SKIP_INBOUND_PORTS_ANNOTATION)?;
+    let skip_outbound = ports_annotation(annotations, SKIP_OUTBOUND_PORTS_ANNOTATION)?;
+    let protocol = match annotations.get(APP_PROTOCOL_ANNOTATION).map(String::as_str) {
+        None => None,
+        Some("http") => Some(AppProtocol::Http),
+        Some("grpc") => Some(AppProtocol::Grpc),
+        Some("tcp") => Some(AppProtocol::Tcp),
+        Some(other) => {
+            return Err(format!(
+                "{APP_PROTOCOL_ANNOTATION}: {other:?}: expected http, grpc or tcp"
+            ));
+        }
+    };
+    let app = match annotations.get(APP_PORT_ANNOTATION) {
+        Some(port) => Some((
+            parse_port(port)
+                .ok_or_else(|| format!("{APP_PORT_ANNOTATION}: {port:?} is not a port 1-65535"))?,
+            protocol.unwrap_or(AppProtocol::Http),
+        )),
+        None => first_tcp_port(spec).map(|(port, name)| {
+            let guessed = match name {
+                Some(n) if n.starts_with("grpc") => AppProtocol::Grpc,
+                Some(n) if n.starts_with("tcp") => AppProtocol::Tcp,
+                _ => AppProtocol::Http,
+            };
+            (port, protocol.unwrap_or(guessed))
+        }),
+    };
+    if app.is_none() {
+        warnings.push(format!(
+            "bulkhead: no TCP containerPort and no {APP_PORT_ANNOTATION}: the sidecar forwards no inbound calls"
+        ));
+    }
+    Ok(Workload {
+        service,
+        version,
+        app,
+        skip_inbound,
+        skip_outbound,
+    })
+}
+
+/// The owning workload's name: a ReplicaSet's minus its pod-template-hash
+/// (so the Deployment's), else the controller's.
+fn workload_name(meta: &ObjectMeta, labels: &BTreeMap<String, String>) -> Option<String> {
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    if owner.kind == "ReplicaSet"
+        && let Some(hash) = labels.get("pod-template-hash")
+        && let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}"))
+    {
+        return Some(deployment.to_owned());
+    }
+    Some(owner.name.clone())
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    s.trim().parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+fn ports_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result<Vec<u16>, String> {
+    let Some(list) = annotations.get(key) else {
+        return Ok(Vec::new());
+    };
+    let mut ports = Vec::new();
+    for item in list.split(',').filter(|s| !s.trim().is_empty()) {
+        let port =
+            parse_port(item).ok_or_else(|| format!("{key}: {item:?} is not a port 1-65535"))?;
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+fn first_tcp_port(spec: &PodSpec) -> Option<(u16, Option<&str>)> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .find_map(|p| {
+            let port = u16::try_from(p.container_port).ok().filter(|p| *p != 0)?;
+            Some((port, p.name.as_deref()))
+        })
+}
+
+/// Kubelet probes dial the pod IP; with inbound capture they land on the
+/// mTLS port and fail, unless their port is skipped. Say so, port by port.
+fn probe_warnings(spec: &PodSpec, workload: &Workload, admin: u16, warnings: &mut Vec<String>) {
+    let mut seen = Vec::new();
+    for container in &spec.containers {
+        let probes = [
+            &container.liveness_probe,
+            &container.readiness_probe,
+            &container.startup_probe,
+        ];
+        for probe in probes.into_iter().flatten() {
+            let Some(port) = probe_port(container, probe) else {
+                continue;
+            };
+            if port == admin || workload.skip_inbound.contains(&port) || seen.contains(&port) {
+                continue;
+            }
+            seen.push(port);
+            warnings.push(format!(
+                "bulkhead: kubelet probes on port {port} ({}) will be captured and fail; annotate {SKIP_INBOUND_PORTS_ANNOTATION}: \"{port}\" to let them in",
+                container.name
+            ));
+        }
+    }
+}
+
+fn probe_port(container: &Container, probe: &Probe) -> Option<u16> {
+    let port = if let Some(http) = &probe.http_get {
+        &http.port
+    } else if let Some(tcp) = &probe.tcp_socket {
+        &tcp.port
+    } else if let Some(grpc) = &probe.grpc {
+        return u16::try_from(grpc.port).ok();
+    } else {
+        return None;
+    };
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}

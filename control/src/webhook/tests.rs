@@ -1,0 +1,648 @@
+use base64::Engine as _;
+use json_patch::{Patch, PatchOperation};
+use serde_json::{Value, json};
+
+use super::inject::{Action, Unchanged};
+use super::review::{MalformedReview, Verdict};
+use super::sidecar::{INIT_CONTAINER, PROXY_CONTAINER};
+use super::{Injector, InjectorSettings, ProxyPorts};
+
+fn injector() -> Injector {
+    Injector::new(InjectorSettings::default()).unwrap()
+}
+
+fn pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-1",
+            "labels": {"app.kubernetes.io/name": "web", "app.kubernetes.io/version": "2.0.1"},
+            "annotations": {"team": "shop"}
+        },
+        "spec": {
+            "containers": [{"name": "web", "image": "web:2", "ports": [{"containerPort": 8080}]}],
+            "initContainers": [{"name": "migrate", "image": "web:2"}],
+            "volumes": [{"name": "data", "emptyDir": {}}]
+        }
+    })
+}
+
+fn patch_of(outcome: &super::Outcome) -> &Patch {
+    match &outcome.action {
+        Action::Inject(p) => p,
+        other => panic!("expected a patch, got {other:?}"),
+    }
+}
+
+fn paths(patch: &Patch) -> Vec<String> {
+    patch.0.iter().map(|op| op.path().to_string()).collect()
+}
+
+fn applied(pod: &Value) -> Value {
+    let outcome = injector().plan(pod, &[], None).unwrap();
+    let mut doc = pod.clone();
+    json_patch::patch(&mut doc, &patch_of(&outcome).0).unwrap();
+    doc
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn present_maps_and_arrays_are_extended_with_escaped_pointers() {
+    let outcome = injector().plan(&pod(), &[], None).unwrap();
+    assert_eq!(
+        paths(patch_of(&outcome)),
+        [
+            "/metadata/annotations/bulkhead.dev~1injected",
+            "/spec/initContainers/0",
+            "/spec/initContainers/1",
+            "/spec/volumes/-",
+            "/spec/volumes/-",
+            "/spec/volumes/-",
+        ]
+    );
+    let doc = applied(&pod());
+    assert_eq!(
+        names(&doc["spec"]["initContainers"]),
+        [INIT_CONTAINER, PROXY_CONTAINER, "migrate"]
+    );
+    assert_eq!(
+        names(&doc["spec"]["volumes"]),
+        [
+            "data",
+            "bulkhead-token",
+            "bulkhead-trust-bundle",
+            "bulkhead-xtables-lock"
+        ]
+    );
+    assert_eq!(doc["metadata"]["annotations"]["team"], "shop");
+    assert_eq!(
+        doc["metadata"]["annotations"]["bulkhead.dev/injected"],
+        "true"
+    );
+}
+
+#[test]
+fn absent_or_null_maps_and_arrays_are_added_whole() {
+    let mut bare = pod();
+    bare["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    bare["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("initContainers");
+    bare["spec"]["volumes"] = Value::Null;
+    let outcome = injector().plan(&bare, &[], None).unwrap();
+    assert_eq!(
+        paths(patch_of(&outcome)),
+        [
+            "/metadata/annotations",
+            "/spec/initContainers",
+            "/spec/volumes"
+        ]
+    );
+    let doc = applied(&bare);
+    assert_eq!(
+        names(&doc["spec"]["initContainers"]),
+        [INIT_CONTAINER, PROXY_CONTAINER]
+    );
+    assert_eq!(names(&doc["spec"]["volumes"]).len(), 3);
+
+    let mut no_metadata = json!({"spec": {"containers": [{"name": "a"}]}});
+    let outcome = injector().plan(&no_metadata, &[], Some("batch")).unwrap();
+    assert_eq!(paths(patch_of(&outcome))[0], "/metadata");
+    json_patch::patch(&mut no_metadata, &patch_of(&outcome).0).unwrap();
+    assert_eq!(
+        no_metadata["metadata"]["annotations"]["bulkhead.dev/injected"],
+        "true"
+    );
+}
+
+#[test]
+fn template_paths_are_prefixed() {
+    let template =
+        json!({"metadata": {"labels": {"app": "cart"}}, "spec": {"containers": [{"name": "c"}]}});
+    let outcome = injector()
+        .plan(
+            &template,
+            &["spec", "jobTemplate", "spec", "template"],
+            None,
+        )
+        .unwrap();
+    assert!(
+        paths(patch_of(&outcome))
+            .iter()
+            .all(|p| p.starts_with("/spec/jobTemplate/spec/template/"))
+    );
+}
+
+#[test]
+fn injected_pods_are_left_alone() {
+    let once = applied(&pod());
+    let again = injector().plan(&once, &[], None).unwrap();
+    assert_eq!(again.action, Action::Unchanged(Unchanged::AlreadyInjected));
+    // Either sign is enough: the annotation, or a proxy container.
+    let mut by_annotation = pod();
+    by_annotation["metadata"]["annotations"]["bulkhead.dev/injected"] = json!("true");
+    let mut by_container = pod();
+    by_container["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": PROXY_CONTAINER}));
+    for p in [by_annotation, by_container] {
+        assert_eq!(
+            injector().plan(&p, &[], None).unwrap().action,
+            Action::Unchanged(Unchanged::AlreadyInjected)
+        );
+    }
+}
+
+#[test]
+fn opt_out_and_host_network() {
+    let mut annotated = pod();
+    annotated["metadata"]["annotations"]["bulkhead.dev/inject"] = json!("disabled");
+    let mut labelled = pod();
+    labelled["metadata"]["labels"]["bulkhead.dev/inject"] = json!("disabled");
+    for p in [annotated, labelled] {
+        let o = injector().plan(&p, &[], None).unwrap();
+        assert_eq!(o.action, Action::Unchanged(Unchanged::OptedOut));
+        assert!(o.warnings.is_empty());
+    }
+    // The annotation wins over the label.
+    let mut both = pod();
+    both["metadata"]["labels"]["bulkhead.dev/inject"] = json!("disabled");
+    both["metadata"]["annotations"]["bulkhead.dev/inject"] = json!("enabled");
+    assert!(matches!(
+        injector().plan(&both, &[], None).unwrap().action,
+        Action::Inject(_)
+    ));
+
+    let mut odd = pod();
+    odd["metadata"]["annotations"]["bulkhead.dev/inject"] = json!("true");
+    let o = injector().plan(&odd, &[], None).unwrap();
+    assert_eq!(o.action, Action::Unchanged(Unchanged::OptedOut));
+    assert!(
+        o.warnings[0].contains("neither enabled nor disabled"),
+        "{o:?}"
+    );
+
+    let mut host = pod();
+    host["spec"]["hostNetwork"] = json!(true);
+    let o = injector().plan(&host, &[], None).unwrap();
+    assert_eq!(o.action, Action::Unchanged(Unchanged::HostNetwork));
+    assert!(o.warnings[0].contains("hostNetwork"), "{o:?}");
+}
+
+fn env_of(doc: &Value, name: &str) -> Option<String> {
+    let proxy = doc["spec"]["initContainers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == PROXY_CONTAINER)?;
+    proxy["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+        .map(str::to_owned)
+}
+
+#[test]
+fn service_names_come_from_labels_then_the_workload() {
+    let rs_owner = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "cart-7d9f8c6b5", "uid": "u", "controller": true}]);
+    let sts_owner = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true}]);
+    let cases = [
+        (
+            json!({"labels": {"app.kubernetes.io/name": "web", "app": "x"}}),
+            None,
+            "web",
+            false,
+        ),
+        (
+            json!({"labels": {"app": "echo-server"}}),
+            None,
+            "echo-server",
+            false,
+        ),
+        (
+            json!({"generateName": "cart-7d9f8c6b5-", "labels": {"pod-template-hash": "7d9f8c6b5"}, "ownerReferences": rs_owner}),
+            None,
+            "cart",
+            true,
+        ),
+        (
+            json!({"name": "db-0", "ownerReferences": sts_owner}),
+            None,
+            "db",
+            true,
+        ),
+        (json!({}), Some("batch"), "batch", true),
+        (json!({"name": "lonely"}), None, "lonely", true),
+    ];
+    for (metadata, hint, want, warned) in cases {
+        let p = json!({"metadata": metadata, "spec": {"containers": [{"name": "c"}]}});
+        let o = injector().plan(&p, &[], hint).unwrap();
+        let mut doc = p.clone();
+        json_patch::patch(&mut doc, &patch_of(&o).0).unwrap();
+        assert_eq!(
+            env_of(&doc, "BULKHEAD_SERVICE").as_deref(),
+            Some(want),
+            "{p}"
+        );
+        assert_eq!(env_of(&doc, "BULKHEAD_VERSION").as_deref(), Some("0.0.0"));
+        assert_eq!(
+            o.warnings.iter().any(|w| w.contains("service name")),
+            warned,
+            "{o:?}"
+        );
+    }
+    // Not a DNS label: refused with the reason, not injected broken.
+    let p = json!({"metadata": {"labels": {"app": "Web_Frontend"}}, "spec": {"containers": [{"name": "c"}]}});
+    match injector().plan(&p, &[], None).unwrap().action {
+        Action::Refuse(m) => assert!(m.contains("Web_Frontend") && m.contains("label app"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let p = json!({"spec": {"containers": [{"name": "c"}]}});
+    assert!(matches!(
+        injector().plan(&p, &[], None).unwrap().action,
+        Action::Refuse(_)
+    ));
+}
+
+#[test]
+fn app_port_and_protocol() {
+    let with = |annotations: Value, ports: Value| {
+        let p = json!({"metadata": {"labels": {"app": "a"}, "annotations": annotations},
+                       "spec": {"containers": [{"name": "c", "ports": ports}]}});
+        let o = injector().plan(&p, &[], None).unwrap();
+        match o.action {
+            Action::Inject(patch) => {
+                let mut doc = p.clone();
+                json_patch::patch(&mut doc, &patch.0).unwrap();
+                Ok((
+                    env_of(&doc, "BULKHEAD_APP"),
+                    env_of(&doc, "BULKHEAD_APP_PROTOCOL"),
+                    o.warnings,
+                ))
+            }
+            Action::Refuse(m) => Err(m),
+            other => panic!("{other:?}"),
+        }
+    };
+    let s = |a: &str| Some(a.to_owned());
+    let (app, proto, _) = with(json!({}), json!([{"containerPort": 53, "protocol": "UDP"}, {"containerPort": 9090, "name": "grpc-api"}])).unwrap();
+    assert_eq!((app, proto), (s("127.0.0.1:9090"), s("grpc")));
+    let (app, proto, _) = with(
+        json!({"bulkhead.dev/app-port": "7000", "bulkhead.dev/app-protocol": "tcp"}),
+        json!([{"containerPort": 8080}]),
+    )
+    .unwrap();
+    assert_eq!((app, proto), (s("127.0.0.1:7000"), s("tcp")));
+    let (app, _, warnings) = with(json!({}), json!([])).unwrap();
+    assert_eq!(app, None);
+    assert!(warnings.iter().any(|w| w.contains("forwards no inbound")));
+    for bad in [
+        json!({"bulkhead.dev/app-port": "http"}),
+        json!({"bulkhead.dev/app-protocol": "h3"}),
+        json!({"bulkhead.dev/skip-inbound-ports": "80,x"}),
+    ] {
+        assert!(with(bad.clone(), json!([])).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn skipped_ports_reach_init_iptables_and_silence_probe_warnings() {
+    let mut p = pod();
+    p["spec"]["containers"][0]["livenessProbe"] =
+        json!({"httpGet": {"path": "/healthz", "port": 8081}});
+    p["spec"]["containers"][0]["readinessProbe"] = json!({"tcpSocket": {"port": 8080}});
+    let o = injector().plan(&p, &[], None).unwrap();
+    assert_eq!(o.warnings.len(), 2, "{o:?}");
+    p["metadata"]["annotations"]["bulkhead.dev/skip-inbound-ports"] = json!("8081, 8080");
+    p["metadata"]["annotations"]["bulkhead.dev/skip-outbound-ports"] = json!("5432");
+    let o = injector().plan(&p, &[], None).unwrap();
+    assert!(o.warnings.is_empty(), "{o:?}");
+    let op = patch_of(&o)
+        .0
+        .iter()
+        .find_map(|op| match op {
+            PatchOperation::Add(add) if add.path.as_str() == "/spec/initContainers/0" => {
+                Some(add.value.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let args: Vec<&str> = op["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--exclude-inbound-ports", "8081,8080"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--exclude-outbound-ports", "5432"]),
+        "{args:?}"
+    );
+}
+
+/// Makes one setting bad.
+type Spoil = fn(&mut InjectorSettings);
+
+#[test]
+fn settings_are_checked_by_name() {
+    let cases: Vec<(Spoil, &str)> = vec![
+        (|s| s.proxy_image = String::new(), "proxy image"),
+        (|s| s.init_image = "a b".into(), "init image"),
+        (|s| s.control_url = "http://x:8443".into(), "control URL"),
+        (
+            |s| s.trust_bundle_config_map = "Bundle".into(),
+            "trust bundle ConfigMap",
+        ),
+        (|s| s.proxy_uid = 0, "proxy UID"),
+        (
+            |s| {
+                s.ports = ProxyPorts {
+                    admin: 4143,
+                    ..ProxyPorts::default()
+                }
+            },
+            "ports",
+        ),
+        (
+            |s| s.resources.memory_limit = Some("lots".into()),
+            "proxy memory limit",
+        ),
+        (
+            |s| s.image_pull_policy = Some("Sometimes".into()),
+            "image pull policy",
+        ),
+        (|s| s.log_level = String::new(), "log level"),
+    ];
+    for (spoil, setting) in cases {
+        let mut s = InjectorSettings::default();
+        spoil(&mut s);
+        assert_eq!(Injector::new(s).unwrap_err().setting, setting);
+    }
+    let mut s = InjectorSettings::default();
+    s.resources.cpu_limit = Some("0.5".into());
+    s.resources.memory_request = Some("1Gi".into());
+    s.redirect_dns = true;
+    Injector::new(s).unwrap();
+}
+
+fn review_of(object: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice"},
+            "object": object,
+            "oldObject": null
+        }
+    })
+}
+
+#[test]
+fn the_patch_goes_out_as_base64_of_json_text() {
+    let body = serde_json::to_vec(&review_of(pod())).unwrap();
+    let reviewed = injector().review(&body).unwrap();
+    assert_eq!(reviewed.verdict, Verdict::Injected);
+    let out: Value = serde_json::from_slice(&reviewed.json).unwrap();
+    assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(out["kind"], "AdmissionReview");
+    assert_eq!(out["response"]["uid"], "u-1");
+    assert_eq!(out["response"]["allowed"], true);
+    assert_eq!(out["response"]["patchType"], "JSONPatch");
+    let b64 = out["response"]["patch"]
+        .as_str()
+        .expect("a string, not a number array");
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let patch: Patch = serde_json::from_slice(&text).unwrap();
+    assert_eq!(patch.0.len(), 6);
+}
+
+#[test]
+fn refusals_are_answered_not_errors() {
+    let mut p = pod();
+    p["metadata"]["labels"]["app.kubernetes.io/name"] = json!("Not_A_Label");
+    let reviewed = injector()
+        .review(&serde_json::to_vec(&review_of(p)).unwrap())
+        .unwrap();
+    assert_eq!(reviewed.verdict, Verdict::Refused);
+    let out: Value = serde_json::from_slice(&reviewed.json).unwrap();
+    assert_eq!(out["response"]["allowed"], false);
+    assert_eq!(out["response"]["status"]["code"], 400);
+    assert!(out["response"].get("patch").is_none());
+}
+
+/// Recognizes the error a case expects.
+type IsExpected = fn(&MalformedReview) -> bool;
+
+/// Each malformed input, the error it maps to, and whether the uid is
+/// known (then the 400 carries an AdmissionReview, else plain text).
+#[test]
+fn malformed_reviews_map_to_named_errors() {
+    let good = review_of(pod());
+    let with = |f: fn(&mut Value)| {
+        let mut v = good.clone();
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let cases: Vec<(Vec<u8>, IsExpected, bool)> = vec![
+        (
+            b"{not json".to_vec(),
+            |e| matches!(e, MalformedReview::NotJson(_)),
+            false,
+        ),
+        (
+            b"[1,2]".to_vec(),
+            |e| matches!(e, MalformedReview::NotAnObject),
+            false,
+        ),
+        (
+            with(|v| v["apiVersion"] = json!("admission.k8s.io/v1beta1")),
+            |e| matches!(e, MalformedReview::ApiVersion(_)),
+            true,
+        ),
+        (
+            with(|v| v["kind"] = json!("Pod")),
+            |e| matches!(e, MalformedReview::Kind(_)),
+            true,
+        ),
+        (
+            with(|v| v.as_object_mut().unwrap().retain(|k, _| k != "request")),
+            |e| matches!(e, MalformedReview::MissingRequest),
+            false,
+        ),
+        (
+            with(|v| v["request"]["uid"] = json!("")),
+            |e| matches!(e, MalformedReview::MissingUid),
+            false,
+        ),
+        (
+            with(|v| v["request"]["operation"] = json!("EXPLODE")),
+            |e| matches!(e, MalformedReview::Request(m) if m.contains("operation")),
+            true,
+        ),
+        (
+            with(|v| v["request"]["object"] = Value::Null),
+            |e| matches!(e, MalformedReview::MissingObject),
+            true,
+        ),
+        (
+            with(|v| v["request"]["object"]["kind"] = json!("Deployment")),
+            |e| matches!(e, MalformedReview::NotAPod(_)),
+            true,
+        ),
+        (
+            with(|v| v["request"]["object"]["spec"]["containers"] = json!("nope")),
+            |e| matches!(e, MalformedReview::NotAPod(m) if m.contains("spec.containers")),
+            true,
+        ),
+    ];
+    for (body, is_expected, uid_known) in cases {
+        let err = injector().review(&body).unwrap_err();
+        assert!(is_expected(&err.error), "{err:?}");
+        assert_eq!(err.uid.is_some(), uid_known, "{err:?}");
+        let (content_type, text) = err.body();
+        if uid_known {
+            assert_eq!(content_type, "application/json");
+            let out: Value = serde_json::from_slice(&text).unwrap();
+            assert_eq!(out["response"]["allowed"], false);
+            assert_eq!(out["response"]["status"]["code"], 400);
+            assert_eq!(out["response"]["status"]["message"], err.to_string());
+        } else {
+            assert!(content_type.starts_with("text/plain"));
+        }
+    }
+}
+
+#[test]
+fn only_pod_creations_are_considered() {
+    let mut update = review_of(pod());
+    update["request"]["operation"] = json!("UPDATE");
+    let mut sub = review_of(pod());
+    sub["request"]["subResource"] = json!("ephemeralcontainers");
+    let mut deployment = review_of(json!({"apiVersion": "apps/v1", "kind": "Deployment"}));
+    deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    for review in [update, sub, deployment] {
+        let r = injector()
+            .review(&serde_json::to_vec(&review).unwrap())
+            .unwrap();
+        assert_eq!(r.verdict, Verdict::NotAPodCreation);
+        let out: Value = serde_json::from_slice(&r.json).unwrap();
+        assert_eq!(out["response"], json!({"uid": "u-1", "allowed": true}));
+    }
+}
+
+/// The contract with the sidecar: what the injected containers run parses
+/// with `bulkhead-proxy`'s own command line, every env name is one of its
+/// `BULKHEAD_*` variables, and the result passes its config checks once the
+/// downward API has filled in the pod's values.
+#[test]
+fn injected_command_lines_parse_with_the_real_proxy_cli() {
+    use bulkhead_proxy::config::{Attestation, Cli, Command, Config};
+    use clap::{CommandFactory, Parser};
+
+    let settings = InjectorSettings {
+        redirect_dns: true,
+        ..InjectorSettings::default()
+    };
+    let mut p = pod();
+    p["metadata"]["annotations"]["bulkhead.dev/skip-inbound-ports"] = json!("8081");
+    let outcome = Injector::new(settings)
+        .unwrap()
+        .plan(&p, &[], None)
+        .unwrap();
+    let mut doc = p.clone();
+    json_patch::patch(&mut doc, &patch_of(&outcome).0).unwrap();
+    let inits = doc["spec"]["initContainers"].as_array().unwrap();
+    let argv = |c: &Value| -> Vec<String> {
+        let mut v = vec![c["command"][0].as_str().unwrap().to_owned()];
+        v.extend(
+            c["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned()),
+        );
+        v
+    };
+
+    let Command::InitIptables(init) = Cli::try_parse_from(argv(&inits[0])).unwrap().command else {
+        panic!("bulkhead-init does not run init-iptables");
+    };
+    assert_eq!(
+        (
+            init.proxy_uid,
+            init.inbound_port,
+            init.outbound_port,
+            init.redirect_dns
+        ),
+        (2102, 4143, 4140, Some(4153))
+    );
+    assert_eq!(init.exclude_inbound_ports, [8081]);
+
+    // Env → the flag clap reads it for, with the downward API's values.
+    let cli = Cli::command();
+    let run = cli.find_subcommand("run").unwrap();
+    let downward = |path: &str| match path {
+        "metadata.name" => "web-1-abcde",
+        "metadata.namespace" => "shop",
+        "spec.nodeName" => "node-1",
+        "spec.serviceAccountName" => "web",
+        "status.podIP" => "198.18.0.7",
+        other => panic!("unexpected fieldRef {other}"),
+    };
+    let mut args = argv(&inits[1]);
+    for e in inits[1]["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        let value = match e["value"].as_str() {
+            Some(v) => v,
+            None => downward(e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()),
+        };
+        if name == "POD_NAME" {
+            continue; // for logs and humans; the proxy does not read it
+        }
+        let arg = run
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|env| env == name))
+            .unwrap_or_else(|| panic!("bulkhead-proxy run reads no {name}"));
+        args.push(format!("--{}={value}", arg.get_long().unwrap()));
+    }
+    let Command::Run(run_args) = Cli::try_parse_from(args).unwrap().command else {
+        panic!("bulkhead-proxy does not run the proxy");
+    };
+    let config = Config::from_args(*run_args).unwrap();
+    assert_eq!(config.service, "web");
+    assert_eq!(config.version, "2.0.1");
+    assert_eq!(config.namespace, "shop");
+    assert_eq!(config.service_account, "web");
+    assert_eq!(config.attestation, Attestation::K8sJwt);
+    assert_eq!(config.advertise.to_string(), "198.18.0.7");
+    assert_eq!(config.app.unwrap().to_string(), "127.0.0.1:8080");
+    assert_eq!(config.admin.to_string(), "0.0.0.0:4191");
+    assert_eq!(config.dns.unwrap().to_string(), "127.0.0.1:4153");
+    assert_eq!(config.outbound.len(), 2);
+    assert_eq!(config.locality.node, "node-1");
+}

@@ -1,0 +1,198 @@
+//! The values `tests/tests/chart.rs` renders the chart with: the least a user must
+//! give, each documented option on top of it, and values that must be refused.
+
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+
+use super::support::{base64, merged};
+
+/// The real inputs a user passes with `--set-file`: the trust bundle that
+/// `bulkheadctl ca init` writes, and a separate CA for the webhook's certificate.
+pub(crate) struct Inputs {
+    pub(crate) trust_bundle: String,
+    pub(crate) webhook_ca: String,
+}
+
+pub(crate) fn inputs() -> &'static Inputs {
+    static INPUTS: OnceLock<Inputs> = OnceLock::new();
+    INPUTS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = bulkhead_control::ca::init_ca("cluster.local", &dir.path().join("ca"))
+            .expect("ca init");
+        let trust_bundle = std::fs::read_to_string(&ca.bundle).expect("bundle.crt");
+
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let webhook_ca = params.self_signed(&key).expect("webhook CA").pem();
+        Inputs {
+            trust_bundle,
+            webhook_ca,
+        }
+    })
+}
+
+/// The least a user must give: the trust bundle and the webhook's CA.
+pub(crate) fn required() -> Value {
+    json!({
+        "trustBundle": {"pem": inputs().trust_bundle},
+        "webhook": {"caBundle": inputs().webhook_ca},
+    })
+}
+
+pub(crate) const EXTERNAL_ETCD: [&str; 3] = [
+    "https://etcd-a.storage.svc:2379",
+    "https://etcd-b.storage.svc:2379",
+    "https://etcd-c.storage.svc:2379",
+];
+
+/// Values that must render, lint and validate: name → values.
+pub(crate) fn good_scenarios() -> Vec<(&'static str, Value)> {
+    vec![
+        ("defaults", required()),
+        (
+            "bundled-etcd-tls",
+            merged(
+                required(),
+                json!({"etcd": {"bundled": {"tls": {
+                    "enabled": true,
+                    "serverSecret": "etcd-server-tls",
+                    "clientSecret": "etcd-client-tls",
+                }}}}),
+            ),
+        ),
+        (
+            "external-etcd-tls",
+            merged(
+                required(),
+                json!({"etcd": {
+                    "bundled": {"enabled": false},
+                    "external": {"endpoints": EXTERNAL_ETCD, "tls": {"enabled": true, "secret": "etcd-client-tls"}},
+                }}),
+            ),
+        ),
+        (
+            "external-etcd-plain",
+            merged(
+                required(),
+                json!({"etcd": {
+                    "prefix": "/mesh-a/",
+                    "bundled": {"enabled": false},
+                    "external": {"endpoints": ["http://etcd.storage.svc:2379"]},
+                }}),
+            ),
+        ),
+        (
+            "custom-replicas",
+            merged(
+                required(),
+                json!({
+                    "fullnameOverride": "mesh",
+                    "trustDomain": "prod.example",
+                    "controlPlane": {
+                        "replicas": 3,
+                        "podAntiAffinity": "hard",
+                        "podDisruptionBudget": {"minAvailable": 2},
+                        "topologySpreadConstraints": [],
+                        "operators": ["ops/deployer", "spiffe://prod.example/ns/ci/sa/pipeline"],
+                        "priorityClassName": "system-cluster-critical",
+                        "nodeSelector": {"kubernetes.io/os": "linux"},
+                        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "mesh", "effect": "NoSchedule"}],
+                        "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
+                        "podAnnotations": {"prometheus.io/scrape": "true"},
+                    },
+                    // The base64 form of the CA, as copied from another tool.
+                    "webhook": {"caBundle": base64(inputs().webhook_ca.as_bytes()), "podOptIn": false},
+                }),
+            ),
+        ),
+        (
+            "five-member-etcd",
+            merged(
+                required(),
+                json!({"etcd": {"bundled": {
+                    "replicas": 5,
+                    "podAntiAffinity": "hard",
+                    "persistence": {"size": "20Gi", "storageClassName": "fast-ssd"},
+                }}}),
+            ),
+        ),
+        (
+            "webhook-disabled",
+            json!({
+                "trustBundle": {"pem": inputs().trust_bundle},
+                "webhook": {"enabled": false},
+                "serviceAccountTokens": {"enabled": false},
+                "serviceAccount": {"create": false, "name": "existing-sa"},
+                "controlPlane": {"replicas": 1},
+            }),
+        ),
+        (
+            "cert-manager-ca",
+            json!({
+                "trustBundle": {"pem": inputs().trust_bundle},
+                "webhook": {"annotations": {"cert-manager.io/inject-ca-from": "mesh-system/bulkhead-webhook"}},
+            }),
+        ),
+    ]
+}
+
+/// Values that must be refused: name → (values, what the message must say).
+pub(crate) fn bad_scenarios() -> Vec<(&'static str, Value, &'static str)> {
+    vec![
+        ("no-values", json!({}), "trustBundle.pem is required"),
+        (
+            "no-webhook-ca",
+            json!({"trustBundle": {"pem": inputs().trust_bundle}}),
+            "webhook.caBundle is required",
+        ),
+        (
+            "both-stores",
+            merged(
+                required(),
+                json!({"etcd": {"external": {"endpoints": EXTERNAL_ETCD}}}),
+            ),
+            "choose one store",
+        ),
+        (
+            "no-store",
+            merged(required(), json!({"etcd": {"bundled": {"enabled": false}}})),
+            "Bulkhead needs etcd",
+        ),
+        (
+            "tls-to-plain-endpoint",
+            merged(
+                required(),
+                json!({"etcd": {
+                    "bundled": {"enabled": false},
+                    "external": {"endpoints": ["http://etcd.storage.svc:2379"], "tls": {"enabled": true, "secret": "s"}},
+                }}),
+            ),
+            "is not https://",
+        ),
+        (
+            "bundled-tls-without-secrets",
+            merged(
+                required(),
+                json!({"etcd": {"bundled": {"tls": {"enabled": true}}}}),
+            ),
+            "etcd.bundled.tls.serverSecret and etcd.bundled.tls.clientSecret are required",
+        ),
+        (
+            "typo",
+            merged(required(), json!({"controlPlane": {"replica": 3}})),
+            "'replica' not allowed",
+        ),
+        (
+            "even-etcd",
+            merged(required(), json!({"etcd": {"bundled": {"replicas": 2}}})),
+            "/etcd/bundled/replicas",
+        ),
+        (
+            "unknown-failure-policy",
+            merged(required(), json!({"webhook": {"failurePolicy": "Retry"}})),
+            "/webhook/failurePolicy",
+        ),
+    ]
+}

@@ -1,0 +1,851 @@
+//! Sidecar injection end to end: the real webhook listener over real HTTPS
+//! (a certificate issued for the test), fed real AdmissionReview v1
+//! documents (`tests/fixtures/admission/`, sources in its README); the
+//! returned patch is applied to the request's pod and the result parsed
+//! as a k8s-openapi `Pod`, field by field. And `bulkheadctl inject` on a
+//! manifest, as a user runs it.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bulkhead_control::webhook::{self, Injector, InjectorSettings};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Volume};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const CONTROL_URL: &str = "https://bulkhead-control.mesh-system.svc:8443";
+const TRUST_BUNDLE_CONFIG_MAP: &str = "mesh-roots";
+
+// ---------------------------------------------------------------------------
+// Scenario helpers
+// ---------------------------------------------------------------------------
+
+fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/admission")
+        .join(name);
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn settings() -> InjectorSettings {
+    InjectorSettings {
+        control_url: CONTROL_URL.into(),
+        trust_bundle_config_map: TRUST_BUNDLE_CONFIG_MAP.into(),
+        proxy_image: "registry.test/bulkhead-proxy:9.9.9".into(),
+        init_image: "registry.test/bulkhead-proxy:9.9.9".into(),
+        ..InjectorSettings::default()
+    }
+}
+
+/// `webhook::serve` on a loopback port with a certificate for `localhost`,
+/// and an HTTPS client that trusts exactly that certificate.
+struct Webhook {
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// An HTTP answer: status, headers, body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{}: not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Webhook {
+    async fn start() -> Self {
+        bulkhead_proto::tls::install_default_provider();
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("test certificate");
+        let cert: CertificateDer<'static> = issued.cert.der().clone();
+        let key =
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
+        let mut server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("server TLS config");
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("trust the test certificate");
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let injector = Arc::new(Injector::new(settings()).expect("settings"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(webhook::serve(
+            listener,
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            injector,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            client: Arc::new(client),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn tls(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut config = (*self.client).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = TcpStream::connect(self.addr).await.expect("connect");
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake with the webhook")
+    }
+
+    /// One HTTP/1.1 request on a fresh connection.
+    async fn send<B>(&self, req: Request<B>) -> Answer
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let io = TokioIo::new(self.tls(&[b"http/1.1"]).await);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.expect("body").to_bytes(),
+        }
+    }
+
+    async fn request(&self, method: Method, path: &str, body: Vec<u8>) -> Answer {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "localhost")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        self.send(req).await
+    }
+
+    async fn post(&self, body: Vec<u8>) -> Answer {
+        self.request(Method::POST, "/inject", body).await
+    }
+
+    /// Posts a review that must be answered (200) and returns the answer.
+    async fn review(&self, review: &Value) -> Value {
+        let answer = self.post(serde_json::to_vec(review).unwrap()).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(answer.content_type(), "application/json");
+        let out = answer.json();
+        assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(out["kind"], "AdmissionReview");
+        assert_eq!(out["response"]["uid"], review["request"]["uid"]);
+        out
+    }
+
+    /// Stops the listener and waits for `serve` to return.
+    async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("serve returns after shutdown")
+                .expect("serve did not panic");
+        }
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The patch of an allowed review, decoded: base64 of a JSON Patch.
+fn patch_of(response: &Value) -> json_patch::Patch {
+    assert_eq!(response["response"]["allowed"], true, "{response}");
+    assert_eq!(response["response"]["patchType"], "JSONPatch", "{response}");
+    let b64 = response["response"]["patch"]
+        .as_str()
+        .expect("response.patch is a base64 string");
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("response.patch is base64");
+    serde_json::from_slice(&text).expect("response.patch decodes to a JSON Patch")
+}
+
+fn assert_no_patch(response: &Value) {
+    assert_eq!(response["response"]["allowed"], true, "{response}");
+    assert!(response["response"].get("patch").is_none(), "{response}");
+    assert!(
+        response["response"].get("patchType").is_none(),
+        "{response}"
+    );
+}
+
+fn warnings(response: &Value) -> Vec<String> {
+    response["response"]["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Applies the response's patch to the request's pod; returns the patched
+/// JSON and it parsed as a `Pod`.
+fn patched(review: &Value, response: &Value) -> (Value, Pod) {
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch_of(response).0).expect("the patch applies to the pod");
+    let parsed: Pod = serde_json::from_value(pod.clone()).expect("the result is a Pod");
+    (pod, parsed)
+}
+
+fn with_uid(review: &Value, uid: &str) -> Value {
+    let mut r = review.clone();
+    r["request"]["uid"] = json!(uid);
+    r
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> &'a EnvVar {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("{} has no env {name}", c.name))
+}
+
+fn field_ref(c: &Container, name: &str) -> String {
+    env(c, name)
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.clone())
+        .unwrap_or_else(|| panic!("{name} is not from the downward API"))
+}
+
+fn value(c: &Container, name: &str) -> String {
+    env(c, name).value.clone().unwrap_or_default()
+}
+
+fn flag<'a>(c: &'a Container, flag: &str) -> Option<&'a str> {
+    let args = c.args.as_deref().unwrap_or_default();
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn volume<'a>(pod: &'a Pod, name: &str) -> &'a Volume {
+    pod.spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// Every container and volume injected re-serializes to exactly the JSON
+/// the patch added: no field the Pod type does not know (a typo'd name
+/// would be silently dropped by the parse).
+fn assert_known_fields(json: &Value, pod: &Pod) {
+    let spec = pod.spec.as_ref().unwrap();
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        if c.name.starts_with("bulkhead-") {
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                json["spec"]["initContainers"][i]
+            );
+        }
+    }
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        if v.name.starts_with("bulkhead-") {
+            assert_eq!(serde_json::to_value(v).unwrap(), json["spec"]["volumes"][i]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_docs_example_scale_update_is_allowed_unchanged() {
+    let hook = Webhook::start().await;
+    let review = fixture("kubernetes-docs-scale-update.json");
+    let out = hook.review(&review).await;
+    assert_eq!(
+        out["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    assert_no_patch(&out);
+}
+
+#[tokio::test]
+async fn a_deployment_pod_gets_the_init_container_and_the_native_sidecar() {
+    let hook = Webhook::start().await;
+    let review = fixture("deployment-pod-create.json");
+    let out = hook.review(&review).await;
+    let (json, pod) = patched(&review, &out);
+    assert_known_fields(&json, &pod);
+    let spec = pod.spec.as_ref().unwrap();
+    let original: Pod = serde_json::from_value(review["request"]["object"].clone()).unwrap();
+    let original_spec = original.spec.as_ref().unwrap();
+
+    // The app's containers are untouched; ours come first, init then proxy.
+    assert_eq!(spec.containers, original_spec.containers);
+    let inits = spec.init_containers.as_deref().unwrap();
+    let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["bulkhead-init", "bulkhead-proxy"]);
+    let (init, proxy) = (&inits[0], &inits[1]);
+
+    // bulkhead-init: iptables as root with NET_ADMIN/NET_RAW, no more.
+    assert_eq!(
+        init.image.as_deref(),
+        Some("registry.test/bulkhead-proxy:9.9.9")
+    );
+    assert_eq!(init.command.as_deref().unwrap(), ["bulkhead-proxy"]);
+    assert_eq!(init.args.as_deref().unwrap()[0], "init-iptables");
+    assert_eq!(flag(init, "--proxy-uid"), Some("2102"));
+    assert_eq!(flag(init, "--inbound-port"), Some("4143"));
+    assert_eq!(flag(init, "--outbound-port"), Some("4140"));
+    assert_eq!(flag(init, "--redirect-dns"), None);
+    assert_eq!(init.restart_policy, None, "the capture container runs once");
+    let sc = init.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.run_as_non_root, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.add.as_deref().unwrap(), ["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
+
+    // bulkhead-proxy: a native sidecar, probed on the admin port.
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(proxy.args.as_deref().unwrap()[0], "run");
+    assert_eq!(flag(proxy, "--control"), Some(CONTROL_URL));
+    assert_eq!(
+        flag(proxy, "--trust-bundle"),
+        Some("/var/run/bulkhead/bundle/bundle.crt")
+    );
+    assert_eq!(
+        flag(proxy, "--token-file"),
+        Some("/var/run/bulkhead/token/token")
+    );
+    assert_eq!(flag(proxy, "--outbound"), Some("127.0.0.1:4140,[::1]:4140"));
+    assert_eq!(flag(proxy, "--inbound"), Some("0.0.0.0:4143"));
+    assert_eq!(flag(proxy, "--admin"), Some("0.0.0.0:4191"));
+    let ready = proxy
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(ready.path.as_deref(), Some("/ready"));
+    assert_eq!(ready.port, IntOrString::Int(4191));
+    let startup = proxy
+        .startup_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(startup.port, IntOrString::Int(4191));
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(2102));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+
+    // Who the pod is comes from the downward API at run time ...
+    assert_eq!(field_ref(proxy, "POD_NAME"), "metadata.name");
+    assert_eq!(field_ref(proxy, "BULKHEAD_NAMESPACE"), "metadata.namespace");
+    assert_eq!(field_ref(proxy, "BULKHEAD_NODE"), "spec.nodeName");
+    assert_eq!(
+        field_ref(proxy, "BULKHEAD_SERVICE_ACCOUNT"),
+        "spec.serviceAccountName"
+    );
+    assert_eq!(field_ref(proxy, "BULKHEAD_ADVERTISE"), "status.podIP");
+    // ... what it serves from its labels: none here, so the Deployment's
+    // name (the ReplicaSet's minus the pod-template-hash), said in a warning.
+    assert_eq!(value(proxy, "BULKHEAD_SERVICE"), "demo-crd-resource");
+    assert_eq!(value(proxy, "BULKHEAD_VERSION"), "0.0.0");
+    assert_eq!(value(proxy, "BULKHEAD_ATTESTATION"), "k8s-jwt");
+    let warned = warnings(&out);
+    assert!(
+        warned.iter().any(|w| w.contains("\"demo-crd-resource\"")),
+        "{warned:?}"
+    );
+    // The app declares no port: nothing to forward inbound to, and it says so.
+    assert!(proxy.env.iter().flatten().all(|e| e.name != "BULKHEAD_APP"));
+    assert!(
+        warned.iter().any(|w| w.contains("no TCP containerPort")),
+        "{warned:?}"
+    );
+
+    // Volumes: the pod's own first, then the projected token, the trust
+    // bundle and iptables' lock directory.
+    let volume_names: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        volume_names,
+        [
+            "kube-api-access-5drvz",
+            "bulkhead-token",
+            "bulkhead-trust-bundle",
+            "bulkhead-xtables-lock"
+        ]
+    );
+    let token = volume(&pod, "bulkhead-token").projected.as_ref().unwrap();
+    let sat = token.sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(sat.audience.as_deref(), Some("bulkhead"));
+    assert_eq!(sat.expiration_seconds, Some(3600));
+    assert_eq!(sat.path, "token");
+    let bundle = volume(&pod, "bulkhead-trust-bundle")
+        .config_map
+        .as_ref()
+        .unwrap();
+    assert_eq!(bundle.name, TRUST_BUNDLE_CONFIG_MAP);
+    assert_eq!(bundle.items.as_ref().unwrap()[0].key, "bundle.crt");
+    let mounts: Vec<(&str, &str, Option<bool>)> = proxy
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("bulkhead-token", "/var/run/bulkhead/token", Some(true)),
+            (
+                "bulkhead-trust-bundle",
+                "/var/run/bulkhead/bundle",
+                Some(true)
+            ),
+        ]
+    );
+
+    // Annotations: the pod's kept, ours added.
+    let annotations = pod.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["bulkhead.dev/injected"], "true");
+    assert_eq!(
+        annotations["kubectl.kubernetes.io/restartedAt"],
+        "2025-04-29T04:39:32Z"
+    );
+}
+
+#[tokio::test]
+async fn an_injected_pod_is_left_alone() {
+    let hook = Webhook::start().await;
+    let review = fixture("deployment-pod-create.json");
+    let (json, _) = patched(&review, &hook.review(&review).await);
+    let mut again = with_uid(&review, "2b0c4d1e-0000-4000-8000-000000000001");
+    again["request"]["object"] = json;
+    let out = hook.review(&again).await;
+    assert_no_patch(&out);
+    assert!(warnings(&out).is_empty());
+}
+
+#[tokio::test]
+async fn opt_out_and_host_network_pods_are_left_alone() {
+    let hook = Webhook::start().await;
+    let mut opted_out = with_uid(&fixture("deployment-pod-create.json"), "opt-out");
+    opted_out["request"]["object"]["metadata"]["annotations"]["bulkhead.dev/inject"] =
+        json!("disabled");
+    let out = hook.review(&opted_out).await;
+    assert_no_patch(&out);
+
+    let mut host = with_uid(&fixture("deployment-pod-create.json"), "host");
+    host["request"]["object"]["spec"]["hostNetwork"] = json!(true);
+    let out = hook.review(&host).await;
+    assert_no_patch(&out);
+    let warned = warnings(&out);
+    assert!(
+        warned.iter().any(|w| w.contains("hostNetwork")),
+        "{warned:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_kubectl_pod_with_init_containers_keeps_them_after_ours() {
+    let hook = Webhook::start().await;
+    let mut review = fixture("kubectl-pod-create-gke.json");
+    let pod = &mut review["request"]["object"];
+    pod["spec"]["initContainers"] =
+        json!([{"name": "migrate", "image": "jmalloc/echo-server", "command": ["true"]}]);
+    // No volumes and no annotations: the patch adds the arrays and maps.
+    pod["spec"].as_object_mut().unwrap().remove("volumes");
+    pod["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    let out = hook.review(&review).await;
+    let (json, pod) = patched(&review, &out);
+    assert_known_fields(&json, &pod);
+    let spec = pod.spec.as_ref().unwrap();
+    let names: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["bulkhead-init", "bulkhead-proxy", "migrate"]);
+    assert_eq!(spec.volumes.as_ref().unwrap().len(), 3);
+    assert_eq!(
+        pod.metadata.annotations.as_ref().unwrap()["bulkhead.dev/injected"],
+        "true"
+    );
+    // Service from the `app` label, the app port from the container's port.
+    let proxy = &spec.init_containers.as_ref().unwrap()[1];
+    assert_eq!(value(proxy, "BULKHEAD_SERVICE"), "echo-server");
+    assert_eq!(value(proxy, "BULKHEAD_APP"), "127.0.0.1:8080");
+    assert_eq!(value(proxy, "BULKHEAD_APP_PROTOCOL"), "http");
+    assert!(warnings(&out).is_empty(), "{:?}", warnings(&out));
+}
+
+#[tokio::test]
+async fn http2_clients_are_answered_too() {
+    let hook = Webhook::start().await;
+    let review = fixture("deployment-pod-create.json");
+    let io = TokioIo::new(hook.tls(&[b"h2"]).await);
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("https://localhost/inject")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(&review).unwrap())))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let out: Value = serde_json::from_slice(&body).unwrap();
+    patched(&review, &out);
+}
+
+#[tokio::test]
+async fn malformed_reviews_get_a_clear_400_and_the_webhook_keeps_serving() {
+    let hook = Webhook::start().await;
+    let good = fixture("deployment-pod-create.json");
+
+    // Not JSON, no uid to answer with: plain text.
+    let answer = hook.post(b"\x00\xffgarbage{".to_vec()).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.content_type().starts_with("text/plain"));
+    assert!(answer.text().contains("not JSON"), "{}", answer.text());
+
+    // A uid but the wrong kind: an AdmissionReview refusing, saying why.
+    let mut wrong_kind = good.clone();
+    wrong_kind["kind"] = json!("AdmissionRequest");
+    let answer = hook.post(serde_json::to_vec(&wrong_kind).unwrap()).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let out = answer.json();
+    assert_eq!(
+        out["response"]["uid"],
+        "cb2373d5-7933-43a4-9ca7-0be7db7c6f33"
+    );
+    assert_eq!(out["response"]["allowed"], false);
+    assert_eq!(out["response"]["status"]["code"], 400);
+    let message = out["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("AdmissionRequest"), "{message}");
+
+    // The old API version.
+    let mut v1beta1 = good.clone();
+    v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let answer = hook.post(serde_json::to_vec(&v1beta1).unwrap()).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.text().contains("admission.k8s.io/v1"));
+
+    // No uid.
+    let mut no_uid = good.clone();
+    no_uid["request"].as_object_mut().unwrap().remove("uid");
+    let answer = hook.post(serde_json::to_vec(&no_uid).unwrap()).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.content_type().starts_with("text/plain"));
+    assert!(answer.text().contains("request.uid"), "{}", answer.text());
+
+    // A Pod request whose object is not a Pod.
+    let mut not_a_pod = good.clone();
+    not_a_pod["request"]["object"]["spec"]["containers"] = json!({"name": "not-a-list"});
+    let answer = hook.post(serde_json::to_vec(&not_a_pod).unwrap()).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let message = answer.json()["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("not a Pod") && message.contains("containers"),
+        "{message}"
+    );
+
+    // Too big, declared up front ...
+    let answer = hook.post(vec![b' '; webhook::MAX_BODY_BYTES + 1]).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // ... or streamed without a length.
+    let chunks =
+        (0..4).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b' '; 1024 * 1024]))));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/inject")
+        .header(header::HOST, "localhost")
+        .body(StreamBody::new(futures::stream::iter(chunks)))
+        .unwrap();
+    let answer = hook.send(req).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Wrong method, wrong path.
+    let answer = hook.request(Method::GET, "/inject", Vec::new()).await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(answer.headers[header::ALLOW], "POST");
+    let answer = hook
+        .request(Method::POST, "/mutate", serde_json::to_vec(&good).unwrap())
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+
+    // Still serving.
+    patched(&good, &hook.review(&good).await);
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_listener() {
+    let mut hook = Webhook::start().await;
+    let good = fixture("deployment-pod-create.json");
+    hook.review(&good).await;
+    hook.shut_down().await;
+    assert!(TcpStream::connect(hook.addr).await.is_err());
+}
+
+// ---------------------------------------------------------------------------
+// bulkheadctl inject
+// ---------------------------------------------------------------------------
+
+const MANIFEST: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: cart
+  namespace: shop
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: cart}
+  template:
+    metadata:
+      labels:
+        app: cart
+        app.kubernetes.io/name: cart
+        app.kubernetes.io/version: "2.0.1"
+    spec:
+      serviceAccountName: cart
+      initContainers:
+      - name: migrate
+        image: shop/cart:2.0.1
+        args: [migrate]
+      containers:
+      - name: cart
+        image: shop/cart:2.0.1
+        ports:
+        - {name: grpc, containerPort: 9090}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  selector: {app: cart}
+  ports: [{port: 9090, targetPort: grpc}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: report, namespace: shop}
+spec:
+  schedule: "0 * * * *"
+  jobTemplate:
+    spec:
+      template:
+        metadata:
+          annotations: {bulkhead.dev/inject: disabled}
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: report, image: shop/report:1}]
+"#;
+
+fn ctl_inject(input: &str, extra: &[&str]) -> (String, String) {
+    let mut child = Command::new(bulkhead_tests::control::bin("bulkheadctl"))
+        .args(["inject", "-f", "-"])
+        .args(extra)
+        .env_remove("BULKHEAD_CONTROL")
+        .env("HOME", std::env::temp_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bulkheadctl");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "bulkheadctl inject failed: {stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn bulkheadctl_inject_adds_the_sidecar_to_pod_templates_once() {
+    let (yaml, notes) = ctl_inject(
+        MANIFEST,
+        &[
+            "--proxy-control",
+            CONTROL_URL,
+            "--proxy-image",
+            "registry.test/p:1",
+        ],
+    );
+    assert!(notes.contains("deployment/cart injected"), "{notes}");
+    assert!(notes.contains("cronjob/report left alone"), "{notes}");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("YAML out");
+    let input: Vec<Value> = serde_saphyr::from_multiple(MANIFEST).unwrap();
+    assert_eq!(docs.len(), 3);
+    // Other kinds and opted-out templates pass through unchanged.
+    assert_eq!(docs[1], input[1]);
+    assert_eq!(docs[2], input[2]);
+
+    let deployment: Deployment = serde_json::from_value(docs[0].clone()).expect("a Deployment");
+    let template = deployment.spec.unwrap().template;
+    assert_eq!(
+        template.metadata.unwrap().annotations.unwrap()["bulkhead.dev/injected"],
+        "true"
+    );
+    let spec = template.spec.unwrap();
+    let inits = spec.init_containers.as_deref().unwrap();
+    let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["bulkhead-init", "bulkhead-proxy", "migrate"]);
+    let proxy = &inits[1];
+    assert_eq!(proxy.image.as_deref(), Some("registry.test/p:1"));
+    assert_eq!(inits[0].image.as_deref(), Some("registry.test/p:1"));
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(flag(proxy, "--control"), Some(CONTROL_URL));
+    assert_eq!(value(proxy, "BULKHEAD_SERVICE"), "cart");
+    assert_eq!(value(proxy, "BULKHEAD_VERSION"), "2.0.1");
+    assert_eq!(value(proxy, "BULKHEAD_APP"), "127.0.0.1:9090");
+    assert_eq!(value(proxy, "BULKHEAD_APP_PROTOCOL"), "grpc");
+    assert_eq!(
+        field_ref(proxy, "BULKHEAD_SERVICE_ACCOUNT"),
+        "spec.serviceAccountName"
+    );
+    let volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        volumes,
+        [
+            "bulkhead-token",
+            "bulkhead-trust-bundle",
+            "bulkhead-xtables-lock"
+        ]
+    );
+
+    // Injecting the output again changes nothing.
+    let (again, notes) = ctl_inject(&yaml, &[]);
+    assert_eq!(again, yaml);
+    assert!(
+        notes.contains("deployment/cart left alone: already-injected"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn bulkheadctl_inject_refuses_what_it_cannot_inject() {
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: x, labels: {app: Bad_Name}}\nspec: {containers: [{name: c}]}\n";
+    let out = Command::new(bulkhead_tests::control::bin("bulkheadctl"))
+        .args(["inject", "-f", "-"])
+        .env("HOME", std::env::temp_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(manifest.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "nothing half-written to stdout");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("document 1") && stderr.contains("pod/x") && stderr.contains("Bad_Name"),
+        "{stderr}"
+    );
+}
