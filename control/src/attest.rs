@@ -73,6 +73,8 @@ pub struct K8sVerifier {
     audience: String,
     trust_domain: String,
     jwks_path: PathBuf,
+    /// Set when the keys come from the API server rather than a file.
+    remote: Option<fetch::Remote>,
     keys: RwLock<Keys>,
 }
 
@@ -120,7 +122,31 @@ impl K8sVerifier {
             audience: audience.to_owned(),
             trust_domain: trust_domain.to_owned(),
             jwks_path: jwks.to_owned(),
+            remote: None,
             keys: RwLock::new(keys),
+        })
+    }
+
+    /// Keys fetched from the API server (`https://.../openid/v1/jwks`),
+    /// trusting `remote.ca_pem` and sending `remote`'s bearer token; the
+    /// first fetch must succeed, later failures keep the keys in use.
+    pub async fn from_url(
+        remote: fetch::Remote,
+        issuer: &str,
+        audience: &str,
+        trust_domain: &str,
+    ) -> Result<Self, AttestError> {
+        let set = remote.fetch().await?;
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+            jwks_path: PathBuf::from(&remote.url),
+            remote: Some(remote),
+            keys: RwLock::new(Keys {
+                set,
+                modified: None,
+            }),
         })
     }
 
@@ -145,11 +171,25 @@ impl K8sVerifier {
         }
     }
 
-    /// Checks the file every `every` for as long as the process runs.
+    /// Checks the file (or fetches the URL) every `every` for as long as the
+    /// process runs.
     pub async fn reload_forever(self: std::sync::Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            self.reload_if_changed();
+            match &self.remote {
+                None => self.reload_if_changed(),
+                Some(remote) => match remote.fetch().await {
+                    Ok(set) => {
+                        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Keys {
+                            set,
+                            modified: None,
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "keeping the previous service-account issuer keys")
+                    }
+                },
+            }
         }
     }
 
@@ -229,5 +269,6 @@ impl K8sVerifier {
     }
 }
 
+pub mod fetch;
 #[cfg(test)]
 mod tests;

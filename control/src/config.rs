@@ -35,6 +35,23 @@ pub struct ControlArgs {
     )]
     pub etcd_endpoints: Vec<String>,
 
+    /// CA certificate (PEM) of etcd's TLS; use with https:// endpoints.
+    #[arg(long, env = "BULKHEAD_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for etcd's client-certificate auth.
+    #[arg(long, env = "BULKHEAD_ETCD_CERT", value_name = "FILE", requires_all = ["etcd_key", "etcd_ca"])]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// Key (PEM) of --etcd-cert.
+    #[arg(
+        long,
+        env = "BULKHEAD_ETCD_KEY",
+        value_name = "FILE",
+        requires = "etcd_cert"
+    )]
+    pub etcd_key: Option<PathBuf>,
+
     /// Prefix of every key Bulkhead writes in the store.
     #[arg(long, env = "BULKHEAD_PREFIX", default_value = "/bulkhead/")]
     pub prefix: String,
@@ -56,6 +73,42 @@ pub struct ControlArgs {
         value_name = "ADDR"
     )]
     pub admin: SocketAddr,
+
+    /// Admission webhook listener (HTTPS, path /inject); served when
+    /// --webhook-cert and --webhook-key are given.
+    #[arg(
+        long,
+        env = "BULKHEAD_WEBHOOK",
+        default_value = "0.0.0.0:9443",
+        value_name = "ADDR"
+    )]
+    pub webhook: SocketAddr,
+
+    /// The webhook's serving certificate (PEM, chain), as the API server will verify it.
+    #[arg(
+        long,
+        env = "BULKHEAD_WEBHOOK_CERT",
+        value_name = "FILE",
+        requires = "webhook_key"
+    )]
+    pub webhook_cert: Option<PathBuf>,
+
+    /// Key (PEM) of --webhook-cert.
+    #[arg(
+        long,
+        env = "BULKHEAD_WEBHOOK_KEY",
+        value_name = "FILE",
+        requires = "webhook_cert"
+    )]
+    pub webhook_key: Option<PathBuf>,
+
+    /// Sidecar image the webhook injects.
+    #[arg(long, env = "BULKHEAD_PROXY_IMAGE", value_name = "IMAGE")]
+    pub proxy_image: Option<String>,
+
+    /// Control-plane URL injected sidecars use (in-cluster).
+    #[arg(long, env = "BULKHEAD_INJECT_CONTROL_URL", value_name = "URL")]
+    pub inject_control_url: Option<String>,
 
     /// SPIFFE trust domain of the mesh.
     #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN)]
@@ -105,10 +158,28 @@ pub struct ControlArgs {
     #[arg(
         long,
         env = "BULKHEAD_K8S_JWKS",
-        value_name = "FILE",
+        value_name = "FILE|URL",
         requires = "k8s_issuer"
     )]
-    pub k8s_jwks: Option<PathBuf>,
+    pub k8s_jwks: Option<String>,
+
+    /// CA (PEM) of the API server, for an https:// --k8s-jwks.
+    #[arg(
+        long,
+        env = "BULKHEAD_K8S_API_CA",
+        value_name = "FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    pub k8s_api_ca: PathBuf,
+
+    /// Bearer token for an https:// --k8s-jwks (re-read at each fetch).
+    #[arg(
+        long,
+        env = "BULKHEAD_K8S_API_TOKEN",
+        value_name = "FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub k8s_api_token: PathBuf,
 
     /// The cluster's service-account token issuer (`iss`), e.g. https://kubernetes.default.svc.cluster.local.
     #[arg(

@@ -40,6 +40,15 @@ pub struct Settings {
     pub dns_names: Vec<String>,
     /// Kubernetes service-account token verification, when configured.
     pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
+    /// The admission webhook, when configured.
+    pub webhook: Option<WebhookSettings>,
+}
+
+/// Where and how the admission webhook is served.
+pub struct WebhookSettings {
+    pub listen: SocketAddr,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub injector: Arc<crate::webhook::Injector>,
 }
 
 /// A running control plane. Dropping it does not stop it; call [`Running::shutdown`].
@@ -122,6 +131,14 @@ pub async fn start(
     let admin_listener = TcpListener::bind(settings.admin)
         .await
         .map_err(|e| format!("--admin {}: cannot bind: {e}", settings.admin))?;
+    let webhook_listener = match &settings.webhook {
+        Some(w) => Some(
+            TcpListener::bind(w.listen)
+                .await
+                .map_err(|e| format!("--webhook {}: cannot bind: {e}", w.listen))?,
+        ),
+        None => None,
+    };
     let grpc_addr = grpc_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
@@ -169,6 +186,7 @@ pub async fn start(
                 lease_ttl: SERVING_CERT_LIFETIME,
                 dns_names: settings_dns,
                 k8s: None,
+                webhook: None,
             };
             loop {
                 tokio::time::sleep(SERVING_CERT_LIFETIME / 2).await;
@@ -182,12 +200,26 @@ pub async fn start(
         }));
     }
 
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut webhook_addr = None;
+    if let (Some(w), Some(listener)) = (&settings.webhook, webhook_listener) {
+        webhook_addr = listener.local_addr().ok();
+        let mut stop = shutdown_rx.clone();
+        tasks.push(tokio::spawn(crate::webhook::serve(
+            listener,
+            TlsAcceptor::from(w.tls.clone()),
+            w.injector.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
     let incoming = server::accept_tls(
         grpc_listener,
         TlsAcceptor::from(Arc::new(server_config)),
         td.clone(),
     );
-    let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown_rx = shutdown_rx;
     let max = api::MAX_REQUEST_BYTES;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -214,7 +246,7 @@ pub async fn start(
             let _ = shutdown_rx.wait_for(|s| *s).await;
         },
     ));
-    tracing::info!(%grpc_addr, %admin_addr, trust_domain = %td, "control plane serving");
+    tracing::info!(%grpc_addr, %admin_addr, webhook = ?webhook_addr, trust_domain = %td, "control plane serving");
     Ok(Running {
         grpc_addr,
         admin_addr,

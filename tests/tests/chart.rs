@@ -482,7 +482,7 @@ fn webhook_and_token_review_can_be_turned_off() {
             .all(|p| p["name"] != "webhook")
     );
     let env = pod["containers"][0]["env"].to_string();
-    assert!(!env.contains("BULKHEAD_JWKS_URL"), "{env}");
+    assert!(!env.contains("BULKHEAD_K8S_JWKS"), "{env}");
 
     let cert_manager = &of_kind(objects("cert-manager-ca"), "MutatingWebhookConfiguration")[0];
     assert_eq!(

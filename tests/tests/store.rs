@@ -26,6 +26,7 @@ async fn connect(endpoints: Vec<String>) -> EtcdStore {
         connect_timeout: Duration::from_secs(1),
         // Room for a leader election inside one call.
         request_timeout: Duration::from_secs(10),
+        tls: None,
     };
     EtcdStore::connect(config).await.expect("connect to etcd")
 }
@@ -399,6 +400,7 @@ async fn etcd_prefixes_keep_stores_apart() {
         prefix: "/tenant-a".into(), // the missing '/' is added
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
+        tls: None,
     };
     let a = EtcdStore::connect(config.clone()).await.unwrap();
     assert_eq!(a.prefix(), "/tenant-a/");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bulkhead_control::ca::Ca;
 use bulkhead_control::config::{ControlArgs, StoreKind};
 use bulkhead_control::runtime::{self, Settings};
-use bulkhead_control::store::{EtcdConfig, EtcdStore, MemoryStore, Store};
+use bulkhead_control::store::{EtcdConfig, EtcdStore, EtcdTls, MemoryStore, Store};
 use bulkhead_control::telemetry;
 use bulkhead_proto::SpiffeId;
 use clap::Parser;
@@ -75,17 +75,10 @@ async fn run(args: ControlArgs) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let k8s = match (&args.k8s_jwks, &args.k8s_issuer) {
-        (Some(jwks), Some(issuer)) => {
-            match bulkhead_control::attest::K8sVerifier::new(
-                jwks,
-                issuer,
-                &args.k8s_audience,
-                &args.trust_domain,
-            ) {
-                Ok(v) => Some(Arc::new(v)),
-                Err(e) => return usage_error(format!("--k8s-jwks: {e}")),
-            }
-        }
+        (Some(jwks), Some(issuer)) => match k8s_verifier(&args, jwks, issuer).await {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => return usage_error(format!("--k8s-jwks: {e}")),
+        },
         _ => None,
     };
     let metrics = match telemetry::init_metrics() {
@@ -105,9 +98,14 @@ async fn run(args: ControlArgs) -> ExitCode {
             if !prefix.ends_with('/') {
                 prefix.push('/');
             }
+            let tls = match etcd_tls(&args) {
+                Ok(t) => t,
+                Err(e) => return usage_error(e),
+            };
             let config = EtcdConfig {
                 endpoints: args.etcd_endpoints.clone(),
                 prefix,
+                tls,
                 ..EtcdConfig::default()
             };
             match EtcdStore::connect(config).await {
@@ -122,6 +120,10 @@ async fn run(args: ControlArgs) -> ExitCode {
             }
         }
     };
+    let webhook = match webhook_settings(&args) {
+        Ok(w) => w,
+        Err(e) => return usage_error(e),
+    };
     let settings = Settings {
         listen: args.listen,
         admin: args.admin,
@@ -131,6 +133,7 @@ async fn run(args: ControlArgs) -> ExitCode {
         lease_ttl: args.lease_ttl,
         dns_names: args.dns_names.clone(),
         k8s,
+        webhook,
     };
     let mut running = match runtime::start(settings, store, metrics).await {
         Ok(r) => r,
@@ -150,6 +153,102 @@ async fn run(args: ControlArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+async fn k8s_verifier(
+    args: &ControlArgs,
+    jwks: &str,
+    issuer: &str,
+) -> Result<bulkhead_control::attest::K8sVerifier, String> {
+    use bulkhead_control::attest::{K8sVerifier, fetch::Remote};
+    if jwks.starts_with("https://") {
+        let remote = Remote {
+            url: jwks.to_owned(),
+            ca_pem: read_file("--k8s-api-ca", &args.k8s_api_ca)?,
+            token_file: args
+                .k8s_api_token
+                .exists()
+                .then(|| args.k8s_api_token.clone()),
+        };
+        K8sVerifier::from_url(remote, issuer, &args.k8s_audience, &args.trust_domain)
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        K8sVerifier::new(
+            std::path::Path::new(jwks),
+            issuer,
+            &args.k8s_audience,
+            &args.trust_domain,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn read_file(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+/// TLS to etcd from --etcd-ca / --etcd-cert / --etcd-key.
+fn etcd_tls(args: &ControlArgs) -> Result<Option<EtcdTls>, String> {
+    let Some(ca) = &args.etcd_ca else {
+        if args
+            .etcd_endpoints
+            .iter()
+            .any(|e| e.starts_with("https://"))
+        {
+            return Err("--etcd-endpoints uses https:// but no --etcd-ca was given".into());
+        }
+        return Ok(None);
+    };
+    let ca_pem = read_file("--etcd-ca", ca)?;
+    bulkhead_proto::tls::certs_from_pem(&ca_pem, &ca.display().to_string())
+        .map_err(|e| format!("--etcd-ca {e}"))?;
+    let client = match (&args.etcd_cert, &args.etcd_key) {
+        (Some(cert), Some(key)) => Some((
+            read_file("--etcd-cert", cert)?,
+            read_file("--etcd-key", key)?,
+        )),
+        _ => None,
+    };
+    Ok(Some(EtcdTls { ca_pem, client }))
+}
+
+/// The admission webhook, when --webhook-cert and --webhook-key are given.
+fn webhook_settings(args: &ControlArgs) -> Result<Option<runtime::WebhookSettings>, String> {
+    let (Some(cert), Some(key)) = (&args.webhook_cert, &args.webhook_key) else {
+        return Ok(None);
+    };
+    let chain = bulkhead_proto::tls::certs_from_pem(
+        &read_file("--webhook-cert", cert)?,
+        &cert.display().to_string(),
+    )
+    .map_err(|e| format!("--webhook-cert {e}"))?;
+    let key_der = bulkhead_proto::tls::key_from_pem(
+        &read_file("--webhook-key", key)?,
+        &key.display().to_string(),
+    )
+    .map_err(|e| format!("--webhook-key {e}"))?;
+    let tls = rustls::ServerConfig::builder_with_provider(bulkhead_proto::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("--webhook-cert: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| format!("--webhook-cert/--webhook-key: {e}"))?;
+    let mut injector = bulkhead_control::webhook::InjectorSettings::default();
+    if let Some(image) = &args.proxy_image {
+        injector.proxy_image = image.clone();
+        injector.init_image = image.clone();
+    }
+    if let Some(url) = &args.inject_control_url {
+        injector.control_url = url.clone();
+    }
+    let injector = bulkhead_control::webhook::Injector::new(injector)
+        .map_err(|e| format!("webhook settings: {e}"))?;
+    Ok(Some(runtime::WebhookSettings {
+        listen: args.webhook,
+        tls: Arc::new(tls),
+        injector: Arc::new(injector),
+    }))
 }
 
 async fn shutdown_signal() {

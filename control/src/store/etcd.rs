@@ -63,6 +63,24 @@ pub struct EtcdConfig {
     pub connect_timeout: Duration,
     /// Bounds one store call, retries included.
     pub request_timeout: Duration,
+    /// TLS to etcd (https:// endpoints), when the cluster requires it.
+    pub tls: Option<EtcdTls>,
+}
+
+/// PEM material for TLS to etcd: the CA that signed the members'
+/// certificates and, for client-certificate auth, our certificate and key.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_cert", &self.client.is_some())
+            .finish()
+    }
 }
 
 impl Default for EtcdConfig {
@@ -72,6 +90,7 @@ impl Default for EtcdConfig {
             prefix: "/bulkhead/".to_owned(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -125,6 +144,17 @@ impl EtcdStore {
             // A member cut off from the leader refuses requests at once and
             // ends its watches, instead of serving stale reads or going silent.
             .with_require_leader(true);
+        let options = match &config.tls {
+            Some(tls) => {
+                let mut t = etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+                if let Some((cert, key)) = &tls.client {
+                    t = t.identity(etcd_client::Identity::from_pem(cert, key));
+                }
+                options.with_tls(t)
+            }
+            None => options,
+        };
         let client = timeout(
             config.connect_timeout,
             Client::connect(&config.endpoints, Some(options)),

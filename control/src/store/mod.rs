@@ -15,7 +15,7 @@ use futures::stream::BoxStream;
 mod etcd;
 mod memory;
 
-pub use etcd::{EtcdConfig, EtcdStore};
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
 pub use memory::MemoryStore;
 
 /// A store revision (etcd's cluster-wide, monotonically increasing counter).
