@@ -89,7 +89,9 @@ impl Default for EtcdConfig {
             endpoints: vec!["http://127.0.0.1:2379".to_owned()],
             prefix: "/bulkhead/".to_owned(),
             connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(5),
+            // Room for a leader election (a member lost, the machine busy)
+            // inside one call, well within the gRPC API's 30 s.
+            request_timeout: Duration::from_secs(10),
             tls: None,
         }
     }
