@@ -537,6 +537,40 @@ fn every_value_is_documented_in_values_yaml_and_the_readme() {
 
 // ---------------------------------------------------------------------------
 // All scenarios, rendered once
+#[test]
+fn the_real_control_plane_accepts_every_rendered_command_line() {
+    // The chart's flags and env names are a contract with bulkhead-control:
+    // run the real binary with each scenario's args and env. Files do not
+    // exist here, so it must stop on a missing file (exit 2 naming it),
+    // never on a flag or value it does not know.
+    for (name, _) in good_scenarios() {
+        let objs = objects(name);
+        for deployment in of_kind(objs, "Deployment") {
+            let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+            let args = args(deployment);
+            let mut cmd =
+                std::process::Command::new(bulkhead_tests::control::bin("bulkhead-control"));
+            cmd.args(&args).env_clear();
+            for env in container["env"].as_array().into_iter().flatten() {
+                if let (Some(k), Some(v)) = (env["name"].as_str(), env["value"].as_str()) {
+                    cmd.env(k, v);
+                }
+            }
+            let out = cmd.output().expect("run bulkhead-control");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+            assert!(
+                err.contains("/etc/bulkhead/") || err.contains("/var/run/secrets/"),
+                "{name}: must fail on a missing file, not a flag: {err}"
+            );
+            assert!(
+                !err.contains("unexpected argument") && !err.contains("invalid value"),
+                "{name}: {err}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 
 fn rendered() -> &'static Rendered {
