@@ -85,9 +85,15 @@ struct Upstream {
 
 impl Upstream {
     async fn start() -> Self {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        // UDP picks a free port; TCP on the same number may be taken by
+        // another test's connection, so try again with another.
+        let (udp, tcp, addr) = loop {
+            let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+                break (udp, tcp, addr);
+            }
+        };
         let asked = Arc::new(Mutex::new(Vec::new()));
         let seen = asked.clone();
         tokio::spawn(async move {
