@@ -12,9 +12,11 @@
 //! configuration's `namespaceSelector` / `objectSelector`); the injector
 //! injects every pod it is asked about unless the pod opts out
 //! (`bulkhead.dev/inject: disabled`), is already injected, or uses the
-//! host's network. The annotations it reads are listed in [`inject`].
+//! host's network. The annotations it reads are listed in [`inject`]; how
+//! the app's kubelet probes survive inbound capture is in [`probes`].
 
 pub mod inject;
+pub mod probes;
 pub mod review;
 mod server;
 pub mod settings;

@@ -1,6 +1,8 @@
 //! The proxy's admin port (default 127.0.0.1:4191): `/metrics`, `/ready`
-//! (certificate, config and a live app), `/live`, and `/config` (what the
-//! sidecar currently acts on, as JSON).
+//! (certificate, config and a live app), `/live`, `/config` (what the
+//! sidecar currently acts on, as JSON), and `/app-health/<container>/<kind>`:
+//! the app's kubelet probes, rewritten by the injector to come here
+//! ([`app_health`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -87,6 +89,8 @@ impl Admin {
 }
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    // Read the probe table now, so a bad one is reported at start.
+    app_health::load();
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -123,7 +127,12 @@ async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Body> {
             "text/plain",
         );
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if path.starts_with(app_health::PREFIX) {
+        let (status, body) = app_health::answer(path).await;
+        return text(status, body, "text/plain");
+    }
+    match path {
         "/metrics" => text(
             StatusCode::OK,
             admin.metrics.render(),
@@ -146,3 +155,5 @@ async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Body> {
         ),
     }
 }
+
+pub mod app_health;

@@ -496,6 +496,142 @@ async fn a_deployment_pod_gets_the_init_container_and_the_native_sidecar() {
     );
 }
 
+/// The deployment fixture's pod with the three kinds of kubelet probe an
+/// app uses: httpGet on a named port, tcpSocket, gRPC.
+fn probed_review() -> Value {
+    let mut review = fixture("deployment-pod-create.json");
+    let c = &mut review["request"]["object"]["spec"]["containers"][0];
+    c["ports"] = json!([
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc-admin", "containerPort": 9090, "protocol": "TCP"},
+    ]);
+    c["readinessProbe"] = json!({
+        "httpGet": {"path": "/healthz?full=1", "port": "http", "scheme": "HTTP",
+                    "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}]},
+        "periodSeconds": 3, "timeoutSeconds": 2, "failureThreshold": 4,
+    });
+    c["livenessProbe"] = json!({"tcpSocket": {"port": 8080}, "initialDelaySeconds": 5});
+    c["startupProbe"] = json!({"grpc": {"port": 9090}, "failureThreshold": 30});
+    review
+}
+
+#[tokio::test]
+async fn app_probes_are_rewritten_to_the_proxy_admin_port() {
+    let hook = Webhook::start().await;
+    let review = probed_review();
+    let out = hook.review(&review).await;
+    assert_eq!(out["response"]["allowed"], true, "{out}");
+    // The rewrite replaces the old "will be captured and fail" warning.
+    assert!(
+        !warnings(&out).iter().any(|w| w.contains("probe")),
+        "{:?}",
+        warnings(&out)
+    );
+    let (json, pod) = patched(&review, &out);
+    assert_known_fields(&json, &pod);
+    let spec = pod.spec.as_ref().unwrap();
+    let app = &spec.containers[0];
+    let name = app.name.as_str();
+    for (probe, kind) in [
+        (&app.readiness_probe, "readiness"),
+        (&app.liveness_probe, "liveness"),
+        (&app.startup_probe, "startup"),
+    ] {
+        let probe = probe
+            .as_ref()
+            .unwrap_or_else(|| panic!("{kind} probe kept"));
+        let get = probe
+            .http_get
+            .as_ref()
+            .unwrap_or_else(|| panic!("{kind}: httpGet"));
+        assert_eq!(get.port, IntOrString::Int(4191), "{kind}");
+        assert_eq!(
+            get.path.as_deref(),
+            Some(format!("/app-health/{name}/{kind}").as_str())
+        );
+        assert_eq!(get.host, None);
+        assert_eq!(get.http_headers, None, "{kind}: headers go to the proxy");
+        assert!(probe.tcp_socket.is_none() && probe.grpc.is_none() && probe.exec.is_none());
+    }
+    // Timings and thresholds are the pod's own.
+    let ready = app.readiness_probe.as_ref().unwrap();
+    assert_eq!(
+        (
+            ready.period_seconds,
+            ready.timeout_seconds,
+            ready.failure_threshold
+        ),
+        (Some(3), Some(2), Some(4))
+    );
+    assert_eq!(
+        app.liveness_probe.as_ref().unwrap().initial_delay_seconds,
+        Some(5)
+    );
+    assert_eq!(
+        app.startup_probe.as_ref().unwrap().failure_threshold,
+        Some(30)
+    );
+
+    // The proxy learns the original targets, named ports resolved.
+    let proxy = &spec.init_containers.as_deref().unwrap()[1];
+    let table: Value = serde_json::from_str(&value(proxy, "BULKHEAD_APP_PROBES")).unwrap();
+    assert_eq!(
+        table,
+        json!({
+            format!("/app-health/{name}/readiness"): {
+                "port": 8080, "path": "/healthz?full=1", "scheme": "HTTP",
+                "headers": [{"name": "X-Probe", "value": "kubelet"}],
+            },
+            format!("/app-health/{name}/liveness"): {"tcp": 8080},
+            format!("/app-health/{name}/startup"): {"grpc": 9090, "service": ""},
+        })
+    );
+    // No plaintext hole is opened for the probes.
+    let init = &spec.init_containers.as_deref().unwrap()[0];
+    assert_eq!(flag(init, "--exclude-inbound-ports"), None);
+
+    // Idempotent: the patched pod goes through untouched.
+    let mut again = with_uid(&review, "b2c1f4de-0000-4000-8000-000000000001");
+    again["request"]["object"] = json;
+    let out = hook.review(&again).await;
+    assert_eq!(out["response"]["allowed"], true);
+    assert_no_patch(&out);
+}
+
+#[tokio::test]
+async fn probes_can_be_kept_as_written_with_a_warning() {
+    let hook = Webhook::start().await;
+    let mut review = probed_review();
+    review["request"]["object"]["metadata"]["annotations"]["bulkhead.dev/rewrite-probes"] =
+        json!("false");
+    let out = hook.review(&review).await;
+    let (_, pod) = patched(&review, &out);
+    let original: Pod = serde_json::from_value(review["request"]["object"].clone()).unwrap();
+    assert_eq!(
+        pod.spec.as_ref().unwrap().containers,
+        original.spec.as_ref().unwrap().containers
+    );
+    let proxy = &pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .as_deref()
+        .unwrap()[1];
+    assert!(
+        !proxy
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "BULKHEAD_APP_PROBES")
+    );
+    let w = warnings(&out);
+    assert!(
+        w.iter().any(|w| w.contains("port 8080")) && w.iter().any(|w| w.contains("port 9090")),
+        "{w:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_injected_pod_is_left_alone() {
     let hook = Webhook::start().await;

@@ -9,25 +9,30 @@
 //! | `bulkhead.dev/injected` | `"true"` | set by the injector; such a pod is never injected twice |
 //! | `bulkhead.dev/app-port` | port | the app port the sidecar fronts (default: the first TCP `containerPort`) |
 //! | `bulkhead.dev/app-protocol` | `http`, `grpc`, `tcp` | (default: from the port's name prefix, else `http`) |
-//! | `bulkhead.dev/skip-inbound-ports` | `8081,9090` | left out of inbound capture (plaintext!), e.g. for kubelet probes |
+//! | `bulkhead.dev/skip-inbound-ports` | `8081,9090` | left out of inbound capture (plaintext!); probes on them are not rewritten |
 //! | `bulkhead.dev/skip-outbound-ports` | `443,5432` | left out of outbound capture |
+//! | `bulkhead.dev/rewrite-probes` | `"false"` | keep the app's kubelet probes as written (see [`probes`](super::probes)) |
 //!
 //! The service name comes from the label `app.kubernetes.io/name`, else
 //! `app`, else the workload's name (the owning Deployment, StatefulSet, ...),
 //! else the pod's name; the version from `app.kubernetes.io/version`, else
 //! `0.0.0`.
+//!
+//! The app containers' `httpGet`, `tcpSocket` and `grpc` probes are
+//! rewritten to the proxy's admin port, which checks the app on their
+//! behalf ([`probes`](super::probes)).
 
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Injector;
+use super::probes::{self, REWRITE_PROBES_ANNOTATION, Rewrite};
 use super::sidecar::{self, AppProtocol, Workload};
 
 pub const INJECT_KEY: &str = "bulkhead.dev/inject";
@@ -148,7 +153,7 @@ impl Injector {
             );
             return unchanged(Unchanged::HostNetwork, warnings);
         }
-        let workload = match describe(meta, spec, workload, &mut warnings) {
+        let mut workload = match describe(meta, spec, workload, &mut warnings) {
             Ok(w) => w,
             Err(why) => {
                 return Ok(Outcome {
@@ -157,18 +162,41 @@ impl Injector {
                 });
             }
         };
-        probe_warnings(spec, &workload, self.settings.ports.admin, &mut warnings);
+        let rewrite_probes = match annotations
+            .get(REWRITE_PROBES_ANNOTATION)
+            .map(String::as_str)
+        {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Ok(Outcome {
+                    action: Action::Refuse(format!(
+                        "bulkhead: cannot inject: {REWRITE_PROBES_ANNOTATION}: {other:?}: expected \"true\" or \"false\""
+                    )),
+                    warnings,
+                });
+            }
+        };
+        let rewrite = probes::rewrite(
+            spec,
+            rewrite_probes,
+            self.settings.ports.admin,
+            &workload.skip_inbound,
+            &mut warnings,
+        );
+        workload.app_probes = rewrite.env_value();
         Ok(Outcome {
-            action: Action::Inject(self.patch(pod, at, &workload)),
+            action: Action::Inject(self.patch(pod, at, &workload, &rewrite)),
             warnings,
         })
     }
 
     /// The JSON Patch: one annotation, two init containers in front of the
     /// pod's own (so capture and the proxy are up before any app code runs,
-    /// the app's init containers included), three volumes. Arrays and maps
-    /// that are absent (or null) are added whole; present ones are extended.
-    fn patch(&self, pod: &Value, at: &[&str], workload: &Workload) -> Patch {
+    /// the app's init containers included), three volumes, and the app's
+    /// rewritten probes. Arrays and maps that are absent (or null) are added
+    /// whole; present ones are extended.
+    fn patch(&self, pod: &Value, at: &[&str], workload: &Workload, rewrite: &Rewrite) -> Patch {
         let ptr = |tail: &[&str]| PointerBuf::from_tokens(at.iter().chain(tail).copied());
         let add =
             |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
@@ -213,6 +241,14 @@ impl Injector {
             }
         } else {
             ops.push(add(ptr(&["spec", "volumes"]), Value::Array(volumes)));
+        }
+
+        for (index, field, probe) in &rewrite.probes {
+            let index = index.to_string();
+            ops.push(PatchOperation::Replace(ReplaceOperation {
+                path: ptr(&["spec", "containers", &index, field]),
+                value: to_value(probe),
+            }));
         }
         Patch(ops)
     }
@@ -302,6 +338,7 @@ fn describe(
         app,
         skip_inbound,
         skip_outbound,
+        app_probes: None,
     })
 }
 
@@ -350,51 +387,4 @@ fn first_tcp_port(spec: &PodSpec) -> Option<(u16, Option<&str>)> {
             let port = u16::try_from(p.container_port).ok().filter(|p| *p != 0)?;
             Some((port, p.name.as_deref()))
         })
-}
-
-/// Kubelet probes dial the pod IP; with inbound capture they land on the
-/// mTLS port and fail, unless their port is skipped. Say so, port by port.
-fn probe_warnings(spec: &PodSpec, workload: &Workload, admin: u16, warnings: &mut Vec<String>) {
-    let mut seen = Vec::new();
-    for container in &spec.containers {
-        let probes = [
-            &container.liveness_probe,
-            &container.readiness_probe,
-            &container.startup_probe,
-        ];
-        for probe in probes.into_iter().flatten() {
-            let Some(port) = probe_port(container, probe) else {
-                continue;
-            };
-            if port == admin || workload.skip_inbound.contains(&port) || seen.contains(&port) {
-                continue;
-            }
-            seen.push(port);
-            warnings.push(format!(
-                "bulkhead: kubelet probes on port {port} ({}) will be captured and fail; annotate {SKIP_INBOUND_PORTS_ANNOTATION}: \"{port}\" to let them in",
-                container.name
-            ));
-        }
-    }
-}
-
-fn probe_port(container: &Container, probe: &Probe) -> Option<u16> {
-    let port = if let Some(http) = &probe.http_get {
-        &http.port
-    } else if let Some(tcp) = &probe.tcp_socket {
-        &tcp.port
-    } else if let Some(grpc) = &probe.grpc {
-        return u16::try_from(grpc.port).ok();
-    } else {
-        return None;
-    };
-    match port {
-        IntOrString::Int(n) => u16::try_from(*n).ok(),
-        IntOrString::String(name) => container
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .and_then(|p| u16::try_from(p.container_port).ok()),
-    }
 }

@@ -45,6 +45,9 @@ pub struct Workload {
     pub app: Option<(u16, AppProtocol)>,
     pub skip_inbound: Vec<u16>,
     pub skip_outbound: Vec<u16>,
+    /// The rewritten kubelet probes' table, for the proxy's
+    /// `BULKHEAD_APP_PROBES` ([`probes`](super::probes)).
+    pub app_probes: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +183,9 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
     if let Some((port, protocol)) = workload.app {
         env.push(value_env("BULKHEAD_APP", &format!("127.0.0.1:{port}")));
         env.push(value_env("BULKHEAD_APP_PROTOCOL", protocol.as_str()));
+    }
+    if let Some(table) = &workload.app_probes {
+        env.push(value_env(super::probes::APP_PROBES_ENV, table));
     }
 
     let r = &settings.resources;

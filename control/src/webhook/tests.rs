@@ -129,8 +129,8 @@ fn absent_or_null_maps_and_arrays_are_added_whole() {
 
 #[test]
 fn template_paths_are_prefixed() {
-    let template =
-        json!({"metadata": {"labels": {"app": "cart"}}, "spec": {"containers": [{"name": "c"}]}});
+    let template = json!({"metadata": {"labels": {"app": "cart"}}, "spec": {"containers": [{"name": "c",
+            "readinessProbe": {"tcpSocket": {"port": 8080}}}]}});
     let outcome = injector()
         .plan(
             &template,
@@ -142,6 +142,10 @@ fn template_paths_are_prefixed() {
         paths(patch_of(&outcome))
             .iter()
             .all(|p| p.starts_with("/spec/jobTemplate/spec/template/"))
+    );
+    assert!(
+        paths(patch_of(&outcome))
+            .contains(&"/spec/jobTemplate/spec/template/spec/containers/0/readinessProbe".into())
     );
 }
 
@@ -319,17 +323,23 @@ fn app_port_and_protocol() {
 }
 
 #[test]
-fn skipped_ports_reach_init_iptables_and_silence_probe_warnings() {
+fn skipped_ports_reach_init_iptables_and_keep_their_probes() {
     let mut p = pod();
     p["spec"]["containers"][0]["livenessProbe"] =
         json!({"httpGet": {"path": "/healthz", "port": 8081}});
     p["spec"]["containers"][0]["readinessProbe"] = json!({"tcpSocket": {"port": 8080}});
-    let o = injector().plan(&p, &[], None).unwrap();
+    // Rewriting off: the old warnings, one per port.
+    let mut off = p.clone();
+    off["metadata"]["annotations"]["bulkhead.dev/rewrite-probes"] = json!("false");
+    let o = injector().plan(&off, &[], None).unwrap();
     assert_eq!(o.warnings.len(), 2, "{o:?}");
+    assert!(!paths(patch_of(&o)).iter().any(|p| p.contains("Probe")));
     p["metadata"]["annotations"]["bulkhead.dev/skip-inbound-ports"] = json!("8081, 8080");
     p["metadata"]["annotations"]["bulkhead.dev/skip-outbound-ports"] = json!("5432");
     let o = injector().plan(&p, &[], None).unwrap();
     assert!(o.warnings.is_empty(), "{o:?}");
+    // Skipped ports are reachable in plaintext: their probes stay as written.
+    assert!(!paths(patch_of(&o)).iter().any(|p| p.contains("Probe")));
     let op = patch_of(&o)
         .0
         .iter()
@@ -645,4 +655,84 @@ fn injected_command_lines_parse_with_the_real_proxy_cli() {
     assert_eq!(config.dns.unwrap().to_string(), "127.0.0.1:4153");
     assert_eq!(config.outbound.len(), 2);
     assert_eq!(config.locality.node, "node-1");
+}
+
+fn proxy_env(doc: &Value, name: &str) -> Option<String> {
+    doc["spec"]["initContainers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == PROXY_CONTAINER)?["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn app_probes_are_rewritten_to_the_admin_port_with_a_table_for_the_proxy() {
+    let mut p = pod();
+    let c = &mut p["spec"]["containers"][0];
+    c["ports"] =
+        json!([{"containerPort": 8080, "name": "http"}, {"containerPort": 9090, "name": "grpc"}]);
+    c["readinessProbe"] = json!({"httpGet": {"path": "ready", "port": "http", "scheme": "HTTPS",
+        "httpHeaders": [{"name": "X-Probe", "value": "1"}]}, "periodSeconds": 7, "timeoutSeconds": 2});
+    c["livenessProbe"] = json!({"tcpSocket": {"port": 8080}, "failureThreshold": 9});
+    c["startupProbe"] = json!({"grpc": {"port": 9090, "service": "web"}});
+    let o = injector().plan(&p, &[], None).unwrap();
+    assert!(o.warnings.is_empty(), "{o:?}");
+    let doc = applied(&p);
+    let c = &doc["spec"]["containers"][0];
+    for (field, kind) in [
+        ("readinessProbe", "readiness"),
+        ("livenessProbe", "liveness"),
+        ("startupProbe", "startup"),
+    ] {
+        assert_eq!(
+            c[field]["httpGet"],
+            json!({"port": 4191, "path": format!("/app-health/web/{kind}"), "scheme": "HTTP"}),
+            "{field}"
+        );
+        for gone in ["tcpSocket", "grpc"] {
+            assert!(c[field].get(gone).is_none(), "{field}.{gone}");
+        }
+    }
+    assert_eq!(c["readinessProbe"]["periodSeconds"], 7);
+    assert_eq!(c["readinessProbe"]["timeoutSeconds"], 2);
+    assert_eq!(c["livenessProbe"]["failureThreshold"], 9);
+    let table: Value =
+        serde_json::from_str(&proxy_env(&doc, "BULKHEAD_APP_PROBES").unwrap()).unwrap();
+    assert_eq!(
+        table,
+        json!({
+            "/app-health/web/readiness": {"port": 8080, "path": "/ready", "scheme": "HTTPS",
+                "headers": [{"name": "X-Probe", "value": "1"}]},
+            "/app-health/web/liveness": {"tcp": 8080},
+            "/app-health/web/startup": {"grpc": 9090, "service": "web"},
+        })
+    );
+    // Idempotent: the injected pod is left alone.
+    let again = injector().plan(&doc, &[], None).unwrap();
+    assert_eq!(again.action, Action::Unchanged(Unchanged::AlreadyInjected));
+}
+
+#[test]
+fn probes_that_cannot_be_rewritten_are_left_and_said() {
+    let mut p = pod();
+    let c = &mut p["spec"]["containers"][0];
+    c["readinessProbe"] = json!({"httpGet": {"path": "/", "port": "nope"}});
+    c["livenessProbe"] = json!({"httpGet": {"path": "/", "port": 80, "host": "example.com"}});
+    c["startupProbe"] = json!({"exec": {"command": ["true"]}});
+    p["spec"]["initContainers"][0]["restartPolicy"] = json!("Always");
+    p["spec"]["initContainers"][0]["readinessProbe"] = json!({"tcpSocket": {"port": 7000}});
+    let o = injector().plan(&p, &[], None).unwrap();
+    assert_eq!(o.warnings.len(), 2, "{o:?}");
+    assert!(o.warnings[0].contains("\"nope\""), "{o:?}");
+    assert!(o.warnings[1].contains("port 7000 (migrate)"), "{o:?}");
+    assert!(!paths(patch_of(&o)).iter().any(|p| p.contains("Probe")));
+    assert_eq!(proxy_env(&applied(&p), "BULKHEAD_APP_PROBES"), None);
+    p["metadata"]["annotations"]["bulkhead.dev/rewrite-probes"] = json!("maybe");
+    assert!(matches!(
+        injector().plan(&p, &[], None).unwrap().action,
+        Action::Refuse(_)
+    ));
 }

@@ -1,0 +1,581 @@
+//! The app's kubelet probes, served for the kubelet on the admin port.
+//!
+//! Inbound capture sends every connection to the pod to the mTLS port, so
+//! the kubelet's plaintext probes cannot reach the app. The injector
+//! rewrites them to `GET /app-health/<container>/<kind>` here and passes
+//! the original targets in `BULKHEAD_APP_PROBES` (JSON, read once):
+//!
+//! ```json
+//! {"/app-health/web/readiness": {"port": 8080, "path": "/ready", "scheme": "HTTP",
+//!                                "headers": [{"name": "X-Probe", "value": "1"}]},
+//!  "/app-health/web/liveness":  {"tcp": 8080},
+//!  "/app-health/web/startup":   {"grpc": 9090, "service": ""}}
+//! ```
+//!
+//! Each request checks the app on 127.0.0.1 as the kubelet would have:
+//! HTTP(S) `GET` (TLS unverified, like the kubelet) answered with the app's
+//! own status code; TCP connect → 200; gRPC health `Check` `SERVING` → 200;
+//! no answer within [`TIMEOUT`] → 503. Unknown paths → 404, and a table
+//! that does not parse is logged and serves 404 for every path.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::header::{HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+pub const ENV: &str = "BULKHEAD_APP_PROBES";
+pub const PREFIX: &str = "/app-health/";
+/// The longest one check of the app may take.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Checks running at once; more are answered 503 at once.
+const MAX_IN_FLIGHT: usize = 32;
+const MAX_ENTRIES: usize = 256;
+const MAX_HEADERS: usize = 32;
+/// Of a gRPC health response.
+const MAX_BODY: usize = 64 * 1024;
+
+/// One probe's original target, on 127.0.0.1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Http {
+        port: u16,
+        path: PathAndQuery,
+        tls: bool,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    Tcp {
+        port: u16,
+    },
+    Grpc {
+        port: u16,
+        service: String,
+    },
+}
+
+pub type Table = BTreeMap<String, Probe>;
+
+#[derive(Deserialize)]
+struct Entry {
+    port: Option<u16>,
+    path: Option<String>,
+    scheme: Option<String>,
+    #[serde(default)]
+    headers: Vec<HeaderEntry>,
+    tcp: Option<u16>,
+    grpc: Option<u16>,
+    service: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HeaderEntry {
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+/// Parses the table; any bad entry rejects it whole, named.
+pub fn parse(json: &str) -> Result<Table, String> {
+    let raw: BTreeMap<String, Entry> =
+        serde_json::from_str(json).map_err(|e| format!("not a JSON object of probes: {e}"))?;
+    if raw.len() > MAX_ENTRIES {
+        return Err(format!("{} probes; at most {MAX_ENTRIES}", raw.len()));
+    }
+    raw.into_iter()
+        .map(|(path, e)| {
+            let probe = entry(e).map_err(|why| format!("{path:?}: {why}"))?;
+            if !path.starts_with(PREFIX) {
+                return Err(format!("{path:?}: does not start with {PREFIX}"));
+            }
+            Ok((path, probe))
+        })
+        .collect()
+}
+
+fn entry(e: Entry) -> Result<Probe, String> {
+    let nonzero = |p: u16, what: &str| {
+        if p == 0 {
+            Err(format!("{what}: port 0"))
+        } else {
+            Ok(p)
+        }
+    };
+    match (e.port, e.tcp, e.grpc) {
+        (Some(port), None, None) => {
+            let tls = match e.scheme.as_deref().unwrap_or("HTTP") {
+                s if s.eq_ignore_ascii_case("http") => false,
+                s if s.eq_ignore_ascii_case("https") => true,
+                other => return Err(format!("scheme {other:?}: expected HTTP or HTTPS")),
+            };
+            let path = e.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+            if !path.starts_with('/') {
+                return Err(format!("path {path:?} does not start with /"));
+            }
+            let path =
+                PathAndQuery::try_from(path).map_err(|err| format!("path {path:?}: {err}"))?;
+            if e.headers.len() > MAX_HEADERS {
+                return Err(format!(
+                    "{} headers; at most {MAX_HEADERS}",
+                    e.headers.len()
+                ));
+            }
+            let headers = e
+                .headers
+                .into_iter()
+                .map(|h| {
+                    let name = HeaderName::try_from(h.name.as_str())
+                        .map_err(|err| format!("header {:?}: {err}", h.name))?;
+                    let value = HeaderValue::try_from(h.value.as_str())
+                        .map_err(|err| format!("header {:?} value: {err}", h.name))?;
+                    Ok((name, value))
+                })
+                .collect::<Result<_, String>>()?;
+            Ok(Probe::Http {
+                port: nonzero(port, "port")?,
+                path,
+                tls,
+                headers,
+            })
+        }
+        (None, Some(port), None) => Ok(Probe::Tcp {
+            port: nonzero(port, "tcp")?,
+        }),
+        (None, None, Some(port)) => {
+            let service = e.service.unwrap_or_default();
+            if service.len() > 1024 {
+                return Err("grpc service name longer than 1024 bytes".into());
+            }
+            Ok(Probe::Grpc {
+                port: nonzero(port, "grpc")?,
+                service,
+            })
+        }
+        _ => Err("expected exactly one of port (HTTP), tcp or grpc".into()),
+    }
+}
+
+/// Reads the table from the environment (once; later calls are free).
+pub fn load() {
+    table();
+}
+
+/// The table from the environment, read on first use.
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| match std::env::var(ENV) {
+        Err(std::env::VarError::NotPresent) => Table::new(),
+        Err(error) => {
+            tracing::error!(%error, "{ENV}: unreadable; /app-health/* answers 404");
+            Table::new()
+        }
+        Ok(json) => match parse(&json) {
+            Ok(table) => {
+                tracing::info!(probes = table.len(), "app probes served on the admin port");
+                table
+            }
+            Err(error) => {
+                tracing::error!(%error, "{ENV}: ignored; /app-health/* answers 404");
+                Table::new()
+            }
+        },
+    })
+}
+
+/// Answers one `/app-health/...` request.
+pub async fn answer(path: &str) -> (StatusCode, String) {
+    let Some(probe) = table().get(path) else {
+        return (StatusCode::NOT_FOUND, format!("no app probe at {path}\n"));
+    };
+    static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
+    let Ok(_permit) = IN_FLIGHT.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many app probes at once\n".into(),
+        );
+    };
+    match check(probe, TIMEOUT).await {
+        Ok(status) => (status, format!("app answered {}\n", status.as_u16())),
+        Err(why) => {
+            tracing::debug!(path, %why, "app probe failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("app probe failed: {why}\n"),
+            )
+        }
+    }
+}
+
+/// Checks the app: the status to answer the kubelet with, or why the
+/// app could not be reached (→ 503).
+pub async fn check(probe: &Probe, timeout: Duration) -> Result<StatusCode, String> {
+    match tokio::time::timeout(timeout, check_inner(probe)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+async fn check_inner(probe: &Probe) -> Result<StatusCode, String> {
+    let addr = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match probe {
+        Probe::Tcp { port } => {
+            TcpStream::connect(addr(*port))
+                .await
+                .map_err(|e| format!("connect {}: {e}", addr(*port)))?;
+            Ok(StatusCode::OK)
+        }
+        Probe::Http {
+            port,
+            path,
+            tls,
+            headers,
+        } => {
+            let tcp = TcpStream::connect(addr(*port))
+                .await
+                .map_err(|e| format!("connect {}: {e}", addr(*port)))?;
+            let mut req = Request::get(path.as_str()).body(Full::new(Bytes::new()));
+            if let Ok(req) = &mut req {
+                let h = req.headers_mut();
+                if let Ok(host) = HeaderValue::try_from(format!("127.0.0.1:{port}")) {
+                    h.insert(http::header::HOST, host);
+                }
+                h.insert(
+                    http::header::USER_AGENT,
+                    HeaderValue::from_static("kube-probe/bulkhead"),
+                );
+                h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+                h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                // The probe's own headers win, Host included.
+                for (name, _) in headers {
+                    h.remove(name);
+                }
+                for (name, value) in headers {
+                    h.append(name.clone(), value.clone());
+                }
+            }
+            let req = req.map_err(|e| format!("request: {e}"))?;
+            if *tls {
+                let config = insecure_tls().ok_or("no TLS client configuration")?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(
+                        rustls_pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()),
+                        tcp,
+                    )
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                http1_status(TokioIo::new(tls), req).await
+            } else {
+                http1_status(TokioIo::new(tcp), req).await
+            }
+        }
+        Probe::Grpc { port, service } => grpc_health(addr(*port), service).await,
+    }
+}
+
+async fn http1_status<T>(io: T, req: Request<Full<Bytes>>) -> Result<StatusCode, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let result = sender
+        .send_request(req)
+        .await
+        .map(|resp| resp.status())
+        .map_err(|e| format!("HTTP: {e}"));
+    // The body is not read: the connection goes with the answer.
+    conn.abort();
+    result
+}
+
+/// `grpc.health.v1.Health/Check` over h2c: 200 when `SERVING`.
+async fn grpc_health(addr: SocketAddr, service: &str) -> Result<StatusCode, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let result = async {
+        // HealthCheckRequest { string service = 1; }, length-prefixed.
+        let mut message = Vec::new();
+        if !service.is_empty() {
+            message.push(0x0a);
+            put_varint(&mut message, service.len() as u64);
+            message.extend_from_slice(service.as_bytes());
+        }
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
+        frame.extend_from_slice(&message);
+        let req = Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header(http::header::USER_AGENT, "kube-probe/bulkhead")
+            .body(Full::new(Bytes::from(frame)))
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("HTTP/2: {e}"))?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("HTTP status {}", resp.status()));
+        }
+        let header_status = resp.headers().get("grpc-status").cloned();
+        let collected = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?;
+        let grpc_status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status").cloned())
+            .or(header_status);
+        match grpc_status.as_ref().map(HeaderValue::as_bytes) {
+            Some(b"0") => {}
+            Some(code) => {
+                return Err(format!("grpc-status {}", String::from_utf8_lossy(code)));
+            }
+            None => return Err("no grpc-status".into()),
+        }
+        match serving_status(collected.to_bytes()) {
+            Some(1) => Ok(StatusCode::OK),
+            Some(other) => Err(format!("health status {other}, not SERVING")),
+            None => Err("malformed health response".into()),
+        }
+    }
+    .await;
+    conn.abort();
+    result
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(buf: &mut Bytes) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        if !buf.has_remaining() {
+            return None;
+        }
+        let b = buf.get_u8();
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// `HealthCheckResponse.status` (field 1, enum) from one gRPC message;
+/// absent means UNKNOWN (0).
+fn serving_status(mut body: Bytes) -> Option<u64> {
+    if body.remaining() < 5 || body.get_u8() != 0 {
+        return None; // short, or compressed
+    }
+    let len = usize::try_from(body.get_u32()).ok()?;
+    if body.remaining() < len {
+        return None;
+    }
+    let mut msg = body.split_to(len);
+    let mut status = 0;
+    while msg.has_remaining() {
+        let key = get_varint(&mut msg)?;
+        match key & 7 {
+            0 => {
+                let v = get_varint(&mut msg)?;
+                if key >> 3 == 1 {
+                    status = v;
+                }
+            }
+            1 if msg.remaining() >= 8 => msg.advance(8),
+            2 => {
+                let n = usize::try_from(get_varint(&mut msg)?).ok()?;
+                if msg.remaining() < n {
+                    return None;
+                }
+                msg.advance(n);
+            }
+            5 if msg.remaining() >= 4 => msg.advance(4),
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
+/// The kubelet does not verify the app's certificate; neither do we.
+fn insecure_tls() -> Option<Arc<rustls::ClientConfig>> {
+    static CONFIG: OnceLock<Option<Arc<rustls::ClientConfig>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    Arc::new(
+                        b.dangerous()
+                            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+                            .with_no_client_auth(),
+                    )
+                })
+                .ok()
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_parse_or_are_refused_whole() {
+        let t = parse(
+            r#"{"/app-health/web/readiness": {"port": 8080, "path": "/ready?x=1", "scheme": "HTTPS",
+                 "headers": [{"name": "X-Probe", "value": "1"}]},
+                "/app-health/web/liveness": {"tcp": 8080},
+                "/app-health/web/startup": {"grpc": 9090}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.len(), 3);
+        match &t["/app-health/web/readiness"] {
+            Probe::Http {
+                port: 8080,
+                path,
+                tls: true,
+                headers,
+            } => {
+                assert_eq!(path.as_str(), "/ready?x=1");
+                assert_eq!(headers.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t["/app-health/web/liveness"], Probe::Tcp { port: 8080 });
+        assert_eq!(
+            t["/app-health/web/startup"],
+            Probe::Grpc {
+                port: 9090,
+                service: String::new()
+            }
+        );
+        for bad in [
+            "[]",
+            "{",
+            r#"{"/x": {"tcp": 1}}"#,
+            r#"{"/app-health/a/b": {}}"#,
+            r#"{"/app-health/a/b": {"tcp": 1, "port": 2}}"#,
+            r#"{"/app-health/a/b": {"tcp": 0}}"#,
+            r#"{"/app-health/a/b": {"tcp": 70000}}"#,
+            r#"{"/app-health/a/b": {"port": 1, "scheme": "FTP"}}"#,
+            r#"{"/app-health/a/b": {"port": 1, "path": "nope"}}"#,
+            r#"{"/app-health/a/b": {"port": 1, "headers": [{"name": "bad name"}]}}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn health_responses_decode() {
+        let frame = |msg: &[u8]| {
+            let mut b = vec![0u8];
+            b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+            b.extend_from_slice(msg);
+            Bytes::from(b)
+        };
+        assert_eq!(serving_status(frame(&[0x08, 0x01])), Some(1));
+        assert_eq!(serving_status(frame(&[0x08, 0x02])), Some(2));
+        assert_eq!(serving_status(frame(&[])), Some(0));
+        assert_eq!(
+            serving_status(frame(&[0x12, 0x01, 0x41, 0x08, 0x01])),
+            Some(1)
+        );
+        assert_eq!(serving_status(frame(&[0x08])), None);
+        assert_eq!(serving_status(Bytes::from_static(&[1, 0, 0, 0, 0])), None);
+        assert_eq!(serving_status(Bytes::from_static(&[0, 0, 0, 0, 9])), None);
+        let mut v = Vec::new();
+        put_varint(&mut v, 300);
+        assert_eq!(get_varint(&mut Bytes::from(v)), Some(300));
+    }
+
+    #[tokio::test]
+    async fn closed_ports_are_unavailable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let timeout = Duration::from_secs(2);
+        assert!(check(&Probe::Tcp { port }, timeout).await.is_err());
+        let http = Probe::Http {
+            port,
+            path: PathAndQuery::from_static("/"),
+            tls: false,
+            headers: vec![],
+        };
+        assert!(check(&http, timeout).await.is_err());
+        let grpc = Probe::Grpc {
+            port,
+            service: "x".into(),
+        };
+        assert!(check(&grpc, timeout).await.is_err());
+    }
+}
