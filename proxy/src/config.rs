@@ -48,8 +48,23 @@ pub struct RunArgs {
     )]
     pub control: String,
     /// Trust bundle (root certificates, PEM) to verify the control plane and peers.
-    #[arg(long, env = "BULKHEAD_TRUST_BUNDLE", value_name = "FILE")]
-    pub trust_bundle: PathBuf,
+    #[arg(
+        long,
+        env = "BULKHEAD_TRUST_BUNDLE",
+        value_name = "FILE",
+        required_unless_present = "trust_bundle_pem"
+    )]
+    pub trust_bundle: Option<PathBuf>,
+    /// The trust bundle itself (PEM text), instead of --trust-bundle (the
+    /// admission webhook injects it this way).
+    #[arg(
+        long,
+        env = "BULKHEAD_TRUST_BUNDLE_PEM",
+        value_name = "PEM",
+        hide_env_values = true,
+        conflicts_with = "trust_bundle"
+    )]
+    pub trust_bundle_pem: Option<String>,
     /// Bootstrap token for the first certificate (later ones renew with the current certificate).
     #[arg(long, env = "BULKHEAD_TOKEN_FILE", value_name = "FILE")]
     pub token_file: PathBuf,
@@ -126,9 +141,15 @@ pub struct RunArgs {
         value_name = "NAME[.NS][:PORT]=ADDR"
     )]
     pub upstreams: Vec<String>,
-    /// DNS server for mesh names (optional).
-    #[arg(long, env = "BULKHEAD_DNS", value_name = "ADDR")]
-    pub dns: Option<SocketAddr>,
+    /// DNS server for mesh names (optional; several addresses, comma
+    /// separated, e.g. 127.0.0.1:4153,[::1]:4153 for both families).
+    #[arg(
+        long,
+        env = "BULKHEAD_DNS",
+        value_name = "ADDR,...",
+        value_delimiter = ','
+    )]
+    pub dns: Vec<SocketAddr>,
     /// The cluster's DNS domain (for <svc>.<ns>.svc.<domain> names).
     #[arg(long, env = "BULKHEAD_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -186,6 +207,28 @@ impl AppProtocol {
     }
 }
 
+/// Where the trust bundle comes from.
+#[derive(Clone, Debug)]
+pub enum TrustSource {
+    File(PathBuf),
+    Pem(String),
+}
+
+impl TrustSource {
+    /// The PEM text and a name for it in errors.
+    pub fn read(&self) -> Result<(Vec<u8>, String), String> {
+        match self {
+            Self::File(path) => std::fs::read(path)
+                .map(|pem| (pem, path.display().to_string()))
+                .map_err(|e| format!("--trust-bundle {}: {e}", path.display())),
+            Self::Pem(pem) => Ok((
+                pem.clone().into_bytes(),
+                "BULKHEAD_TRUST_BUNDLE_PEM".to_owned(),
+            )),
+        }
+    }
+}
+
 /// A local listener for one service (`--upstream`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
@@ -232,7 +275,7 @@ impl Upstream {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub control: String,
-    pub trust_bundle: PathBuf,
+    pub trust_bundle: TrustSource,
     pub token_file: PathBuf,
     pub attestation: Attestation,
     pub trust_domain: Option<String>,
@@ -248,7 +291,7 @@ pub struct Config {
     pub outbound: Vec<SocketAddr>,
     pub egress: Egress,
     pub upstreams: Vec<Upstream>,
-    pub dns: Option<SocketAddr>,
+    pub dns: Vec<SocketAddr>,
     pub cluster_domain: String,
     pub locality: bulkhead_proto::model::Locality,
     pub state_dir: Option<PathBuf>,
@@ -315,7 +358,15 @@ impl Config {
         });
         Ok(Self {
             control: a.control,
-            trust_bundle: a.trust_bundle,
+            trust_bundle: match (a.trust_bundle, a.trust_bundle_pem) {
+                (_, Some(pem)) => TrustSource::Pem(pem),
+                (Some(path), None) => TrustSource::File(path),
+                (None, None) => {
+                    return Err(
+                        "--trust-bundle: required (or BULKHEAD_TRUST_BUNDLE_PEM)".to_owned()
+                    );
+                }
+            },
             token_file: a.token_file,
             attestation: a.attestation,
             trust_domain: a.trust_domain,

@@ -89,13 +89,7 @@ pub async fn run(
     config: Config,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<(), Exit> {
-    let bundle_pem = std::fs::read(&config.trust_bundle).map_err(|e| {
-        Exit::Usage(format!(
-            "--trust-bundle {}: {e}",
-            config.trust_bundle.display()
-        ))
-    })?;
-    let what = config.trust_bundle.display().to_string();
+    let (bundle_pem, what) = config.trust_bundle.read().map_err(Exit::Usage)?;
     let roots = tls::certs_from_pem(&bundle_pem, &what)
         .map_err(|e| Exit::Usage(format!("--trust-bundle {e}")))?;
     let td = config
@@ -188,12 +182,13 @@ pub async fn run(
             tracker.clone(),
         ));
     }
-    if let Some(listen) = config.dns {
-        let names = Arc::new(outbound::MeshListeners::new(
-            outbound.clone(),
-            draining.clone(),
-            tracker.clone(),
-        ));
+    let names: Arc<dyn dns::MeshNames> = Arc::new(outbound::MeshListeners::new(
+        outbound.clone(),
+        draining.clone(),
+        tracker.clone(),
+    ));
+    for &listen in &config.dns {
+        let names = names.clone();
         let dns_config = dns::DnsConfig {
             listen,
             own_namespace: config.namespace.clone(),
@@ -219,7 +214,7 @@ pub async fn run(
     ));
 
     // With mesh DNS or capture the app may call any service: watch them all.
-    let services = if config.dns.is_some() || !config.outbound.is_empty() {
+    let services = if !config.dns.is_empty() || !config.outbound.is_empty() {
         vec!["*".to_owned()]
     } else {
         config

@@ -377,16 +377,19 @@ async fn a_deployment_pod_gets_the_init_container_and_the_native_sidecar() {
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
     assert_eq!(proxy.args.as_deref().unwrap()[0], "run");
     assert_eq!(flag(proxy, "--control"), Some(CONTROL_URL));
+    // Default injector settings: the bundle from the ConfigMap volume, by
+    // env (the control plane itself passes it inline; see the unit tests).
+    assert_eq!(flag(proxy, "--trust-bundle"), None);
     assert_eq!(
-        flag(proxy, "--trust-bundle"),
-        Some("/var/run/bulkhead/bundle/bundle.crt")
+        value(proxy, "BULKHEAD_TRUST_BUNDLE"),
+        "/var/run/bulkhead/bundle/bundle.crt"
     );
     assert_eq!(
         flag(proxy, "--token-file"),
         Some("/var/run/bulkhead/token/token")
     );
     assert_eq!(flag(proxy, "--outbound"), Some("127.0.0.1:4140,[::1]:4140"));
-    assert_eq!(flag(proxy, "--inbound"), Some("0.0.0.0:4143"));
+    assert_eq!(flag(proxy, "--inbound"), Some("[::]:4143"));
     assert_eq!(flag(proxy, "--admin"), Some("0.0.0.0:4191"));
     let ready = proxy
         .readiness_probe

@@ -235,6 +235,11 @@ fn webhook_settings(args: &ControlArgs) -> Result<Option<runtime::WebhookSetting
         .with_single_cert(chain, key_der)
         .map_err(|e| format!("--webhook-cert/--webhook-key: {e}"))?;
     let mut injector = bulkhead_control::webhook::InjectorSettings::default();
+    // Injected pods get the trust bundle inline: no ConfigMap needed in
+    // every namespace the mesh reaches.
+    let bundle = read_file("--trust-bundle", &args.trust_bundle)?;
+    injector.trust_bundle_pem =
+        Some(String::from_utf8(bundle).map_err(|_| "--trust-bundle: not PEM text".to_owned())?);
     if let Some(image) = &args.proxy_image {
         injector.proxy_image = image.clone();
         injector.init_image = image.clone();

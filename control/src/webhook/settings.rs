@@ -14,8 +14,13 @@ pub struct InjectorSettings {
     pub image_pull_policy: Option<String>,
     /// The control plane as sidecars reach it (in-cluster URL).
     pub control_url: String,
-    /// ConfigMap (in the pod's namespace) whose `bundle.crt` is the trust bundle.
+    /// ConfigMap (in the pod's namespace) whose `bundle.crt` is the trust
+    /// bundle; used only when `trust_bundle_pem` is None.
     pub trust_bundle_config_map: String,
+    /// The trust bundle itself (PEM), injected inline as
+    /// `BULKHEAD_TRUST_BUNDLE_PEM`: the control plane sets it, so pods in any
+    /// namespace start without a ConfigMap there.
+    pub trust_bundle_pem: Option<String>,
     /// UID (and GID) the proxy runs as; init-iptables exempts its traffic.
     pub proxy_uid: i64,
     pub ports: ProxyPorts,
@@ -83,6 +88,7 @@ impl Default for InjectorSettings {
             image_pull_policy: None,
             control_url: "https://bulkhead-control.bulkhead.svc:8443".into(),
             trust_bundle_config_map: "bulkhead-trust-bundle".into(),
+            trust_bundle_pem: None,
             proxy_uid: 2102,
             ports: ProxyPorts::default(),
             redirect_dns: false,

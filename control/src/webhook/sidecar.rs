@@ -150,14 +150,14 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
         "run".to_owned(),
         "--control".to_owned(),
         settings.control_url.clone(),
-        "--trust-bundle".to_owned(),
-        TRUST_BUNDLE_FILE.to_owned(),
         "--token-file".to_owned(),
         TOKEN_FILE.to_owned(),
         "--outbound".to_owned(),
         format!("127.0.0.1:{0},[::1]:{0}", ports.outbound),
+        // IPv4 and IPv6 (init-iptables redirects both); the proxy falls
+        // back to IPv4 alone where the pod has no IPv6.
         "--inbound".to_owned(),
-        format!("0.0.0.0:{}", ports.inbound),
+        format!("[::]:{}", ports.inbound),
         // On the pod IP, so the kubelet's probes reach it (init-iptables
         // never redirects the admin port).
         "--admin".to_owned(),
@@ -167,7 +167,8 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
     ];
     if settings.redirect_dns {
         args.push("--dns".to_owned());
-        args.push(format!("127.0.0.1:{}", ports.dns));
+        // Both families: init-iptables redirects IPv4 and IPv6 queries.
+        args.push(format!("127.0.0.1:{0},[::1]:{0}", ports.dns));
     }
 
     let mut env = vec![
@@ -180,6 +181,13 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
         value_env("BULKHEAD_VERSION", &workload.version),
         value_env("BULKHEAD_ATTESTATION", ATTESTATION),
     ];
+    // The trust bundle travels inline when the control plane hands it to
+    // the injector (no ConfigMap needed in every namespace); else from the
+    // ConfigMap volume.
+    match &settings.trust_bundle_pem {
+        Some(pem) => env.push(value_env("BULKHEAD_TRUST_BUNDLE_PEM", pem)),
+        None => env.push(value_env("BULKHEAD_TRUST_BUNDLE", TRUST_BUNDLE_FILE)),
+    }
     if let Some((port, protocol)) = workload.app {
         env.push(value_env("BULKHEAD_APP", &format!("127.0.0.1:{port}")));
         env.push(value_env("BULKHEAD_APP_PROTOCOL", protocol.as_str()));
@@ -229,20 +237,23 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
             r.cpu_limit.as_deref(),
             r.memory_limit.as_deref(),
         )),
-        volume_mounts: Some(vec![
-            VolumeMount {
+        volume_mounts: Some({
+            let mut mounts = vec![VolumeMount {
                 name: TOKEN_VOLUME.to_owned(),
                 mount_path: TOKEN_DIR.to_owned(),
                 read_only: Some(true),
                 ..Default::default()
-            },
-            VolumeMount {
-                name: TRUST_BUNDLE_VOLUME.to_owned(),
-                mount_path: TRUST_BUNDLE_DIR.to_owned(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+            }];
+            if settings.trust_bundle_pem.is_none() {
+                mounts.push(VolumeMount {
+                    name: TRUST_BUNDLE_VOLUME.to_owned(),
+                    mount_path: TRUST_BUNDLE_DIR.to_owned(),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+            }
+            mounts
+        }),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Default::default()
     }
@@ -251,7 +262,7 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
 /// The projected service-account token (audience `bulkhead`), the trust
 /// bundle ConfigMap, and iptables' lock directory.
 pub fn volumes(settings: &InjectorSettings) -> Vec<Volume> {
-    vec![
+    let mut volumes = vec![
         Volume {
             name: TOKEN_VOLUME.to_owned(),
             projected: Some(ProjectedVolumeSource {
@@ -268,26 +279,33 @@ pub fn volumes(settings: &InjectorSettings) -> Vec<Volume> {
             ..Default::default()
         },
         Volume {
-            name: TRUST_BUNDLE_VOLUME.to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: settings.trust_bundle_config_map.clone(),
-                // Naming the key makes a ConfigMap without it a clear
-                // start-up error instead of an empty folder.
-                items: Some(vec![KeyToPath {
-                    key: TRUST_BUNDLE_KEY.to_owned(),
-                    path: TRUST_BUNDLE_KEY.to_owned(),
-                    mode: None,
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        Volume {
             name: XTABLES_LOCK_VOLUME.to_owned(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         },
-    ]
+    ];
+    if settings.trust_bundle_pem.is_none() {
+        // Between the token and the xtables lock, as before.
+        volumes.insert(
+            1,
+            Volume {
+                name: TRUST_BUNDLE_VOLUME.to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: settings.trust_bundle_config_map.clone(),
+                    // Naming the key makes a ConfigMap without it a clear
+                    // start-up error instead of an empty folder.
+                    items: Some(vec![KeyToPath {
+                        key: TRUST_BUNDLE_KEY.to_owned(),
+                        path: TRUST_BUNDLE_KEY.to_owned(),
+                        mode: None,
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    volumes
 }
 
 fn field_env(name: &str, field_path: &str) -> EnvVar {

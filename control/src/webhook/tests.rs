@@ -652,7 +652,8 @@ fn injected_command_lines_parse_with_the_real_proxy_cli() {
     assert_eq!(config.advertise.to_string(), "198.18.0.7");
     assert_eq!(config.app.unwrap().to_string(), "127.0.0.1:8080");
     assert_eq!(config.admin.to_string(), "0.0.0.0:4191");
-    assert_eq!(config.dns.unwrap().to_string(), "127.0.0.1:4153");
+    let dns: Vec<String> = config.dns.iter().map(ToString::to_string).collect();
+    assert_eq!(dns, ["127.0.0.1:4153", "[::1]:4153"]);
     assert_eq!(config.outbound.len(), 2);
     assert_eq!(config.locality.node, "node-1");
 }
@@ -735,4 +736,57 @@ fn probes_that_cannot_be_rewritten_are_left_and_said() {
         injector().plan(&p, &[], None).unwrap().action,
         Action::Refuse(_)
     ));
+}
+
+/// With the bundle handed to the injector, pods carry it inline: no
+/// ConfigMap volume, which would have to exist in every namespace.
+#[test]
+fn the_trust_bundle_travels_inline_when_the_injector_has_it() {
+    use bulkhead_proxy::config::{Cli, Command, Config, TrustSource};
+    use clap::Parser;
+
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let settings = InjectorSettings {
+        trust_bundle_pem: Some(pem.to_owned()),
+        ..InjectorSettings::default()
+    };
+    let p = pod();
+    let outcome = Injector::new(settings)
+        .unwrap()
+        .plan(&p, &[], None)
+        .unwrap();
+    let mut doc = p.clone();
+    json_patch::patch(&mut doc, &patch_of(&outcome).0).unwrap();
+    assert!(
+        !names(&doc["spec"]["volumes"]).contains(&"bulkhead-trust-bundle"),
+        "{}",
+        doc["spec"]["volumes"]
+    );
+    let proxy = &doc["spec"]["initContainers"][1];
+    assert_eq!(
+        proxy_env(&doc, "BULKHEAD_TRUST_BUNDLE_PEM").as_deref(),
+        Some(pem)
+    );
+    assert!(proxy_env(&doc, "BULKHEAD_TRUST_BUNDLE").is_none());
+    assert!(
+        !proxy["volumeMounts"]
+            .to_string()
+            .contains("bulkhead-trust-bundle")
+    );
+    // The real proxy CLI takes it in place of --trust-bundle.
+    let cli = Cli::try_parse_from([
+        "bulkhead-proxy",
+        "run",
+        "--token-file",
+        "/t",
+        "--service",
+        "web",
+        &format!("--trust-bundle-pem={pem}"),
+    ])
+    .unwrap();
+    let Command::Run(args) = cli.command else {
+        panic!("not run")
+    };
+    let config = Config::from_args(*args).unwrap();
+    assert!(matches!(config.trust_bundle, TrustSource::Pem(ref p) if p == pem));
 }
