@@ -156,6 +156,17 @@ pub async fn start(
     });
 
     let mut tasks = vec![tokio::spawn(hub.clone().run(store.clone()))];
+    // Fold histogram samples in even when nobody scrapes /metrics.
+    {
+        let metrics = metrics.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        }));
+    }
     if let Some(k8s) = &settings.k8s {
         tasks.push(tokio::spawn(
             k8s.clone().reload_forever(Duration::from_secs(30)),

@@ -53,10 +53,17 @@ impl Inbound {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let http1 = Client::builder(TokioExecutor::new()).build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
+        // Idle app connections close after 30 s and at most 32 wait per
+        // app: a burst must not leave hundreds open (bench/README.md).
+        let builder = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_timer(hyper_util::rt::TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(32);
+            b
+        };
+        let http1 = builder().build(connector.clone());
+        let http2 = builder().http2_only(true).build(connector);
         (http1, http2)
     }
 }

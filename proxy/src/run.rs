@@ -89,6 +89,18 @@ pub async fn run(
     config: Config,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<(), Exit> {
+    // Histograms keep every sample until upkeep folds them in; without it a
+    // sidecar nobody scrapes grows without bound (found by bench/).
+    {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        });
+    }
     let (bundle_pem, what) = config.trust_bundle.read().map_err(Exit::Usage)?;
     let roots = tls::certs_from_pem(&bundle_pem, &what)
         .map_err(|e| Exit::Usage(format!("--trust-bundle {e}")))?;
