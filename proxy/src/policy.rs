@@ -47,4 +47,4 @@ mod authz;
 mod path;
 
 pub use authz::{Decision, HttpRequestInfo, Verdict, authorize};
-pub use path::{MAX_PATH_LEN, MAX_PATH_SEGMENTS, PathError, normalize_path};
+pub use path::{MAX_PATH_LEN, MAX_PATH_SEGMENTS, PathError, assert_normalized, normalize_path};

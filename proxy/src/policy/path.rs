@@ -298,5 +298,49 @@ impl Utf8Run {
     }
 }
 
+/// Panics unless `out`, what [`normalize_path`] made of `raw`, has every
+/// property an accepted path must have. One definition for the unit tests
+/// and the fuzz target (`proxy/fuzz/fuzz_targets/normalize_path.rs`).
+#[doc(hidden)]
+pub fn assert_normalized(raw: &str, out: &str) {
+    assert!(out.starts_with('/'), "{raw:?} -> {out:?}");
+    assert!(out.len() <= raw.len(), "{raw:?} -> {out:?}");
+    assert!(!out.contains("//"), "{raw:?} -> {out:?}");
+    assert!(
+        !out.split('/').any(|s| s == "." || s == ".."),
+        "{raw:?} -> {out:?}"
+    );
+    let upper = out.to_ascii_uppercase();
+    assert!(
+        !upper.contains("%2F") && !upper.contains("%5C") && !upper.contains("%00"),
+        "{raw:?} -> {out:?}"
+    );
+    assert!(
+        out.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'),
+        "{raw:?} -> {out:?}"
+    );
+    // Escapes are canonical: upper-case hex, never an unreserved character.
+    let bytes = out.as_bytes();
+    for (i, _) in out.match_indices('%') {
+        let pair = &bytes[i + 1..i + 3];
+        assert!(
+            pair.iter()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()),
+            "{raw:?} -> {out:?}"
+        );
+        let decoded = u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap();
+        assert!(!is_unreserved(decoded), "{raw:?} -> {out:?}");
+    }
+    assert_eq!(
+        normalize_path(out).as_deref(),
+        Ok(out),
+        "not idempotent: {raw:?} -> {out:?}"
+    );
+    // The allocation-free shortcut never disagrees with the full rewrite.
+    if is_normal(raw) {
+        assert_eq!(rewrite(raw).as_deref(), Ok(raw));
+    }
+}
+
 #[cfg(test)]
 mod tests;
