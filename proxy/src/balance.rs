@@ -31,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use bulkhead_proto::model::{Endpoint, Locality};
@@ -42,6 +42,7 @@ use self::ewma::PeakEwma;
 use self::outlier::Outlier;
 pub use self::outlier::OutlierConfig;
 pub use self::tier::LocalityTier;
+use crate::telemetry::RequestMetrics;
 
 /// Tuning of a [`Balancer`]; the defaults follow linkerd's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +94,10 @@ struct Inner {
 struct Slot {
     endpoint: Endpoint,
     stats: Arc<Stats>,
+    /// Outbound request metrics labelled with this endpoint's version and
+    /// identity, registered on first use; a re-announced endpoint gets a
+    /// new slot, so the labels follow it.
+    metrics: OnceLock<Arc<RequestMetrics>>,
 }
 
 struct Stats {
@@ -208,10 +213,12 @@ impl Balancer {
                     Some(slot) => Arc::new(Slot {
                         endpoint,
                         stats: Arc::clone(&slot.stats),
+                        metrics: OnceLock::new(),
                     }),
                     None => Arc::new(Slot {
                         endpoint,
                         stats: Arc::new(Stats::new(&inner.config, now)),
+                        metrics: OnceLock::new(),
                     }),
                 })
                 .collect()
@@ -422,6 +429,26 @@ fn key(endpoint: &Endpoint) -> (IpAddr, u16) {
 impl Pick {
     pub fn endpoint(&self) -> &Endpoint {
         &self.slot.endpoint
+    }
+
+    /// The outbound request metrics for this endpoint (`version` and `peer`
+    /// labels from its announcement).
+    pub fn request_metrics(&self) -> Arc<RequestMetrics> {
+        let slot = &self.slot;
+        Arc::clone(slot.metrics.get_or_init(|| {
+            let peer = slot
+                .endpoint
+                .identity
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_default();
+            Arc::new(RequestMetrics::new(
+                "outbound",
+                self.inner.service.as_str(),
+                slot.endpoint.version.as_str(),
+                peer,
+            ))
+        }))
     }
 
     /// The tier the endpoint was chosen from.

@@ -67,11 +67,20 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // One worker: the whole proxy on the main thread, so a request's hops
+    // (app connection → pooled HTTP/2 → peer → app) never wake another
+    // thread (bench/README.md: -25 % CPU per request against two workers).
+    let runtime = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.workers)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bulkhead-proxy: cannot start the async runtime: {e}");

@@ -172,6 +172,11 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     #[arg(long, env = "BULKHEAD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Threads serving traffic (1-64). One keeps a request's hops on one
+    /// thread, which costs the least CPU per request; raise it only for a
+    /// workload that needs more than one core of proxying.
+    #[arg(long, env = "BULKHEAD_WORKERS", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -299,6 +304,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub workers: usize,
 }
 
 impl Config {
@@ -394,6 +400,7 @@ impl Config {
             drain_timeout: a.drain_timeout,
             log_format: a.log_format,
             log_level: a.log_level,
+            workers: usize::from(a.workers),
         })
     }
 }
@@ -495,5 +502,15 @@ mod tests {
         );
         let c = args(&["--inbound", "198.18.0.5:4143"]).unwrap();
         assert_eq!(c.advertise.to_string(), "198.18.0.5");
+    }
+
+    #[test]
+    fn workers() {
+        assert_eq!(args(&[]).unwrap().workers, 1);
+        assert_eq!(args(&["--workers", "4"]).unwrap().workers, 4);
+        for bad in ["0", "65", "-1", "two"] {
+            let e = args(&[&format!("--workers={bad}")]).unwrap_err();
+            assert!(e.contains("--workers"), "{bad}: {e}");
+        }
     }
 }

@@ -4,11 +4,14 @@
 //! Nothing reaches the app before the peer is authenticated and the request
 //! authorized; denials are logged, counted and marked.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::SpiffeId;
+use bulkhead_proto::model::AllowList;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -25,6 +28,7 @@ use crate::config::AppProtocol;
 use crate::http::{self as h, Body};
 use crate::policy::{self, HttpRequestInfo, Verdict};
 use crate::state::MeshState;
+use crate::telemetry::RequestMetrics;
 use crate::wire::{Payload, Preface};
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,14 +42,52 @@ pub struct Inbound {
     pub service: String,
     pub version: String,
     pub app: Option<SocketAddr>,
+    /// `app` as the authority of requests to it (built once).
+    pub app_authority: Option<Authority>,
     pub app_protocol: AppProtocol,
     pub states: watch::Receiver<Arc<MeshState>>,
     pub app_http1: Client<HttpConnector, Incoming>,
     pub app_http2: Client<HttpConnector, Incoming>,
     pub request_timeout: Duration,
+    /// The AllowLists guarding this service, for the current mesh state.
+    pub allow_lists: AllowListCache,
+}
+
+/// The AllowLists targeting this service, worked out once per mesh state
+/// (states change on config pushes, not per request).
+#[derive(Default)]
+pub struct AllowListCache {
+    last: Mutex<Option<CachedLists>>,
+}
+
+/// A mesh state and the AllowLists it holds for this service.
+type CachedLists = (Arc<MeshState>, Arc<[AllowList]>);
+
+impl AllowListCache {
+    fn get(&self, state: &Arc<MeshState>, namespace: &str, service: &str) -> Arc<[AllowList]> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, lists)) = &*last
+            && Arc::ptr_eq(seen, state)
+        {
+            return Arc::clone(lists);
+        }
+        let lists: Arc<[AllowList]> = state
+            .allow_lists(namespace, service)
+            .into_iter()
+            .cloned()
+            .collect();
+        *last = Some((Arc::clone(state), Arc::clone(&lists)));
+        lists
+    }
 }
 
 impl Inbound {
+    /// The AllowLists in force right now.
+    fn current_allow_lists(&self) -> Arc<[AllowList]> {
+        let state = self.states.borrow().clone();
+        self.allow_lists.get(&state, &self.namespace, &self.service)
+    }
+
     pub fn app_clients() -> (
         Client<HttpConnector, Incoming>,
         Client<HttpConnector, Incoming>,
@@ -151,12 +193,23 @@ async fn connection(
             drop(_enter);
             let port = preface.port;
             let svc_inbound = inbound.clone();
+            // One peer per connection: its metric labels are made once.
+            let metrics = Arc::new(RequestMetrics::new(
+                "inbound",
+                inbound.service.as_str(),
+                inbound.version.as_str(),
+                peer.to_string(),
+            ));
             let peer = Arc::new(peer);
             let service = hyper::service::service_fn(move |req| {
                 let inbound = svc_inbound.clone();
                 let peer = peer.clone();
+                let metrics = metrics.clone();
                 async move {
-                    Ok::<_, std::convert::Infallible>(request(req, &inbound, &peer, port).await)
+                    let started = Instant::now();
+                    let resp = request(req, &inbound, &peer, port).await;
+                    metrics.record(resp.status(), started.elapsed());
+                    Ok::<_, std::convert::Infallible>(resp)
                 }
             });
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -190,11 +243,8 @@ async fn tcp_stream(
     port: u16,
     inbound: &Inbound,
 ) {
-    let decision = {
-        let state = inbound.states.borrow().clone();
-        let lists = state.allow_lists(&inbound.namespace, &inbound.service);
-        policy::authorize(&lists, &peer, port, None, &inbound.trust_domain)
-    };
+    let lists = inbound.current_allow_lists();
+    let decision = policy::authorize(&lists, &peer, port, None, &inbound.trust_domain);
     match decision.verdict {
         Verdict::Deny => {
             deny_log(&peer, &inbound.service, &decision.label(), port, "tcp");
@@ -222,38 +272,30 @@ async fn tcp_stream(
     };
     let _ = upstream.set_nodelay(true);
     let started = Instant::now();
-    let result = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+    let result = crate::wire::splice(&mut tls, &mut upstream).await;
     let class = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!("bulkhead_tcp_connections_total", "direction" => "inbound", "service" => inbound.service.clone(), "peer" => peer.to_string(), "result" => class).increment(1);
     metrics::histogram!("bulkhead_tcp_connection_duration_seconds", "direction" => "inbound", "service" => inbound.service.clone()).record(started.elapsed().as_secs_f64());
 }
 
 async fn request(
-    req: Request<Incoming>,
-    inbound: &Inbound,
-    peer: &SpiffeId,
-    port: u16,
-) -> Response<Body> {
-    let started = Instant::now();
-    let grpc = h::is_grpc(req.headers());
-    let resp = authorize_and_forward(req, inbound, peer, port, grpc).await;
-    let class = h::status_class(resp.status());
-    let peer_label = peer.to_string();
-    metrics::counter!("bulkhead_requests_total", "direction" => "inbound", "service" => inbound.service.clone(), "version" => inbound.version.clone(), "peer" => peer_label.clone(), "status_class" => class).increment(1);
-    metrics::histogram!("bulkhead_request_duration_seconds", "direction" => "inbound", "service" => inbound.service.clone(), "version" => inbound.version.clone(), "peer" => peer_label, "status_class" => class)
-        .record(started.elapsed().as_secs_f64());
-    resp
-}
-
-async fn authorize_and_forward(
     mut req: Request<Incoming>,
     inbound: &Inbound,
     peer: &SpiffeId,
     port: u16,
-    grpc: bool,
 ) -> Response<Body> {
-    let path = match policy::normalize_path(req.uri().path()) {
-        Ok(p) => p.to_string(),
+    let grpc = h::is_grpc(req.headers());
+    // The app sees exactly the path that was authorized: the request's own
+    // when it was already normal (no copy), the normalized one otherwise.
+    let path_and_query = match policy::normalize_path(req.uri().path()) {
+        Ok(Cow::Borrowed(_)) => req.uri().path_and_query().cloned(),
+        Ok(Cow::Owned(normal)) => {
+            let rebuilt = match req.uri().query() {
+                Some(query) => format!("{normal}?{query}"),
+                None => normal,
+            };
+            PathAndQuery::try_from(rebuilt).ok()
+        }
         Err(error) => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => error.reason()).increment(1);
             tracing::info!(%peer, %error, "request refused: ambiguous path");
@@ -265,20 +307,25 @@ async fn authorize_and_forward(
             );
         }
     };
-    let decision = {
-        let state = inbound.states.borrow().clone();
-        let lists = state.allow_lists(&inbound.namespace, &inbound.service);
-        policy::authorize(
-            &lists,
-            peer,
-            port,
-            Some(HttpRequestInfo {
-                method: req.method().as_str(),
-                normalized_path: &path,
-            }),
-            &inbound.trust_domain,
-        )
+    let Some(path_and_query) = path_and_query else {
+        return h::mesh_response(
+            grpc,
+            StatusCode::BAD_REQUEST,
+            "bad-target",
+            "bulkhead: request target does not parse",
+        );
     };
+    let lists = inbound.current_allow_lists();
+    let decision = policy::authorize(
+        &lists,
+        peer,
+        port,
+        Some(HttpRequestInfo {
+            method: req.method().as_str(),
+            normalized_path: path_and_query.path(),
+        }),
+        &inbound.trust_domain,
+    );
     match decision.verdict {
         Verdict::Deny => {
             let label = decision.label();
@@ -303,7 +350,7 @@ async fn authorize_and_forward(
         }
         Verdict::Allow => {}
     }
-    let Some(app) = inbound.app else {
+    let Some(app) = &inbound.app_authority else {
         return h::mesh_response(
             grpc,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -311,14 +358,20 @@ async fn authorize_and_forward(
             "bulkhead: no app behind this sidecar",
         );
     };
-    // The app sees exactly the path that was authorized.
-    let query = req
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let authority = req.uri().authority().map(|a| a.to_string());
-    let Ok(uri) = format!("http://{app}{path}{query}").parse::<Uri>() else {
+    // HTTP/2 carries the caller's authority in the URI, HTTP/1.1 in Host.
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(authority) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(http::header::HOST, authority);
+    }
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(Scheme::HTTP);
+    target.authority = Some(app.clone());
+    target.path_and_query = Some(path_and_query);
+    let Ok(uri) = Uri::from_parts(target) else {
         return h::mesh_response(
             grpc,
             StatusCode::BAD_REQUEST,
@@ -328,11 +381,6 @@ async fn authorize_and_forward(
     };
     *req.uri_mut() = uri;
     h::strip_hop_by_hop(req.headers_mut());
-    if !req.headers().contains_key(http::header::HOST)
-        && let Some(authority) = authority.and_then(|a| HeaderValue::from_str(&a).ok())
-    {
-        req.headers_mut().insert(http::header::HOST, authority);
-    }
     let client = if inbound.app_protocol == AppProtocol::Grpc {
         &inbound.app_http2
     } else {

@@ -23,4 +23,5 @@ pub mod pool;
 pub mod route;
 pub mod run;
 pub mod state;
+pub mod telemetry;
 pub mod wire;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::model::{Locality, Protocol};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -30,6 +31,7 @@ use crate::http::{self as h, Body};
 use crate::pool::{ConnectError, Pool};
 use crate::route;
 use crate::state::{MeshState, ServiceKey};
+use crate::telemetry::RequestMetrics;
 use crate::wire::{Payload, Preface};
 
 /// Attempts for a retryable request (the first plus retries).
@@ -126,6 +128,8 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let upstream = Arc::new(upstream);
+    // Connections on one listener share their route.
+    let routes = Arc::new(RouteCache::default());
     loop {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -142,7 +146,8 @@ pub async fn serve(
         let outbound = outbound.clone();
         let upstream = upstream.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move { connection(tcp, upstream, outbound, shutdown).await });
+        let routes = routes.clone();
+        tracker.spawn(async move { connection(tcp, upstream, outbound, shutdown, &routes).await });
     }
 }
 
@@ -179,6 +184,7 @@ async fn connection(
     up: Arc<Upstream>,
     outbound: Arc<Outbound>,
     shutdown: CancellationToken,
+    routes: &RouteCache,
 ) {
     let state = outbound.states.borrow().clone();
     let (port, protocol) = match target(&state, &up) {
@@ -193,12 +199,19 @@ async fn connection(
         tcp_stream(tcp, &up, port, &outbound, &state).await;
         return;
     }
-    let svc_outbound = outbound.clone();
-    let svc_up = up.clone();
+    let route = match routes.get(up, port, &outbound, &state) {
+        Ok(r) => r,
+        Err(reason) => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "bad-target").increment(1);
+            tracing::warn!(%reason, "refusing connection");
+            return;
+        }
+    };
+    drop(state);
     let service = hyper::service::service_fn(move |req| {
-        let outbound = svc_outbound.clone();
-        let up = svc_up.clone();
-        async move { Ok::<_, std::convert::Infallible>(request(req, &up, port, &outbound).await) }
+        let outbound = outbound.clone();
+        let route = route.clone();
+        async move { Ok::<_, std::convert::Infallible>(request(req, &route, &outbound).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
@@ -286,7 +299,7 @@ async fn tcp_stream(
         }
     };
     let connected = started.elapsed();
-    let result = tokio::io::copy_bidirectional(&mut app, &mut remote).await;
+    let result = crate::wire::splice(&mut app, &mut remote).await;
     pick.finish(Outcome {
         latency: connected,
         success: result.is_ok(),
@@ -303,18 +316,75 @@ fn retryable(req: &Request<Incoming>) -> bool {
     idempotent && req.body().is_end_stream()
 }
 
-async fn request(
-    req: Request<Incoming>,
-    up: &Upstream,
+/// What every request on one app connection shares, worked out once per
+/// connection rather than per request.
+struct HttpRoute {
+    up: Arc<Upstream>,
+    /// The Service's declared port.
     port: u16,
-    outbound: &Outbound,
-) -> Response<Body> {
+    /// `service.namespace:port`: the authority the peer sidecar sees.
+    authority: Authority,
+    balancer: Arc<Balancer>,
+    /// Metrics of answers no endpoint gave (no endpoint, timeout, bad pin).
+    unattributed: RequestMetrics,
+}
+
+impl HttpRoute {
+    fn new(
+        up: Arc<Upstream>,
+        port: u16,
+        outbound: &Outbound,
+        state: &MeshState,
+    ) -> Result<Self, String> {
+        let authority = Authority::try_from(format!("{}.{}:{port}", up.service, up.namespace))
+            .map_err(|e| format!("{}.{}:{port}: {e}", up.service, up.namespace))?;
+        let key = (up.namespace.clone(), up.service.clone());
+        let balancer = outbound.balancers.get(&key, state);
+        let unattributed = RequestMetrics::new("outbound", up.service.as_str(), "", "");
+        Ok(Self {
+            up,
+            port,
+            authority,
+            balancer,
+            unattributed,
+        })
+    }
+}
+
+/// The route of a listener's connections, made again only when the
+/// Service's port changes.
+#[derive(Default)]
+struct RouteCache {
+    last: Mutex<Option<Arc<HttpRoute>>>,
+}
+
+impl RouteCache {
+    fn get(
+        &self,
+        up: Arc<Upstream>,
+        port: u16,
+        outbound: &Outbound,
+        state: &MeshState,
+    ) -> Result<Arc<HttpRoute>, String> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(route) = &*last
+            && route.port == port
+        {
+            return Ok(Arc::clone(route));
+        }
+        let route = Arc::new(HttpRoute::new(up, port, outbound, state)?);
+        *last = Some(Arc::clone(&route));
+        Ok(route)
+    }
+}
+
+async fn request(req: Request<Incoming>, route: &HttpRoute, outbound: &Outbound) -> Response<Body> {
     let started = Instant::now();
     let grpc = h::is_grpc(req.headers());
     outbound.budget.record_request();
     let (resp, served) = match tokio::time::timeout(
         outbound.request_timeout,
-        route_request(req, up, port, outbound, grpc),
+        route_request(req, route, outbound, grpc),
     )
     .await
     {
@@ -328,47 +398,31 @@ async fn request(
                     "timeout",
                     "bulkhead: request timed out",
                 ),
-                Served::default(),
+                None,
             )
         }
     };
-    let class = h::status_class(resp.status());
-    metrics::counter!("bulkhead_requests_total", "direction" => "outbound", "service" => up.service.clone(), "version" => served.version.clone(), "peer" => served.peer.clone(), "status_class" => class).increment(1);
-    metrics::histogram!("bulkhead_request_duration_seconds", "direction" => "outbound", "service" => up.service.clone(), "version" => served.version, "peer" => served.peer, "status_class" => class)
-        .record(started.elapsed().as_secs_f64());
+    served
+        .as_deref()
+        .unwrap_or(&route.unattributed)
+        .record(resp.status(), started.elapsed());
     resp
 }
 
-/// Which endpoint answered, for metrics labels.
-#[derive(Default)]
-struct Served {
-    version: String,
-    peer: String,
-}
-
-impl From<&bulkhead_proto::model::Endpoint> for Served {
-    fn from(ep: &bulkhead_proto::model::Endpoint) -> Self {
-        Self {
-            version: ep.version.clone(),
-            peer: ep
-                .identity
-                .as_ref()
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
-        }
-    }
-}
+/// The response, and the metrics of the endpoint that gave it (`None`: the
+/// mesh answered without one).
+type Routed = (Response<Body>, Option<Arc<RequestMetrics>>);
 
 async fn route_request(
     req: Request<Incoming>,
-    up: &Upstream,
-    port: u16,
+    route: &HttpRoute,
     outbound: &Outbound,
     grpc: bool,
-) -> (Response<Body>, Served) {
+) -> Routed {
+    let up = &*route.up;
+    let port = route.port;
+    let balancer = &route.balancer;
     let state = outbound.states.borrow().clone();
-    let key = (up.namespace.clone(), up.service.clone());
-    let balancer = outbound.balancers.get(&key, &state);
     let choice = match route::choose_with_fallback(
         state.split(&up.namespace, &up.service),
         req.headers(),
@@ -384,21 +438,28 @@ async fn route_request(
                     "bad-version-pin",
                     &format!("bulkhead: {error}"),
                 ),
-                Served::default(),
+                None,
             );
         }
     };
+    drop(state);
     let can_retry = retryable(&req);
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(h::VERSION_PIN);
-    let authority = format!("{}.{}:{port}", up.service, up.namespace);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let Ok(uri) = format!("http://{authority}{path}").parse::<Uri>() else {
+    // Built from parts: the path is shared with the app's request, the
+    // authority with the connection (nothing formatted or parsed here).
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(Scheme::HTTP);
+    target.authority = Some(route.authority.clone());
+    target.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let Ok(uri) = Uri::from_parts(target) else {
         return (
             h::mesh_response(
                 grpc,
@@ -406,7 +467,7 @@ async fn route_request(
                 "bad-target",
                 "bulkhead: request target does not parse",
             ),
-            Served::default(),
+            None,
         );
     };
     parts.uri = uri;
@@ -436,11 +497,11 @@ async fn route_request(
                         up.namespace, up.service
                     ),
                 ),
-                Served::default(),
+                None,
             );
         };
-        let ep = pick.endpoint().clone();
-        let Some(identity) = ep.identity.clone() else {
+        let ep = pick.endpoint();
+        let Some(identity) = ep.identity.as_ref() else {
             pick.finish(Outcome {
                 latency: Duration::ZERO,
                 success: false,
@@ -448,9 +509,10 @@ async fn route_request(
             continue;
         };
         let addr = std::net::SocketAddr::new(ep.address, ep.inbound_port);
+        let served = pick.request_metrics();
         tried.push(addr);
         let sent = Instant::now();
-        let result = match outbound.pool.sender(addr, &identity, port).await {
+        let result = match outbound.pool.sender(addr, identity, port).await {
             Ok(mut sender) => {
                 let req_body = if can_retry {
                     h::empty()
@@ -482,7 +544,7 @@ async fn route_request(
                         .increment(1);
                     continue;
                 }
-                return (resp.map(|b| b.boxed()), Served::from(&ep));
+                return (resp.map(|b| b.boxed()), Some(served));
             }
             Err(error) => {
                 pick.finish(Outcome {
@@ -512,7 +574,7 @@ async fn route_request(
                         reason,
                         &format!("bulkhead: {error}"),
                     ),
-                    Served::from(&ep),
+                    Some(served),
                 );
             }
         }
@@ -673,7 +735,9 @@ pub async fn serve_captured(
                 });
                 let outbound = outbound.clone();
                 let shutdown = shutdown.clone();
-                tracker.spawn(async move { connection(tcp, upstream, outbound, shutdown).await });
+                tracker.spawn(async move {
+                    connection(tcp, upstream, outbound, shutdown, &RouteCache::default()).await
+                });
             }
             None if egress_allowed => {
                 tracker.spawn(async move { passthrough(tcp, dst).await });
@@ -708,7 +772,7 @@ async fn passthrough(mut app: TcpStream, dst: std::net::SocketAddr) {
     match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(dst)).await {
         Ok(Ok(mut remote)) => {
             metrics::counter!("bulkhead_egress_connections_total").increment(1);
-            let _ = tokio::io::copy_bidirectional(&mut app, &mut remote).await;
+            let _ = crate::wire::splice(&mut app, &mut remote).await;
         }
         _ => tracing::info!(%dst, "egress destination unreachable"),
     }

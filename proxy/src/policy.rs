@@ -46,5 +46,5 @@
 mod authz;
 mod path;
 
-pub use authz::{Decision, HttpRequestInfo, Verdict, authorize};
+pub use authz::{Decision, HttpRequestInfo, RuleRef, Verdict, authorize};
 pub use path::{MAX_PATH_LEN, MAX_PATH_SEGMENTS, PathError, assert_normalized, normalize_path};

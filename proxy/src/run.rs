@@ -256,11 +256,15 @@ pub async fn run(
         service: config.service.clone(),
         version: config.version.clone(),
         app: config.app,
+        app_authority: config
+            .app
+            .and_then(|app| http::uri::Authority::try_from(app.to_string()).ok()),
         app_protocol: config.app_protocol,
         states: states.clone(),
         app_http1,
         app_http2,
         request_timeout: config.request_timeout,
+        allow_lists: inbound::AllowListCache::default(),
     });
     tokio::spawn(inbound::serve(
         inbound_listener,

@@ -314,6 +314,11 @@ impl Sidecar {
             .unwrap_or_default()
     }
 
+    /// The sum of `name`'s samples carrying every label in `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::netns::metric(&self.metrics(), name, labels)
+    }
+
     pub fn config(&self) -> serde_json::Value {
         let (_, body) = http_get(self.admin, "/config").expect("config");
         serde_json::from_str(&body).expect("config json")

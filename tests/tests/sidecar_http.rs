@@ -164,3 +164,84 @@ async fn an_unlisted_caller_is_denied() {
         r.body
     );
 }
+
+/// Request metrics carry the service, the version and identity of the
+/// endpoint that answered, and the status class, at both ends; answers the
+/// mesh gives without an endpoint are counted with empty version and peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_name_both_ends() {
+    let s = shop().await;
+    let caller = Sidecar::start(
+        &s.ca,
+        &s.cp,
+        SidecarSpec::new("shop", "web", "1.0.0")
+            .upstream("cart")
+            .upstream("inventory")
+            // The multi-threaded runtime serves as the default one does.
+            .arg("--workers")
+            .arg("2"),
+    );
+    until_routable(&caller).await;
+    for _ in 0..5 {
+        let r = call(caller.upstream("cart"), "GET", "/cart/items", &[])
+            .await
+            .expect("call");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let r = call(caller.upstream("cart"), "GET", "/admin", &[])
+        .await
+        .expect("call");
+    assert_eq!(r.status, 403, "{r:?}");
+    // inventory is a Service without endpoints.
+    let r = call(caller.upstream("inventory"), "GET", "/", &[])
+        .await
+        .expect("call");
+    assert_eq!(r.status, 503, "{r:?}");
+
+    let cart_id = "spiffe://cluster.local/ns/shop/sa/cart";
+    let web_id = "spiffe://cluster.local/ns/shop/sa/web";
+    let outbound = |class| {
+        [
+            ("direction", "outbound"),
+            ("service", "cart"),
+            ("version", "1.0.0"),
+            ("peer", cart_id),
+            ("status_class", class),
+        ]
+    };
+    assert!(caller.metric("bulkhead_requests_total", &outbound("2xx")) >= 5.0);
+    assert!(caller.metric("bulkhead_request_duration_seconds_count", &outbound("2xx")) >= 5.0);
+    assert_eq!(
+        caller.metric("bulkhead_requests_total", &outbound("4xx")),
+        1.0
+    );
+    let unattributed = [
+        ("direction", "outbound"),
+        ("service", "inventory"),
+        ("version", ""),
+        ("peer", ""),
+        ("status_class", "5xx"),
+    ];
+    assert_eq!(caller.metric("bulkhead_requests_total", &unattributed), 1.0);
+
+    let inbound = |class| {
+        [
+            ("direction", "inbound"),
+            ("service", "cart"),
+            ("version", "1.0.0"),
+            ("peer", web_id),
+            ("status_class", class),
+        ]
+    };
+    assert!(s.cart.metric("bulkhead_requests_total", &inbound("2xx")) >= 5.0);
+    assert!(
+        s.cart
+            .metric("bulkhead_request_duration_seconds_count", &inbound("2xx"))
+            >= 5.0
+    );
+    // Both web sidecars share the identity: one 403 from this caller.
+    assert_eq!(
+        s.cart.metric("bulkhead_requests_total", &inbound("4xx")),
+        1.0
+    );
+}

@@ -845,14 +845,6 @@ async fn a_weight_change_applies_within_a_second_without_dropping_connections() 
 // ---------------------------------------------------------------------------
 // 2. Local first.
 
-/// Failed GETs tolerated while a caller still lists an endpoint that
-/// stopped answering (crashed, or drained before the caller heard of it).
-/// Each is a retry sent back to the endpoint that had just failed, until 5
-/// failures eject it: the bug the ignored
-/// `a_retry_after_a_connect_failure_goes_to_another_endpoint` pins down.
-/// Set this to 0 once it is fixed.
-const KNOWN_RETRY_BUG_FAILURES: usize = 0;
-
 /// Inventory on node-1 and node-2 (one zone), the caller on node-1.
 struct Local {
     mesh: Mesh,
@@ -908,14 +900,14 @@ async fn calls_stay_on_the_local_node_and_fail_over_when_it_dies() {
     l.local_app.stop();
     let during = calls(addr, 200, 2, &[]).await;
     assert!(
-        during.failures.len() <= KNOWN_RETRY_BUG_FAILURES,
+        during.failures.is_empty(),
         "GETs are retried on node-2: {} failed: {:?}",
         during.failures.len(),
         during.failures
     );
     assert_eq!(l.remote_app.seen() as usize, during.ok());
     assert!(
-        picks(&l.web, "zone") - zone0 >= 200.0 - KNOWN_RETRY_BUG_FAILURES as f64,
+        picks(&l.web, "zone") - zone0 >= 200.0,
         "spilled over to the zone tier"
     );
     // Settled: node-1 is ejected; nothing fails any more.
@@ -1074,7 +1066,7 @@ async fn gets_keep_succeeding_when_an_endpoint_is_killed_mid_traffic() {
     load.until_more(100, "after the kill").await;
     let during = load.finish().await;
     assert!(
-        during.failures.len() <= KNOWN_RETRY_BUG_FAILURES,
+        during.failures.is_empty(),
         "{} of {} GETs failed: {:?}",
         during.failures.len(),
         during.ok() + during.failures.len(),
@@ -1456,8 +1448,7 @@ async fn a_sigterm_drains_the_endpoint_with_no_client_error() {
     // but before the deregistration reached it gets "connection refused";
     // that GET is retried, but (the retry bug) back to the same endpoint.
     assert!(
-        tally.failures.len() <= KNOWN_RETRY_BUG_FAILURES
-            && tally.failures.iter().all(|f| f.contains("connect-failed")),
+        tally.failures.is_empty() && tally.failures.iter().all(|f| f.contains("connect-failed")),
         "{} of {} calls failed: {:?}",
         tally.failures.len(),
         tally.ok() + tally.failures.len(),

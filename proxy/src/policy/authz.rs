@@ -1,6 +1,9 @@
 //! Allow-list evaluation: one [`Decision`] per request (HTTP) or connection
 //! (TCP), with the mode semantics described in the [module docs](super).
 
+use std::borrow::Borrow;
+use std::fmt;
+
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::model::{AllowList, Mode};
 
@@ -25,18 +28,33 @@ pub enum Verdict {
     Deny,
 }
 
-/// The outcome of [`authorize`], with what logs and metrics need.
+/// The rule that allowed a request: shown as `allowlist-name#rule-index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleRef<'a> {
+    pub list: &'a str,
+    pub index: usize,
+}
+
+impl fmt::Display for RuleRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.list, self.index)
+    }
+}
+
+/// The outcome of [`authorize`], with what logs and metrics need. It
+/// borrows the lists it was decided from: an allowed request (the common
+/// case) costs no allocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Decision {
+pub struct Decision<'a> {
     pub verdict: Verdict,
-    /// `allowlist-name#rule-index` of the rule that allowed; `None` otherwise.
-    pub rule: Option<String>,
+    /// The rule that allowed; `None` otherwise.
+    pub rule: Option<RuleRef<'a>>,
     /// A bounded label: `allowed`, `no-allowlist`, `no-matching-rule` or
     /// `audit-no-matching-rule`.
     pub reason: &'static str,
 }
 
-impl Decision {
+impl Decision<'_> {
     pub const ALLOWED: &'static str = "allowed";
     pub const NO_ALLOWLIST: &'static str = "no-allowlist";
     pub const NO_MATCHING_RULE: &'static str = "no-matching-rule";
@@ -47,7 +65,7 @@ impl Decision {
     /// by the config, reasons are constants, never request data.
     pub fn label(&self) -> String {
         match &self.rule {
-            Some(rule) => rule.clone(),
+            Some(rule) => rule.to_string(),
             None => self.reason.to_owned(),
         }
     }
@@ -65,27 +83,34 @@ impl Decision {
 /// in a stable order (by name) for stable labels. `http` is `None` for opaque
 /// TCP, which rules with an `http` match never allow. `trust_domain` is the
 /// mesh's own: short `from` forms only match identities in it.
-pub fn authorize(
-    lists: &[&AllowList],
+pub fn authorize<'a, L: Borrow<AllowList>>(
+    lists: &'a [L],
     peer: &SpiffeId,
     port: u16,
     http: Option<HttpRequestInfo<'_>>,
     trust_domain: &str,
-) -> Decision {
+) -> Decision<'a> {
     let method = http.map(|h| h.method);
     let path = http.map(|h| h.normalized_path);
     for list in lists {
+        let list = list.borrow();
         if let Some(index) = list.allows(peer, port, method, path, trust_domain) {
             return Decision {
                 verdict: Verdict::Allow,
-                rule: Some(format!("{}#{index}", list.metadata.name)),
+                rule: Some(RuleRef {
+                    list: &list.metadata.name,
+                    index,
+                }),
                 reason: Decision::ALLOWED,
             };
         }
     }
     let (verdict, reason) = if lists.is_empty() {
         (Verdict::Deny, Decision::NO_ALLOWLIST)
-    } else if lists.iter().any(|list| list.mode() == Mode::Enforce) {
+    } else if lists
+        .iter()
+        .any(|list| list.borrow().mode() == Mode::Enforce)
+    {
         (Verdict::Deny, Decision::NO_MATCHING_RULE)
     } else {
         (Verdict::AuditAllow, Decision::AUDIT_NO_MATCHING_RULE)
@@ -132,15 +157,20 @@ mod tests {
         })
     }
 
-    fn allowed(rule: &str) -> Decision {
+    /// `rule` as `list#index`.
+    fn allowed(rule: &str) -> Decision<'_> {
+        let (list, index) = rule.split_once('#').expect("list#index");
         Decision {
             verdict: Verdict::Allow,
-            rule: Some(rule.to_owned()),
+            rule: Some(RuleRef {
+                list,
+                index: index.parse().expect("a rule index"),
+            }),
             reason: Decision::ALLOWED,
         }
     }
 
-    fn denied(reason: &'static str) -> Decision {
+    fn denied(reason: &'static str) -> Decision<'static> {
         Decision {
             verdict: Verdict::Deny,
             rule: None,
@@ -148,7 +178,7 @@ mod tests {
         }
     }
 
-    fn audited() -> Decision {
+    fn audited() -> Decision<'static> {
         Decision {
             verdict: Verdict::AuditAllow,
             rule: None,
@@ -158,11 +188,11 @@ mod tests {
 
     #[test]
     fn default_deny_without_lists() {
-        let d = authorize(&[], &peer("shop", "cart"), 8080, get("/"), TD);
+        let d = authorize::<AllowList>(&[], &peer("shop", "cart"), 8080, get("/"), TD);
         assert_eq!(d, denied(Decision::NO_ALLOWLIST));
         assert_eq!(d.label(), "no-allowlist");
         assert!(!d.lets_through());
-        let tcp = authorize(&[], &peer("shop", "cart"), 8080, None, TD);
+        let tcp = authorize::<AllowList>(&[], &peer("shop", "cart"), 8080, None, TD);
         assert_eq!(tcp, denied(Decision::NO_ALLOWLIST));
     }
 
