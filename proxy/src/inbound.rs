@@ -95,13 +95,15 @@ impl Inbound {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        // Idle app connections close after 30 s and at most 32 wait per
-        // app: a burst must not leave hundreds open (bench/README.md).
+        // Idle app connections close after 30 s, and at most 256 wait per
+        // app: enough that a steady 320 concurrent requests reuse them
+        // instead of dialing the app per request (bench/README.md), few
+        // enough that a burst does not leave thousands open.
         let builder = || {
             let mut b = Client::builder(TokioExecutor::new());
             b.pool_timer(hyper_util::rt::TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(32);
+                .pool_max_idle_per_host(256);
             b
         };
         let http1 = builder().build(connector.clone());
