@@ -165,6 +165,9 @@ pub struct RunArgs {
     /// Longest a request may take end to end.
     #[arg(long, env = "BULKHEAD_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Opaque TCP streams with no data either way for this long are closed.
+    #[arg(long, env = "BULKHEAD_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub tcp_idle_timeout: Duration,
     /// How long SIGTERM waits for in-flight requests.
     #[arg(long, env = "BULKHEAD_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -301,6 +304,7 @@ pub struct Config {
     pub locality: bulkhead_proto::model::Locality,
     pub state_dir: Option<PathBuf>,
     pub request_timeout: Duration,
+    pub tcp_idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -397,6 +401,7 @@ impl Config {
             },
             state_dir: a.state_dir,
             request_timeout: a.request_timeout,
+            tcp_idle_timeout: a.tcp_idle_timeout,
             drain_timeout: a.drain_timeout,
             log_format: a.log_format,
             log_level: a.log_level,

@@ -49,6 +49,8 @@ pub struct Inbound {
     pub app_http1: Client<HttpConnector, Incoming>,
     pub app_http2: Client<HttpConnector, Incoming>,
     pub request_timeout: Duration,
+    /// Opaque TCP streams idle this long either way are closed.
+    pub tcp_idle_timeout: Duration,
     /// The AllowLists guarding this service, for the current mesh state.
     pub allow_lists: AllowListCache,
 }
@@ -274,8 +276,8 @@ async fn tcp_stream(
     };
     let _ = upstream.set_nodelay(true);
     let started = Instant::now();
-    let result = crate::wire::splice(&mut tls, &mut upstream).await;
-    let class = if result.is_ok() { "ok" } else { "error" };
+    let result = crate::wire::splice(&mut tls, &mut upstream, inbound.tcp_idle_timeout).await;
+    let class = crate::wire::splice_result(&result);
     metrics::counter!("bulkhead_tcp_connections_total", "direction" => "inbound", "service" => inbound.service.clone(), "peer" => peer.to_string(), "result" => class).increment(1);
     metrics::histogram!("bulkhead_tcp_connection_duration_seconds", "direction" => "inbound", "service" => inbound.service.clone()).record(started.elapsed().as_secs_f64());
 }

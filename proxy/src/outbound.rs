@@ -43,6 +43,8 @@ pub struct Outbound {
     pub pool: Pool,
     pub balancers: Balancers,
     pub request_timeout: Duration,
+    /// Opaque TCP streams idle this long either way are closed.
+    pub tcp_idle_timeout: Duration,
     pub budget: RetryBudget,
 }
 
@@ -299,12 +301,14 @@ async fn tcp_stream(
         }
     };
     let connected = started.elapsed();
-    let result = crate::wire::splice(&mut app, &mut remote).await;
+    let result = crate::wire::splice(&mut app, &mut remote, outbound.tcp_idle_timeout).await;
+    let class = crate::wire::splice_result(&result);
     pick.finish(Outcome {
         latency: connected,
-        success: result.is_ok(),
+        // Idling out says nothing against the endpoint.
+        success: class != "error",
     });
-    metrics::counter!("bulkhead_tcp_connections_total", "direction" => "outbound", "service" => up.service.clone(), "peer" => identity.to_string(), "result" => if result.is_ok() { "ok" } else { "error" }).increment(1);
+    metrics::counter!("bulkhead_tcp_connections_total", "direction" => "outbound", "service" => up.service.clone(), "peer" => identity.to_string(), "result" => class).increment(1);
 }
 
 fn retryable(req: &Request<Incoming>) -> bool {
@@ -740,7 +744,8 @@ pub async fn serve_captured(
                 });
             }
             None if egress_allowed => {
-                tracker.spawn(async move { passthrough(tcp, dst).await });
+                let idle = outbound.tcp_idle_timeout;
+                tracker.spawn(async move { passthrough(tcp, dst, idle).await });
             }
             None => {
                 metrics::counter!("bulkhead_outbound_refused_total", "reason" => "unknown-destination").increment(1);
@@ -768,11 +773,11 @@ fn service_for(state: &MeshState, dst: std::net::SocketAddr) -> Option<ServiceKe
     })
 }
 
-async fn passthrough(mut app: TcpStream, dst: std::net::SocketAddr) {
+async fn passthrough(mut app: TcpStream, dst: std::net::SocketAddr, idle: Duration) {
     match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(dst)).await {
         Ok(Ok(mut remote)) => {
             metrics::counter!("bulkhead_egress_connections_total").increment(1);
-            let _ = crate::wire::splice(&mut app, &mut remote).await;
+            let _ = crate::wire::splice(&mut app, &mut remote, idle).await;
         }
         _ => tracing::info!(%dst, "egress destination unreachable"),
     }

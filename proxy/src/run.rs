@@ -173,6 +173,7 @@ pub async fn run(
         pool: Pool::new(bundle.clone(), slot.clone()),
         balancers: outbound::Balancers::default(),
         request_timeout: config.request_timeout,
+        tcp_idle_timeout: config.tcp_idle_timeout,
         budget: outbound::RetryBudget::default(),
     });
     for (listener, up) in upstream_listeners {
@@ -264,6 +265,7 @@ pub async fn run(
         app_http1,
         app_http2,
         request_timeout: config.request_timeout,
+        tcp_idle_timeout: config.tcp_idle_timeout,
         allow_lists: inbound::AllowListCache::default(),
     });
     tokio::spawn(inbound::serve(

@@ -21,7 +21,12 @@
 //! only parser of peer bytes the proxy owns (HTTP/2 is hyper's); it has a
 //! fuzz target in `proxy/fuzz`.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Buffer per direction for opaque TCP streams. One TLS record carries at
 /// most 16 KiB of plaintext: with tokio's default 8 KiB every record was
@@ -29,13 +34,121 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const COPY_BUFFER: usize = 16 * 1024;
 
 /// Copies both directions of an opaque TCP stream until both ends close
-/// (each shutdown is passed on); returns the bytes copied each way.
-pub async fn splice<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+/// (each shutdown is passed on); returns the bytes copied each way. When no
+/// byte has moved either way for `idle`, both ends are dropped and the
+/// result is an error of kind [`std::io::ErrorKind::TimedOut`]: a peer that
+/// vanished without a FIN must not pin two sockets and buffers forever.
+pub async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await
+    let activity = Activity::new();
+    let mut a = Tracked {
+        inner: a,
+        activity: &activity,
+    };
+    let mut b = Tracked {
+        inner: b,
+        activity: &activity,
+    };
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
+    tokio::pin!(copy);
+    loop {
+        // One timer per idle period, not one per read.
+        let quiet = activity.quiet_for();
+        if quiet >= idle {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no data either way for {idle:?}"),
+            ));
+        }
+        tokio::select! {
+            result = &mut copy => return result,
+            () = tokio::time::sleep(idle - quiet) => {}
+        }
+    }
+}
+
+/// When a spliced stream last moved a byte (either way). tokio's clock, so
+/// tests can run it paused.
+struct Activity {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream that reports each successful read or write to an [`Activity`].
+struct Tracked<'a, S: ?Sized> {
+    inner: &'a mut S,
+    activity: &'a Activity,
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Tracked<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Tracked<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The `result` label of `bulkhead_tcp_connections_total` for a splice.
+pub fn splice_result(result: &std::io::Result<(u64, u64)>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "idle-timeout",
+        Err(_) => "error",
+    }
 }
 
 /// ALPN protocol id of sidecar-to-sidecar connections.
@@ -134,6 +247,59 @@ pub enum ReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both ends of a splice: what the app and the peer hold.
+    fn spliced(
+        idle: Duration,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<std::io::Result<(u64, u64)>>,
+    ) {
+        let (app, mut near) = tokio::io::duplex(1024);
+        let (mut far, peer) = tokio::io::duplex(1024);
+        let splice = tokio::spawn(async move { splice(&mut near, &mut far, idle).await });
+        (app, peer, splice)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_splice_with_no_traffic_ends_after_the_idle_timeout() {
+        let started = tokio::time::Instant::now();
+        let (_app, _peer, splice) = spliced(Duration::from_secs(10));
+        let error = splice
+            .await
+            .expect("task")
+            .expect_err("idle splice must end");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(splice_result(&Err(error)), "idle-timeout");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_in_either_direction_keeps_a_splice_open() {
+        let (mut app, mut peer, splice) = spliced(Duration::from_secs(10));
+        // 60 s in all, a byte every 6 s, alternating directions.
+        for round in 0..10u8 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let (from, to) = if round % 2 == 0 {
+                (&mut app, &mut peer)
+            } else {
+                (&mut peer, &mut app)
+            };
+            from.write_all(&[round]).await.expect("write");
+            let mut byte = [0u8; 1];
+            to.read_exact(&mut byte).await.expect("spliced byte");
+            assert_eq!(byte[0], round);
+        }
+        drop(app);
+        drop(peer);
+        let copied = splice.await.expect("task").expect("clean end");
+        assert_eq!(copied, (5, 5));
+    }
 
     #[test]
     fn round_trip() {

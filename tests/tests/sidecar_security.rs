@@ -282,6 +282,64 @@ async fn an_allowed_tcp_caller_is_echoed() {
     assert!(echo.received() >= (payload.len() + 12) as u64);
 }
 
+/// An opaque stream with no data either way for `--tcp-idle-timeout` is
+/// closed (and counted); one with traffic stays open well past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tcp_stream_is_closed_and_a_busy_one_is_not() {
+    let m = Mesh::start().await;
+    let (_echo, _ledger) = m.ledger().await;
+    let web = m.sidecar(
+        SidecarSpec::new("shop", "web", "1.0.0")
+            .upstream("ledger")
+            .arg("--tcp-idle-timeout")
+            .arg("1s"),
+    );
+    wait_for_async("ledger to echo through web's sidecar", WAIT, || async {
+        tcp_exchange(web.upstream("ledger"), b"hello").await.ok()
+    })
+    .await;
+
+    // Busy: one byte every 300 ms for 3 s, each echoed.
+    let mut busy = TcpStream::connect(web.upstream("ledger"))
+        .await
+        .expect("connect");
+    for i in 0..10u8 {
+        busy.write_all(&[i]).await.expect("write");
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(WAIT, busy.read_exact(&mut byte))
+            .await
+            .expect("echo in time")
+            .expect("echo on a busy stream");
+        assert_eq!(byte[0], i);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Idle: one exchange, then nothing; the sidecar closes it.
+    let mut idle = TcpStream::connect(web.upstream("ledger"))
+        .await
+        .expect("connect");
+    idle.write_all(b"x").await.expect("write");
+    let mut byte = [0u8; 1];
+    idle.read_exact(&mut byte).await.expect("echo");
+    let quiet_since = std::time::Instant::now();
+    let after = read_until_closed(&mut idle).await;
+    assert!(after.is_empty(), "{after:?}");
+    let waited = quiet_since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    wait_for_async("the idle close to be counted", WAIT, || async {
+        metric_line(
+            &web.metrics(),
+            "bulkhead_tcp_connections_total",
+            &[("direction", "outbound"), ("result", "idle-timeout")],
+        )
+        .map(|_| ())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_caller_the_allow_list_does_not_name_is_closed_before_the_app() {
     let m = Mesh::start().await;
