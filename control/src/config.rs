@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::telemetry::LogFormat;
+pub use bulkhead_process::{LogFormat, parse_duration, usage_line};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
@@ -210,34 +210,6 @@ Examples:
       --issuer-cert ./ca/issuer.crt --issuer-key ./ca/issuer.key --trust-bundle ./ca/bundle.crt
   bulkhead-control --store memory --issuer-cert ./ca/issuer.crt --issuer-key ./ca/issuer.key \\
       --trust-bundle ./ca/bundle.crt";
-
-/// A clap error as one line for the user: the message (with any list of
-/// missing arguments folded in), without the usage page.
-pub fn usage_line(error: &clap::Error) -> String {
-    let rendered = error.render().to_string();
-    let parts: Vec<&str> = rendered
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:"))
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more information")
-        })
-        .collect();
-    format!(
-        "{} (see --help)",
-        parts.join(" ").trim_start_matches("error: ")
-    )
-}
-
-/// Durations such as `90s`, `10m`, `24h`, `1h30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("expected a duration like 30s, 10m or 24h ({e})"))?;
-    if d.is_zero() {
-        return Err("must be greater than zero".to_owned());
-    }
-    Ok(d)
-}
 
 #[cfg(test)]
 mod tests {

@@ -2,28 +2,14 @@
 //! `bulkhead-proxy` calls [`main`]; so does `bulkheadctl demo`, which
 //! starts real sidecar processes from its own binary.
 
-use std::io::IsTerminal;
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use std::ffi::OsString;
-
-use crate::config::{Cli, Command, Config, LogFormat, usage_line};
-use crate::run::{self, Exit};
+use bulkhead_process::{init_logs, usage_line};
 use clap::Parser;
 
-fn init_logs(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
+use crate::config::{Cli, Command, Config};
+use crate::run::{self, Exit};
 
 /// Runs the sidecar CLI with `args` (the first is the program name).
 pub fn main(args: Vec<OsString>) -> ExitCode {

@@ -6,15 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use bulkhead_process::{LogFormat, parse_duration, usage_line};
 use bulkhead_proto::identity::validate_name;
 use bulkhead_proto::model::Protocol;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead-proxy", version, about = "The Bulkhead sidecar proxy", after_help = EXAMPLES, args_override_self = true)]
@@ -408,32 +403,6 @@ impl Config {
             workers: usize::from(a.workers),
         })
     }
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("expected a duration like 30s or 5m ({e})"))?;
-    if d.is_zero() {
-        return Err("must be greater than zero".to_owned());
-    }
-    Ok(d)
-}
-
-/// A clap error as one line (the message, no usage page).
-pub fn usage_line(error: &clap::Error) -> String {
-    let rendered = error.render().to_string();
-    let parts: Vec<&str> = rendered
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:"))
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more information")
-        })
-        .collect();
-    format!(
-        "{} (see --help)",
-        parts.join(" ").trim_start_matches("error: ")
-    )
 }
 
 #[cfg(test)]

@@ -339,7 +339,7 @@ pub async fn run(
         })
     };
 
-    shutdown_signal().await;
+    bulkhead_process::shutdown_signal().await;
     tracing::info!(grace = ?config.drain_timeout, "SIGTERM: deregistering, then draining");
     // Deregister first so callers stop picking us, then stop accepting.
     if registration.is_finished()
@@ -359,19 +359,4 @@ pub async fn run(
         tracing::warn!("grace period over with connections still open; closing them");
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -147,7 +147,7 @@ async fn run(args: ControlArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        () = shutdown_signal() => {
+        () = bulkhead_process::shutdown_signal() => {
             tracing::info!("shutting down");
             running.shutdown().await;
             ExitCode::SUCCESS
@@ -254,20 +254,4 @@ fn webhook_settings(args: &ControlArgs) -> Result<Option<runtime::WebhookSetting
         tls: Arc::new(tls),
         injector: Arc::new(injector),
     }))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers, run until killed.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
