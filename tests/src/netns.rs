@@ -908,9 +908,17 @@ impl PodSidecar {
 }
 
 /// The sum of the samples of `name` (exactly) in Prometheus text that carry
-/// every `label="value"` in `labels`.
+/// every `label="value"` in `labels`; 0 when there is none.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
+    metric_if_any(text, name, labels).unwrap_or(0.0)
+}
+
+/// Like [`metric`], but None when no such sample is there: for waits that
+/// must tell "not reported (yet)" from "reported as 0", as for a gauge like
+/// `bulkhead_control_plane_connected`.
+pub fn metric_if_any(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut samples = text
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
@@ -922,5 +930,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             .then(|| value.parse::<f64>().ok())
             .flatten()
         })
-        .sum()
+        .peekable();
+    samples.peek()?;
+    Some(samples.sum())
 }

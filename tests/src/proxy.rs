@@ -1,6 +1,7 @@
 //! Sidecars and sample apps: the real `bulkhead-proxy` binary beside tiny
 //! in-process apps on loopback, and an HTTP client to call through them.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,86 +14,120 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::control::{ControlPlane, TestCa, bin, free_port, http_get};
+use crate::control::{ControlPlane, TestCa, bin, free_port, http_get, wait_for_async};
 
-/// A tiny HTTP app (HTTP/1.1 and h2c): answers every request with
-/// `service=<s> version=<v> method=<m> path=<p>` and counts what it saw.
+/// An in-process app on a fresh loopback port, stopped on drop.
+///
+/// Every test app (the plain HTTP one, echoes, and apps that misbehave on
+/// purpose) needs the same scaffolding: a listener the sidecar can be
+/// pointed at, a task per connection, a counter the test can read while the
+/// app runs, and a way to make it vanish mid-test. [`App::serve`] is that
+/// scaffolding once; what a connection gets is the caller's.
 pub struct App {
     pub addr: SocketAddr,
-    pub requests: Arc<AtomicU64>,
+    /// What the app counts: requests for [`App::http`] and
+    /// [`App::http_with`], received bytes for [`App::tcp_echo`], whatever
+    /// the handler bumps for [`App::serve`].
+    pub count: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl App {
-    pub async fn http(service: &str, version: &str) -> Self {
+    /// Accepts connections on 127.0.0.1 and hands each, with the shared
+    /// counter, to `serve`. `serve` is called in the accept loop, so what it
+    /// does before returning its future (counting an accept, say) happens
+    /// before the next connection is taken; the future runs in its own task.
+    pub async fn serve<F, Fut>(serve: F) -> Self
+    where
+        F: Fn(TcpStream, Arc<AtomicU64>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
         let addr = listener.local_addr().expect("addr");
-        let requests = Arc::new(AtomicU64::new(0));
-        let (svc, ver, count) = (service.to_owned(), version.to_owned(), requests.clone());
+        let count = Arc::new(AtomicU64::new(0));
+        let counter = count.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (svc, ver, count) = (svc.clone(), ver.clone(), count.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        count.fetch_add(1, Ordering::SeqCst);
-                        let body = format!(
-                            "service={svc} version={ver} method={} path={}",
-                            req.method(),
-                            req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
-                        );
-                        async move {
-                            // Drain the request body first (POSTs in tests).
-                            let _ = req.into_body().collect().await;
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from(body),
-                            )))
-                        }
-                    });
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
-                });
+                tokio::spawn(serve(tcp, counter.clone()));
             }
         });
-        Self {
-            addr,
-            requests,
-            task,
-        }
+        Self { addr, count, task }
     }
 
-    /// A TCP echo app.
+    /// An HTTP app (HTTP/1.1 and h2c, as a sidecar may speak either) whose
+    /// every request is counted, then answered by `answer`. `answer` runs
+    /// when the request arrives; the future it returns is the reply (and
+    /// may drain the body, hold, or report first).
+    pub async fn http_with<F, Fut>(answer: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        Self::serve(move |tcp, count| {
+            let answer = answer.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let reply = answer(req);
+                    async move { Ok::<_, std::convert::Infallible>(reply.await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+            }
+        })
+        .await
+    }
+
+    /// A tiny HTTP app: answers every request with
+    /// `service=<s> version=<v> method=<m> path=<p>` (so a caller can tell
+    /// which endpoint and version served it) and counts what it saw.
+    pub async fn http(service: &str, version: &str) -> Self {
+        let (svc, ver) = (service.to_owned(), version.to_owned());
+        Self::http_with(move |req: Request<Incoming>| {
+            let body = format!(
+                "service={svc} version={ver} method={} path={}",
+                req.method(),
+                req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
+            );
+            async move {
+                // Drain the request body first (POSTs in tests).
+                let _ = req.into_body().collect().await;
+                Response::new(Full::new(Bytes::from(body)))
+            }
+        })
+        .await
+    }
+
+    /// A TCP echo app that counts the bytes it receives. It counts bytes,
+    /// not connections, because the sidecar's readiness check opens (empty)
+    /// connections to the app: a connection count says nothing about
+    /// whether a caller's bytes got through; a byte count does.
     pub async fn tcp_echo() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-        let addr = listener.local_addr().expect("addr");
-        let requests = Arc::new(AtomicU64::new(0));
-        let count = requests.clone();
-        let task = tokio::spawn(async move {
+        Self::serve(|mut tcp, count| async move {
+            let mut buf = vec![0u8; 16 * 1024];
             loop {
-                let Ok((mut tcp, _)) = listener.accept().await else {
-                    continue;
+                let n = match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
                 };
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let (mut r, mut w) = tcp.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
+                count.fetch_add(n as u64, Ordering::SeqCst);
+                if tcp.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
             }
-        });
-        Self {
-            addr,
-            requests,
-            task,
-        }
+        })
+        .await
     }
 
+    /// The counter's value (see [`App::count`]).
     pub fn seen(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
+        self.count.load(Ordering::SeqCst)
     }
 
     /// Stops answering (the listener closes).
@@ -121,6 +156,9 @@ pub struct SidecarSpec {
     pub zone: String,
     pub region: String,
     pub extra: Vec<String>,
+    /// Environment for the process, beyond `NO_COLOR`: what the injector
+    /// passes only that way (e.g. `BULKHEAD_APP_PROBES`).
+    pub env: Vec<(String, String)>,
 }
 
 impl SidecarSpec {
@@ -136,11 +174,18 @@ impl SidecarSpec {
             zone: "zone-a".into(),
             region: "region-1".into(),
             extra: vec![],
+            env: vec![],
         }
     }
 
     pub fn app(mut self, app: &App) -> Self {
         self.app = Some(app.addr);
+        self
+    }
+
+    /// The app's address when it is not an [`App`] (a tonic server, say).
+    pub fn app_addr(mut self, addr: SocketAddr) -> Self {
+        self.app = Some(addr);
         self
     }
 
@@ -168,6 +213,11 @@ impl SidecarSpec {
         self.extra.push(a.into());
         self
     }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
 }
 
 /// A running `bulkhead-proxy`, killed on drop.
@@ -187,6 +237,15 @@ impl Sidecar {
     /// `/ready` (certificate, config, app) and for its registration to be
     /// visible to the operator.
     pub fn start(ca: &TestCa, cp: &ControlPlane, spec: SidecarSpec) -> Self {
+        let mut sidecar = Self::launch(ca, cp, spec);
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    /// Starts a sidecar like [`Sidecar::start`] but does not wait: for tests
+    /// of what a sidecar serves before (or without) being ready, which wait
+    /// with [`Sidecar::wait_live`] instead.
+    pub fn launch(ca: &TestCa, cp: &ControlPlane, spec: SidecarSpec) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = ca.token(&format!("{}/{}", spec.namespace, spec.service), "10m", true);
         let token_file = dir.path().join("token");
@@ -246,7 +305,6 @@ impl Sidecar {
             dir,
         };
         sidecar.spawn();
-        sidecar.wait_ready();
         sidecar
     }
 
@@ -262,6 +320,7 @@ impl Sidecar {
             .expect("log");
         let child = Command::new(bin("bulkhead-proxy"))
             .args(&self.args)
+            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -274,7 +333,19 @@ impl Sidecar {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Waits for `/ready`: certificate, config and app.
     pub fn wait_ready(&mut self) {
+        self.wait_admin("/ready", "ready");
+    }
+
+    /// Waits for `/live`: the admin port is up, whatever else is.
+    pub fn wait_live(&mut self) {
+        self.wait_admin("/live", "live");
+    }
+
+    /// Polls admin `path` until it answers 200 (20 s at most); fails at once,
+    /// with the log, if the process exits meanwhile.
+    fn wait_admin(&mut self, path: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(child) = self.child.as_mut()
@@ -286,12 +357,12 @@ impl Sidecar {
                     self.log_text()
                 );
             }
-            if let Ok((200, _)) = http_get(self.admin, "/ready") {
+            if let Ok((200, _)) = http_get(self.admin, path) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "sidecar {} not ready after 20 s; log:\n{}",
+                "sidecar {} not {what} after 20 s; log:\n{}",
                 self.spec.service,
                 self.log_text()
             );
@@ -391,6 +462,27 @@ pub struct Reply {
     pub body: String,
 }
 
+impl Reply {
+    /// Reads a whole response (the body as lossy UTF-8), whichever client
+    /// sent the request: the pooled [`client`]s here, or a test's own
+    /// connection when what it checks is that one connection survives.
+    pub async fn read(resp: Response<Incoming>) -> Result<Self, String> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Self {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
 /// GET (or any method) through an upstream address.
 pub async fn call(
     addr: SocketAddr,
@@ -424,23 +516,28 @@ pub async fn call_with(
         .await
         .map_err(|_| "timed out".to_owned())?
         .map_err(|e| format!("{e:?}"))?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Reply::read(resp).await
 }
 
 /// The version an app reply names.
 pub fn version_of(body: &str) -> Option<&str> {
     body.split_whitespace()
         .find_map(|w| w.strip_prefix("version="))
+}
+
+/// Waits (20 s at most) until `caller` gets a 200 for `GET path` from
+/// `target`. A sidecar learns endpoints from the control plane a moment
+/// after it is ready; tests wait for this before they count or assert on
+/// calls, so that catching up is not mistaken for a failure.
+pub async fn until_routable(caller: &Sidecar, target: &str, path: &str) {
+    let addr = caller.upstream(target);
+    wait_for_async(
+        &format!("{target} to be routable from {}", caller.spec.service),
+        Duration::from_secs(20),
+        || async move {
+            let r = call(addr, "GET", path, &[]).await.ok()?;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await;
 }

@@ -6,7 +6,6 @@
 //! app stops answering, 404 for what it was not given.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,141 +18,69 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
-/// `bulkhead-proxy run` as the injector configures it, with the probe
-/// table in its environment (which `SidecarSpec` cannot pass).
-struct Proxy {
-    child: Child,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
+/// `bulkhead-proxy run` for `shop/web` in front of `app`, with the probe
+/// table in its environment, as the injector configures it. Waits for
+/// `/live`, not `/ready`: the probe endpoints are the admin port's, and
+/// must answer (404 at worst) even when the table is bad.
+fn proxy(ca: &TestCa, cp: &ControlPlane, app: SocketAddr, probes: &Value) -> Sidecar {
+    let spec = SidecarSpec::new("shop", "web", "1.0.0")
+        .app_addr(app)
+        .env("BULKHEAD_APP_PROBES", &probes.to_string());
+    let mut proxy = Sidecar::launch(ca, cp, spec);
+    proxy.wait_live();
+    proxy
 }
 
-impl Proxy {
-    fn start(ca: &TestCa, cp: &ControlPlane, app: SocketAddr, probes: &Value) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, ca.token("shop/web", "10m", true)).expect("token");
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = std::fs::File::create(dir.path().join("proxy.log")).expect("log");
-        let child = Command::new(bin("bulkhead-proxy"))
-            .args(["run", "--control", &cp.url(), "--trust-bundle"])
-            .arg(ca.file("bundle.crt"))
-            .arg("--token-file")
-            .arg(&token_file)
-            .args([
-                "--namespace",
-                "shop",
-                "--service",
-                "web",
-                "--version",
-                "1.0.0",
-            ])
-            .args(["--app", &app.to_string(), "--inbound", &inbound.to_string()])
-            .args(["--admin", &admin.to_string(), "--state-dir"])
-            .arg(dir.path().join("state"))
-            .args(["--log-level", "info,bulkhead_proxy=debug"])
-            .env("BULKHEAD_APP_PROBES", probes.to_string())
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn bulkhead-proxy");
-        let mut proxy = Self { child, admin, dir };
-        proxy.wait_live();
-        proxy
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
-    }
-
-    fn wait_live(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "bulkhead-proxy exited with {status}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            if let Ok((200, _)) = http_get(self.admin, "/live") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "admin port not up after 20 s; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// What the kubelet would see: the status code.
-    async fn probe(&self, path: &str) -> u16 {
-        let admin = self.admin;
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || http_get(admin, &path))
-            .await
-            .expect("probe task")
-            .unwrap_or_else(|e| panic!("admin port: {e}"))
-            .0
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// What the kubelet would see: the status code. (`http_get` blocks; the
+/// apps answering the probe run on this runtime.)
+async fn probe(proxy: &Sidecar, path: &str) -> u16 {
+    let admin = proxy.admin;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || http_get(admin, &path))
+        .await
+        .expect("probe task")
+        .unwrap_or_else(|e| panic!("admin port: {e}"))
+        .0
 }
 
 /// An app that answers `/status/<code>` with that code, and 400 unless
 /// the probe's header came along.
-async fn status_app(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let code = req
-                        .uri()
-                        .path()
-                        .strip_prefix("/status/")
-                        .and_then(|c| c.parse::<u16>().ok())
-                        .unwrap_or(404);
-                    let probed = req.headers().get("x-probe").is_some_and(|v| v == "kubelet")
-                        && req.uri().query() == Some("full=1");
-                    let mut resp = Response::new(Full::new(Bytes::from_static(b"app")));
-                    *resp.status_mut() = if probed {
-                        StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT)
-                    } else {
-                        StatusCode::BAD_REQUEST
-                    };
-                    Ok::<_, std::convert::Infallible>(resp)
-                });
-                let http = hyper::server::conn::http1::Builder::new();
-                match tls {
-                    Some(tls) => {
-                        if let Ok(stream) = tls.accept(tcp).await {
-                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                        }
-                    }
-                    None => {
-                        let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+async fn status_app(tls: Option<tokio_rustls::TlsAcceptor>) -> App {
+    App::serve(move |tcp, _| {
+        let tls = tls.clone();
+        async move {
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let code = req
+                    .uri()
+                    .path()
+                    .strip_prefix("/status/")
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .unwrap_or(404);
+                let probed = req.headers().get("x-probe").is_some_and(|v| v == "kubelet")
+                    && req.uri().query() == Some("full=1");
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"app")));
+                *resp.status_mut() = if probed {
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT)
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(tcp).await {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
                     }
                 }
-            });
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                }
+            }
         }
-    });
-    (addr, task)
+    })
+    .await
 }
 
 /// A self-signed certificate nobody trusts: the kubelet does not check.
@@ -171,47 +98,37 @@ fn untrusted_tls() -> tokio_rustls::TlsAcceptor {
 
 /// A gRPC health server (h2c) answering `Check` with `status` (1 =
 /// SERVING, 2 = NOT_SERVING) for the service "web", NOT_FOUND otherwise.
-async fn grpc_health_app(status: u8) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    async move {
-                        let ok_path = req.uri().path() == "/grpc.health.v1.Health/Check";
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                        // HealthCheckRequest{service: "web"}, length-prefixed.
-                        let known = body.as_deref().ok() == Some(b"\0\0\0\0\x05\x0a\x03web");
-                        let mut trailers = http::HeaderMap::new();
-                        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
-                            if ok_path && known {
-                                trailers.insert("grpc-status", "0".parse().unwrap());
-                                vec![
-                                    Ok(Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]))),
-                                    Ok(Frame::trailers(trailers)),
-                                ]
-                            } else {
-                                trailers.insert("grpc-status", "5".parse().unwrap());
-                                vec![Ok(Frame::trailers(trailers))]
-                            };
-                        let mut resp =
-                            Response::new(StreamBody::new(futures::stream::iter(frames)));
-                        resp.headers_mut()
-                            .insert("content-type", "application/grpc".parse().unwrap());
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    (addr, task)
+async fn grpc_health_app(status: u8) -> App {
+    App::serve(move |tcp, _| async move {
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            async move {
+                let ok_path = req.uri().path() == "/grpc.health.v1.Health/Check";
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                // HealthCheckRequest{service: "web"}, length-prefixed.
+                let known = body.as_deref().ok() == Some(b"\0\0\0\0\x05\x0a\x03web");
+                let mut trailers = http::HeaderMap::new();
+                let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+                    if ok_path && known {
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        vec![
+                            Ok(Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]))),
+                            Ok(Frame::trailers(trailers)),
+                        ]
+                    } else {
+                        trailers.insert("grpc-status", "5".parse().unwrap());
+                        vec![Ok(Frame::trailers(trailers))]
+                    };
+                let mut resp = Response::new(StreamBody::new(futures::stream::iter(frames)));
+                resp.headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tcp), service)
+            .await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -219,40 +136,40 @@ async fn rewritten_probes_check_the_app_through_the_admin_port() {
     let ca = TestCa::init("cluster.local");
     let cp = ControlPlane::start(&ca, &StoreSpec::Memory, &[]);
     let app = App::http("web", "1.0.0").await;
-    let (plain, plain_task) = status_app(None).await;
-    let (tls, tls_task) = status_app(Some(untrusted_tls())).await;
-    let (serving, serving_task) = grpc_health_app(1).await;
-    let (not_serving, not_serving_task) = grpc_health_app(2).await;
+    let plain = status_app(None).await;
+    let tls = status_app(Some(untrusted_tls())).await;
+    let serving = grpc_health_app(1).await;
+    let not_serving = grpc_health_app(2).await;
     let headers = json!([{"name": "X-Probe", "value": "kubelet"}]);
     let probes = json!({
         "/app-health/app/readiness": {"port": app.addr.port(), "path": "/ready", "scheme": "HTTP"},
         "/app-health/app/liveness": {"tcp": app.addr.port()},
-        "/app-health/plain/readiness": {"port": plain.port(), "path": "/status/204?full=1", "headers": headers},
-        "/app-health/plain/liveness": {"port": plain.port(), "path": "/status/500?full=1", "headers": headers},
-        "/app-health/plain/startup": {"port": plain.port(), "path": "/status/302?full=1", "headers": headers},
-        "/app-health/bare/readiness": {"port": plain.port(), "path": "/status/200"},
-        "/app-health/secure/readiness": {"port": tls.port(), "path": "/status/200?full=1", "scheme": "HTTPS", "headers": headers},
-        "/app-health/grpc/readiness": {"grpc": serving.port(), "service": "web"},
-        "/app-health/grpc/liveness": {"grpc": not_serving.port(), "service": "web"},
-        "/app-health/grpc/startup": {"grpc": serving.port(), "service": "other"},
+        "/app-health/plain/readiness": {"port": plain.addr.port(), "path": "/status/204?full=1", "headers": headers},
+        "/app-health/plain/liveness": {"port": plain.addr.port(), "path": "/status/500?full=1", "headers": headers},
+        "/app-health/plain/startup": {"port": plain.addr.port(), "path": "/status/302?full=1", "headers": headers},
+        "/app-health/bare/readiness": {"port": plain.addr.port(), "path": "/status/200"},
+        "/app-health/secure/readiness": {"port": tls.addr.port(), "path": "/status/200?full=1", "scheme": "HTTPS", "headers": headers},
+        "/app-health/grpc/readiness": {"grpc": serving.addr.port(), "service": "web"},
+        "/app-health/grpc/liveness": {"grpc": not_serving.addr.port(), "service": "web"},
+        "/app-health/grpc/startup": {"grpc": serving.addr.port(), "service": "other"},
     });
-    let proxy = Proxy::start(&ca, &cp, app.addr, &probes);
+    let proxy = proxy(&ca, &cp, app.addr, &probes);
 
     // The app answers: 200 for HTTP and TCP alike.
-    assert_eq!(proxy.probe("/app-health/app/readiness").await, 200);
+    assert_eq!(probe(&proxy, "/app-health/app/readiness").await, 200);
     assert!(app.seen() >= 1, "the probe reached the app");
-    assert_eq!(proxy.probe("/app-health/app/liveness").await, 200);
+    assert_eq!(probe(&proxy, "/app-health/app/liveness").await, 200);
     // The app's own status comes back, and its probe headers went along.
-    assert_eq!(proxy.probe("/app-health/plain/readiness").await, 204);
-    assert_eq!(proxy.probe("/app-health/plain/liveness").await, 500);
-    assert_eq!(proxy.probe("/app-health/plain/startup").await, 302);
-    assert_eq!(proxy.probe("/app-health/bare/readiness").await, 400);
+    assert_eq!(probe(&proxy, "/app-health/plain/readiness").await, 204);
+    assert_eq!(probe(&proxy, "/app-health/plain/liveness").await, 500);
+    assert_eq!(probe(&proxy, "/app-health/plain/startup").await, 302);
+    assert_eq!(probe(&proxy, "/app-health/bare/readiness").await, 400);
     // HTTPS with a certificate nobody trusts, as the kubelet allows.
-    assert_eq!(proxy.probe("/app-health/secure/readiness").await, 200);
+    assert_eq!(probe(&proxy, "/app-health/secure/readiness").await, 200);
     // gRPC health: SERVING → 200; NOT_SERVING or an unknown service → 503.
-    assert_eq!(proxy.probe("/app-health/grpc/readiness").await, 200);
-    assert_eq!(proxy.probe("/app-health/grpc/liveness").await, 503);
-    assert_eq!(proxy.probe("/app-health/grpc/startup").await, 503);
+    assert_eq!(probe(&proxy, "/app-health/grpc/readiness").await, 200);
+    assert_eq!(probe(&proxy, "/app-health/grpc/liveness").await, 503);
+    assert_eq!(probe(&proxy, "/app-health/grpc/startup").await, 503);
 
     // What the table does not hold is not found, nor checked.
     for unknown in [
@@ -261,13 +178,13 @@ async fn rewritten_probes_check_the_app_through_the_admin_port() {
         "/app-health/",
         "/app-health/app/readiness/x",
     ] {
-        assert_eq!(proxy.probe(unknown).await, 404, "{unknown}");
+        assert_eq!(probe(&proxy, unknown).await, 404, "{unknown}");
     }
 
     // The apps stop: every probe of them fails with 503, promptly.
     app.stop();
-    for task in [&plain_task, &tls_task, &serving_task, &not_serving_task] {
-        task.abort();
+    for other in [&plain, &tls, &serving, &not_serving] {
+        other.stop();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
@@ -278,7 +195,7 @@ async fn rewritten_probes_check_the_app_through_the_admin_port() {
         "/app-health/secure/readiness",
         "/app-health/grpc/readiness",
     ] {
-        assert_eq!(proxy.probe(path).await, 503, "{path}");
+        assert_eq!(probe(&proxy, path).await, 503, "{path}");
     }
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -297,9 +214,9 @@ async fn a_bad_probe_table_serves_404_and_the_proxy_still_runs() {
         "/app-health/app/readiness": {"port": app.addr.port(), "path": "/ready"},
         "/app-health/app/liveness": {"tcp": 0},
     });
-    let proxy = Proxy::start(&ca, &cp, app.addr, &probes);
-    assert_eq!(proxy.probe("/app-health/app/readiness").await, 404);
-    assert_eq!(proxy.probe("/app-health/app/liveness").await, 404);
+    let proxy = proxy(&ca, &cp, app.addr, &probes);
+    assert_eq!(probe(&proxy, "/app-health/app/readiness").await, 404);
+    assert_eq!(probe(&proxy, "/app-health/app/liveness").await, 404);
     assert_eq!(app.seen(), 0);
     assert!(
         proxy.log_text().contains("BULKHEAD_APP_PROBES"),

@@ -74,11 +74,13 @@ async fn grpc_calls_cross_the_mesh_and_denials_are_permission_denied() {
             .add_service(pb::identity_server::IdentityServer::new(Echo("pricing")))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let pricing = Sidecar::start(&ca, &cp, {
-        let mut spec = SidecarSpec::new("shop", "pricing", "1.0.0").protocol("grpc");
-        spec.app = Some(app_addr);
-        spec
-    });
+    let pricing = Sidecar::start(
+        &ca,
+        &cp,
+        SidecarSpec::new("shop", "pricing", "1.0.0")
+            .protocol("grpc")
+            .app_addr(app_addr),
+    );
     let cart = Sidecar::start(
         &ca,
         &cp,

@@ -66,25 +66,10 @@ async fn shop() -> Shop {
     }
 }
 
-/// Waits until the caller's sidecar knows an endpoint of `cart`.
-async fn until_routable(web: &Sidecar) {
-    wait_for_async(
-        "cart to be routable from web",
-        std::time::Duration::from_secs(20),
-        || async {
-            let r = call(web.upstream("cart"), "GET", "/cart/probe", &[])
-                .await
-                .ok()?;
-            (r.status == 200).then_some(())
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_call_arrives_with_the_normalized_path() {
     let s = shop().await;
-    until_routable(&s.web).await;
+    until_routable(&s.web, "cart", "/cart/probe").await;
     let r = call(s.web.upstream("cart"), "GET", "/cart/items?id=7", &[])
         .await
         .expect("call");
@@ -112,7 +97,7 @@ async fn an_allowed_call_arrives_with_the_normalized_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_path_or_method_is_denied_by_the_mesh_not_the_app() {
     let s = shop().await;
-    until_routable(&s.web).await;
+    until_routable(&s.web, "cart", "/cart/probe").await;
     let seen = s.cart_app.seen();
     for (method, path) in [
         ("GET", "/admin"),
@@ -152,7 +137,7 @@ async fn an_unlisted_caller_is_denied() {
         &s.cp,
         SidecarSpec::new("shop", "inventory", "1.0.0").upstream("cart"),
     );
-    until_routable(&s.web).await;
+    until_routable(&s.web, "cart", "/cart/probe").await;
     let r = call(inventory.upstream("cart"), "GET", "/cart/items", &[])
         .await
         .expect("call");
@@ -181,7 +166,7 @@ async fn request_metrics_name_both_ends() {
             .arg("--workers")
             .arg("2"),
     );
-    until_routable(&caller).await;
+    until_routable(&caller, "cart", "/cart/probe").await;
     for _ in 0..5 {
         let r = call(caller.upstream("cart"), "GET", "/cart/items", &[])
             .await

@@ -15,7 +15,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bulkhead_proto::SpiffeId;
@@ -24,7 +23,7 @@ use bulkhead_tests::control::*;
 use bulkhead_tests::proxy::*;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const TRUST_DOMAIN: &str = "cluster.local";
 
@@ -136,7 +135,7 @@ async fn a_well_formed_mesh_client_reaches_the_app() {
     let cert = m.client_cert(|_| {});
     let outcome = mesh_call(&ledger, &m.ca.bundle(), Some(cert), &TO_LEDGER, b"ping").await;
     assert_eq!(outcome, Outcome::Answered(b"ping".to_vec()));
-    assert_eq!(echo.received(), 4);
+    assert_eq!(echo.seen(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +153,7 @@ async fn plaintext_http_to_the_inbound_port_is_refused() {
         String::from_utf8_lossy(&reply)
     );
     wait_for_handshake_errors(&ledger).await;
-    assert_eq!(echo.received(), 0, "no byte may reach the app");
+    assert_eq!(echo.seen(), 0, "no byte may reach the app");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +248,7 @@ async fn a_mesh_client_with_a_garbage_preface_is_closed() {
             "{what}: expected the connection to be closed, got {outcome:?}"
         );
     }
-    assert_eq!(echo.received(), 0, "no byte may reach the app");
+    assert_eq!(echo.seen(), 0, "no byte may reach the app");
     // The same client and certificate with a valid preface is served, so it
     // was the preface that was refused.
     let cert = m.client_cert(|_| {});
@@ -279,7 +278,7 @@ async fn an_allowed_tcp_caller_is_echoed() {
         .await
         .expect("echo");
     assert!(reply == payload, "echoed bytes differ");
-    assert!(echo.received() >= (payload.len() + 12) as u64);
+    assert!(echo.seen() >= (payload.len() + 12) as u64);
 }
 
 /// An opaque stream with no data either way for `--tcp-idle-timeout` is
@@ -346,21 +345,21 @@ async fn a_tcp_caller_the_allow_list_does_not_name_is_closed_before_the_app() {
     let (echo, ledger) = m.ledger().await;
     let inventory = m.sidecar(SidecarSpec::new("shop", "inventory", "1.0.0").upstream("ledger"));
     denied_tcp_until_counted(&inventory, "ledger", &ledger, "inventory").await;
-    assert_eq!(echo.received(), 0, "no byte may reach the app");
+    assert_eq!(echo.seen(), 0, "no byte may reach the app");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_only_rules_never_open_a_tcp_service() {
     let m = Mesh::start().await;
-    let echo = ByteEcho::start().await;
+    let echo = App::tcp_echo().await;
     let journal = m.sidecar(
         SidecarSpec::new("shop", "journal", "1.0.0")
             .protocol("tcp")
-            .app_addr(echo.addr),
+            .app(&echo),
     );
     let web = m.sidecar(SidecarSpec::new("shop", "web", "1.0.0").upstream("journal"));
     denied_tcp_until_counted(&web, "journal", &journal, "web").await;
-    assert_eq!(echo.received(), 0, "no byte may reach the app");
+    assert_eq!(echo.seen(), 0, "no byte may reach the app");
 }
 
 // ---------------------------------------------------------------------------
@@ -616,12 +615,12 @@ impl Mesh {
     }
 
     /// The `ledger` TCP service: a byte-counting echo behind its sidecar.
-    async fn ledger(&self) -> (ByteEcho, Sidecar) {
-        let echo = ByteEcho::start().await;
+    async fn ledger(&self) -> (App, Sidecar) {
+        let echo = App::tcp_echo().await;
         let ledger = self.sidecar(
             SidecarSpec::new("shop", "ledger", "1.0.0")
                 .protocol("tcp")
-                .app_addr(echo.addr),
+                .app(&echo),
         );
         (echo, ledger)
     }
@@ -685,73 +684,6 @@ fn again_on_port_race<T>(start: impl Fn() -> T) -> T {
                 attempt += 1;
             }
         }
-    }
-}
-
-/// Sets the app address without an [`App`] (for [`ByteEcho`]).
-trait AppAddr {
-    fn app_addr(self, addr: SocketAddr) -> Self;
-}
-
-impl AppAddr for SidecarSpec {
-    fn app_addr(mut self, addr: SocketAddr) -> Self {
-        self.app = Some(addr);
-        self
-    }
-}
-
-/// A TCP echo app that counts the bytes it receives. `App::tcp_echo`
-/// counts accepted connections, and the sidecar's readiness check opens
-/// (empty) connections to the app, so a connection count says nothing about
-/// whether a caller's bytes got through; a byte count does.
-struct ByteEcho {
-    addr: SocketAddr,
-    received: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ByteEcho {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-        let addr = listener.local_addr().expect("addr");
-        let received = Arc::new(AtomicU64::new(0));
-        let count = received.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let count = count.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        count.fetch_add(n as u64, Ordering::SeqCst);
-                        if tcp.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Self {
-            addr,
-            received,
-            task,
-        }
-    }
-
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for ByteEcho {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -982,17 +914,13 @@ async fn read_until_closed(tcp: &mut TcpStream) -> Vec<u8> {
 
 /// The refusal is the client's to see, the server's to count, and the app
 /// never sees a byte.
-async fn assert_refused_before_the_app(outcome: Outcome, callee: &Sidecar, echo: &ByteEcho) {
+async fn assert_refused_before_the_app(outcome: Outcome, callee: &Sidecar, echo: &App) {
     assert!(
         matches!(outcome, Outcome::Refused(_)),
         "expected a refusal, got {outcome:?}"
     );
     wait_for_handshake_errors(callee).await;
-    assert_eq!(
-        echo.received(),
-        0,
-        "no byte may reach the app ({outcome:?})"
-    );
+    assert_eq!(echo.seen(), 0, "no byte may reach the app ({outcome:?})");
 }
 
 async fn wait_for_handshake_errors(callee: &Sidecar) {
@@ -1070,15 +998,6 @@ async fn denied_tcp_until_counted(
     })
     .await;
     assert!(line.contains("direction=\"inbound\""), "{line}");
-}
-
-/// Waits until `caller` reaches `target` with a 200 for `path`.
-async fn until_routable(caller: &Sidecar, target: &str, path: &str) {
-    wait_for_async(&format!("{target} to be routable"), WAIT, || async {
-        let r = call(caller.upstream(target), "GET", path, &[]).await.ok()?;
-        (r.status == 200).then_some(())
-    })
-    .await;
 }
 
 fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
