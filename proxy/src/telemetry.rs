@@ -59,11 +59,6 @@ impl RequestMetrics {
     }
 }
 
-/// The bounded `status_class` label for a status code.
-pub fn status_class(status: StatusCode) -> &'static str {
-    CLASSES[class_index(status)]
-}
-
 /// Index into [`CLASSES`]: anything not 1xx-4xx counts as 5xx.
 fn class_index(status: StatusCode) -> usize {
     match status.as_u16() {
@@ -95,7 +90,7 @@ mod tests {
             (999, "5xx"),
         ] {
             let status = StatusCode::from_u16(code).expect("valid status");
-            assert_eq!(status_class(status), class, "{code}");
+            assert_eq!(CLASSES[class_index(status)], class, "{code}");
         }
     }
 }
