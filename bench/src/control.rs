@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bulkhead_proto::pb::{
     self, discovery_client::DiscoveryClient, identity_client::IdentityClient,
 };
-use bulkhead_proto::tls::{self, CertSlot, TrustBundle};
+use bulkhead_tls::{self as tls, CertSlot, TrustBundle};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -204,8 +204,8 @@ pub fn run(bins: &Bins, dir: &Path, plan: &Plan) -> Result<Results, String> {
         .map_err(|e| e.to_string())?;
     let pid = cp.proc.pid();
     runtime.block_on(async {
-        let registrar_ch = bulkhead_proto::client::channel(&cp.url, &bundle, Some(registrar))
-            .map_err(|e| e.to_string())?;
+        let registrar_ch =
+            bulkhead_tls::channel(&cp.url, &bundle, Some(registrar)).map_err(|e| e.to_string())?;
         // Endpoints first, so their RSS figure starts from an idle process.
         eprintln!("bench: control plane: {} endpoints", plan.endpoints);
         results.endpoints = endpoints(
@@ -285,7 +285,7 @@ async fn issuance(url: &str, bundle: &TrustBundle, token: &str, plan: &Plan, pid
             .collect(),
     );
     let channels: Vec<Channel> = (0..4)
-        .filter_map(|_| bulkhead_proto::client::channel(url, bundle, None).ok())
+        .filter_map(|_| bulkhead_tls::channel(url, bundle, None).ok())
         .collect();
     let call = |ch: Channel, csr: Vec<u8>, token: String| async move {
         IdentityClient::new(ch)
@@ -437,8 +437,8 @@ async fn fanout(
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
-        let ch = bulkhead_proto::client::channel(url, bundle, Some(watcher.clone()))
-            .map_err(|e| e.to_string())?;
+        let ch =
+            bulkhead_tls::channel(url, bundle, Some(watcher.clone())).map_err(|e| e.to_string())?;
         tasks.push(tokio::spawn(watch(ch, vec!["fanout".into()], tx.clone())));
     }
     drop(tx);
@@ -577,7 +577,7 @@ async fn endpoints(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut snapshot_ms = 0.0;
     let mut snapshot_endpoints = 0;
-    if let Ok(ch) = bulkhead_proto::client::channel(url, bundle, Some(watcher.clone())) {
+    if let Ok(ch) = bulkhead_tls::channel(url, bundle, Some(watcher.clone())) {
         // Connect first, so the figure is the snapshot, not the handshake.
         let _ = DiscoveryClient::new(ch.clone())
             .watch(pb::WatchRequest {

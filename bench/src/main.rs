@@ -218,18 +218,11 @@ fn machine() -> Machine {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match bulkhead_process::parse_args("bulkhead-bench", std::env::args_os()) {
         Ok(c) => c,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    bulkhead_proto::tls::install_default_provider();
+    bulkhead_tls::install_default_provider();
     if let Some(Command::Loadgen {
         addr,
         path,

@@ -1,6 +1,6 @@
 //! Assembling a control plane: store, CA, mesh view, gRPC and admin
 //! listeners. [`start`] is what `bulkhead-control` runs and what
-//! `bulkheadctl demo` embeds.
+//! `bulkhead-demo` embeds.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +11,7 @@ use bulkhead_proto::SpiffeId;
 use bulkhead_proto::pb::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
 };
-use bulkhead_proto::tls::{self, CertSlot, TrustBundle};
+use bulkhead_tls::{self as tls, CertSlot, TrustBundle};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

@@ -50,6 +50,27 @@ pub fn usage_line(error: &clap::Error) -> String {
     )
 }
 
+/// Parses `args` (the first is the program name) as `P`, the way every
+/// Bulkhead binary does: `--help` and `--version` print and exit 0; a bad
+/// command line prints one line, `<program>: <what is wrong> (see --help)`,
+/// and exits 2. `Err` carries the exit code for `main` to return.
+pub fn parse_args<P: clap::Parser>(
+    program: &str,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<P, std::process::ExitCode> {
+    match P::try_parse_from(args) {
+        Ok(parsed) => Ok(parsed),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{program}: {}", usage_line(&e));
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
 /// Durations such as `90s`, `10m`, `24h`, `1h30m`; zero is refused (every
 /// duration flag is a timeout, an interval or a lifetime).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -4,17 +4,13 @@
 //! - [`identity`]: SPIFFE workload identities and reading them from certificates.
 //! - [`model`]: the resources operators apply (`Service`, `AllowList`,
 //!   `TrafficSplit`, `Rollout`), their validation, and registry endpoints.
-//! - [`tls`]: rustls configurations that authenticate peers by SPIFFE ID.
 //!
-//! - [`client`]: a gRPC channel to the control plane over mesh TLS.
-//!
-//! Nothing here listens or stores: both the control plane and the sidecar
-//! build on it (the [`client`] connector is the one piece that dials).
+//! No I/O: nothing here listens, dials, stores or holds TLS state. Both the
+//! control plane and the sidecar build on it; TLS and the channel to the
+//! control plane live in `bulkhead-tls`.
 
-pub mod client;
 pub mod identity;
 pub mod model;
-pub mod tls;
 
 /// Generated protobuf messages and gRPC clients/servers (package `bulkhead.v1`).
 #[allow(unreachable_pub, clippy::all, missing_docs)]

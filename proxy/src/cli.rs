@@ -1,28 +1,20 @@
 //! The sidecar's command line: parse, set up logs and metrics, run.
-//! `bulkhead-proxy` calls [`main`]; so does `bulkheadctl demo`, which
+//! `bulkhead-proxy` calls [`main`]; so does `bulkhead-demo`, which
 //! starts real sidecar processes from its own binary.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use bulkhead_process::{init_logs, usage_line};
-use clap::Parser;
+use bulkhead_process::init_logs;
 
 use crate::config::{Cli, Command, Config};
 use crate::run::{self, Exit};
 
 /// Runs the sidecar CLI with `args` (the first is the program name).
 pub fn main(args: Vec<OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
+    let cli: Cli = match bulkhead_process::parse_args("bulkhead-proxy", args) {
         Ok(c) => c,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("bulkhead-proxy: {}", usage_line(&e));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let args = match cli.command {
         Command::Run(args) => args,
@@ -36,6 +28,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             };
         }
     };
+    let check_only = args.check_config;
     let config = match Config::from_args(*args) {
         Ok(c) => c,
         Err(e) => {
@@ -43,8 +36,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        println!("{:#}", config.to_json());
+        return ExitCode::SUCCESS;
+    }
     init_logs(config.log_format, &config.log_level);
-    bulkhead_proto::tls::install_default_provider();
+    bulkhead_tls::install_default_provider();
     tracing::debug!(?config, "effective configuration");
     let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
         Ok(m) => m,

@@ -175,6 +175,12 @@ pub struct RunArgs {
     /// workload that needs more than one core of proxying.
     #[arg(long, env = "BULKHEAD_WORKERS", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
+    /// Check every flag and BULKHEAD_* value, print the effective
+    /// configuration as JSON and exit (0: valid, 2: not); reads no file and
+    /// starts nothing. For manifests and CI: what the injector writes is
+    /// checked this way.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -307,6 +313,55 @@ pub struct Config {
 }
 
 impl Config {
+    /// The effective configuration as `--check-config` prints it: every
+    /// field, durations as humantime text, the trust bundle by source only
+    /// (never its text).
+    pub fn to_json(&self) -> serde_json::Value {
+        let duration = |d: Duration| humantime::format_duration(d).to_string();
+        let display = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        serde_json::json!({
+            "control": self.control,
+            "trustBundle": match &self.trust_bundle {
+                TrustSource::File(path) => serde_json::json!({"file": path}),
+                TrustSource::Pem(pem) => serde_json::json!({"pemBytes": pem.len()}),
+            },
+            "tokenFile": self.token_file,
+            "attestation": self.attestation.to_possible_value().map(|v| v.get_name().to_owned()),
+            "trustDomain": self.trust_domain,
+            "namespace": self.namespace,
+            "service": self.service,
+            "version": self.version,
+            "serviceAccount": self.service_account,
+            "app": self.app.map(|a| a.to_string()),
+            "appProtocol": self.app_protocol.to_possible_value().map(|v| v.get_name().to_owned()),
+            "inbound": self.inbound.to_string(),
+            "advertise": self.advertise.to_string(),
+            "admin": self.admin.to_string(),
+            "outbound": display(&self.outbound),
+            "egress": self.egress.to_possible_value().map(|v| v.get_name().to_owned()),
+            "upstreams": self.upstreams.iter().map(|u| serde_json::json!({
+                "service": u.service,
+                "namespace": u.namespace,
+                "port": u.port,
+                "listen": u.listen.to_string(),
+            })).collect::<Vec<_>>(),
+            "dns": display(&self.dns),
+            "clusterDomain": self.cluster_domain,
+            "locality": {
+                "node": self.locality.node,
+                "zone": self.locality.zone,
+                "region": self.locality.region,
+            },
+            "stateDir": self.state_dir,
+            "requestTimeout": duration(self.request_timeout),
+            "tcpIdleTimeout": duration(self.tcp_idle_timeout),
+            "drainTimeout": duration(self.drain_timeout),
+            "logFormat": self.log_format.to_possible_value().map(|v| v.get_name().to_owned()),
+            "logLevel": self.log_level,
+            "workers": self.workers,
+        })
+    }
+
     /// Checks every value; an error names the flag.
     pub fn from_args(a: RunArgs) -> Result<Self, String> {
         validate_name("namespace", &a.namespace).map_err(|e| format!("--namespace: {e}"))?;

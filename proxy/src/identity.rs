@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::pb::{self, identity_client::IdentityClient};
-use bulkhead_proto::tls::{CertSlot, TrustBundle};
+use bulkhead_tls::{CertSlot, TrustBundle};
 use rand::Rng;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_proto::SpiffeId;
-use bulkhead_proto::tls::{self, CertSlot, ExpectedServer, TrustBundle};
+use bulkhead_tls::{self as tls, CertSlot, ExpectedServer, TrustBundle};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_proto::pb;
-use bulkhead_proto::tls::{self, CertSlot, TrustBundle};
+use bulkhead_tls::{self as tls, CertSlot, TrustBundle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -57,7 +57,7 @@ async fn first_certificate(
         tracing::info!(identity = %saved.id, "using the certificate kept in the state dir");
         return Ok(saved);
     }
-    let channel = bulkhead_proto::client::channel(&config.control, bundle, None)
+    let channel = bulkhead_tls::channel(&config.control, bundle, None)
         .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -215,7 +215,7 @@ pub async fn run(
         tokio::spawn(server.run(draining.clone()));
     }
     let issued = first_certificate(&config, &bundle, &slot).await?;
-    let mtls = bulkhead_proto::client::channel(&config.control, &bundle, Some(slot.clone()))
+    let mtls = bulkhead_tls::channel(&config.control, &bundle, Some(slot.clone()))
         .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
     tokio::spawn(identity::renew_forever(
         mtls.clone(),

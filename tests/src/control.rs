@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::pb;
-use bulkhead_proto::tls::{CertSlot, TrustBundle};
+use bulkhead_tls::{CertSlot, TrustBundle};
 use tonic::transport::Channel;
 
 /// Path of a workspace binary (built by `cargo build --workspace --bins`,
@@ -177,11 +177,10 @@ impl TestCa {
 }
 
 pub fn slot_from_files(cert: &Path, key: &Path) -> CertSlot {
-    let chain =
-        bulkhead_proto::tls::certs_from_pem(&std::fs::read(cert).expect("read cert"), "cert")
-            .expect("certs");
-    let key = bulkhead_proto::tls::key_from_pem(&std::fs::read(key).expect("read key"), "key")
-        .expect("key");
+    let chain = bulkhead_tls::certs_from_pem(&std::fs::read(cert).expect("read cert"), "cert")
+        .expect("certs");
+    let key =
+        bulkhead_tls::key_from_pem(&std::fs::read(key).expect("read key"), "key").expect("key");
     let slot = CertSlot::empty();
     slot.set(CertSlot::certified_key(chain, key).expect("certified key"));
     slot
@@ -331,7 +330,7 @@ impl ControlPlane {
 
     /// A gRPC channel presenting `client_cert` (None: no client certificate).
     pub fn channel(&self, ca: &TestCa, client_cert: Option<CertSlot>) -> Channel {
-        bulkhead_proto::client::channel(&self.url(), &ca.bundle(), client_cert).expect("channel")
+        bulkhead_tls::channel(&self.url(), &ca.bundle(), client_cert).expect("channel")
     }
 
     pub fn admin_client(&self, ca: &TestCa) -> pb::admin_client::AdminClient<Channel> {

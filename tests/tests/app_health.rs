@@ -85,7 +85,7 @@ async fn status_app(tls: Option<tokio_rustls::TlsAcceptor>) -> App {
 
 /// A self-signed certificate nobody trusts: the kubelet does not check.
 fn untrusted_tls() -> tokio_rustls::TlsAcceptor {
-    bulkhead_proto::tls::install_default_provider();
+    bulkhead_tls::install_default_provider();
     let issued = rcgen::generate_simple_self_signed(vec!["app.invalid".to_owned()]).unwrap();
     let cert: CertificateDer<'static> = issued.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));

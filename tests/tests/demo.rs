@@ -1,4 +1,4 @@
-//! The README's first command: `bulkheadctl demo` runs the shop with real
+//! The README's first command: `bulkhead-demo` runs the shop with real
 //! sidecar processes, shows the split, locality and denials, and leaves
 //! nothing behind.
 
@@ -8,8 +8,8 @@ use bulkhead_tests::control::bin;
 
 #[test]
 fn the_demo_runs_the_shop_and_cleans_up() {
-    let out = Command::new(bin("bulkheadctl"))
-        .args(["demo", "--duration", "6s"])
+    let out = Command::new(bin("bulkhead-demo"))
+        .args(["--duration", "6s"])
         .env("NO_COLOR", "1")
         .output()
         .expect("run the demo");
@@ -42,7 +42,7 @@ fn the_demo_runs_the_shop_and_cleans_up() {
     assert!(stdout.contains("done: nothing left running"), "{stdout}");
     // No sidecar outlived the demo.
     let ps = Command::new("pgrep")
-        .args(["-f", "bulkheadctl sidecar run"])
+        .args(["-f", "bulkhead-demo sidecar run"])
         .output()
         .expect("pgrep");
     assert!(

@@ -174,7 +174,7 @@ async fn api_server(
         .subject_alt_names
         .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
     let cert = params.self_signed(&key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(bulkhead_proto::tls::provider())
+    let config = rustls::ServerConfig::builder_with_provider(bulkhead_tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

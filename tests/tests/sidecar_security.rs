@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bulkhead_proto::SpiffeId;
-use bulkhead_proto::tls::{CertSlot, ExpectedServer, TrustBundle};
 use bulkhead_tests::control::*;
 use bulkhead_tests::proxy::*;
+use bulkhead_tls::{CertSlot, ExpectedServer, TrustBundle};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -734,9 +734,7 @@ fn signed_by_issuer(ca: &TestCa, params: rcgen::CertificateParams) -> CertSlot {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
     let leaf = params.signed_by(&key, &issuer).expect("sign leaf");
     let mut chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone()];
-    chain.extend(
-        bulkhead_proto::tls::certs_from_pem(issuer_pem.as_bytes(), "issuer.crt").expect("chain"),
-    );
+    chain.extend(bulkhead_tls::certs_from_pem(issuer_pem.as_bytes(), "issuer.crt").expect("chain"));
     let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let slot = CertSlot::empty();
     slot.set(CertSlot::certified_key(chain, key).expect("certified key"));
@@ -780,7 +778,7 @@ async fn mesh_call(
     preface: &[u8],
     payload: &[u8],
 ) -> Outcome {
-    let config = bulkhead_proto::tls::client_config(
+    let config = bulkhead_tls::client_config(
         bundle,
         ExpectedServer::Identity(identity(&callee.spec.service)),
         client,

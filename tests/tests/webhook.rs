@@ -96,7 +96,7 @@ impl Answer {
 
 impl Webhook {
     async fn start() -> Self {
-        bulkhead_proto::tls::install_default_provider();
+        bulkhead_tls::install_default_provider();
         let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
             .expect("test certificate");
         let cert: CertificateDer<'static> = issued.cert.der().clone();

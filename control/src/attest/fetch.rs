@@ -64,12 +64,12 @@ impl Remote {
             .to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let mut roots = rustls::RootCertStore::empty();
-        for cert in bulkhead_proto::tls::certs_from_pem(&self.ca_pem, "API server CA")
-            .map_err(|e| err(url, e))?
+        for cert in
+            bulkhead_tls::certs_from_pem(&self.ca_pem, "API server CA").map_err(|e| err(url, e))?
         {
             roots.add(cert).map_err(|e| err(url, e))?;
         }
-        let config = rustls::ClientConfig::builder_with_provider(bulkhead_proto::tls::provider())
+        let config = rustls::ClientConfig::builder_with_provider(bulkhead_tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| err(url, e))?
             .with_root_certificates(roots)

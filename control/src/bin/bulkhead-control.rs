@@ -9,7 +9,6 @@ use bulkhead_control::runtime::{self, Settings};
 use bulkhead_control::store::{EtcdConfig, EtcdStore, EtcdTls, MemoryStore, Store};
 use bulkhead_control::telemetry;
 use bulkhead_proto::SpiffeId;
-use clap::Parser;
 
 /// Exit code for bad flags, unreadable files and other usage errors.
 const USAGE: u8 = 2;
@@ -20,18 +19,11 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = match ControlArgs::try_parse() {
-        Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            // --help / --version
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            // One line naming the flag and the reason, not clap's whole page.
-            return usage_error(bulkhead_control::config::usage_line(&e));
-        }
-    };
+    let args: ControlArgs =
+        match bulkhead_process::parse_args("bulkhead-control", std::env::args_os()) {
+            Ok(a) => a,
+            Err(code) => return code,
+        };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,7 +39,7 @@ fn main() -> ExitCode {
 
 async fn run(args: ControlArgs) -> ExitCode {
     telemetry::init_logs(args.log_format, &args.log_level);
-    bulkhead_proto::tls::install_default_provider();
+    bulkhead_tls::install_default_provider();
     tracing::debug!(config = ?args, "effective configuration");
 
     if let Err(e) = bulkhead_proto::identity::validate_trust_domain(&args.trust_domain) {
@@ -201,7 +193,7 @@ fn etcd_tls(args: &ControlArgs) -> Result<Option<EtcdTls>, String> {
         return Ok(None);
     };
     let ca_pem = read_file("--etcd-ca", ca)?;
-    bulkhead_proto::tls::certs_from_pem(&ca_pem, &ca.display().to_string())
+    bulkhead_tls::certs_from_pem(&ca_pem, &ca.display().to_string())
         .map_err(|e| format!("--etcd-ca {e}"))?;
     let client = match (&args.etcd_cert, &args.etcd_key) {
         (Some(cert), Some(key)) => Some((
@@ -218,17 +210,17 @@ fn webhook_settings(args: &ControlArgs) -> Result<Option<runtime::WebhookSetting
     let (Some(cert), Some(key)) = (&args.webhook_cert, &args.webhook_key) else {
         return Ok(None);
     };
-    let chain = bulkhead_proto::tls::certs_from_pem(
+    let chain = bulkhead_tls::certs_from_pem(
         &read_file("--webhook-cert", cert)?,
         &cert.display().to_string(),
     )
     .map_err(|e| format!("--webhook-cert {e}"))?;
-    let key_der = bulkhead_proto::tls::key_from_pem(
+    let key_der = bulkhead_tls::key_from_pem(
         &read_file("--webhook-key", key)?,
         &key.display().to_string(),
     )
     .map_err(|e| format!("--webhook-key {e}"))?;
-    let tls = rustls::ServerConfig::builder_with_provider(bulkhead_proto::tls::provider())
+    let tls = rustls::ServerConfig::builder_with_provider(bulkhead_tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("--webhook-cert: {e}"))?
         .with_no_client_auth()

@@ -565,99 +565,6 @@ fn only_pod_creations_are_considered() {
     }
 }
 
-/// The contract with the sidecar: what the injected containers run parses
-/// with `bulkhead-proxy`'s own command line, every env name is one of its
-/// `BULKHEAD_*` variables, and the result passes its config checks once the
-/// downward API has filled in the pod's values.
-#[test]
-fn injected_command_lines_parse_with_the_real_proxy_cli() {
-    use bulkhead_proxy::config::{Attestation, Cli, Command, Config};
-    use clap::{CommandFactory, Parser};
-
-    let settings = InjectorSettings {
-        redirect_dns: true,
-        ..InjectorSettings::default()
-    };
-    let mut p = pod();
-    p["metadata"]["annotations"]["bulkhead.dev/skip-inbound-ports"] = json!("8081");
-    let outcome = Injector::new(settings)
-        .unwrap()
-        .plan(&p, &[], None)
-        .unwrap();
-    let mut doc = p.clone();
-    json_patch::patch(&mut doc, &patch_of(&outcome).0).unwrap();
-    let inits = doc["spec"]["initContainers"].as_array().unwrap();
-    let argv = |c: &Value| -> Vec<String> {
-        let mut v = vec![c["command"][0].as_str().unwrap().to_owned()];
-        v.extend(
-            c["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap().to_owned()),
-        );
-        v
-    };
-
-    let Command::InitIptables(init) = Cli::try_parse_from(argv(&inits[0])).unwrap().command else {
-        panic!("bulkhead-init does not run init-iptables");
-    };
-    assert_eq!(
-        (
-            init.proxy_uid,
-            init.inbound_port,
-            init.outbound_port,
-            init.redirect_dns
-        ),
-        (2102, 4143, 4140, Some(4153))
-    );
-    assert_eq!(init.exclude_inbound_ports, [8081]);
-
-    // Env → the flag clap reads it for, with the downward API's values.
-    let cli = Cli::command();
-    let run = cli.find_subcommand("run").unwrap();
-    let downward = |path: &str| match path {
-        "metadata.name" => "web-1-abcde",
-        "metadata.namespace" => "shop",
-        "spec.nodeName" => "node-1",
-        "spec.serviceAccountName" => "web",
-        "status.podIP" => "198.18.0.7",
-        other => panic!("unexpected fieldRef {other}"),
-    };
-    let mut args = argv(&inits[1]);
-    for e in inits[1]["env"].as_array().unwrap() {
-        let name = e["name"].as_str().unwrap();
-        let value = match e["value"].as_str() {
-            Some(v) => v,
-            None => downward(e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()),
-        };
-        if name == "POD_NAME" {
-            continue; // for logs and humans; the proxy does not read it
-        }
-        let arg = run
-            .get_arguments()
-            .find(|a| a.get_env().is_some_and(|env| env == name))
-            .unwrap_or_else(|| panic!("bulkhead-proxy run reads no {name}"));
-        args.push(format!("--{}={value}", arg.get_long().unwrap()));
-    }
-    let Command::Run(run_args) = Cli::try_parse_from(args).unwrap().command else {
-        panic!("bulkhead-proxy does not run the proxy");
-    };
-    let config = Config::from_args(*run_args).unwrap();
-    assert_eq!(config.service, "web");
-    assert_eq!(config.version, "2.0.1");
-    assert_eq!(config.namespace, "shop");
-    assert_eq!(config.service_account, "web");
-    assert_eq!(config.attestation, Attestation::K8sJwt);
-    assert_eq!(config.advertise.to_string(), "198.18.0.7");
-    assert_eq!(config.app.unwrap().to_string(), "127.0.0.1:8080");
-    assert_eq!(config.admin.to_string(), "0.0.0.0:4191");
-    let dns: Vec<String> = config.dns.iter().map(ToString::to_string).collect();
-    assert_eq!(dns, ["127.0.0.1:4153", "[::1]:4153"]);
-    assert_eq!(config.outbound.len(), 2);
-    assert_eq!(config.locality.node, "node-1");
-}
-
 fn proxy_env(doc: &Value, name: &str) -> Option<String> {
     doc["spec"]["initContainers"]
         .as_array()?
@@ -742,9 +649,6 @@ fn probes_that_cannot_be_rewritten_are_left_and_said() {
 /// ConfigMap volume, which would have to exist in every namespace.
 #[test]
 fn the_trust_bundle_travels_inline_when_the_injector_has_it() {
-    use bulkhead_proxy::config::{Cli, Command, Config, TrustSource};
-    use clap::Parser;
-
     let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     let settings = InjectorSettings {
         trust_bundle_pem: Some(pem.to_owned()),
@@ -773,20 +677,6 @@ fn the_trust_bundle_travels_inline_when_the_injector_has_it() {
             .to_string()
             .contains("bulkhead-trust-bundle")
     );
-    // The real proxy CLI takes it in place of --trust-bundle.
-    let cli = Cli::try_parse_from([
-        "bulkhead-proxy",
-        "run",
-        "--token-file",
-        "/t",
-        "--service",
-        "web",
-        &format!("--trust-bundle-pem={pem}"),
-    ])
-    .unwrap();
-    let Command::Run(args) = cli.command else {
-        panic!("not run")
-    };
-    let config = Config::from_args(*args).unwrap();
-    assert!(matches!(config.trust_bundle, TrustSource::Pem(ref p) if p == pem));
+    // That the real proxy takes it in place of --trust-bundle is checked
+    // against the binary: tests/tests/injected_sidecar.rs.
 }

@@ -128,7 +128,7 @@ pub(crate) async fn cert_request(
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .map_err(|e| CliError::failure(format!("cannot make a CSR: {e}")))?;
-    let channel = bulkhead_proto::client::channel(&settings.control, &bundle, None)
+    let channel = bulkhead_tls::channel(&settings.control, &bundle, None)
         .map_err(|e| CliError::usage(e.to_string()))?;
     let resp = IdentityClient::new(channel)
         .certify(pb::CertifyRequest {

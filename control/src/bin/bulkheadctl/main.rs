@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod certs;
-mod demo;
 mod inject;
 mod ops;
 mod settings;
@@ -129,12 +128,6 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Run the mesh demo on loopback (embedded store, no etcd needed).
-    Demo {
-        /// How long to run in all.
-        #[arg(long, value_parser = bulkhead_control::config::parse_duration, default_value = "15s")]
-        duration: std::time::Duration,
-    },
     /// Add the sidecar to manifests offline, as the webhook would (`-` for stdin).
     Inject {
         #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
@@ -211,35 +204,12 @@ enum CertCommand {
 }
 
 fn main() -> ExitCode {
-    // `bulkheadctl sidecar ...` is the sidecar itself (bulkhead-proxy's
-    // code), so `bulkheadctl demo` runs real sidecar processes from one
-    // binary. Handled before anything else sets up logging.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "sidecar") {
-        let mut proxy_args = vec![std::ffi::OsString::from("bulkhead-proxy")];
-        proxy_args.extend(args.into_iter().skip(2));
-        return bulkhead_proxy::cli::main(proxy_args);
-    }
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match bulkhead_process::parse_args("bulkheadctl", std::env::args_os()) {
         Ok(c) => c,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("bulkheadctl: {}", bulkhead_control::config::usage_line(&e));
-            return ExitCode::from(USAGE);
-        }
+        Err(code) => return code,
     };
-    bulkhead_proto::tls::install_default_provider();
-    // The demo embeds a control plane whose refusals are the point of the
-    // show: keep its logs to errors so they do not drown the narration.
-    let level = if matches!(cli.command, Command::Demo { .. }) {
-        "error"
-    } else {
-        "warn"
-    };
-    bulkhead_control::telemetry::init_logs(bulkhead_control::telemetry::LogFormat::Text, level);
+    bulkhead_tls::install_default_provider();
+    bulkhead_control::telemetry::init_logs(bulkhead_control::telemetry::LogFormat::Text, "warn");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -309,7 +279,6 @@ async fn dispatch(cli: Cli) -> CliResult {
             namespace,
             output,
         } => ops::endpoints(&settings, service.as_deref(), namespace.as_deref(), output).await,
-        Command::Demo { duration } => demo::run(duration).await,
         Command::Inject { file, options } => inject::run(&file, options),
         Command::Completion { shell } => {
             clap_complete::generate(

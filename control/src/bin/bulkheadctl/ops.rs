@@ -15,7 +15,7 @@ const MAX_APPLY_BYTES: u64 = 1024 * 1024;
 
 fn client(settings: &Settings) -> Result<AdminClient<Channel>, CliError> {
     let (bundle, slot) = settings.operator_identity()?;
-    let channel = bulkhead_proto::client::channel(&settings.control, &bundle, Some(slot))
+    let channel = bulkhead_tls::channel(&settings.control, &bundle, Some(slot))
         .map_err(|e| CliError::usage(e.to_string()))?;
     Ok(AdminClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
 }

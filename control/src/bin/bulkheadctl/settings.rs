@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bulkhead_proto::tls::{CertSlot, TrustBundle};
+use bulkhead_tls::{CertSlot, TrustBundle};
 use serde::Deserialize;
 
 use crate::CliError;
@@ -74,14 +74,11 @@ impl Settings {
 /// A certificate slot loaded from PEM files.
 pub(crate) fn slot_from_files(cert_path: &Path, key_path: &Path) -> Result<CertSlot, CliError> {
     {
-        let chain = bulkhead_proto::tls::certs_from_pem(
-            &read(cert_path)?,
-            &cert_path.display().to_string(),
-        )
-        .map_err(|e| CliError::usage(e.to_string()))?;
-        let key =
-            bulkhead_proto::tls::key_from_pem(&read(key_path)?, &key_path.display().to_string())
+        let chain =
+            bulkhead_tls::certs_from_pem(&read(cert_path)?, &cert_path.display().to_string())
                 .map_err(|e| CliError::usage(e.to_string()))?;
+        let key = bulkhead_tls::key_from_pem(&read(key_path)?, &key_path.display().to_string())
+            .map_err(|e| CliError::usage(e.to_string()))?;
         let slot = CertSlot::empty();
         slot.set(
             CertSlot::certified_key(chain, key)
@@ -116,11 +113,11 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CliError> {
 pub(crate) fn load_bundle(path: &Path, explicit: Option<&str>) -> Result<TrustBundle, CliError> {
     let pem = read(path)?;
     let what = path.display().to_string();
-    let roots = bulkhead_proto::tls::certs_from_pem(&pem, &what)
-        .map_err(|e| CliError::usage(e.to_string()))?;
+    let roots =
+        bulkhead_tls::certs_from_pem(&pem, &what).map_err(|e| CliError::usage(e.to_string()))?;
     let td = explicit
         .map(str::to_owned)
-        .or_else(|| bulkhead_proto::tls::trust_domain_of_roots(&roots))
+        .or_else(|| bulkhead_tls::trust_domain_of_roots(&roots))
         .unwrap_or_else(|| bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN.to_owned());
     TrustBundle::new(roots, &td).map_err(|e| CliError::usage(format!("{what}: {e}")))
 }

@@ -23,7 +23,7 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::identity::{IdentityError, SpiffeId};
+use bulkhead_proto::identity::{IdentityError, SpiffeId};
 
 /// ALPN protocol ids offered on gRPC listeners.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -461,10 +461,10 @@ pub fn trust_domain_of_roots(roots_der: &[CertificateDer<'_>]) -> Option<String>
     use x509_parser::prelude::{FromDer, X509Certificate};
     roots_der.iter().find_map(|der| {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
-        let uris = crate::identity::uri_sans(&cert).ok()?;
+        let uris = bulkhead_proto::identity::uri_sans(&cert).ok()?;
         uris.iter().find_map(|uri| {
             let td = uri.strip_prefix("spiffe://")?.trim_end_matches('/');
-            crate::identity::validate_trust_domain(td)
+            bulkhead_proto::identity::validate_trust_domain(td)
                 .ok()
                 .map(|()| td.to_owned())
         })

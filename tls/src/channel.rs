@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::tls::{self, CertSlot, ExpectedServer, TrustBundle};
+use crate::verify::{self as tls, CertSlot, ExpectedServer, TrustBundle};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;

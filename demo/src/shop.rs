@@ -1,12 +1,12 @@
-//! `bulkheadctl demo`: the mesh at work on loopback, no etcd needed.
+//! The demo's scenario: the mesh at work on loopback, no etcd needed.
 //!
 //! It makes a CA, starts a control plane on the embedded store, applies the
 //! shop from `examples/shop.yaml` as an operator, and starts a small shop:
 //! `web` → `cart` → `inventory` (3.0.0 on node-1, 3.1.0 on node-2, split
 //! 90/10) and `pricing` (one endpoint on each node). Every app is a tiny
 //! HTTP server in this process; every sidecar is a real `bulkhead-proxy`
-//! process (this binary re-executed as `bulkheadctl sidecar run ...`, the
-//! same code), with its own certificate from a one-time token. The demo
+//! process (this binary re-executed as `bulkhead-demo sidecar run ...`, the
+//! sidecar's own code linked in), with its own certificate from a one-time token. The demo
 //! drives traffic, including a call the allow-list forbids (web → inventory),
 //! and prints a live table. On exit every sidecar gets SIGTERM, the control
 //! plane stops and the temporary folder is removed.
@@ -23,7 +23,7 @@ use bulkhead_control::runtime::{self, Settings};
 use bulkhead_control::store::MemoryStore;
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::pb::{self, admin_client::AdminClient};
-use bulkhead_proto::tls::TrustBundle;
+use bulkhead_tls::{CertSlot, TrustBundle};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -32,12 +32,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::{CliError, CliResult};
+use crate::{DemoError, DemoResult};
 
-const SHOP: &str = include_str!("../../../../examples/shop.yaml");
+const SHOP: &str = include_str!("../../examples/shop.yaml");
 
-fn fail(what: &str) -> impl FnOnce(String) -> CliError + '_ {
-    move |e| CliError::failure(format!("demo: {what}: {e}"))
+fn fail(what: &str) -> impl FnOnce(String) -> DemoError + '_ {
+    move |e| DemoError::new(format!("demo: {what}: {e}"))
 }
 
 fn step(text: &str) {
@@ -125,7 +125,7 @@ async fn get(client: &HttpClient, addr: SocketAddr, path: &str) -> (Option<u16>,
 }
 
 /// An in-process app: `handler(path)` gives the reply body.
-async fn app<F, Fut>(handler: F) -> Result<SocketAddr, CliError>
+async fn app<F, Fut>(handler: F) -> Result<SocketAddr, DemoError>
 where
     F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = String> + Send + 'static,
@@ -160,7 +160,21 @@ where
     Ok(addr)
 }
 
-fn free_addr() -> Result<SocketAddr, CliError> {
+/// The operator's client certificate, from the files `ca init` wrote.
+fn slot_from_files(cert: &Path, key: &Path) -> Result<CertSlot, DemoError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| fail("operator credentials")(format!("{}: {e}", p.display())))
+    };
+    let chain = bulkhead_tls::certs_from_pem(&read(cert)?, &cert.display().to_string())
+        .map_err(|e| fail("operator certificate")(e.to_string()))?;
+    let key = bulkhead_tls::key_from_pem(&read(key)?, &key.display().to_string())
+        .map_err(|e| fail("operator key")(e.to_string()))?;
+    let slot = CertSlot::empty();
+    slot.set(CertSlot::certified_key(chain, key).map_err(|e| fail("operator key")(e.to_string()))?);
+    Ok(slot)
+}
+
+fn free_addr() -> Result<SocketAddr, DemoError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| fail("port")(e.to_string()))
@@ -189,7 +203,7 @@ fn spawn_sidecar(
     bundle: &Path,
     token: String,
     plan: &SidecarPlan<'_>,
-) -> Result<Sidecar, CliError> {
+) -> Result<Sidecar, DemoError> {
     let name = format!("{}-{}-{}", plan.service, plan.version, plan.node);
     let own = dir.join(&name);
     std::fs::create_dir_all(&own).map_err(|e| fail("sidecar dir")(e.to_string()))?;
@@ -271,7 +285,7 @@ fn metric_sum(text: &str, name: &str, want: &[&str]) -> f64 {
         .sum()
 }
 
-pub(crate) async fn run(duration: Duration) -> CliResult {
+pub(crate) async fn run(duration: Duration) -> DemoResult {
     let dir = std::env::temp_dir().join(format!("bulkhead-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| fail("temp dir")(e.to_string()))?;
@@ -310,7 +324,7 @@ pub(crate) async fn run(duration: Duration) -> CliResult {
     result
 }
 
-async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -> CliResult {
+async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -> DemoResult {
     let started = Instant::now();
     let ca_dir = dir.join("ca");
     step("bulkheadctl ca init: root, issuer, trust bundle, operator certificate");
@@ -362,13 +376,13 @@ async fn shop(
     duration: Duration,
     started: Instant,
     sidecars: &mut Vec<Sidecar>,
-) -> CliResult {
+) -> DemoResult {
     let bundle_pem = std::fs::read(&files.bundle).map_err(|e| fail("bundle")(e.to_string()))?;
     let bundle = TrustBundle::from_pem(&bundle_pem, "bundle.crt", "cluster.local")
         .map_err(|e| fail("bundle")(e.to_string()))?;
-    let operator = crate::settings::slot_from_files(&files.operator_cert, &files.operator_key)?;
+    let operator = slot_from_files(&files.operator_cert, &files.operator_key)?;
     step("bulkheadctl apply -f examples/shop.yaml (as the operator, over mTLS)");
-    let channel = bulkhead_proto::client::channel(url, &bundle, Some(operator))
+    let channel = bulkhead_tls::channel(url, &bundle, Some(operator))
         .map_err(|e| fail("channel")(e.to_string()))?;
     let applied = AdminClient::new(channel)
         .apply(pb::ApplyRequest {
@@ -515,7 +529,7 @@ async fn shop(
     for s in sidecars.iter_mut() {
         loop {
             if let Ok(Some(status)) = s.child.try_wait() {
-                return Err(CliError::failure(format!(
+                return Err(DemoError::new(format!(
                     "demo: sidecar {} exited ({status}); see its log in {}",
                     s.name,
                     dir.display()
@@ -525,7 +539,7 @@ async fn shop(
                 break;
             }
             if Instant::now() > deadline {
-                return Err(CliError::failure(format!(
+                return Err(DemoError::new(format!(
                     "demo: sidecar {} not ready after 30 s",
                     s.name
                 )));
@@ -542,13 +556,13 @@ async fn shop(
         .map(|s| s.upstreams.clone())
         .unwrap_or_default();
     let (Some(&web_cart), Some(&web_inventory)) = (web.get("cart"), web.get("inventory")) else {
-        return Err(CliError::failure("demo: web sidecar has no upstreams"));
+        return Err(DemoError::new("demo: web sidecar has no upstreams"));
     };
     // Endpoints are pushed to callers asynchronously: wait for a first answer.
     let deadline = Instant::now() + Duration::from_secs(20);
     while get(&client, web_cart, "/cart/items").await.0 != Some(200) {
         if Instant::now() > deadline {
-            return Err(CliError::failure("demo: web cannot reach cart"));
+            return Err(DemoError::new("demo: web cannot reach cart"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

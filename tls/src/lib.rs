@@ -1,0 +1,21 @@
+//! TLS between mesh identities, and the one connection every client makes
+//! to the control plane.
+//!
+//! - [`verify`]: rustls configurations that authenticate peers by SPIFFE ID
+//!   (trust bundle, certificate slot, client and server verifiers).
+//! - [`channel`]: a tonic channel to the control plane over that TLS.
+//!
+//! This crate holds the I/O the contract in `bulkhead-proto` leaves out:
+//! it dials, handshakes and verifies. The control plane, the sidecar, the
+//! CLI and the tests all build their TLS from here, so every peer check is
+//! written once.
+
+pub mod channel;
+pub mod verify;
+
+pub use channel::{ClientError, channel, parse_control_url};
+pub use verify::{
+    ALPN_H2, CertSlot, ExpectedServer, SpiffeClientVerifier, SpiffeServerVerifier, TlsError,
+    TrustBundle, certs_from_pem, client_config, install_default_provider, key_from_pem, provider,
+    server_config, trust_domain_of_roots,
+};
