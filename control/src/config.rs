@@ -74,6 +74,12 @@ pub struct ControlArgs {
     )]
     pub admin: SocketAddr,
 
+    /// Once every listener is bound, write their addresses here as JSON
+    /// (`{"grpc": ..., "admin": ...}`): for listeners given port 0, so tests
+    /// and tools learn the ports chosen.
+    #[arg(long, env = "BULKHEAD_ADDRESSES_FILE", value_name = "FILE")]
+    pub addresses_file: Option<std::path::PathBuf>,
+
     /// Admission webhook listener (HTTPS, path /inject); served when
     /// --webhook-cert and --webhook-key are given.
     #[arg(

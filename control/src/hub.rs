@@ -195,18 +195,19 @@ impl Hub {
     /// watch from the listing's revision; relist when history is compacted
     /// or the store cannot be listed yet (retrying with backoff).
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff =
+            bulkhead_process::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let (listing, revision) = match store.list("").await {
                 Ok(l) => l,
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "cannot list the store; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(%error, ?retry_in, "cannot list the store; retrying");
+                    tokio::time::sleep(retry_in).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             tracing::info!(revision, keys = listing.len(), "loaded mesh state");
             self.replace(listing, revision);
             let mut stream = store.watch("", revision + 1);

@@ -174,18 +174,39 @@ fn slot_from_files(cert: &Path, key: &Path) -> Result<CertSlot, DemoError> {
     Ok(slot)
 }
 
-fn free_addr() -> Result<SocketAddr, DemoError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| fail("port")(e.to_string()))
-}
-
-/// One sidecar process.
+/// One sidecar process. Its listeners bind port 0; the addresses are
+/// known once it has written its `--addresses-file`.
 struct Sidecar {
     name: String,
     child: Child,
+    addresses_file: std::path::PathBuf,
+    /// The `--upstream` targets it was given (`inventory`, ...).
+    targets: Vec<String>,
     admin: SocketAddr,
     upstreams: BTreeMap<String, SocketAddr>,
+}
+
+impl Sidecar {
+    /// Reads the addresses the sidecar bound, once it has written them.
+    fn learn_addresses(&mut self) -> bool {
+        let Some(json) = std::fs::read_to_string(&self.addresses_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        else {
+            return false;
+        };
+        let addr = |v: &serde_json::Value| v.as_str().and_then(|a| a.parse().ok());
+        let Some(admin) = addr(&json["admin"]) else {
+            return false;
+        };
+        self.admin = admin;
+        for target in &self.targets {
+            if let Some(a) = addr(&json["upstreams"][format!("{target}.shop")]) {
+                self.upstreams.insert(target.clone(), a);
+            }
+        }
+        true
+    }
 }
 
 struct SidecarPlan<'a> {
@@ -209,9 +230,7 @@ fn spawn_sidecar(
     std::fs::create_dir_all(&own).map_err(|e| fail("sidecar dir")(e.to_string()))?;
     let token_file = own.join("token");
     std::fs::write(&token_file, token).map_err(|e| fail("token file")(e.to_string()))?;
-    let admin = free_addr()?;
-    let inbound = free_addr()?;
-    let mut upstreams = BTreeMap::new();
+    let addresses_file = own.join("addresses.json");
     let exe = std::env::current_exe().map_err(|e| fail("own binary")(e.to_string()))?;
     let mut cmd = Command::new(exe);
     cmd.args([
@@ -237,10 +256,9 @@ fn spawn_sidecar(
     .args([
         "--node", plan.node, "--zone", "zone-a", "--region", "region-1",
     ])
-    .arg("--inbound")
-    .arg(inbound.to_string())
-    .arg("--admin")
-    .arg(admin.to_string())
+    .args(["--inbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+    .arg("--addresses-file")
+    .arg(&addresses_file)
     .arg("--state-dir")
     .arg(own.join("state"))
     .args(["--log-level", "warn"]);
@@ -248,9 +266,7 @@ fn spawn_sidecar(
         cmd.arg("--app").arg(app.to_string());
     }
     for target in plan.upstreams {
-        let addr = free_addr()?;
-        cmd.arg("--upstream").arg(format!("{target}={addr}"));
-        upstreams.insert((*target).to_owned(), addr);
+        cmd.arg("--upstream").arg(format!("{target}=127.0.0.1:0"));
     }
     let log =
         std::fs::File::create(own.join("proxy.log")).map_err(|e| fail("log")(e.to_string()))?;
@@ -263,8 +279,10 @@ fn spawn_sidecar(
     Ok(Sidecar {
         name,
         child,
-        admin,
-        upstreams,
+        addresses_file,
+        targets: plan.upstreams.iter().map(|t| (*t).to_owned()).collect(),
+        admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        upstreams: BTreeMap::new(),
     })
 }
 
@@ -535,7 +553,7 @@ async fn shop(
                     dir.display()
                 )));
             }
-            if matches!(admin_get(s.admin, "/ready").await, Some((200, _))) {
+            if s.learn_addresses() && matches!(admin_get(s.admin, "/ready").await, Some((200, _))) {
                 break;
             }
             if Instant::now() > deadline {

@@ -1,5 +1,6 @@
 //! What every Bulkhead binary does as a process, once: command-line errors
-//! as one line, durations on the command line, logs, and stop signals.
+//! as one line, durations on the command line, logs, stop signals, and the
+//! [`Backoff`] every retry loop waits with.
 //! `bulkhead-control`, `bulkheadctl` and `bulkhead-proxy` behave alike here
 //! because they share this code, not because three copies agree.
 
@@ -71,15 +72,52 @@ pub fn parse_args<P: clap::Parser>(
     }
 }
 
-/// Durations such as `90s`, `10m`, `24h`, `1h30m`; zero is refused (every
-/// duration flag is a timeout, an interval or a lifetime).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("expected a duration like 30s, 10m or 24h ({e})"))?;
-    if d.is_zero() {
-        return Err("must be greater than zero".to_owned());
+/// Durations such as `90s`, `10m`, `24h`, `1h30m`; zero is refused. The
+/// same parser reads durations in resources (`bulkhead_proto`).
+pub use bulkhead_proto::parse_duration;
+
+/// Exponential backoff with jitter: each delay is drawn from the upper half
+/// of the current step (so that many clients that failed together do not
+/// retry together), the step doubles up to `max`, and [`Backoff::reset`]
+/// starts over after a success. The one backoff of every retry loop in
+/// the mesh: reconnects, registrations, renewals, accept errors, store
+/// retries.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// Starts at `min`, never waits longer than `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        let max = max.max(min);
+        Self {
+            min,
+            max,
+            current: min,
+        }
     }
-    Ok(d)
+
+    /// The next delay to wait, and one step further for the one after.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.current.mul_f64(rand::random_range(0.5..=1.0));
+        self.current = (self.current * 2).min(self.max);
+        delay.max(self.min / 2)
+    }
+
+    /// Sleeps for [`Backoff::next_delay`], returning what it waited.
+    pub async fn wait(&mut self) -> Duration {
+        let delay = self.next_delay();
+        tokio::time::sleep(delay).await;
+        delay
+    }
+
+    /// After a success: the next failure waits `min` again.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. Without signal handlers (they could not
@@ -112,6 +150,36 @@ mod tests {
         wait: Duration,
         #[arg(long)]
         name: String,
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let delays: Vec<_> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays.windows(2).all(|w| w[1] >= w[0] / 2), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(5)));
+        assert!(delays[9] >= Duration::from_millis(2_500));
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_waits_what_it_says() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
+        let started = tokio::time::Instant::now();
+        let mut said = Duration::ZERO;
+        for _ in 0..4 {
+            said += backoff.wait().await;
+        }
+        // The timer works in whole milliseconds.
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= said && elapsed <= said + Duration::from_millis(4),
+            "{elapsed:?} vs {said:?}"
+        );
+        assert!(said >= Duration::from_millis(500 + 1000 + 2000 + 2000));
+        assert!(said <= Duration::from_secs(1 + 2 + 4 + 4));
     }
 
     #[test]

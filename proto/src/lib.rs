@@ -9,6 +9,7 @@
 //! control plane and the sidecar build on it; TLS and the channel to the
 //! control plane live in `bulkhead-tls`.
 
+pub mod duration;
 pub mod identity;
 pub mod model;
 
@@ -18,4 +19,5 @@ pub mod pb {
     tonic::include_proto!("bulkhead.v1");
 }
 
+pub use duration::parse_duration;
 pub use identity::{IdentityError, SpiffeId};

@@ -14,30 +14,40 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
+use crate::accept::{self, Listener};
+use crate::drain::Drain;
 use crate::http::{self as h, Body};
-use crate::state::MeshState;
+use crate::outbound::Outbound;
+use crate::state::StateCell;
 
-pub struct Admin {
-    pub metrics: PrometheusHandle,
-    pub slot: CertSlot,
-    pub states: watch::Receiver<Arc<MeshState>>,
-    pub app: Option<SocketAddr>,
-    pub draining: tokio_util::sync::CancellationToken,
+/// Most admin connections at once: probes and scrapes, from the kubelet
+/// and Prometheus, each short.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+
+/// Longest an admin connection stays open.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) struct Admin {
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) slot: CertSlot,
+    pub(crate) states: StateCell,
+    /// Whose balancers `/config` shows.
+    pub(crate) outbound: Arc<Outbound>,
+    pub(crate) app: Option<SocketAddr>,
+    pub(crate) drain: Drain,
 }
 
 impl Admin {
     /// Ready: a certificate, a config, the app answering, not draining.
-    pub async fn readiness(&self) -> Result<(), String> {
-        if self.draining.is_cancelled() {
+    pub(crate) async fn readiness(&self) -> Result<(), String> {
+        if self.drain.is_draining() {
             return Err("draining".into());
         }
         if self.slot.get().is_none() {
             return Err("no certificate yet".into());
         }
-        if self.states.borrow().revision == 0 {
+        if self.states.load().revision == 0 {
             return Err("no config from the control plane yet".into());
         }
         if let Some(app) = self.app {
@@ -52,16 +62,13 @@ impl Admin {
     }
 
     fn config_json(&self) -> String {
-        let state = self.states.borrow().clone();
+        let state = self.states.load_full();
         let resources: Vec<serde_json::Value> = state
-            .resources
-            .values()
+            .resources()
             .filter_map(|r| serde_json::from_str(&r.to_json()).ok())
             .collect();
         let endpoints: Vec<serde_json::Value> = state
-            .endpoints
-            .values()
-            .flat_map(|set| set.values())
+            .endpoints()
             .map(|e| {
                 serde_json::json!({
                     "namespace": e.namespace, "service": e.service, "version": e.version,
@@ -78,35 +85,58 @@ impl Admin {
             let (_, cert) = X509Certificate::from_der(leaf).ok()?;
             u64::try_from(cert.validity().not_after.timestamp()).ok()
         });
+        let balancers: Vec<serde_json::Value> = self
+            .outbound
+            .balancers
+            .snapshot()
+            .into_iter()
+            .map(|((namespace, service), endpoints)| {
+                let endpoints: Vec<serde_json::Value> = endpoints
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "address": s.endpoint.address.to_string(),
+                            "inboundPort": s.endpoint.inbound_port,
+                            "version": s.endpoint.version,
+                            "latencyMs": s.latency.as_secs_f64() * 1e3,
+                            "inFlight": s.in_flight,
+                            "consecutiveFailures": s.consecutive_failures,
+                            "ejectedForMs": s.ejected_for.map(|d| d.as_millis() as u64),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({"namespace": namespace, "service": service, "endpoints": endpoints})
+            })
+            .collect();
         serde_json::to_string_pretty(&serde_json::json!({
             "revision": state.revision,
             "certificateNotAfterUnix": expiry,
             "resources": resources,
             "endpoints": endpoints,
+            "balancers": balancers,
         }))
         .unwrap_or_default()
     }
 }
 
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+/// Serves the admin port for as long as the process runs: it keeps
+/// answering probes (with "draining") while the rest drains.
+pub(crate) async fn serve(listener: Listener, admin: Arc<Admin>) {
     // Read the probe table now, so a bad one is reported at start.
     app_health::load();
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+    accept::serve(listener, None, move |tcp, _| {
         let admin = admin.clone();
-        tokio::spawn(async move {
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(route(req, &admin).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(tcp), service);
-            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-        });
-    }
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+        }
+    })
+    .await;
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
@@ -156,4 +186,4 @@ async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Body> {
     }
 }
 
-pub mod app_health;
+mod app_health;

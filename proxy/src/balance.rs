@@ -40,13 +40,13 @@ use tokio::time::Instant;
 
 use self::ewma::PeakEwma;
 use self::outlier::Outlier;
-pub use self::outlier::OutlierConfig;
-pub use self::tier::LocalityTier;
+pub(crate) use self::outlier::OutlierConfig;
+pub(crate) use self::tier::LocalityTier;
 use crate::telemetry::RequestMetrics;
 
 /// Tuning of a [`Balancer`]; the defaults follow linkerd's.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BalancerConfig {
+pub(crate) struct BalancerConfig {
     /// Latency assumed for an endpoint until its first response. Deliberately
     /// pessimistic: a new endpoint is not handed a burst before it has
     /// answered once; peers' in-flight requests and idle decay make it
@@ -72,7 +72,7 @@ impl Default for BalancerConfig {
 /// The endpoints of one service and what the proxy has learnt about each.
 /// Cloning is cheap and shares the state.
 #[derive(Clone)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     inner: Arc<Inner>,
 }
 
@@ -115,7 +115,7 @@ struct Health {
 
 /// An endpoint chosen for one request. It counts as in flight until finished
 /// or dropped.
-pub struct Pick {
+pub(crate) struct Pick {
     slot: Arc<Slot>,
     inner: Arc<Inner>,
     tier: LocalityTier,
@@ -123,7 +123,7 @@ pub struct Pick {
 
 /// How a picked request went, as the caller saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// From sending the request to the response head (or the failure).
     pub latency: Duration,
     /// False for what says the endpoint is unwell: connect and TLS errors,
@@ -133,7 +133,7 @@ pub struct Outcome {
 
 /// One endpoint's state, for the admin `/config` dump.
 #[derive(Clone, Debug)]
-pub struct EndpointStatus {
+pub(crate) struct EndpointStatus {
     pub endpoint: Endpoint,
     /// The latency estimate picks use right now.
     pub latency: Duration,
@@ -149,13 +149,13 @@ impl Balancer {
     /// `service` is the `service` label of `bulkhead_lb_picks_total`; the
     /// counters are registered here, so install the metrics recorder before
     /// building balancers.
-    pub fn new(service: impl Into<String>, config: BalancerConfig) -> Self {
+    pub(crate) fn new(service: impl Into<String>, config: BalancerConfig) -> Self {
         Self::with_seed(service, config, rand::random())
     }
 
     /// Like [`Balancer::new`] with a fixed random seed, so that tests are
     /// repeatable.
-    pub fn with_seed(service: impl Into<String>, config: BalancerConfig, seed: u64) -> Self {
+    pub(crate) fn with_seed(service: impl Into<String>, config: BalancerConfig, seed: u64) -> Self {
         let service = service.into();
         let picks = LocalityTier::ALL.map(|tier| {
             metrics::counter!(
@@ -177,24 +177,16 @@ impl Balancer {
         }
     }
 
-    pub fn service(&self) -> &str {
-        &self.inner.service
-    }
-
     /// Number of endpoints, ejected or not.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner.current().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Replaces the endpoint set. Endpoints that stay (same address and
     /// inbound port) keep their latency estimate, in-flight count and
     /// ejection; requests in flight to removed endpoints finish normally.
     /// Of two endpoints with the same address and port, the first is kept.
-    pub fn update(&self, endpoints: Vec<Endpoint>) {
+    pub(crate) fn update(&self, endpoints: Vec<Endpoint>) {
         let inner = &self.inner;
         let now = Instant::now();
         let mut current = inner
@@ -229,7 +221,7 @@ impl Balancer {
     /// Chooses an endpoint for one request among those `version_filter`
     /// accepts, as the module documentation describes; `None` only when it
     /// accepts none. `local` is this sidecar's own locality.
-    pub fn pick(
+    pub(crate) fn pick(
         &self,
         local: &Locality,
         version_filter: impl Fn(&Endpoint) -> bool,
@@ -272,7 +264,7 @@ impl Balancer {
     /// Whether some endpoint the filter accepts is not ejected: what a router
     /// asks before sending a weighted share to a version (see
     /// [`crate::route::choose_with_fallback`]).
-    pub fn has_healthy(&self, filter: impl Fn(&Endpoint) -> bool) -> bool {
+    pub(crate) fn has_healthy(&self, filter: impl Fn(&Endpoint) -> bool) -> bool {
         let now_ns = self.inner.nanos(Instant::now());
         self.inner
             .current()
@@ -281,7 +273,7 @@ impl Balancer {
     }
 
     /// Every endpoint with its statistics, in announcement order.
-    pub fn snapshot(&self) -> Vec<EndpointStatus> {
+    pub(crate) fn snapshot(&self) -> Vec<EndpointStatus> {
         let inner = &self.inner;
         let now = Instant::now();
         let now_ns = inner.nanos(now);
@@ -427,13 +419,13 @@ fn key(endpoint: &Endpoint) -> (IpAddr, u16) {
 }
 
 impl Pick {
-    pub fn endpoint(&self) -> &Endpoint {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.slot.endpoint
     }
 
     /// The outbound request metrics for this endpoint (`version` and `peer`
     /// labels from its announcement).
-    pub fn request_metrics(&self) -> Arc<RequestMetrics> {
+    pub(crate) fn request_metrics(&self) -> Arc<RequestMetrics> {
         let slot = &self.slot;
         Arc::clone(slot.metrics.get_or_init(|| {
             let peer = slot
@@ -452,14 +444,15 @@ impl Pick {
     }
 
     /// The tier the endpoint was chosen from.
-    pub fn tier(&self) -> LocalityTier {
+    #[cfg(test)]
+    pub(crate) fn tier(&self) -> LocalityTier {
         self.tier
     }
 
     /// Reports how the request went: feeds the latency estimate and the
     /// outlier detector. Dropping a pick instead (a cancelled request)
     /// reports nothing.
-    pub fn finish(self, outcome: Outcome) {
+    pub(crate) fn finish(self, outcome: Outcome) {
         self.inner.record(&self.slot, outcome);
     }
 }

@@ -6,20 +6,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use bulkhead_process::{LogFormat, parse_duration, usage_line};
+pub(crate) use bulkhead_process::{LogFormat, parse_duration};
 use bulkhead_proto::identity::validate_name;
-use bulkhead_proto::model::Protocol;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead-proxy", version, about = "The Bulkhead sidecar proxy", after_help = EXAMPLES, args_override_self = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the sidecar beside one workload.
     Run(Box<RunArgs>),
     /// Install transparent capture in this network namespace (the pod's init container).
@@ -33,7 +32,7 @@ Examples:
       --app 127.0.0.1:8080 --upstream inventory=127.0.0.1:9001 --node node-1 --zone a";
 
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Control-plane URL.
     #[arg(
         long,
@@ -157,6 +156,10 @@ pub struct RunArgs {
     /// Where the last good config is kept, to start without a control plane.
     #[arg(long, env = "BULKHEAD_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Once every listener is bound, write their addresses here as JSON
+    /// (for listeners given port 0: tests and tools learn the ports chosen).
+    #[arg(long, env = "BULKHEAD_ADDRESSES_FILE", value_name = "FILE")]
+    pub addresses_file: Option<PathBuf>,
     /// Longest a request may take end to end.
     #[arg(long, env = "BULKHEAD_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -184,7 +187,7 @@ pub struct RunArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Attestation {
+pub(crate) enum Attestation {
     /// A token from `bulkheadctl token create`.
     Token,
     /// A Kubernetes projected service-account token (audience `bulkhead`).
@@ -192,7 +195,7 @@ pub enum Attestation {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Egress {
+pub(crate) enum Egress {
     /// Refuse and count connections to unknown destinations.
     Deny,
     /// Pass them through unchanged (plain TCP, not mesh traffic).
@@ -200,32 +203,22 @@ pub enum Egress {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AppProtocol {
+pub(crate) enum AppProtocol {
     Http,
     Grpc,
     Tcp,
 }
 
-impl AppProtocol {
-    pub fn protocol(self) -> Protocol {
-        match self {
-            Self::Http => Protocol::Http,
-            Self::Grpc => Protocol::Grpc,
-            Self::Tcp => Protocol::Tcp,
-        }
-    }
-}
-
 /// Where the trust bundle comes from.
 #[derive(Clone, Debug)]
-pub enum TrustSource {
+pub(crate) enum TrustSource {
     File(PathBuf),
     Pem(String),
 }
 
 impl TrustSource {
     /// The PEM text and a name for it in errors.
-    pub fn read(&self) -> Result<(Vec<u8>, String), String> {
+    pub(crate) fn read(&self) -> Result<(Vec<u8>, String), String> {
         match self {
             Self::File(path) => std::fs::read(path)
                 .map(|pem| (pem, path.display().to_string()))
@@ -240,7 +233,7 @@ impl TrustSource {
 
 /// A local listener for one service (`--upstream`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub service: String,
     pub namespace: String,
     /// The Service's declared port; `None`: its only port.
@@ -249,8 +242,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The target as `--upstream` names it: `NAME.NS[:PORT]`.
+    pub(crate) fn target(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}.{}:{port}", self.service, self.namespace),
+            None => format!("{}.{}", self.service, self.namespace),
+        }
+    }
+
     /// Parses `NAME[.NS][:PORT]=ADDR`; the namespace defaults to ours.
-    pub fn parse(spec: &str, own_namespace: &str) -> Result<Self, String> {
+    pub(crate) fn parse(spec: &str, own_namespace: &str) -> Result<Self, String> {
         let (target, addr) = spec
             .split_once('=')
             .ok_or_else(|| format!("{spec:?}: expected NAME[.NS][:PORT]=ADDR"))?;
@@ -282,7 +283,7 @@ impl Upstream {
 
 /// The sidecar's settings, validated.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub(crate) struct Config {
     pub control: String,
     pub trust_bundle: TrustSource,
     pub token_file: PathBuf,
@@ -304,6 +305,7 @@ pub struct Config {
     pub cluster_domain: String,
     pub locality: bulkhead_proto::model::Locality,
     pub state_dir: Option<PathBuf>,
+    pub addresses_file: Option<PathBuf>,
     pub request_timeout: Duration,
     pub tcp_idle_timeout: Duration,
     pub drain_timeout: Duration,
@@ -316,7 +318,7 @@ impl Config {
     /// The effective configuration as `--check-config` prints it: every
     /// field, durations as humantime text, the trust bundle by source only
     /// (never its text).
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         let duration = |d: Duration| humantime::format_duration(d).to_string();
         let display = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
         serde_json::json!({
@@ -353,6 +355,7 @@ impl Config {
                 "region": self.locality.region,
             },
             "stateDir": self.state_dir,
+            "addressesFile": self.addresses_file,
             "requestTimeout": duration(self.request_timeout),
             "tcpIdleTimeout": duration(self.tcp_idle_timeout),
             "drainTimeout": duration(self.drain_timeout),
@@ -363,7 +366,7 @@ impl Config {
     }
 
     /// Checks every value; an error names the flag.
-    pub fn from_args(a: RunArgs) -> Result<Self, String> {
+    pub(crate) fn from_args(a: RunArgs) -> Result<Self, String> {
         validate_name("namespace", &a.namespace).map_err(|e| format!("--namespace: {e}"))?;
         validate_name("service", &a.service).map_err(|e| format!("--service: {e}"))?;
         let service_account = a
@@ -401,7 +404,8 @@ impl Config {
         let mut upstreams = Vec::new();
         for spec in &a.upstreams {
             let up = Upstream::parse(spec, &a.namespace).map_err(|e| format!("--upstream {e}"))?;
-            if upstreams.iter().any(|u: &Upstream| u.listen == up.listen) {
+            // Port 0 asks for any free port: many may.
+            if up.listen.port() != 0 && upstreams.iter().any(|u: &Upstream| u.listen == up.listen) {
                 return Err(format!(
                     "--upstream {spec:?}: {} is already used by another upstream",
                     up.listen
@@ -450,6 +454,7 @@ impl Config {
                 region: a.region,
             },
             state_dir: a.state_dir,
+            addresses_file: a.addresses_file,
             request_timeout: a.request_timeout,
             tcp_idle_timeout: a.tcp_idle_timeout,
             drain_timeout: a.drain_timeout,

@@ -6,62 +6,55 @@
 //! published and `bulkhead_control_plane_connected` drops to 0.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
+use bulkhead_process::Backoff;
+use bulkhead_proto::model::Endpoint;
 use bulkhead_proto::pb::{self, discovery_client::DiscoveryClient};
-use rand::Rng;
-use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::state::{self, MeshState, ServiceKey};
+use crate::state::{EndpointKey, MeshState, ServiceKey, StateCell};
 
-/// Backoff between reconnects: 200 ms doubling to 10 s, with jitter.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(200).saturating_mul(1 << attempt.min(6));
-    let capped = base.min(Duration::from_secs(10));
-    capped.mul_f64(rand::rng().random_range(0.5..1.0))
+/// Between reconnects: 200 ms doubling to 10 s, with jitter.
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(10))
 }
 
+/// Endpoints a resync snapshot left out, held for a grace period (see
+/// [`RESYNC_GRACE`]), with their deadline.
+type Held = HashMap<(ServiceKey, EndpointKey), Instant>;
+
 /// Subscribes and re-subscribes forever, publishing each new state.
-pub async fn watch_forever(
-    channel: Channel,
-    request: pb::WatchRequest,
-    states: watch::Sender<Arc<MeshState>>,
-    state_dir: Option<PathBuf>,
-) {
-    let mut attempt = 0;
-    // Endpoints a resync snapshot left out, kept for a grace period (see
-    // `RESYNC_GRACE`), by (service, endpoint key), with their deadline.
-    let mut held: HashMap<(ServiceKey, String), Instant> = HashMap::new();
-    let mut synced_once = states.borrow().revision > 0;
+pub(crate) async fn watch_forever(channel: Channel, request: pb::WatchRequest, states: StateCell) {
+    let mut backoff = reconnect_backoff();
+    let mut held = Held::new();
+    let mut synced_once = states.load().revision > 0;
     loop {
         let mut client = DiscoveryClient::new(channel.clone());
         match client.watch(request.clone()).await {
             Ok(stream) => {
                 let mut stream = stream.into_inner();
-                // Work on a copy; publish only whole updates.
-                let mut current = states.borrow().as_ref().clone();
+                // Work on a copy (cheap: the maps inside are shared until
+                // changed); publish only whole updates.
+                let mut current = states.load_full().as_ref().clone();
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     let message = tokio::select! {
                         m = stream.message() => m,
                         _ = tick.tick() => {
                             if release_held(&mut current, &mut held) {
-                                states.send_replace(Arc::new(current.clone()));
+                                states.publish(current.clone());
                             }
                             continue;
                         }
                     };
                     match message {
                         Ok(Some(update)) => {
-                            attempt = 0;
+                            backoff.reset();
                             metrics::gauge!("bulkhead_control_plane_connected").set(1.0);
-                            let before =
-                                (update.snapshot && synced_once).then(|| current.endpoints.clone());
+                            let before = (update.snapshot && synced_once).then(|| current.clone());
                             let problems = current.apply(&update);
                             if !problems.is_empty() {
                                 tracing::warn!(
@@ -71,14 +64,20 @@ pub async fn watch_forever(
                                 );
                             }
                             if let Some(before) = before {
-                                hold_missing(&mut current, before, &mut held);
+                                hold_missing(&mut current, &before, &mut held);
                             } else {
                                 // A pushed change to a held endpoint settles it.
                                 for change in &update.changes {
-                                    if let Some(pb::change::Item::Endpoint(e)) = &change.item {
+                                    if let Some(pb::change::Item::Endpoint(e)) = &change.item
+                                        && let Ok(ip) = e.address.parse()
+                                    {
+                                        let at = EndpointKey::new(
+                                            ip,
+                                            u16::try_from(e.inbound_port).unwrap_or(0),
+                                        );
                                         held.remove(&(
                                             (e.namespace.clone(), e.service.clone()),
-                                            format!("{}:{}", e.address, e.inbound_port),
+                                            at,
                                         ));
                                     }
                                 }
@@ -92,12 +91,7 @@ pub async fn watch_forever(
                                 changes = update.changes.len(),
                                 "config update"
                             );
-                            states.send_replace(Arc::new(current.clone()));
-                            if let Some(dir) = &state_dir
-                                && let Err(error) = state::save(&current, dir)
-                            {
-                                tracing::warn!(%error, "could not save the config snapshot");
-                            }
+                            states.publish(current.clone());
                         }
                         Ok(None) => {
                             tracing::warn!("control plane ended the watch; reconnecting");
@@ -116,8 +110,7 @@ pub async fn watch_forever(
         }
         metrics::gauge!("bulkhead_control_plane_connected").set(0.0);
         metrics::counter!("bulkhead_control_plane_reconnects_total").increment(1);
-        tokio::time::sleep(backoff(attempt)).await;
-        attempt += 1;
+        backoff.wait().await;
     }
 }
 
@@ -129,54 +122,42 @@ pub async fn watch_forever(
 /// outlier ejection.
 const RESYNC_GRACE: Duration = Duration::from_secs(15);
 
-fn hold_missing(
-    current: &mut MeshState,
-    before: HashMap<
-        ServiceKey,
-        std::collections::BTreeMap<String, Arc<bulkhead_proto::model::Endpoint>>,
-    >,
-    held: &mut HashMap<(ServiceKey, String), Instant>,
-) {
+fn hold_missing(current: &mut MeshState, before: &MeshState, held: &mut Held) {
     let deadline = Instant::now() + RESYNC_GRACE;
-    for (service, endpoints) in before {
-        for (key, endpoint) in endpoints {
-            let set = current.endpoints.entry(service.clone()).or_default();
-            if let std::collections::btree_map::Entry::Vacant(slot) = set.entry(key.clone()) {
-                slot.insert(endpoint);
-                held.entry((service.clone(), key)).or_insert(deadline);
+    for (service, view) in before.views() {
+        for (at, endpoint) in view.endpoints.iter() {
+            let known = current
+                .view(service)
+                .is_some_and(|v| v.endpoints.contains_key(at));
+            if !known {
+                current.hold_endpoint(service, Arc::<Endpoint>::clone(endpoint));
+                held.entry((service.clone(), *at)).or_insert(deadline);
             }
         }
     }
-    current.endpoints.retain(|_, set| !set.is_empty());
     if !held.is_empty() {
         tracing::info!(endpoints = held.len(), grace = ?RESYNC_GRACE, "keeping endpoints the resync left out until they re-register");
     }
 }
 
 /// Drops held endpoints whose grace ran out; true if anything changed.
-fn release_held(
-    current: &mut MeshState,
-    held: &mut HashMap<(ServiceKey, String), Instant>,
-) -> bool {
+fn release_held(current: &mut MeshState, held: &mut Held) -> bool {
     let now = Instant::now();
-    let expired: Vec<(ServiceKey, String)> = held
+    let expired: Vec<(ServiceKey, EndpointKey)> = held
         .iter()
         .filter(|(_, d)| **d <= now)
         .map(|(k, _)| k.clone())
         .collect();
     for key in &expired {
         held.remove(key);
-        if let Some(set) = current.endpoints.get_mut(&key.0) {
-            set.remove(&key.1);
-        }
+        current.release_endpoint(&key.0, key.1);
     }
-    current.endpoints.retain(|_, set| !set.is_empty());
     !expired.is_empty()
 }
 
 /// The registration of this endpoint, kept alive until dropped or
 /// deregistered.
-pub struct Registration {
+pub(crate) struct Registration {
     channel: Channel,
     record: pb::Endpoint,
     lease: Arc<std::sync::Mutex<Option<i64>>>,
@@ -186,7 +167,7 @@ pub struct Registration {
 impl Registration {
     /// Registers (retrying until it succeeds) and keeps the lease alive,
     /// re-registering if the control plane lost it.
-    pub fn start(channel: Channel, record: pb::Endpoint) -> Self {
+    pub(crate) fn start(channel: Channel, record: pb::Endpoint) -> Self {
         let lease = Arc::new(std::sync::Mutex::new(None));
         let task = {
             let channel = channel.clone();
@@ -194,7 +175,7 @@ impl Registration {
             let lease = lease.clone();
             tokio::spawn(async move {
                 let mut client = DiscoveryClient::new(channel);
-                let mut attempt = 0;
+                let mut backoff = reconnect_backoff();
                 loop {
                     let current = *lease.lock().unwrap_or_else(|e| e.into_inner());
                     let step = match current {
@@ -233,15 +214,15 @@ impl Registration {
                     };
                     match step {
                         Ok(wait) => {
-                            attempt = 0;
+                            backoff.reset();
                             tokio::time::sleep(wait).await;
                         }
                         Err(status) => {
                             tracing::warn!(code = ?status.code(), message = status.message(), "registration call failed; retrying");
                             // Short backoff (at most 2 s): a lost lease must
                             // be renewed soon after the control plane is back.
-                            tokio::time::sleep(backoff(attempt).min(Duration::from_secs(2))).await;
-                            attempt += 1;
+                            tokio::time::sleep(backoff.next_delay().min(Duration::from_secs(2)))
+                                .await;
                         }
                     }
                 }
@@ -256,7 +237,7 @@ impl Registration {
     }
 
     /// Stops renewing and removes the record at once (graceful shutdown).
-    pub async fn deregister(self) {
+    pub(crate) async fn deregister(self) {
         self.task.abort();
         let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = lease {

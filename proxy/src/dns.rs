@@ -43,22 +43,23 @@ use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use self::answer::{Action, Responder};
 use self::forward::{Transport, Upstreams};
 use self::zone::MeshZones;
+use crate::accept::{self, Listener};
+use crate::drain::Drain;
 
 /// How long an upstream resolver has to answer one forwarded query (all
 /// servers together).
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Forwards waiting on upstream resolvers at once.
-pub const MAX_FORWARDS_IN_FLIGHT: usize = 256;
+pub(crate) const MAX_FORWARDS_IN_FLIGHT: usize = 256;
 /// Open TCP connections at once.
-pub const MAX_TCP_CONNECTIONS: usize = 64;
+pub(crate) const MAX_TCP_CONNECTIONS: usize = 64;
 /// How long a TCP client may take to send a whole message, or to read its
 /// answer, before the connection is closed.
-pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TTL of mesh answers: short, since the address may change on restart.
 const MESH_TTL: u32 = 5;
 /// How long caches may keep a "no such mesh name".
@@ -66,14 +67,14 @@ const NEGATIVE_TTL: u32 = 5;
 
 /// What the sidecar knows of mesh names: the loopback address it listens on
 /// for a service, creating listeners on first use.
-pub trait MeshNames: Send + Sync + 'static {
+pub(crate) trait MeshNames: Send + Sync + 'static {
     /// `None`: no such service in the mesh (the name then gets NXDOMAIN, not
     /// forwarded).
     fn lookup(&self, service: &str, namespace: &str) -> Option<IpAddr>;
 }
 
 #[derive(Debug, Clone)]
-pub struct DnsConfig {
+pub(crate) struct DnsConfig {
     /// UDP and TCP, same address.
     pub listen: SocketAddr,
     /// The namespace `<svc>.mesh` means.
@@ -83,9 +84,11 @@ pub struct DnsConfig {
     pub forward: Forward,
 }
 
-/// Where names outside the mesh go.
+/// Where names outside the mesh go. The sidecar forwards to the system's
+/// resolvers; the other two are for the DNS server's own tests.
 #[derive(Debug, Clone)]
-pub enum Forward {
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Forward {
     /// The nameservers of `/etc/resolv.conf` (read once, at bind).
     System,
     /// These servers, in order.
@@ -95,7 +98,7 @@ pub enum Forward {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DnsError {
+pub(crate) enum DnsError {
     #[error("cannot bind the DNS {transport} listener on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -112,19 +115,20 @@ pub enum DnsError {
     SystemResolver(String),
 }
 
-/// Answers DNS on [`DnsConfig::listen`] until `shutdown`, then returns.
-pub async fn serve(
+/// Answers DNS on [`DnsConfig::listen`] until `drain` signals, then returns.
+#[cfg(test)]
+pub(crate) async fn serve(
     config: DnsConfig,
     names: Arc<dyn MeshNames>,
-    shutdown: CancellationToken,
+    drain: Drain,
 ) -> Result<(), DnsError> {
-    DnsServer::bind(config, names).await?.run(shutdown).await;
+    DnsServer::bind(config, names).await?.run(drain).await;
     Ok(())
 }
 
 /// A bound DNS server: [`serve`] in two steps, so a caller can fail start-up
 /// on a bind error and learn the port chosen for port 0.
-pub struct DnsServer {
+pub(crate) struct DnsServer {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
     local_addr: SocketAddr,
@@ -148,7 +152,10 @@ enum Kind {
 impl DnsServer {
     /// Binds UDP and TCP on `config.listen` (port 0: one free port for both)
     /// and reads the upstream resolvers.
-    pub async fn bind(config: DnsConfig, names: Arc<dyn MeshNames>) -> Result<Self, DnsError> {
+    pub(crate) async fn bind(
+        config: DnsConfig,
+        names: Arc<dyn MeshNames>,
+    ) -> Result<Self, DnsError> {
         let zones = MeshZones::new(&config.own_namespace, &config.cluster_domain)?;
         let (udp, tcp) = bind_both(config.listen).await?;
         let local_addr = udp.local_addr().map_err(|source| DnsError::Bind {
@@ -186,16 +193,16 @@ impl DnsServer {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// Serves until `shutdown`; then stops reading, lets forwards in flight
     /// finish within [`FORWARD_TIMEOUT`], and returns.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, drain: Drain) {
         tokio::join!(
-            serve_udp(self.udp, self.shared.clone(), shutdown.clone()),
-            serve_tcp(self.tcp, self.shared, shutdown),
+            serve_udp(self.udp, self.shared.clone(), drain.clone()),
+            serve_tcp(self.tcp, self.shared, drain),
         );
         tracing::debug!(listen = %self.local_addr, "DNS server stopped");
     }
@@ -255,13 +262,13 @@ fn without_self(servers: Vec<SocketAddr>, local: SocketAddr) -> Vec<SocketAddr> 
         .collect()
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, shutdown: Drain) {
     // The largest datagram; one buffer, reused.
     let mut buf = vec![0; 65535];
     let mut forwards = JoinSet::new();
     loop {
         let (n, client) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.signaled() => break,
             received = socket.recv_from(&mut buf) => match received {
                 Ok(received) => received,
                 Err(error) => {
@@ -307,45 +314,22 @@ async fn send_udp(socket: &UdpSocket, reply: &[u8], client: SocketAddr) {
     }
 }
 
-async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
-    let mut tasks = JoinSet::new();
-    loop {
-        let (stream, client) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors and the like: back off, then retry.
-                    tracing::warn!(%error, "DNS: TCP accept error");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        while tasks.try_join_next().is_some() {}
-        let Ok(slot) = connections.clone().try_acquire_owned() else {
-            tracing::debug!(%client, "DNS: too many TCP connections; closing");
-            continue;
-        };
-        let (shared, shutdown) = (shared.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            serve_tcp_connection(stream, &shared, &shutdown).await;
-            drop(slot);
-        });
-    }
-    drain(tasks).await;
+/// TCP queries, through the accept loop every listener shares (its
+/// connection limit, span, drain and backoff).
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, drain: Drain) {
+    let listener = Listener::new("dns", listener, MAX_TCP_CONNECTIONS);
+    accept::serve(listener, Some(drain.clone()), move |stream, _| {
+        let (shared, drain) = (shared.clone(), drain.clone());
+        async move { serve_tcp_connection(stream, &shared, &drain).await }
+    })
+    .await;
 }
 
 /// Queries on one TCP connection, answered in turn.
-async fn serve_tcp_connection(
-    mut stream: TcpStream,
-    shared: &Shared,
-    shutdown: &CancellationToken,
-) {
+async fn serve_tcp_connection(mut stream: TcpStream, shared: &Shared, shutdown: &Drain) {
     loop {
         let packet = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.signaled() => return,
             read = tokio::time::timeout(TCP_IDLE_TIMEOUT, read_frame(&mut stream)) => match read {
                 Ok(Ok(packet)) => packet,
                 _ => return,

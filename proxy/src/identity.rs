@@ -11,23 +11,23 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bulkhead_process::Backoff;
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::pb::{self, identity_client::IdentityClient};
-use bulkhead_tls::{CertSlot, TrustBundle};
+use bulkhead_tls::CertSlot;
 use rand::Rng;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
 
 /// The certificate in use and what it says.
 #[derive(Clone, Debug)]
-pub struct Issued {
-    pub id: SpiffeId,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
+pub(crate) struct Issued {
+    pub(crate) id: SpiffeId,
+    pub(crate) not_after: SystemTime,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("token file {path}: {reason}")]
     Token { path: String, reason: String },
     #[error("control plane refused the certificate request: {0}")]
@@ -70,27 +70,20 @@ fn install(
         .ok_or_else(|| IdentityError::BadCertificate("empty chain".into()))?;
     let id = SpiffeId::from_cert_der(leaf, trust_domain)
         .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-    let (not_before, not_after) = validity(leaf)?;
+    let not_after = not_after(leaf)?;
     let certified = CertSlot::certified_key(chain, key)
         .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
     slot.set(certified);
     metrics::gauge!("bulkhead_cert_expiry_seconds").set(unix(not_after) as f64);
-    Ok(Issued {
-        id,
-        not_before,
-        not_after,
-    })
+    Ok(Issued { id, not_after })
 }
 
-fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), IdentityError> {
+fn not_after(der: &[u8]) -> Result<SystemTime, IdentityError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-    let at = |t: i64| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
-    Ok((
-        at(cert.validity().not_before.timestamp()),
-        at(cert.validity().not_after.timestamp()),
-    ))
+    let seconds = cert.validity().not_after.timestamp().max(0) as u64;
+    Ok(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -100,7 +93,7 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// First certificate, with the bootstrap token.
-pub async fn certify(
+pub(crate) async fn certify(
     channel: Channel,
     token_file: &Path,
     kind: crate::config::Attestation,
@@ -132,7 +125,7 @@ pub async fn certify(
 }
 
 /// A new certificate for the identity of the current one.
-pub async fn renew(
+pub(crate) async fn renew(
     channel: Channel,
     slot: &CertSlot,
     trust_domain: &str,
@@ -199,12 +192,12 @@ fn save(dir: &Path, chain: &[Vec<u8>], key_der: &[u8]) -> std::io::Result<()> {
 }
 
 /// A still-valid certificate kept by an earlier run, installed in `slot`.
-pub fn load_saved(dir: &Path, slot: &CertSlot, trust_domain: &str) -> Option<Issued> {
+pub(crate) fn load_saved(dir: &Path, slot: &CertSlot, trust_domain: &str) -> Option<Issued> {
     use prost::Message;
     let key = std::fs::read(dir.join("identity.key")).ok()?;
     let chain = std::fs::read(dir.join("identity.chain")).ok()?;
     let record = pb::CertifyResponse::decode(chain.as_slice()).ok()?;
-    let (_, not_after) = validity(record.chain_der.first()?).ok()?;
+    let not_after = not_after(record.chain_der.first()?).ok()?;
     if not_after <= SystemTime::now() {
         return None;
     }
@@ -219,7 +212,7 @@ pub fn load_saved(dir: &Path, slot: &CertSlot, trust_domain: &str) -> Option<Iss
 
 /// When to renew: ~70 % of the lifetime, ±5 % jitter so a fleet started
 /// together does not renew together.
-pub fn renewal_delay(issued: &Issued, now: SystemTime) -> Duration {
+pub(crate) fn renewal_delay(issued: &Issued, now: SystemTime) -> Duration {
     // Measured from now (receipt), not from not_before: the CA backdates
     // not_before for clock skew, which would make short lifetimes due at
     // once. A floor keeps a nearly expired certificate from spinning.
@@ -231,18 +224,17 @@ pub fn renewal_delay(issued: &Issued, now: SystemTime) -> Duration {
 /// Renews forever: at the renewal time, then with backoff on failure (1 s
 /// doubling to 60 s) until it succeeds; the current certificate stays in
 /// use meanwhile.
-pub async fn renew_forever(
+pub(crate) async fn renew_forever(
     channel: Channel,
     slot: CertSlot,
     mut issued: Issued,
     trust_domain: String,
     state_dir: Option<PathBuf>,
-    bundle: TrustBundle,
 ) {
-    let _ = bundle; // the channel already verifies the control plane with it
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::time::sleep(renewal_delay(&issued, SystemTime::now())).await;
-        let mut backoff = Duration::from_secs(1);
+        backoff.reset();
         loop {
             match renew(channel.clone(), &slot, &trust_domain, state_dir.as_deref()).await {
                 Ok(next) => {
@@ -254,11 +246,52 @@ pub async fn renew_forever(
                 Err(error) => {
                     metrics::counter!("bulkhead_cert_renewals_total", "result" => "error")
                         .increment(1);
-                    tracing::warn!(%error, retry_in = ?backoff, "certificate renewal failed; the current certificate stays in use");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(%error, ?retry_in, "certificate renewal failed; the current certificate stays in use");
+                    tokio::time::sleep(retry_in).await;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(lifetime: Duration, now: SystemTime) -> Issued {
+        Issued {
+            id: SpiffeId::new("cluster.local", "shop", "cart").unwrap(),
+            not_after: now + lifetime,
+        }
+    }
+
+    #[test]
+    fn renewal_comes_at_about_seventy_percent_of_what_is_left() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for lifetime in [Duration::from_secs(120), Duration::from_secs(24 * 3600)] {
+            let delays: Vec<Duration> = (0..200)
+                .map(|_| renewal_delay(&issued(lifetime, now), now))
+                .collect();
+            let (low, high) = (lifetime.mul_f64(0.65), lifetime.mul_f64(0.75));
+            assert!(
+                delays.iter().all(|d| *d >= low && *d <= high),
+                "{lifetime:?}: {delays:?}"
+            );
+            // Jittered: a fleet started together spreads out.
+            assert!(delays.iter().any(|d| *d != delays[0]));
+        }
+    }
+
+    #[test]
+    fn an_expired_or_nearly_expired_certificate_renews_within_a_second_not_in_a_spin() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let expired = Issued {
+            not_after: now - Duration::from_secs(10),
+            ..issued(Duration::ZERO, now)
+        };
+        assert_eq!(renewal_delay(&expired, now), Duration::from_secs(1));
+        let nearly = issued(Duration::from_millis(500), now);
+        assert_eq!(renewal_delay(&nearly, now), Duration::from_secs(1));
     }
 }

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::SpiffeId;
@@ -18,79 +18,67 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::accept::{self, Listener};
 use crate::config::AppProtocol;
+use crate::drain::Drain;
 use crate::http::{self as h, Body};
 use crate::policy::{self, HttpRequestInfo, Verdict};
-use crate::state::MeshState;
+use crate::state::{ServiceId, ServiceKey, StateCell};
 use crate::telemetry::RequestMetrics;
 use crate::wire::{Payload, Preface};
 
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most mTLS connections the inbound port holds at once (other sidecars
+/// pool theirs, so a busy pod sees few).
+pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 
 /// What the inbound side needs, shared by every connection.
-pub struct Inbound {
-    pub tls: TlsAcceptor,
-    pub trust_domain: String,
-    pub namespace: String,
-    pub service: String,
-    pub version: String,
-    pub app: Option<SocketAddr>,
+pub(crate) struct Inbound {
+    pub(crate) tls: TlsAcceptor,
+    pub(crate) trust_domain: String,
+    /// This workload's service: whose AllowLists apply.
+    pub(crate) key: ServiceKey,
+    /// Its number in the mesh state, once the state knows it (it never
+    /// changes after): requests find the AllowLists by index.
+    pub(crate) id: OnceLock<ServiceId>,
+    pub(crate) version: String,
+    pub(crate) app: Option<SocketAddr>,
     /// `app` as the authority of requests to it (built once).
-    pub app_authority: Option<Authority>,
-    pub app_protocol: AppProtocol,
-    pub states: watch::Receiver<Arc<MeshState>>,
-    pub app_http1: Client<HttpConnector, Incoming>,
-    pub app_http2: Client<HttpConnector, Incoming>,
-    pub request_timeout: Duration,
+    pub(crate) app_authority: Option<Authority>,
+    pub(crate) app_protocol: AppProtocol,
+    pub(crate) states: StateCell,
+    pub(crate) app_http1: Client<HttpConnector, Incoming>,
+    pub(crate) app_http2: Client<HttpConnector, Incoming>,
+    pub(crate) request_timeout: Duration,
     /// Opaque TCP streams idle this long either way are closed.
-    pub tcp_idle_timeout: Duration,
-    /// The AllowLists guarding this service, for the current mesh state.
-    pub allow_lists: AllowListCache,
-}
-
-/// The AllowLists targeting this service, worked out once per mesh state
-/// (states change on config pushes, not per request).
-#[derive(Default)]
-pub struct AllowListCache {
-    last: Mutex<Option<CachedLists>>,
-}
-
-/// A mesh state and the AllowLists it holds for this service.
-type CachedLists = (Arc<MeshState>, Arc<[AllowList]>);
-
-impl AllowListCache {
-    fn get(&self, state: &Arc<MeshState>, namespace: &str, service: &str) -> Arc<[AllowList]> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((seen, lists)) = &*last
-            && Arc::ptr_eq(seen, state)
-        {
-            return Arc::clone(lists);
-        }
-        let lists: Arc<[AllowList]> = state
-            .allow_lists(namespace, service)
-            .into_iter()
-            .cloned()
-            .collect();
-        *last = Some((Arc::clone(state), Arc::clone(&lists)));
-        lists
-    }
+    pub(crate) tcp_idle_timeout: Duration,
 }
 
 impl Inbound {
-    /// The AllowLists in force right now.
+    /// The AllowLists in force right now: one lookup by key in the state's
+    /// index, no lock.
     fn current_allow_lists(&self) -> Arc<[AllowList]> {
-        let state = self.states.borrow().clone();
-        self.allow_lists.get(&state, &self.namespace, &self.service)
+        let state = self.states.load();
+        let id = match self.id.get() {
+            Some(id) => Some(*id),
+            None => state.id(&self.key).inspect(|id| {
+                let _ = self.id.set(*id);
+            }),
+        };
+        id.and_then(|id| state.view_at(id))
+            .map(|v| Arc::clone(&v.allow_lists))
+            .unwrap_or_else(|| Arc::from([]))
     }
 
-    pub fn app_clients() -> (
+    fn service(&self) -> &str {
+        &self.key.1
+    }
+
+    pub(crate) fn app_clients() -> (
         Client<HttpConnector, Incoming>,
         Client<HttpConnector, Incoming>,
     ) {
@@ -114,40 +102,15 @@ impl Inbound {
     }
 }
 
-/// Accepts until `shutdown`; connections are tracked so drain can wait.
-pub async fn serve(
-    listener: TcpListener,
-    inbound: Arc<Inbound>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    tracing::warn!(%error, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let inbound = inbound.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            connection(tcp, remote, inbound, shutdown).await;
-        });
-    }
+/// Serves the inbound port until the sidecar drains.
+pub(crate) async fn serve(listener: Listener, inbound: Arc<Inbound>, drain: Drain) {
+    accept::serve(listener, Some(drain.clone()), move |tcp, remote| {
+        connection(tcp, remote, inbound.clone(), drain.clone())
+    })
+    .await;
 }
 
-async fn connection(
-    tcp: TcpStream,
-    remote: SocketAddr,
-    inbound: Arc<Inbound>,
-    shutdown: CancellationToken,
-) {
+async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, drain: Drain) {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.tls.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
@@ -186,21 +149,17 @@ async fn connection(
             return;
         }
     };
-    let span = tracing::info_span!("inbound", %peer, port = preface.port);
-    let _enter = span.enter();
+    // The accept loop's span names the connection; now it names the peer.
+    tracing::Span::current().record("identity", tracing::field::display(&peer));
     match preface.payload {
-        Payload::Tcp => {
-            drop(_enter);
-            tcp_stream(tls, peer, preface.port, &inbound).await;
-        }
+        Payload::Tcp => tcp_stream(tls, peer, preface.port, &inbound).await,
         Payload::Http2 => {
-            drop(_enter);
             let port = preface.port;
             let svc_inbound = inbound.clone();
             // One peer per connection: its metric labels are made once.
             let metrics = Arc::new(RequestMetrics::new(
                 "inbound",
-                inbound.service.as_str(),
+                inbound.service(),
                 inbound.version.as_str(),
                 peer.to_string(),
             ));
@@ -226,7 +185,7 @@ async fn connection(
                         tracing::debug!(%error, "inbound HTTP/2 connection ended");
                     }
                 }
-                () = shutdown.cancelled() => {
+                () = drain.signaled() => {
                     // Drain: GOAWAY, let in-flight streams finish.
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
@@ -251,11 +210,11 @@ async fn tcp_stream(
     let decision = policy::authorize(&lists, &peer, port, None, &inbound.trust_domain);
     match decision.verdict {
         Verdict::Deny => {
-            deny_log(&peer, &inbound.service, &decision.label(), port, "tcp");
+            deny_log(&peer, inbound.service(), &decision.label(), port, "tcp");
             return;
         }
         Verdict::AuditAllow => {
-            metrics::counter!("bulkhead_authz_audit_total", "target" => inbound.service.clone(), "peer" => peer.to_string(), "rule" => decision.label()).increment(1);
+            metrics::counter!("bulkhead_authz_audit_total", "target" => inbound.service().to_owned(), "peer" => peer.to_string(), "rule" => decision.label()).increment(1);
             tracing::info!(%peer, port, rule = %decision.label(), "audit: would deny tcp connection");
         }
         Verdict::Allow => {}
@@ -278,8 +237,8 @@ async fn tcp_stream(
     let started = Instant::now();
     let result = crate::wire::splice(&mut tls, &mut upstream, inbound.tcp_idle_timeout).await;
     let class = crate::wire::splice_result(&result);
-    metrics::counter!("bulkhead_tcp_connections_total", "direction" => "inbound", "service" => inbound.service.clone(), "peer" => peer.to_string(), "result" => class).increment(1);
-    metrics::histogram!("bulkhead_tcp_connection_duration_seconds", "direction" => "inbound", "service" => inbound.service.clone()).record(started.elapsed().as_secs_f64());
+    metrics::counter!("bulkhead_tcp_connections_total", "direction" => "inbound", "service" => inbound.service().to_owned(), "peer" => peer.to_string(), "result" => class).increment(1);
+    metrics::histogram!("bulkhead_tcp_connection_duration_seconds", "direction" => "inbound", "service" => inbound.service().to_owned()).record(started.elapsed().as_secs_f64());
 }
 
 async fn request(
@@ -333,14 +292,14 @@ async fn request(
     match decision.verdict {
         Verdict::Deny => {
             let label = decision.label();
-            deny_log(peer, &inbound.service, &label, port, req.method().as_str());
+            deny_log(peer, inbound.service(), &label, port, req.method().as_str());
             let mut resp = h::mesh_response(
                 grpc,
                 StatusCode::FORBIDDEN,
                 "denied",
                 &format!(
                     "denied by the mesh: {peer} may not call {} ({label})",
-                    inbound.service
+                    inbound.service()
                 ),
             );
             if let Ok(v) = HeaderValue::from_str(&label) {
@@ -349,7 +308,7 @@ async fn request(
             return resp;
         }
         Verdict::AuditAllow => {
-            metrics::counter!("bulkhead_authz_audit_total", "target" => inbound.service.clone(), "peer" => peer.to_string(), "rule" => decision.label()).increment(1);
+            metrics::counter!("bulkhead_authz_audit_total", "target" => inbound.service().to_owned(), "peer" => peer.to_string(), "rule" => decision.label()).increment(1);
             tracing::info!(%peer, port, method = %req.method(), rule = %decision.label(), "audit: would deny request");
         }
         Verdict::Allow => {}

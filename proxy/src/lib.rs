@@ -1,27 +1,38 @@
 //! `bulkhead-proxy`, the sidecar beside every workload.
 //!
-//! A request's path, outbound: [`outbound`] (app's plain call on a
-//! `--upstream` listener) → [`route`] (version) → [`balance`] (endpoint) →
-//! [`pool`] (mTLS to that endpoint's sidecar, [`wire`] preface) → inbound
-//! there: [`inbound`] (TLS, identity) → [`policy`] (AllowList, path) → app.
+//! A request's path, outbound: [`outbound`] (the app's plain call on an
+//! `--upstream` listener, a mesh-DNS listener or [`capture`]) → [`route`]
+//! (version) → [`balance`] (endpoint) → [`pool`] (mTLS to that endpoint's
+//! sidecar, [`wire`] preface) → inbound there: [`inbound`] (TLS, identity)
+//! → [`policy`] (AllowList, path) → app.
+//!
+//! Around it: [`run`] assembles the sidecar from [`config`]; every
+//! listener runs [`accept`]'s loop and shuts down through [`drain`];
 //! [`identity`] keeps the certificate, [`control_client`] the [`state`];
-//! [`admin`] serves /metrics, /ready, /live, /config; [`run`] assembles it.
+//! [`admin`] serves /metrics, /ready, /live, /config; [`dns`] answers mesh
+//! names; [`telemetry`] holds request metrics; [`http`] the plumbing both
+//! directions share.
+//!
+//! Public only what other crates use: [`cli::main`] (the binary, and the
+//! demo's sidecars), and [`policy`] and [`wire`] for the fuzz targets.
 
-pub mod admin;
-pub mod balance;
-pub mod capture;
+mod accept;
+mod admin;
+mod balance;
+mod capture;
 pub mod cli;
-pub mod config;
-pub mod control_client;
-pub mod dns;
-pub mod http;
-pub mod identity;
-pub mod inbound;
-pub mod outbound;
+mod config;
+mod control_client;
+mod dns;
+mod drain;
+mod http;
+mod identity;
+mod inbound;
+mod outbound;
 pub mod policy;
-pub mod pool;
-pub mod route;
-pub mod run;
-pub mod state;
-pub mod telemetry;
+mod pool;
+mod route;
+mod run;
+mod state;
+mod telemetry;
 pub mod wire;

@@ -2,11 +2,18 @@
 //! the server checked to be exactly the identity registered for the endpoint
 //! dialled, then the preface (see [`crate::wire`]). HTTP/2 connections are
 //! pooled and multiplexed per (endpoint, port); TCP gets one per stream.
+//!
+//! A request finds its pooled connection without a lock: the table is
+//! copied on write (a new connection, a departed endpoint), which is rare,
+//! and read through `arc-swap` on every request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tracing::Instrument;
 
 use bulkhead_proto::SpiffeId;
 use bulkhead_tls::{self as tls, CertSlot, ExpectedServer, TrustBundle};
@@ -20,11 +27,11 @@ use tokio_rustls::client::TlsStream;
 use crate::http::Body;
 use crate::wire::{self, Payload, Preface};
 
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connect to {0}: {1}")]
     Connect(SocketAddr, String),
     #[error("TLS to {0}: {1}")]
@@ -34,7 +41,7 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::Connect(..) => "connect-failed",
             Self::Tls(..) => "tls-failed",
@@ -45,21 +52,36 @@ impl ConnectError {
 
 type Key = (SocketAddr, u16);
 
-pub struct Pool {
+type Table = HashMap<Key, SendRequest<Body>>;
+
+pub(crate) struct Pool {
     bundle: TrustBundle,
     slot: CertSlot,
+    /// Dial path only: one TLS config per peer identity.
     connectors: Mutex<HashMap<SpiffeId, TlsConnector>>,
-    http2: Mutex<HashMap<Key, SendRequest<Body>>>,
+    /// Read per request, lock-free.
+    http2: ArcSwap<Table>,
+    /// Serializes writers of `http2` (copy, change, swap).
+    writing: Mutex<()>,
 }
 
 impl Pool {
-    pub fn new(bundle: TrustBundle, slot: CertSlot) -> Self {
+    pub(crate) fn new(bundle: TrustBundle, slot: CertSlot) -> Self {
         Self {
             bundle,
             slot,
             connectors: Mutex::default(),
-            http2: Mutex::default(),
+            http2: ArcSwap::default(),
+            writing: Mutex::new(()),
         }
+    }
+
+    /// Copies the table, changes the copy, swaps it in.
+    fn update(&self, change: impl FnOnce(&mut Table)) {
+        let _writer = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = Table::clone(&self.http2.load());
+        change(&mut table);
+        self.http2.store(Arc::new(table));
     }
 
     fn connector(&self, identity: &SpiffeId) -> Result<TlsConnector, String> {
@@ -85,7 +107,7 @@ impl Pool {
 
     /// A TLS connection to `addr` whose certificate must be `identity`, with
     /// the preface already sent.
-    pub async fn dial(
+    pub(crate) async fn dial(
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
@@ -117,17 +139,19 @@ impl Pool {
 
     /// The pooled HTTP/2 connection to the endpoint, opened if there is
     /// none (or the old one closed), ready to take a request.
-    pub async fn sender(
+    pub(crate) async fn sender(
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
         port: u16,
     ) -> Result<SendRequest<Body>, ConnectError> {
         let key = (addr, port);
-        let existing = {
-            let map = self.http2.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(&key).filter(|s| !s.is_closed()).cloned()
-        };
+        let existing = self
+            .http2
+            .load()
+            .get(&key)
+            .filter(|s| !s.is_closed())
+            .cloned();
         let mut sender = match existing {
             Some(s) => s,
             None => {
@@ -148,15 +172,20 @@ impl Pool {
                     .handshake(TokioIo::new(tls))
                     .await
                     .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;
-                tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%addr, %error, "sidecar connection ended");
+                let span = tracing::info_span!("sidecar-conn", endpoint = %addr, port, identity = %identity);
+                tokio::spawn(
+                    async move {
+                        if let Err(error) = conn.await {
+                            tracing::debug!(%error, "sidecar connection ended");
+                        }
                     }
+                    .instrument(span),
+                );
+                let pooled = sender.clone();
+                self.update(|table| {
+                    table.retain(|_, s| !s.is_closed());
+                    table.insert(key, pooled);
                 });
-                self.http2
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, sender.clone());
                 sender
             }
         };
@@ -167,11 +196,9 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Forgets connections to endpoints no longer registered.
-    pub fn retain(&self, keep: impl Fn(&SocketAddr) -> bool) {
-        self.http2
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(addr, _), s| keep(addr) && !s.is_closed());
+    /// Forgets the connections to endpoints that are no longer registered
+    /// (they close once their in-flight requests end).
+    pub(crate) fn forget(&self, gone: &[SocketAddr]) {
+        self.update(|table| table.retain(|(addr, _), s| !gone.contains(addr) && !s.is_closed()));
     }
 }

@@ -41,16 +41,16 @@ use http::{HeaderMap, HeaderName};
 use semver::VersionReq;
 
 /// The request header that pins a version.
-pub const VERSION_HEADER: HeaderName = HeaderName::from_static("x-bulkhead-version");
+pub(crate) const VERSION_HEADER: HeaderName = HeaderName::from_static("x-bulkhead-version");
 
 /// Longest `x-bulkhead-version` value accepted; a version label is at most
 /// 64 characters, and a requirement naming a range of them fits.
-pub const MAX_PIN_LEN: usize = 128;
+pub(crate) const MAX_PIN_LEN: usize = 128;
 
 /// Which endpoint versions may serve a request; use
 /// [`VersionChoice::accepts`] as the balancer's version filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VersionChoice {
+pub(crate) enum VersionChoice {
     /// Any version: the service has no split.
     Any,
     /// Exactly this version label (a split backend or header route).
@@ -69,7 +69,7 @@ pub enum VersionChoice {
 
 /// Why a request's route could not be chosen.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     /// The `x-bulkhead-version` header is not a version or requirement; the
     /// message says what was expected (answer 400 with it).
     #[error("bad x-bulkhead-version header: {0}")]
@@ -84,7 +84,7 @@ impl VersionChoice {
     ///
     /// A bare `3.1` is deliberately not read the way Cargo reads it (`^3.1`):
     /// a pin names a version, so it means `=3.1`.
-    pub fn pin(value: &str) -> Result<VersionChoice, RouteError> {
+    pub(crate) fn pin(value: &str) -> Result<VersionChoice, RouteError> {
         let value = value.trim_matches([' ', '\t']);
         if value.is_empty() {
             return Err(bad_pin(
@@ -121,7 +121,7 @@ impl VersionChoice {
     /// 3.1.0). Labels that still are not semver (`canary`) only match by
     /// exact string. Pre-releases follow semver: `^3` does not accept
     /// `3.2.0-rc.1`.
-    pub fn accepts(&self, version: &str) -> bool {
+    pub(crate) fn accepts(&self, version: &str) -> bool {
         let satisfies = |req: &VersionReq| version::read(version).is_some_and(|v| req.matches(&v));
         match self {
             VersionChoice::Any => true,
@@ -150,7 +150,8 @@ impl fmt::Display for VersionChoice {
 /// The version choice for a request, by the precedence in the module
 /// documentation, without fallback. `roll` is a uniformly random `u64`
 /// (`rand::random()`), used only for a weighted choice.
-pub fn choose(
+#[cfg(test)]
+pub(crate) fn choose(
     split: Option<&TrafficSplit>,
     headers: &HeaderMap,
     roll: u64,
@@ -163,7 +164,7 @@ pub fn choose(
 /// backend is healthy it returns the rolled one, so that the balancer's panic
 /// mode still serves it. `has_healthy` is asked once for a healthy split,
 /// and at most once per backend otherwise.
-pub fn choose_with_fallback(
+pub(crate) fn choose_with_fallback(
     split: Option<&TrafficSplit>,
     headers: &HeaderMap,
     roll: u64,

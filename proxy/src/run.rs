@@ -1,28 +1,35 @@
-//! Assembling a sidecar: identity first, then config, listeners, and the
-//! registration once the app is ready; on SIGTERM deregister, stop
-//! accepting, let in-flight work finish (HTTP/2 GOAWAY), exit within the
-//! grace period.
+//! Assembling a sidecar. [`run`] reads as the table of contents: identity
+//! and state, then each listener from its own constructor (inbound,
+//! outbound, capture, admin, DNS), then registration and shutdown. On
+//! SIGTERM: deregister, keep accepting for a moment, then drain (stop
+//! accepting, HTTP/2 GOAWAY, wait for in-flight work up to the grace
+//! period).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulkhead_process::Backoff;
 use bulkhead_proto::pb;
 use bulkhead_tls::{self as tls, CertSlot, TrustBundle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
 
+use crate::accept::Listener;
 use crate::admin::{self, Admin};
-use crate::config::Config;
+use crate::capture;
+use crate::config::{Config, Egress};
 use crate::control_client::{self, Registration};
 use crate::dns;
+use crate::drain::Drain;
 use crate::identity::{self, IdentityError};
 use crate::inbound::{self, Inbound};
-use crate::outbound::{self, Outbound};
+use crate::outbound::{self, MeshListeners, Outbound, Target};
 use crate::pool::Pool;
-use crate::state::{self, MeshState};
+use crate::state::{self, MeshState, StateCell};
 use crate::wire;
 
 /// How long a deregistered sidecar keeps accepting before it drains.
@@ -30,17 +37,292 @@ const DEREGISTER_GRACE: Duration = Duration::from_secs(1);
 
 /// How the sidecar ended, for the exit code.
 #[derive(Debug)]
-pub enum Exit {
+pub(crate) enum Exit {
     /// Bad configuration or files: exit 2.
     Usage(String),
     /// Could not run: exit 1.
     Failure(String),
 }
 
-async fn bind(flag: &str, addr: std::net::SocketAddr) -> Result<TcpListener, Exit> {
+pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Exit> {
+    keep_metrics_bounded(metrics.clone());
+    let bundle = trust_bundle(&config)?;
+    if let Some(dir) = &config.state_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Exit::Usage(format!("--state-dir {}: {e}", dir.display())))?;
+    }
+    // Every port is bound first, so a clash is reported at once.
+    let listeners = Listeners::bind(&config).await?;
+    let addresses = listeners.addresses()?;
+
+    let slot = CertSlot::empty();
+    let states = StateCell::new(saved_state(&config));
+    let drain = Drain::new();
+
+    // Outbound serves from the start: before the first certificate and
+    // config, calls are refused (and counted) rather than left waiting in
+    // a backlog.
+    let outbound = Arc::new(Outbound {
+        locality: config.locality.clone(),
+        states: states.clone(),
+        pool: Pool::new(bundle.clone(), slot.clone()),
+        balancers: outbound::Balancers::default(),
+        request_timeout: config.request_timeout,
+        tcp_idle_timeout: config.tcp_idle_timeout,
+    });
+    let admin = Arc::new(Admin {
+        metrics,
+        slot: slot.clone(),
+        states: states.clone(),
+        outbound: outbound.clone(),
+        app: config.app,
+        drain: drain.clone(),
+    });
+    tokio::spawn(admin::serve(listeners.admin, admin.clone()));
+    for (listener, up) in listeners.upstreams {
+        let target = Target::new((up.namespace, up.service), up.port);
+        drain.spawn(outbound::serve(
+            listener,
+            target,
+            outbound.clone(),
+            drain.clone(),
+        ));
+    }
+    for listener in listeners.capture {
+        let egress = config.egress == Egress::Allow;
+        drain.spawn(capture::serve(
+            listener,
+            outbound.clone(),
+            egress,
+            drain.clone(),
+        ));
+    }
+    let dns = serve_dns(&config, &outbound, &drain).await?;
+    if let Some(path) = &config.addresses_file {
+        write_addresses(path, &addresses, &dns)?;
+    }
+    tokio::spawn(follow_endpoints(outbound.clone()));
+
+    let issued = first_certificate(&config, &bundle, &slot).await?;
+    let control = bulkhead_tls::channel(&config.control, &bundle, Some(slot.clone()))
+        .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
+    tokio::spawn(identity::renew_forever(
+        control.clone(),
+        slot.clone(),
+        issued,
+        bundle.trust_domain().to_owned(),
+        config.state_dir.clone(),
+    ));
+    tokio::spawn(control_client::watch_forever(
+        control.clone(),
+        watch_request(&config),
+        states.clone(),
+    ));
+    if let Some(dir) = &config.state_dir {
+        tokio::spawn(state::save_forever(states.clone(), dir.clone()));
+    }
+
+    let inbound = inbound_side(&config, &bundle, &slot, &states)?;
+    drain.spawn(inbound::serve(listeners.inbound, inbound, drain.clone()));
+
+    let registration = tokio::spawn(register_when_ready(
+        config.clone(),
+        addresses.inbound.port(),
+        admin,
+        control,
+    ));
+    bulkhead_process::shutdown_signal().await;
+    shut_down(&config, registration, &drain).await;
+    Ok(())
+}
+
+/// What `--addresses-file` reports: every address bound, with the ports
+/// the system chose for port 0.
+struct Addresses {
+    inbound: SocketAddr,
+    admin: SocketAddr,
+    capture: Vec<SocketAddr>,
+    /// `--upstream` target as given (`NAME[.NS][:PORT]`) → address.
+    upstreams: Vec<(String, SocketAddr)>,
+}
+
+fn write_addresses(path: &std::path::Path, a: &Addresses, dns: &[SocketAddr]) -> Result<(), Exit> {
+    let text = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let upstreams: serde_json::Map<String, serde_json::Value> = a
+        .upstreams
+        .iter()
+        .map(|(target, addr)| (target.clone(), addr.to_string().into()))
+        .collect();
+    let json = serde_json::json!({
+        "inbound": a.inbound.to_string(),
+        "admin": a.admin.to_string(),
+        "outbound": text(&a.capture),
+        "upstreams": upstreams,
+        "dns": text(dns),
+    });
+    // Written whole, then renamed: a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{json:#}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Exit::Usage(format!("--addresses-file {}: {e}", path.display())))
+}
+
+/// Every TCP port the sidecar serves, bound.
+struct Listeners {
+    inbound: Listener,
+    admin: Listener,
+    capture: Vec<Listener>,
+    upstreams: Vec<(Listener, crate::config::Upstream)>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Self, Exit> {
+        let inbound = match bind("--inbound", config.inbound).await {
+            // `[::]` needs IPv6; without it, take every IPv4 address instead.
+            Err(_)
+                if config.inbound.ip()
+                    == std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) =>
+            {
+                let v4 = SocketAddr::from(([0, 0, 0, 0], config.inbound.port()));
+                tracing::warn!(%v4, "no IPv6 here: inbound listens on IPv4 only");
+                bind("--inbound", v4).await?
+            }
+            other => other?,
+        };
+        let admin = bind("--admin", config.admin).await?;
+        let mut capture = Vec::new();
+        for addr in &config.outbound {
+            let tcp = bind("--outbound", *addr).await?;
+            capture.push(Listener::new("capture", tcp, capture::MAX_CONNECTIONS));
+        }
+        let mut upstreams = Vec::new();
+        for up in &config.upstreams {
+            let tcp = bind("--upstream", up.listen).await?;
+            let listener = Listener::new("outbound", tcp, outbound::MAX_CONNECTIONS);
+            upstreams.push((listener, up.clone()));
+        }
+        Ok(Self {
+            inbound: Listener::new("inbound", inbound, inbound::MAX_CONNECTIONS),
+            admin: Listener::new("admin", admin, admin::MAX_CONNECTIONS),
+            capture,
+            upstreams,
+        })
+    }
+}
+
+impl Listeners {
+    fn addresses(&self) -> Result<Addresses, Exit> {
+        let addr = |l: &Listener| {
+            l.local_addr()
+                .map_err(|e| Exit::Failure(format!("listener address: {e}")))
+        };
+        Ok(Addresses {
+            inbound: addr(&self.inbound)?,
+            admin: addr(&self.admin)?,
+            capture: self.capture.iter().map(addr).collect::<Result<_, _>>()?,
+            upstreams: self
+                .upstreams
+                .iter()
+                .map(|(l, up)| Ok((up.target(), addr(l)?)))
+                .collect::<Result<_, Exit>>()?,
+        })
+    }
+}
+
+async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Exit::Usage(format!("{flag} {addr}: cannot listen: {e}")))
+}
+
+/// Histograms keep every sample until upkeep folds them in; without it a
+/// sidecar nobody scrapes grows without bound (found by bench/).
+fn keep_metrics_bounded(metrics: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.run_upkeep();
+        }
+    });
+}
+
+/// The roots, and the trust domain: the flag's, else the one the roots
+/// name, else the default.
+fn trust_bundle(config: &Config) -> Result<TrustBundle, Exit> {
+    let (pem, what) = config.trust_bundle.read().map_err(Exit::Usage)?;
+    let roots =
+        tls::certs_from_pem(&pem, &what).map_err(|e| Exit::Usage(format!("--trust-bundle {e}")))?;
+    let td = config
+        .trust_domain
+        .clone()
+        .or_else(|| tls::trust_domain_of_roots(&roots))
+        .unwrap_or_else(|| bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN.to_owned());
+    TrustBundle::new(roots, &td).map_err(|e| Exit::Usage(format!("--trust-bundle {what}: {e}")))
+}
+
+/// The state saved in `--state-dir`, served until the control plane answers.
+fn saved_state(config: &Config) -> MeshState {
+    let Some(dir) = &config.state_dir else {
+        return MeshState::default();
+    };
+    match state::load(dir) {
+        Ok(Some(saved)) => {
+            tracing::info!(
+                revision = saved.revision,
+                "serving on the last saved config until the control plane answers"
+            );
+            saved
+        }
+        Ok(None) => MeshState::default(),
+        Err(error) => {
+            tracing::warn!(%error, "ignoring the saved config");
+            MeshState::default()
+        }
+    }
+}
+
+/// Mesh DNS on each `--dns` address, answering with listeners made on
+/// demand ([`MeshListeners`]). Returns the addresses bound.
+async fn serve_dns(
+    config: &Config,
+    outbound: &Arc<Outbound>,
+    drain: &Drain,
+) -> Result<Vec<SocketAddr>, Exit> {
+    let mut bound = Vec::new();
+    if config.dns.is_empty() {
+        return Ok(bound);
+    }
+    let names: Arc<dyn dns::MeshNames> =
+        Arc::new(MeshListeners::new(outbound.clone(), drain.clone()));
+    for &listen in &config.dns {
+        let dns_config = dns::DnsConfig {
+            listen,
+            own_namespace: config.namespace.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+            forward: dns::Forward::System,
+        };
+        let server = dns::DnsServer::bind(dns_config, names.clone())
+            .await
+            .map_err(|e| Exit::Usage(format!("--dns: {e}")))?;
+        tracing::info!(addr = %server.local_addr(), "mesh DNS serving");
+        bound.push(server.local_addr());
+        drain.spawn(server.run(drain.clone()));
+    }
+    Ok(bound)
+}
+
+/// Endpoint sets follow the config: balancers get the services that
+/// changed, and connections to endpoints that left are closed.
+async fn follow_endpoints(outbound: Arc<Outbound>) {
+    let mut changes = outbound.states.subscribe();
+    while changes.changed().await.is_ok() {
+        let state = outbound.states.load_full();
+        let gone = outbound.balancers.refresh(&state);
+        if !gone.is_empty() {
+            outbound.pool.forget(&gone);
+        }
+    }
 }
 
 /// Gets the first certificate: a still-valid saved one, else the token,
@@ -59,9 +341,9 @@ async fn first_certificate(
     }
     let channel = bulkhead_tls::channel(&config.control, bundle, None)
         .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match identity::certify(
+        let certified = identity::certify(
             channel.clone(),
             &config.token_file,
             config.attestation,
@@ -69,13 +351,13 @@ async fn first_certificate(
             &td,
             config.state_dir.as_deref(),
         )
-        .await
-        {
+        .await;
+        match certified {
             Ok(issued) => return Ok(issued),
             Err(IdentityError::Unavailable(why)) => {
-                tracing::warn!(reason = %why, retry_in = ?backoff, "control plane unreachable; retrying the certificate request");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let retry_in = backoff.next_delay();
+                tracing::warn!(reason = %why, ?retry_in, "control plane unreachable; retrying the certificate request");
+                tokio::time::sleep(retry_in).await;
             }
             Err(e @ IdentityError::Token { .. }) => {
                 return Err(Exit::Usage(format!("--token-file: {e}")));
@@ -85,148 +367,10 @@ async fn first_certificate(
     }
 }
 
-pub async fn run(
-    config: Config,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-) -> Result<(), Exit> {
-    // Histograms keep every sample until upkeep folds them in; without it a
-    // sidecar nobody scrapes grows without bound (found by bench/).
-    {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                metrics.run_upkeep();
-            }
-        });
-    }
-    let (bundle_pem, what) = config.trust_bundle.read().map_err(Exit::Usage)?;
-    let roots = tls::certs_from_pem(&bundle_pem, &what)
-        .map_err(|e| Exit::Usage(format!("--trust-bundle {e}")))?;
-    let td = config
-        .trust_domain
-        .clone()
-        .or_else(|| tls::trust_domain_of_roots(&roots))
-        .unwrap_or_else(|| bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN.to_owned());
-    let bundle = TrustBundle::new(roots, &td)
-        .map_err(|e| Exit::Usage(format!("--trust-bundle {what}: {e}")))?;
-    if let Some(dir) = &config.state_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Exit::Usage(format!("--state-dir {}: {e}", dir.display())))?;
-    }
-
-    // Listeners first, so a port clash is reported at once.
-    let inbound_listener = match bind("--inbound", config.inbound).await {
-        // `[::]` needs IPv6; without it, take every IPv4 address instead.
-        Err(_)
-            if config.inbound.ip() == std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) =>
-        {
-            let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], config.inbound.port()));
-            tracing::warn!(%v4, "no IPv6 here: inbound listens on IPv4 only");
-            bind("--inbound", v4).await?
-        }
-        other => other?,
-    };
-    let admin_listener = bind("--admin", config.admin).await?;
-    let mut capture_listeners = Vec::new();
-    for addr in &config.outbound {
-        capture_listeners.push(bind("--outbound", *addr).await?);
-    }
-    let mut upstream_listeners = Vec::new();
-    for up in &config.upstreams {
-        upstream_listeners.push((bind("--upstream", up.listen).await?, up.clone()));
-    }
-
-    let slot = CertSlot::empty();
-    let (states_tx, states) = watch::channel(Arc::new(MeshState::default()));
-    if let Some(dir) = &config.state_dir {
-        match state::load(dir) {
-            Ok(Some(saved)) => {
-                tracing::info!(
-                    revision = saved.revision,
-                    "serving on the last saved config until the control plane answers"
-                );
-                states_tx.send_replace(Arc::new(saved));
-            }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "ignoring the saved config"),
-        }
-    }
-    let draining = CancellationToken::new();
-    let admin = Arc::new(Admin {
-        metrics,
-        slot: slot.clone(),
-        states: states.clone(),
-        app: config.app,
-        draining: draining.clone(),
-    });
-    tokio::spawn(admin::serve(admin_listener, admin.clone()));
-
-    // Outbound listeners serve from the start: before the first
-    // certificate and config, captured or local calls are refused (and
-    // counted) rather than left waiting in a backlog.
-    let tracker = TaskTracker::new();
-    let outbound = Arc::new(Outbound {
-        locality: config.locality.clone(),
-        states: states.clone(),
-        pool: Pool::new(bundle.clone(), slot.clone()),
-        balancers: outbound::Balancers::default(),
-        request_timeout: config.request_timeout,
-        tcp_idle_timeout: config.tcp_idle_timeout,
-        budget: outbound::RetryBudget::default(),
-    });
-    for (listener, up) in upstream_listeners {
-        tokio::spawn(outbound::serve(
-            listener,
-            up,
-            outbound.clone(),
-            draining.clone(),
-            tracker.clone(),
-        ));
-    }
-    for listener in capture_listeners {
-        let egress = config.egress == crate::config::Egress::Allow;
-        tokio::spawn(outbound::serve_captured(
-            listener,
-            outbound.clone(),
-            egress,
-            draining.clone(),
-            tracker.clone(),
-        ));
-    }
-    let names: Arc<dyn dns::MeshNames> = Arc::new(outbound::MeshListeners::new(
-        outbound.clone(),
-        draining.clone(),
-        tracker.clone(),
-    ));
-    for &listen in &config.dns {
-        let names = names.clone();
-        let dns_config = dns::DnsConfig {
-            listen,
-            own_namespace: config.namespace.clone(),
-            cluster_domain: config.cluster_domain.clone(),
-            forward: dns::Forward::System,
-        };
-        let server = dns::DnsServer::bind(dns_config, names)
-            .await
-            .map_err(|e| Exit::Usage(format!("--dns: {e}")))?;
-        tracing::info!(addr = %server.local_addr(), "mesh DNS serving");
-        tokio::spawn(server.run(draining.clone()));
-    }
-    let issued = first_certificate(&config, &bundle, &slot).await?;
-    let mtls = bulkhead_tls::channel(&config.control, &bundle, Some(slot.clone()))
-        .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
-    tokio::spawn(identity::renew_forever(
-        mtls.clone(),
-        slot.clone(),
-        issued,
-        td.clone(),
-        config.state_dir.clone(),
-        bundle.clone(),
-    ));
-
-    // With mesh DNS or capture the app may call any service: watch them all.
+/// The services this sidecar's app may call: those named by `--upstream`,
+/// or all of them when mesh DNS or capture may reach any.
+// TODO(issue 15): DNS and capture should subscribe on demand, not to `*`.
+fn watch_request(config: &Config) -> pb::WatchRequest {
     let services = if !config.dns.is_empty() || !config.outbound.is_empty() {
         vec!["*".to_owned()]
     } else {
@@ -236,25 +380,28 @@ pub async fn run(
             .map(|u| format!("{}.{}", u.service, u.namespace))
             .collect()
     };
-    let watch_request = pb::WatchRequest {
+    pb::WatchRequest {
         services,
         own_service: config.service.clone(),
-    };
-    tokio::spawn(control_client::watch_forever(
-        mtls.clone(),
-        watch_request,
-        states_tx,
-        config.state_dir.clone(),
-    ));
+    }
+}
 
+/// The inbound side: mTLS with a mandatory mesh client certificate, then
+/// the app on localhost.
+fn inbound_side(
+    config: &Config,
+    bundle: &TrustBundle,
+    slot: &CertSlot,
+    states: &StateCell,
+) -> Result<Arc<Inbound>, Exit> {
     let (app_http1, app_http2) = Inbound::app_clients();
-    let server_config = tls::server_config(&bundle, slot.clone(), true, &[wire::ALPN])
+    let server_config = tls::server_config(bundle, slot.clone(), true, &[wire::ALPN])
         .map_err(|e| Exit::Failure(e.to_string()))?;
-    let inbound = Arc::new(Inbound {
+    Ok(Arc::new(Inbound {
         tls: TlsAcceptor::from(Arc::new(server_config)),
-        trust_domain: td.clone(),
-        namespace: config.namespace.clone(),
-        service: config.service.clone(),
+        trust_domain: bundle.trust_domain().to_owned(),
+        key: (config.namespace.clone(), config.service.clone()),
+        id: std::sync::OnceLock::new(),
         version: config.version.clone(),
         app: config.app,
         app_authority: config
@@ -266,97 +413,66 @@ pub async fn run(
         app_http2,
         request_timeout: config.request_timeout,
         tcp_idle_timeout: config.tcp_idle_timeout,
-        allow_lists: inbound::AllowListCache::default(),
-    });
-    tokio::spawn(inbound::serve(
-        inbound_listener,
-        inbound,
-        draining.clone(),
-        tracker.clone(),
-    ));
+    }))
+}
 
-    // Endpoint sets follow the config; connections to endpoints that left
-    // are dropped from the pool.
-    {
-        let outbound = outbound.clone();
-        let mut states = states.clone();
-        tokio::spawn(async move {
-            while states.changed().await.is_ok() {
-                let state = states.borrow_and_update().clone();
-                outbound.balancers.refresh(&state);
-                let live: std::collections::HashSet<std::net::SocketAddr> = state
-                    .endpoints
-                    .values()
-                    .flat_map(|s| s.values())
-                    .map(|e| std::net::SocketAddr::new(e.address, e.inbound_port))
-                    .collect();
-                outbound.pool.retain(|a| live.contains(a));
-            }
-        });
+/// Registers this endpoint once it is ready (certificate, config with our
+/// Service, app up), then keeps the registration alive.
+async fn register_when_ready(
+    config: Config,
+    inbound_port: u16,
+    admin: Arc<Admin>,
+    control: Channel,
+) -> Registration {
+    let mut ready = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        ready.tick().await;
+        let ports = admin
+            .states
+            .load()
+            .service(&config.namespace, &config.service)
+            .map(|s| {
+                s.spec
+                    .ports
+                    .iter()
+                    .map(|p| pb::Port {
+                        port: u32::from(p.port),
+                        protocol: p.protocol.as_str().to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let (Ok(()), Some(ports)) = (admin.readiness().await, ports) else {
+            continue;
+        };
+        let record = pb::Endpoint {
+            namespace: config.namespace.clone(),
+            service: config.service.clone(),
+            version: config.version.clone(),
+            address: config.advertise.to_string(),
+            inbound_port: u32::from(inbound_port),
+            ports,
+            locality: Some(pb::Locality {
+                node: config.locality.node.clone(),
+                zone: config.locality.zone.clone(),
+                region: config.locality.region.clone(),
+            }),
+            ..Default::default()
+        };
+        return Registration::start(control, record);
     }
+}
 
-    // Register once ready (certificate, config with our Service, app up).
-    let registration = {
-        let admin = admin.clone();
-        let config = config.clone();
-        let states = states.clone();
-        let inbound_port = config.inbound.port();
-        let mtls = mtls.clone();
-        tokio::spawn(async move {
-            loop {
-                let ports = states
-                    .borrow()
-                    .service(&config.namespace, &config.service)
-                    .map(|s| {
-                        s.spec
-                            .ports
-                            .iter()
-                            .map(|p| pb::Port {
-                                port: u32::from(p.port),
-                                protocol: p.protocol.as_str().to_owned(),
-                            })
-                            .collect::<Vec<_>>()
-                    });
-                if let (Ok(()), Some(ports)) = (admin.readiness().await, ports) {
-                    let record = pb::Endpoint {
-                        namespace: config.namespace.clone(),
-                        service: config.service.clone(),
-                        version: config.version.clone(),
-                        address: config.advertise.to_string(),
-                        inbound_port: u32::from(inbound_port),
-                        ports,
-                        locality: Some(pb::Locality {
-                            node: config.locality.node.clone(),
-                            zone: config.locality.zone.clone(),
-                            region: config.locality.region.clone(),
-                        }),
-                        ..Default::default()
-                    };
-                    return Registration::start(mtls, record);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-
-    bulkhead_process::shutdown_signal().await;
+/// Deregister first so callers stop picking us, keep accepting for a
+/// moment (callers that had already picked us still land), then drain.
+async fn shut_down(config: &Config, registration: JoinHandle<Registration>, drain: &Drain) {
     tracing::info!(grace = ?config.drain_timeout, "SIGTERM: deregistering, then draining");
-    // Deregister first so callers stop picking us, then stop accepting.
     if registration.is_finished()
-        && let Ok(reg) = registration.await
+        && let Ok(registered) = registration.await
     {
-        reg.deregister().await;
+        registered.deregister().await;
     }
-    // Callers hear of the deregistration within milliseconds; keep
-    // accepting for a moment so ones that had already picked us still land.
     tokio::time::sleep(DEREGISTER_GRACE.min(config.drain_timeout / 2)).await;
-    draining.cancel();
-    tracker.close();
-    if tokio::time::timeout(config.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
+    if !drain.drain(config.drain_timeout).await {
         tracing::warn!("grace period over with connections still open; closing them");
     }
-    Ok(())
 }

@@ -20,13 +20,13 @@ use metrics::{Counter, Histogram, Label};
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The request metrics of one (direction, service, version, peer).
-pub struct RequestMetrics {
+pub(crate) struct RequestMetrics {
     labels: [Label; 4],
     by_class: [OnceLock<(Counter, Histogram)>; CLASSES.len()],
 }
 
 impl RequestMetrics {
-    pub fn new(
+    pub(crate) fn new(
         direction: &'static str,
         service: impl Into<String>,
         version: impl Into<String>,
@@ -44,7 +44,7 @@ impl RequestMetrics {
     }
 
     /// Counts one request answered with `status` after `elapsed`.
-    pub fn record(&self, status: StatusCode, elapsed: Duration) {
+    pub(crate) fn record(&self, status: StatusCode, elapsed: Duration) {
         let class = class_index(status);
         let (counter, histogram) = self.by_class[class].get_or_init(|| {
             let mut labels = self.labels.to_vec();

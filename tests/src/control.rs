@@ -81,6 +81,46 @@ where
     }
 }
 
+/// Waits (20 s at most) for the `--addresses-file` a binary writes once its
+/// listeners are bound, and returns it; fails at once, with the log, if the
+/// process exits first.
+pub fn read_addresses(
+    what: &str,
+    path: &Path,
+    child: &mut Child,
+    log: &dyn Fn() -> String,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(json) = serde_json::from_str(&text)
+        {
+            return json;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status} before binding; log:\n{}",
+                log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} wrote no {} in 20 s; log:\n{}",
+            path.display(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An address from an addresses file.
+pub fn address(json: &serde_json::Value, field: &str) -> SocketAddr {
+    json[field]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address {field} in {json}"))
+}
+
 /// A minimal HTTP/1.1 GET (no client library needed): status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -242,7 +282,7 @@ impl ControlPlane {
             log,
             _logdir: logdir,
         };
-        cp.spawn_on_fresh_ports();
+        cp.spawn();
         cp
     }
 
@@ -251,29 +291,35 @@ impl ControlPlane {
         format!("https://{}", self.grpc)
     }
 
-    fn spawn_on_fresh_ports(&mut self) {
-        self.grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        self.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        self.spawn();
-    }
-
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(bin("bulkhead-control"))
+        // The first start binds port 0 and reports the ports chosen; a
+        // restart asks for the same ones again, so clients keep their URL.
+        let addresses = self._logdir.path().join("addresses.json");
+        let _ = std::fs::remove_file(&addresses);
+        let mut child = Command::new(bin("bulkhead-control"))
             .args(&self.args)
             .arg("--listen")
             .arg(self.grpc.to_string())
             .arg("--admin")
             .arg(self.admin.to_string())
+            .arg("--addresses-file")
+            .arg(&addresses)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn bulkhead-control");
+        let log_path = self.log.clone();
+        let bound = read_addresses("bulkhead-control", &addresses, &mut child, &|| {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        });
+        self.grpc = address(&bound, "grpc");
+        self.admin = address(&bound, "admin");
         self.child = Some(child);
         self.wait_ready();
     }

@@ -74,15 +74,13 @@ impl EtcdServer {
     /// How many watchers etcd is serving (its `/metrics`): shows whether a
     /// client really cancelled a watch.
     pub fn watcher_count(&self) -> u64 {
-        let metric = "etcd_debugging_mvcc_watcher_total ";
+        let metric = "etcd_debugging_mvcc_watcher_total";
         let (status, body) = http(self.member.client_port, "GET", "/metrics", "")
             .unwrap_or_else(|e| panic!("reading etcd metrics: {e}"));
         assert_eq!(status, 200, "etcd /metrics: {body}");
-        body.lines()
-            .find_map(|line| line.strip_prefix(metric))
-            .and_then(|value| value.trim().parse::<f64>().ok())
+        crate::prom::metric_if_any(&body, metric, &[])
             .map(|value| value as u64)
-            .unwrap_or_else(|| panic!("no {metric}in etcd metrics"))
+            .unwrap_or_else(|| panic!("no {metric} in etcd metrics"))
     }
 
     /// The last lines of etcd's log.

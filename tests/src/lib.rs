@@ -5,4 +5,5 @@
 pub mod control;
 pub mod etcd;
 pub mod netns;
+pub mod prom;
 pub mod proxy;

@@ -875,7 +875,7 @@ impl PodSidecar {
 
     /// The sum of `name`'s samples that carry every label in `labels`.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric(&self.metrics(), name, labels)
+        crate::prom::metric(&self.metrics(), name, labels)
     }
 
     /// Waits (bounded) until [`PodSidecar::metric`] reaches `at_least`;
@@ -885,7 +885,7 @@ impl PodSidecar {
         loop {
             self.process.assert_running();
             let text = self.metrics();
-            if metric(&text, name, labels) >= at_least {
+            if crate::prom::metric(&text, name, labels) >= at_least {
                 return;
             }
             assert!(
@@ -905,32 +905,4 @@ impl PodSidecar {
     pub fn assert_running(&mut self) {
         self.process.assert_running();
     }
-}
-
-/// The sum of the samples of `name` (exactly) in Prometheus text that carry
-/// every `label="value"` in `labels`; 0 when there is none.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric_if_any(text, name, labels).unwrap_or(0.0)
-}
-
-/// Like [`metric`], but None when no such sample is there: for waits that
-/// must tell "not reported (yet)" from "reported as 0", as for a gauge like
-/// `bulkhead_control_plane_connected`.
-pub fn metric_if_any(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut samples = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric_name, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric_name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .peekable();
-    samples.peek()?;
-    Some(samples.sum())
 }

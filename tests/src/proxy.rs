@@ -17,7 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::control::{ControlPlane, TestCa, bin, free_port, http_get, wait_for_async};
+use crate::control::{
+    ControlPlane, TestCa, address, bin, http_get, read_addresses, wait_for_async,
+};
 
 /// An in-process app on a fresh loopback port, stopped on drop.
 ///
@@ -228,8 +230,26 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     /// Upstream target → the local address the app calls.
     pub upstreams: Vec<(String, SocketAddr)>,
+    /// Every flag but the listen addresses, which [`Sidecar::spawn`] adds.
     args: Vec<String>,
     dir: tempfile::TempDir,
+}
+
+/// `NAME[.NS][:PORT]` as the sidecar reports it: `NAME.NS[:PORT]`.
+fn normalized_target(target: &str, namespace: &str) -> String {
+    let (name, port) = match target.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (target, None),
+    };
+    let name = if name.contains('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.{namespace}")
+    };
+    match port {
+        Some(port) => format!("{name}:{port}"),
+        None => name,
+    }
 }
 
 impl Sidecar {
@@ -250,13 +270,11 @@ impl Sidecar {
         let token = ca.token(&format!("{}/{}", spec.namespace, spec.service), "10m", true);
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, token).expect("write token");
-        let inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let upstreams: Vec<(String, SocketAddr)> = spec
-            .upstreams
-            .iter()
-            .map(|t| (t.clone(), SocketAddr::from(([127, 0, 0, 1], free_port()))))
-            .collect();
+        // Port 0 everywhere: the sidecar reports what it bound.
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (inbound, admin) = (any, any);
+        let upstreams: Vec<(String, SocketAddr)> =
+            spec.upstreams.iter().map(|t| (t.clone(), any)).collect();
         let mut args: Vec<String> = vec![
             "run".into(),
             "--control".into(),
@@ -273,10 +291,6 @@ impl Sidecar {
             spec.version.clone(),
             "--app-protocol".into(),
             spec.app_protocol.clone(),
-            "--inbound".into(),
-            inbound.to_string(),
-            "--admin".into(),
-            admin.to_string(),
             "--node".into(),
             spec.node.clone(),
             "--zone".into(),
@@ -290,9 +304,6 @@ impl Sidecar {
         ];
         if let Some(app) = spec.app {
             args.extend(["--app".into(), app.to_string()]);
-        }
-        for (target, addr) in &upstreams {
-            args.extend(["--upstream".into(), format!("{target}={addr}")]);
         }
         args.extend(spec.extra.iter().cloned());
         let mut sidecar = Self {
@@ -308,24 +319,76 @@ impl Sidecar {
         sidecar
     }
 
+    /// The sidecar's `--state-dir` (last config and certificate).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Kills the process (a crashed pod) and starts it again with the same
+    /// command line: same ports, token file and `--state-dir`. The log
+    /// continues in the same file. Does not wait; see [`Sidecar::wait_ready`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the process is still running; panics with its log if it
+    /// exited.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "bulkhead-proxy {} exited with {status}; log:\n{}",
+                self.spec.service,
+                self.log_text()
+            );
+        }
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("proxy.log")
     }
 
+    /// Starts the process. The first start binds port 0 and learns the
+    /// ports chosen from `--addresses-file`; a restart asks for the same
+    /// ones again, as a pod keeps its ports.
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("log");
-        let child = Command::new(bin("bulkhead-proxy"))
-            .args(&self.args)
+        let addresses = self.dir.path().join("addresses.json");
+        let _ = std::fs::remove_file(&addresses);
+        let mut cmd = Command::new(bin("bulkhead-proxy"));
+        cmd.args(&self.args)
+            .arg("--inbound")
+            .arg(self.inbound.to_string())
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .arg("--addresses-file")
+            .arg(&addresses);
+        for (target, addr) in &self.upstreams {
+            cmd.arg("--upstream").arg(format!("{target}={addr}"));
+        }
+        let mut child = cmd
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn bulkhead-proxy");
+        let log_path = self.log_path();
+        let bound = read_addresses("bulkhead-proxy", &addresses, &mut child, &|| {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        });
+        self.inbound = address(&bound, "inbound");
+        self.admin = address(&bound, "admin");
+        let namespace = self.spec.namespace.clone();
+        for (target, addr) in &mut self.upstreams {
+            *addr = address(&bound["upstreams"], &normalized_target(target, &namespace));
+        }
         self.child = Some(child);
     }
 
@@ -348,15 +411,7 @@ impl Sidecar {
     fn wait_admin(&mut self, path: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                panic!(
-                    "bulkhead-proxy {} exited with {status}; log:\n{}",
-                    self.spec.service,
-                    self.log_text()
-                );
-            }
+            self.assert_running();
             if let Ok((200, _)) = http_get(self.admin, path) {
                 return;
             }
@@ -387,7 +442,7 @@ impl Sidecar {
 
     /// The sum of `name`'s samples carrying every label in `labels`.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        crate::netns::metric(&self.metrics(), name, labels)
+        crate::prom::metric(&self.metrics(), name, labels)
     }
 
     pub fn config(&self) -> serde_json::Value {

@@ -16,6 +16,7 @@ use bulkhead_tests::control::{
     ControlPlane, StoreSpec, TestCa, certify, key_and_csr, wait_for, workload, workload_from,
 };
 use bulkhead_tests::etcd::EtcdServer;
+use bulkhead_tests::prom::metric;
 use tonic::{Code, Status};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
@@ -152,14 +153,6 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs() as i64
-}
-
-/// The metric's value summed over every series whose labels contain `labels`.
-fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 // ---------------------------------------------------------------------------
@@ -739,10 +732,10 @@ async fn renew_with_a_certificate_from_a_foreign_ca_fails_the_handshake() {
     let ca = TestCa::init(TRUST_DOMAIN);
     let foreign = TestCa::init(TRUST_DOMAIN);
     let cp = control_plane_in_memory(&ca);
-    let failed_before = metric_sum(
+    let failed_before = metric(
         &cp.metrics(),
         "bulkhead_tls_handshakes_total",
-        r#"result="error""#,
+        &[("result", "error")],
     );
 
     // Same trust domain, same identity shape, wrong root.
@@ -768,10 +761,10 @@ async fn renew_with_a_certificate_from_a_foreign_ca_fails_the_handshake() {
         "the control plane to count the failed handshake",
         Duration::from_secs(5),
         || {
-            let failed = metric_sum(
+            let failed = metric(
                 &cp.metrics(),
                 "bulkhead_tls_handshakes_total",
-                r#"result="error""#,
+                &[("result", "error")],
             );
             (failed > failed_before).then_some(())
         },

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulkhead_tests::control::*;
 use bulkhead_tests::etcd::EtcdServer;
-use bulkhead_tests::netns::{metric, metric_if_any};
+use bulkhead_tests::prom::{metric, metric_if_any};
 use bulkhead_tests::proxy::*;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -1334,44 +1334,6 @@ async fn a_sigterm_drains_the_endpoint_with_no_client_error() {
 // ---------------------------------------------------------------------------
 // 7. Restart from --state-dir with the control plane down.
 
-/// The command line of a running process (Linux `/proc`).
-fn cmdline(pid: u32) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).expect("read /proc cmdline");
-    raw.split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .skip(1)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
-fn flag<'a>(args: &'a [String], name: &str) -> &'a str {
-    let i = args
-        .iter()
-        .position(|a| a == name)
-        .unwrap_or_else(|| panic!("{name} in {args:?}"));
-    &args[i + 1]
-}
-
-/// A `bulkhead-proxy` this test spawned itself; killed on drop.
-struct Respawned {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Respawned {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Respawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_restarted_with_the_control_plane_down_serves_from_its_state_dir() {
     let mut mesh = Mesh::memory(&[]).await;
@@ -1380,11 +1342,7 @@ async fn a_sidecar_restarted_with_the_control_plane_down_serves_from_its_state_d
     let mut web = mesh.web("node-1");
     until_routable(&web, "inventory", "/probe").await;
 
-    // The Sidecar helper has no restart: rerun the binary with the same
-    // command line (same ports, token file and --state-dir).
-    let args = cmdline(web.pid().expect("web runs"));
-    let state_dir = std::path::PathBuf::from(flag(&args, "--state-dir"));
-    let admin: SocketAddr = flag(&args, "--admin").parse().expect("admin addr");
+    let state_dir = web.state_dir();
     let callee_id = "spiffe://cluster.local/ns/shop/sa/inventory";
     wait_for_async(
         "the snapshot on disk to hold the inventory endpoint",
@@ -1399,54 +1357,25 @@ async fn a_sidecar_restarted_with_the_control_plane_down_serves_from_its_state_d
     )
     .await;
 
+    // The control plane dies, then the pod: the sidecar comes back with the
+    // same command line (same ports, token file and --state-dir).
     blocking(|| mesh.cp.kill());
-    blocking(|| web.kill());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("proxy.log");
-    let child = std::process::Command::new(bin("bulkhead-proxy"))
-        .args(&args)
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("respawn bulkhead-proxy");
-    let mut again = Respawned {
-        child,
-        log,
-        _dir: dir,
-    };
-    wait_for_async(
-        "the restarted sidecar to be ready without a control plane",
-        Duration::from_secs(20),
-        || {
-            let exited = again.child.try_wait().ok().flatten();
-            let ready = blocking(|| http_get(admin, "/ready"));
-            let log = again.log_text();
-            async move {
-                if let Some(status) = exited {
-                    panic!("restarted sidecar exited with {status}; log:\n{log}");
-                }
-                matches!(ready, Ok((200, _))).then_some(())
-            }
-        },
-    )
-    .await;
+    blocking(|| web.restart());
+    blocking(|| web.wait_ready());
 
     let tally = calls(web.upstream("inventory"), 50, 2, &[]).await;
     assert!(
         tally.failures.is_empty(),
         "{:?}; log:\n{}",
         tally.failures,
-        again.log_text()
+        web.log_text()
     );
     assert_eq!(tally.count(STABLE), 50);
-    let metrics = blocking(|| http_get(admin, "/metrics"))
-        .map(|(_, b)| b)
-        .unwrap_or_default();
     assert_eq!(
-        metric_if_any(&metrics, "bulkhead_control_plane_connected", &[]),
+        metric_if_any(&metrics_of(&web), "bulkhead_control_plane_connected", &[]),
         Some(0.0),
         "the outage is reported"
     );
-    let _ = (&inventory, &mut again);
+    web.assert_running();
+    drop(inventory);
 }

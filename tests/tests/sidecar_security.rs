@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use bulkhead_proto::SpiffeId;
 use bulkhead_tests::control::*;
+use bulkhead_tests::prom;
 use bulkhead_tests::proxy::*;
 use bulkhead_tls::{CertSlot, ExpectedServer, TrustBundle};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -329,7 +330,7 @@ async fn an_idle_tcp_stream_is_closed_and_a_busy_one_is_not() {
         "closed after {waited:?}"
     );
     wait_for_async("the idle close to be counted", WAIT, || async {
-        metric_line(
+        prom::find(
             &web.metrics(),
             "bulkhead_tcp_connections_total",
             &[("direction", "outbound"), ("result", "idle-timeout")],
@@ -467,7 +468,7 @@ async fn audit_mode_lets_an_unmatched_call_through_and_counts_it() {
     assert!(r.body.contains("path=/search/q"), "{}", r.body);
     assert!(app.seen() >= 1);
     let metrics = search.metrics();
-    let line = metric_line(
+    let line = prom::find(
         &metrics,
         "bulkhead_authz_audit_total",
         &[("target", "search"), ("peer", &spiffe("web"))],
@@ -580,7 +581,7 @@ async fn a_denial_is_logged_with_peer_target_and_rule() {
     assert!(line["level"] == "INFO" || line["level"] == "WARN", "{line}");
     // And the same three in the counter.
     let metrics = cart.metrics();
-    let counted = metric_line(
+    let counted = prom::find(
         &metrics,
         "bulkhead_authz_denied_total",
         &[
@@ -605,13 +606,13 @@ struct Mesh {
 impl Mesh {
     async fn start() -> Self {
         let ca = TestCa::init(TRUST_DOMAIN);
-        let cp = again_on_port_race(|| ControlPlane::start(&ca, &StoreSpec::Memory, &[]));
+        let cp = ControlPlane::start(&ca, &StoreSpec::Memory, &[]);
         apply(&cp, &ca, MESH).await;
         Self { ca, cp }
     }
 
     fn sidecar(&self, spec: SidecarSpec) -> Sidecar {
-        again_on_port_race(|| Sidecar::start(&self.ca, &self.cp, spec.clone()))
+        Sidecar::start(&self.ca, &self.cp, spec)
     }
 
     /// The `ledger` TCP service: a byte-counting echo behind its sidecar.
@@ -659,31 +660,6 @@ impl Shop {
         call(self.web.upstream("cart"), "GET", path, &[])
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-}
-
-/// The harness picks ports with `free_port()` (bind to port 0, close) and
-/// the process binds them a moment later; with many tests in parallel,
-/// another socket sometimes takes the port in between and the process exits
-/// with "Address already in use". Start again (on fresh ports) in that case
-/// only; any other start-up failure fails the test.
-fn again_on_port_race<T>(start: impl Fn() -> T) -> T {
-    let mut attempt = 1;
-    loop {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&start)) {
-            Ok(started) => return started,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or_default();
-                if attempt == 3 || !message.contains("Address already in use") {
-                    std::panic::resume_unwind(panic);
-                }
-                attempt += 1;
-            }
-        }
     }
 }
 
@@ -927,7 +903,7 @@ async fn wait_for_handshake_errors(callee: &Sidecar) {
         WAIT,
         || async {
             let metrics = callee.metrics();
-            metric_line(
+            prom::find(
                 &metrics,
                 "bulkhead_tls_handshakes_total",
                 &[("direction", "inbound"), ("result", "error")],
@@ -983,7 +959,7 @@ async fn denied_tcp_until_counted(
         let result = tcp_exchange(caller.upstream(target), b"secret bytes").await;
         assert!(result.is_err(), "a denied caller was echoed: {result:?}");
         let metrics = callee.metrics();
-        metric_line(
+        prom::find(
             &metrics,
             "bulkhead_authz_denied_total",
             &[
@@ -992,23 +968,11 @@ async fn denied_tcp_until_counted(
                 ("rule", "no-matching-rule"),
             ],
         )
-        .map(str::to_owned)
     })
     .await;
-    assert!(line.contains("direction=\"inbound\""), "{line}");
+    assert_eq!(line.label("direction"), Some("inbound"), "{line:?}");
 }
 
 fn header<'a>(r: &'a Reply, name: &str) -> Option<&'a str> {
     r.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The first sample of `name` carrying all of `labels`.
-fn metric_line<'a>(metrics: &'a str, name: &str, labels: &[(&str, &str)]) -> Option<&'a str> {
-    let prefix = format!("{name}{{");
-    metrics.lines().find(|l| {
-        l.starts_with(&prefix)
-            && labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-    })
 }

@@ -131,6 +131,20 @@ async fn run(args: ControlArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage_error(e),
     };
+    if let Some(path) = &args.addresses_file {
+        let json = serde_json::json!({
+            "grpc": running.grpc_addr.to_string(),
+            "admin": running.admin_addr.to_string(),
+        });
+        // Written whole, then renamed: a reader never sees half a file.
+        let tmp = path.with_extension("tmp");
+        if let Err(e) =
+            std::fs::write(&tmp, format!("{json:#}\n")).and_then(|()| std::fs::rename(&tmp, path))
+        {
+            running.shutdown().await;
+            return usage_error(format!("--addresses-file {}: {e}", path.display()));
+        }
+    }
     tokio::select! {
         result = running.wait() => {
             if let Err(e) = result {

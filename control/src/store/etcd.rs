@@ -20,12 +20,12 @@
 use std::future::Future;
 use std::time::Duration;
 
+use bulkhead_process::Backoff;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
 use futures::stream::{BoxStream, StreamExt};
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_stream::wrappers::ReceiverStream;
@@ -197,7 +197,7 @@ impl EtcdStore {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = Instant::now() + self.request_timeout;
-        let mut backoff = Backoff::new(RETRY_BACKOFF);
+        let mut backoff = Backoff::new(RETRY_BACKOFF.0, RETRY_BACKOFF.1);
         loop {
             // An idempotent request stuck on one member (say, a follower whose
             // leader just died) gives up halfway, leaving time to try another.
@@ -460,7 +460,7 @@ async fn follow_watch(
     tx: mpsc::Sender<Result<WatchBatch, StoreError>>,
 ) {
     let mut next = from;
-    let mut backoff = Backoff::new(WATCH_BACKOFF);
+    let mut backoff = Backoff::new(WATCH_BACKOFF.0, WATCH_BACKOFF.1);
     loop {
         let lost = tokio::select! {
             () = tx.closed() => return,
@@ -663,33 +663,6 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0] // every key
 }
 
-/// Exponential backoff with jitter (each delay drawn from its upper half).
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new((min, max): (Duration, Duration)) -> Self {
-        Self {
-            min,
-            max,
-            current: min,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.current.mul_f64(rand::rng().random_range(0.5..=1.0));
-        self.current = (self.current * 2).min(self.max);
-        delay.max(self.min / 2)
-    }
-
-    fn reset(&mut self) {
-        self.current = self.min;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,17 +672,6 @@ mod tests {
         assert_eq!(prefix_end(b"/bulkhead/"), b"/bulkhead0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
-        let mut backoff = Backoff::new(WATCH_BACKOFF);
-        let delays: Vec<_> = (0..10).map(|_| backoff.next_delay()).collect();
-        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(5)));
-        assert!(delays[9] >= Duration::from_millis(2_500));
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
     }
 
     #[test]

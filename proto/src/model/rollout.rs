@@ -69,8 +69,9 @@ pub struct Analysis {
     pub min_requests: Option<u64>,
 }
 
-/// A duration written as `30s`, `5m`, `1h` or a sum such as `1h30m` (units
-/// `ms`, `s`, `m`, `h`), kept with its text so documents read back as written.
+/// A duration written as `30s`, `5m`, `1h` or `1h30m` (the shared
+/// [`crate::parse_duration`] syntax), kept with its text so documents read
+/// back as written.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Interval {
     text: String,
@@ -98,40 +99,10 @@ impl FromStr for Interval {
     type Err = BadInterval;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadInterval(check::got(s));
-        let mut rest = s;
-        let mut total = Duration::ZERO;
-        if rest.is_empty() {
-            return Err(bad());
-        }
-        while !rest.is_empty() {
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            // Nine digits already exceed a week in any unit but ms.
-            if digits == 0 || digits > 12 {
-                return Err(bad());
-            }
-            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-            rest = &rest[digits..];
-            let (unit_ms, unit_len) = if rest.starts_with("ms") {
-                (1, 2)
-            } else if rest.starts_with('s') {
-                (1_000, 1)
-            } else if rest.starts_with('m') {
-                (60_000, 1)
-            } else if rest.starts_with('h') {
-                (3_600_000, 1)
-            } else {
-                return Err(bad());
-            };
-            rest = &rest[unit_len..];
-            let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
-            total = total
-                .checked_add(Duration::from_millis(ms))
-                .ok_or_else(bad)?;
-        }
-        if total.is_zero() || total > MAX_INTERVAL {
-            return Err(bad());
-        }
+        let total = crate::parse_duration(s)
+            .ok()
+            .filter(|d| *d <= MAX_INTERVAL)
+            .ok_or_else(|| BadInterval(check::got(s)))?;
         Ok(Interval {
             text: s.to_owned(),
             duration: total,
@@ -401,16 +372,18 @@ spec:
         assert_eq!(d("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(d("168h"), Ok(MAX_INTERVAL));
+        // The shared syntax: what a flag takes, a field takes.
+        assert_eq!(d("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(d("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(d("1.5h"), Ok(Duration::from_secs(5400)));
         for bad in [
             "",
             "30",
             "s",
             "0s",
-            "1d",
             "-1s",
-            "1.5h",
-            "1h 30m",
             "169h",
+            "8d",
             "99999999999999s",
             "5M",
         ] {
@@ -421,7 +394,7 @@ spec:
     #[test]
     fn rejects_bad_interval() {
         expect_error(
-            &ROLLOUT.replace("5m", "5 minutes"),
+            &ROLLOUT.replace("5m", "5 fortnights"),
             "spec.interval",
             "expected a duration",
         );

@@ -23,19 +23,19 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-pub const ENV: &str = "BULKHEAD_APP_PROBES";
-pub const PREFIX: &str = "/app-health/";
+pub(super) const ENV: &str = "BULKHEAD_APP_PROBES";
+pub(super) const PREFIX: &str = "/app-health/";
 /// The longest one check of the app may take.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
 /// Checks running at once; more are answered 503 at once.
 const MAX_IN_FLIGHT: usize = 32;
 const MAX_ENTRIES: usize = 256;
@@ -45,7 +45,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// One probe's original target, on 127.0.0.1.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Probe {
+pub(super) enum Probe {
     Http {
         port: u16,
         path: PathAndQuery,
@@ -61,7 +61,7 @@ pub enum Probe {
     },
 }
 
-pub type Table = BTreeMap<String, Probe>;
+pub(super) type Table = BTreeMap<String, Probe>;
 
 #[derive(Deserialize)]
 struct Entry {
@@ -83,7 +83,7 @@ struct HeaderEntry {
 }
 
 /// Parses the table; any bad entry rejects it whole, named.
-pub fn parse(json: &str) -> Result<Table, String> {
+pub(super) fn parse(json: &str) -> Result<Table, String> {
     let raw: BTreeMap<String, Entry> =
         serde_json::from_str(json).map_err(|e| format!("not a JSON object of probes: {e}"))?;
     if raw.len() > MAX_ENTRIES {
@@ -163,7 +163,7 @@ fn entry(e: Entry) -> Result<Probe, String> {
 }
 
 /// Reads the table from the environment (once; later calls are free).
-pub fn load() {
+pub(super) fn load() {
     table();
 }
 
@@ -190,7 +190,7 @@ fn table() -> &'static Table {
 }
 
 /// Answers one `/app-health/...` request.
-pub async fn answer(path: &str) -> (StatusCode, String) {
+pub(super) async fn answer(path: &str) -> (StatusCode, String) {
     let Some(probe) = table().get(path) else {
         return (StatusCode::NOT_FOUND, format!("no app probe at {path}\n"));
     };
@@ -215,7 +215,7 @@ pub async fn answer(path: &str) -> (StatusCode, String) {
 
 /// Checks the app: the status to answer the kubelet with, or why the
 /// app could not be reached (→ 503).
-pub async fn check(probe: &Probe, timeout: Duration) -> Result<StatusCode, String> {
+pub(super) async fn check(probe: &Probe, timeout: Duration) -> Result<StatusCode, String> {
     match tokio::time::timeout(timeout, check_inner(probe)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {timeout:?}")),
@@ -297,124 +297,35 @@ where
     result
 }
 
-/// `grpc.health.v1.Health/Check` over h2c: 200 when `SERVING`.
+/// `grpc.health.v1.Health/Check` over h2c (tonic-health's client): 200
+/// when `SERVING`. The caller bounds it in time.
 async fn grpc_health(addr: SocketAddr, service: &str) -> Result<StatusCode, String> {
-    let tcp = TcpStream::connect(addr)
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("address {addr}: {e}"))?
+        .user_agent("kube-probe/bulkhead")
+        .map_err(|e| format!("user agent: {e}"))?
+        .connect()
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
+    let mut client = HealthClient::new(channel).max_decoding_message_size(MAX_BODY);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
         .await
-        .map_err(|e| format!("HTTP/2: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let result = async {
-        // HealthCheckRequest { string service = 1; }, length-prefixed.
-        let mut message = Vec::new();
-        if !service.is_empty() {
-            message.push(0x0a);
-            put_varint(&mut message, service.len() as u64);
-            message.extend_from_slice(service.as_bytes());
-        }
-        let mut frame = vec![0u8];
-        frame.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
-        frame.extend_from_slice(&message);
-        let req = Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .header(http::header::USER_AGENT, "kube-probe/bulkhead")
-            .body(Full::new(Bytes::from(frame)))
-            .map_err(|e| format!("request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("HTTP/2: {e}"))?;
-        if resp.status() != StatusCode::OK {
-            return Err(format!("HTTP status {}", resp.status()));
-        }
-        let header_status = resp.headers().get("grpc-status").cloned();
-        let collected = Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?;
-        let grpc_status = collected
-            .trailers()
-            .and_then(|t| t.get("grpc-status").cloned())
-            .or(header_status);
-        match grpc_status.as_ref().map(HeaderValue::as_bytes) {
-            Some(b"0") => {}
-            Some(code) => {
-                return Err(format!("grpc-status {}", String::from_utf8_lossy(code)));
-            }
-            None => return Err("no grpc-status".into()),
-        }
-        match serving_status(collected.to_bytes()) {
-            Some(1) => Ok(StatusCode::OK),
-            Some(other) => Err(format!("health status {other}, not SERVING")),
-            None => Err("malformed health response".into()),
-        }
+        .map_err(|status| format!("grpc-status {}: {}", status.code() as i32, status.message()))?
+        .into_inner();
+    match ServingStatus::try_from(reply.status) {
+        Ok(ServingStatus::Serving) => Ok(StatusCode::OK),
+        Ok(other) => Err(format!(
+            "health status {}, not SERVING",
+            other.as_str_name()
+        )),
+        Err(_) => Err(format!("health status {}, not SERVING", reply.status)),
     }
-    .await;
-    conn.abort();
-    result
-}
-
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn get_varint(buf: &mut Bytes) -> Option<u64> {
-    let mut n = 0u64;
-    for shift in (0..64).step_by(7) {
-        if !buf.has_remaining() {
-            return None;
-        }
-        let b = buf.get_u8();
-        n |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(n);
-        }
-    }
-    None
-}
-
-/// `HealthCheckResponse.status` (field 1, enum) from one gRPC message;
-/// absent means UNKNOWN (0).
-fn serving_status(mut body: Bytes) -> Option<u64> {
-    if body.remaining() < 5 || body.get_u8() != 0 {
-        return None; // short, or compressed
-    }
-    let len = usize::try_from(body.get_u32()).ok()?;
-    if body.remaining() < len {
-        return None;
-    }
-    let mut msg = body.split_to(len);
-    let mut status = 0;
-    while msg.has_remaining() {
-        let key = get_varint(&mut msg)?;
-        match key & 7 {
-            0 => {
-                let v = get_varint(&mut msg)?;
-                if key >> 3 == 1 {
-                    status = v;
-                }
-            }
-            1 if msg.remaining() >= 8 => msg.advance(8),
-            2 => {
-                let n = usize::try_from(get_varint(&mut msg)?).ok()?;
-                if msg.remaining() < n {
-                    return None;
-                }
-                msg.advance(n);
-            }
-            5 if msg.remaining() >= 4 => msg.advance(4),
-            _ => return None,
-        }
-    }
-    Some(status)
 }
 
 /// The kubelet does not verify the app's certificate; neither do we.
@@ -533,29 +444,6 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn health_responses_decode() {
-        let frame = |msg: &[u8]| {
-            let mut b = vec![0u8];
-            b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-            b.extend_from_slice(msg);
-            Bytes::from(b)
-        };
-        assert_eq!(serving_status(frame(&[0x08, 0x01])), Some(1));
-        assert_eq!(serving_status(frame(&[0x08, 0x02])), Some(2));
-        assert_eq!(serving_status(frame(&[])), Some(0));
-        assert_eq!(
-            serving_status(frame(&[0x12, 0x01, 0x41, 0x08, 0x01])),
-            Some(1)
-        );
-        assert_eq!(serving_status(frame(&[0x08])), None);
-        assert_eq!(serving_status(Bytes::from_static(&[1, 0, 0, 0, 0])), None);
-        assert_eq!(serving_status(Bytes::from_static(&[0, 0, 0, 0, 9])), None);
-        let mut v = Vec::new();
-        put_varint(&mut v, 300);
-        assert_eq!(get_varint(&mut Bytes::from(v)), Some(300));
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 /// When an endpoint is ejected, and for how long.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutlierConfig {
+pub(crate) struct OutlierConfig {
     /// Failures in a row (connect errors, 5xx: whatever the caller reports as
     /// `success: false`) that eject an endpoint. A success resets the count.
     /// 0 is read as 1.

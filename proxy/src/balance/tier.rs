@@ -8,7 +8,7 @@ use bulkhead_proto::model::Locality;
 /// that has a healthy endpoint. `Ord` follows that preference
 /// (`Node < Zone < Region < Any`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LocalityTier {
+pub(crate) enum LocalityTier {
     /// Same node as this sidecar.
     Node,
     /// Same zone (and, when both sides name one, the same region).
@@ -21,7 +21,7 @@ pub enum LocalityTier {
 
 impl LocalityTier {
     /// Every tier, nearest first.
-    pub const ALL: [LocalityTier; 4] = [Self::Node, Self::Zone, Self::Region, Self::Any];
+    pub(crate) const ALL: [LocalityTier; 4] = [Self::Node, Self::Zone, Self::Region, Self::Any];
 
     /// The tier of an endpoint at `remote`, seen from a sidecar at `local`.
     ///
@@ -29,7 +29,7 @@ impl LocalityTier {
     /// both lack a zone are not thereby in the same zone. Zone names are only
     /// unique within a region, so a zone match also needs the regions to agree
     /// when both are known.
-    pub fn between(local: &Locality, remote: &Locality) -> LocalityTier {
+    pub(crate) fn between(local: &Locality, remote: &Locality) -> LocalityTier {
         let same = |a: &str, b: &str| !a.is_empty() && a == b;
         let regions_agree =
             local.region.is_empty() || remote.region.is_empty() || local.region == remote.region;
@@ -45,7 +45,7 @@ impl LocalityTier {
     }
 
     /// The `tier` label value of `bulkhead_lb_picks_total`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             LocalityTier::Node => "node",
             LocalityTier::Zone => "zone",

@@ -1,0 +1,334 @@
+//! HTTP/1.1, HTTP/2 and gRPC to a service, routed per request: choose a
+//! version (pin, header match, weights), pick an endpoint (locality tier,
+//! P2C over peak-EWMA), send on the pooled HTTP/2 connection to that
+//! endpoint's sidecar; retry idempotent requests elsewhere within the
+//! service's budget; bound each request in time. Errors the mesh generates
+//! carry `x-bulkhead-error`.
+//!
+//! What every request on one app connection shares is worked out once per
+//! connection ([`HttpRoute`]); a request does no lookup by string, formats
+//! nothing and takes no lock shared with other connections.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics::Counter;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::Outbound;
+use super::balancers::ServiceRoute;
+use super::retry::{self, MAX_ATTEMPTS};
+use crate::balance::Outcome;
+use crate::drain::Drain;
+use crate::http::{self as h, Body};
+use crate::pool::ConnectError;
+use crate::route;
+use crate::state::{MeshState, ServiceId, ServiceKey};
+use crate::telemetry::RequestMetrics;
+
+/// What every request on one app connection shares.
+pub(super) struct HttpRoute {
+    key: ServiceKey,
+    /// How requests find the service's view: an index, not a name.
+    id: ServiceId,
+    /// The Service's declared port.
+    port: u16,
+    /// `service.namespace:port`: the authority the peer sidecar sees.
+    authority: Authority,
+    service: ServiceRoute,
+    /// Metrics of answers no endpoint gave (no endpoint, timeout, bad pin).
+    unattributed: RequestMetrics,
+    retries: Counter,
+}
+
+impl HttpRoute {
+    fn new(
+        key: &ServiceKey,
+        port: u16,
+        outbound: &Outbound,
+        state: &MeshState,
+    ) -> Result<Self, String> {
+        let (namespace, name) = key;
+        let authority = Authority::try_from(format!("{name}.{namespace}:{port}"))
+            .map_err(|e| format!("{name}.{namespace}:{port}: {e}"))?;
+        let id = state
+            .id(key)
+            .ok_or_else(|| format!("no Service {namespace}/{name} known yet"))?;
+        Ok(Self {
+            key: key.clone(),
+            id,
+            port,
+            authority,
+            service: outbound.balancers.get(key, state),
+            unattributed: RequestMetrics::new("outbound", name.as_str(), "", ""),
+            retries: metrics::counter!("bulkhead_retries_total", "service" => name.clone()),
+        })
+    }
+}
+
+/// The route of a listener's connections, made again only when the
+/// Service's port changes.
+#[derive(Default)]
+pub(super) struct RouteCache {
+    last: Mutex<Option<Arc<HttpRoute>>>,
+}
+
+impl RouteCache {
+    pub(super) fn get(
+        &self,
+        key: &ServiceKey,
+        port: u16,
+        outbound: &Outbound,
+        state: &MeshState,
+    ) -> Result<Arc<HttpRoute>, String> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(route) = &*last
+            && route.port == port
+        {
+            return Ok(Arc::clone(route));
+        }
+        let route = Arc::new(HttpRoute::new(key, port, outbound, state)?);
+        *last = Some(Arc::clone(&route));
+        Ok(route)
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (auto-detected) to the app on one connection
+/// until it closes or the sidecar drains.
+pub(super) async fn serve(
+    tcp: TcpStream,
+    route: Arc<HttpRoute>,
+    outbound: Arc<Outbound>,
+    drain: Drain,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let outbound = outbound.clone();
+        let route = route.clone();
+        async move { Ok::<_, std::convert::Infallible>(request(req, &route, &outbound).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "outbound app connection ended");
+            }
+        }
+        () = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn request(req: Request<Incoming>, route: &HttpRoute, outbound: &Outbound) -> Response<Body> {
+    let started = Instant::now();
+    let grpc = h::is_grpc(req.headers());
+    route.service.budget.record_request(started);
+    let routed = tokio::time::timeout(
+        outbound.request_timeout,
+        route_request(req, route, outbound, grpc),
+    )
+    .await;
+    let (resp, served) = match routed {
+        Ok(r) => r,
+        Err(_) => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "timeout").increment(1);
+            let resp = h::mesh_response(
+                grpc,
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "bulkhead: request timed out",
+            );
+            (resp, None)
+        }
+    };
+    served
+        .as_deref()
+        .unwrap_or(&route.unattributed)
+        .record(resp.status(), started.elapsed());
+    resp
+}
+
+/// The response, and the metrics of the endpoint that gave it (`None`: the
+/// mesh answered without one).
+type Routed = (Response<Body>, Option<Arc<RequestMetrics>>);
+
+/// How sending to one endpoint failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// Nothing was sent: safe to send elsewhere.
+    #[error(transparent)]
+    Connect(ConnectError),
+    /// Failed after sending started: the peer may have acted on it.
+    #[error("request failed: {0}")]
+    Request(String),
+}
+
+async fn route_request(
+    req: Request<Incoming>,
+    route: &HttpRoute,
+    outbound: &Outbound,
+    grpc: bool,
+) -> Routed {
+    let port = route.port;
+    let balancer = &route.service.balancer;
+    let choice = {
+        let state = outbound.states.load();
+        let split = state.view_at(route.id).and_then(|v| v.split.as_deref());
+        route::choose_with_fallback(split, req.headers(), rand::random(), |c| {
+            balancer.has_healthy(|e| c.accepts(&e.version))
+        })
+    };
+    let choice = match choice {
+        Ok(c) => c,
+        Err(error) => {
+            let resp = h::mesh_response(
+                grpc,
+                StatusCode::BAD_REQUEST,
+                "bad-version-pin",
+                &format!("bulkhead: {error}"),
+            );
+            return (resp, None);
+        }
+    };
+    let can_retry = retry::retryable(&req);
+    let (mut parts, body) = req.into_parts();
+    h::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(h::VERSION_PIN);
+    // Built from parts: the path is shared with the app's request, the
+    // authority with the connection (nothing formatted or parsed here).
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(Scheme::HTTP);
+    target.authority = Some(route.authority.clone());
+    target.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let Ok(uri) = Uri::from_parts(target) else {
+        let resp = h::mesh_response(
+            grpc,
+            StatusCode::BAD_REQUEST,
+            "bad-target",
+            "bulkhead: request target does not parse",
+        );
+        return (resp, None);
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_2;
+    // What has not been sent yet. A retryable request (bodiless) keeps its
+    // head for the next attempt, so only it pays for cloning headers; any
+    // other is moved into its one send.
+    let mut unsent = Some((parts, body.boxed()));
+    let mut attempt = 0;
+    // Endpoints this request already failed on: a retry goes elsewhere,
+    // and comes back to them only when nothing else is left.
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    loop {
+        attempt += 1;
+        let eligible = |e: &bulkhead_proto::model::Endpoint| {
+            choice.accepts(&e.version) && e.port(port).is_some()
+        };
+        let fresh = balancer.pick(&outbound.locality, |e| {
+            eligible(e) && !tried.contains(&SocketAddr::new(e.address, e.inbound_port))
+        });
+        let Some(pick) = fresh.or_else(|| balancer.pick(&outbound.locality, eligible)) else {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "no-endpoints").increment(1);
+            let (namespace, name) = &route.key;
+            let resp = h::mesh_response(
+                grpc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-endpoints",
+                &format!("bulkhead: no healthy endpoint of {namespace}/{name}"),
+            );
+            return (resp, None);
+        };
+        let ep = pick.endpoint();
+        let Some(identity) = ep.identity.as_ref() else {
+            pick.finish(Outcome {
+                latency: Duration::ZERO,
+                success: false,
+            });
+            continue;
+        };
+        let addr = SocketAddr::new(ep.address, ep.inbound_port);
+        let served = pick.request_metrics();
+        tried.push(addr);
+        let sent = Instant::now();
+        let result = match outbound.pool.sender(addr, identity, port).await {
+            Ok(mut sender) => {
+                let request = match (can_retry, &mut unsent) {
+                    (true, Some((head, _))) => Request::from_parts(head.clone(), h::empty()),
+                    (_, unsent) => {
+                        let (head, body) = unsent.take().expect("a request not yet sent");
+                        Request::from_parts(head, body)
+                    }
+                };
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| SendError::Request(e.to_string()))
+            }
+            Err(e) => Err(SendError::Connect(e)),
+        };
+        let latency = sent.elapsed();
+        let retry_left = can_retry && attempt < MAX_ATTEMPTS;
+        match result {
+            Ok(resp) => {
+                // A mesh-level failure at the peer (app unreachable) is
+                // worth another endpoint; the app's own errors are not ours
+                // to retry.
+                let peer_mesh_error = resp.status() == StatusCode::BAD_GATEWAY
+                    && resp.headers().contains_key(h::MESH_ERROR);
+                pick.finish(Outcome {
+                    latency,
+                    success: !resp.status().is_server_error(),
+                });
+                if peer_mesh_error && retry_left && route.service.budget.try_retry(Instant::now()) {
+                    route.retries.increment(1);
+                    continue;
+                }
+                return (resp.map(|b| b.boxed()), Some(served));
+            }
+            Err(error) => {
+                pick.finish(Outcome {
+                    latency,
+                    success: false,
+                });
+                let before_send = matches!(error, SendError::Connect(_));
+                tracing::warn!(endpoint = %addr, %error, attempt, "request to endpoint failed");
+                // A request that never left may always go elsewhere; one
+                // that did only if it is idempotent.
+                let may_retry =
+                    (before_send && unsent.is_some() && attempt < MAX_ATTEMPTS) || retry_left;
+                if may_retry && route.service.budget.try_retry(Instant::now()) {
+                    route.retries.increment(1);
+                    continue;
+                }
+                let reason = match &error {
+                    SendError::Connect(e) => e.reason(),
+                    SendError::Request(_) => "request-failed",
+                };
+                metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => reason).increment(1);
+                let resp = h::mesh_response(
+                    grpc,
+                    StatusCode::BAD_GATEWAY,
+                    reason,
+                    &format!("bulkhead: {error}"),
+                );
+                return (resp, Some(served));
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Outbound: an app's call leaving the pod, however it was addressed — a
+//! `--upstream` listener, a listener mesh DNS made ([`MeshListeners`]), or
+//! a captured connection once capture has found its service.
+//!
+//! Per connection ([`connection`]): find the service's declared port and
+//! protocol, then [`tcp`] (pick an endpoint, dial its sidecar, copy bytes)
+//! or [`http`] (serve the app HTTP/1.1 or HTTP/2 and route every request
+//! on its own). Each service the app calls has one balancer and one retry
+//! budget ([`balancers`]); when a request may be sent again is [`retry`]'s.
+
+mod balancers;
+mod http;
+mod mesh_names;
+mod retry;
+mod tcp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_proto::model::{Locality, Protocol};
+use tokio::net::TcpStream;
+
+pub(crate) use self::balancers::Balancers;
+pub(crate) use self::mesh_names::MeshListeners;
+use crate::accept::{self, Listener};
+use crate::drain::Drain;
+use crate::pool::Pool;
+use crate::state::{MeshState, ServiceKey, StateCell};
+
+/// Most connections one app-facing listener holds at once.
+pub(crate) const MAX_CONNECTIONS: usize = 10_000;
+
+/// What the outbound side shares across listeners and connections.
+pub(crate) struct Outbound {
+    pub(crate) locality: Locality,
+    pub(crate) states: StateCell,
+    pub(crate) pool: Pool,
+    pub(crate) balancers: Balancers,
+    pub(crate) request_timeout: Duration,
+    /// Opaque TCP streams idle this long either way are closed.
+    pub(crate) tcp_idle_timeout: Duration,
+}
+
+/// Where one listener's (or one captured connection's) calls go: a service
+/// and, when the caller named one, its declared port.
+pub(crate) struct Target {
+    key: ServiceKey,
+    port: Option<u16>,
+    /// Connections on one listener share their route.
+    routes: http::RouteCache,
+}
+
+impl Target {
+    pub(crate) fn new(key: ServiceKey, port: Option<u16>) -> Self {
+        Self {
+            key,
+            port,
+            routes: http::RouteCache::default(),
+        }
+    }
+
+    /// The declared port and its protocol, from the Service.
+    fn resolve(&self, state: &MeshState) -> Result<(u16, Protocol), String> {
+        let (namespace, name) = &self.key;
+        let svc = state
+            .view(&self.key)
+            .and_then(|v| v.service.as_ref())
+            .ok_or_else(|| format!("no Service {namespace}/{name} known yet"))?;
+        let ports = &svc.spec.ports;
+        match self.port {
+            Some(p) => ports
+                .iter()
+                .find(|sp| sp.port == p)
+                .map(|sp| (sp.port, sp.protocol))
+                .ok_or_else(|| format!("Service {namespace}/{name} declares no port {p}")),
+            None if ports.len() == 1 => Ok((ports[0].port, ports[0].protocol)),
+            None => Err(format!(
+                "Service {namespace}/{name} has several ports: name one as {name}:PORT"
+            )),
+        }
+    }
+}
+
+/// Serves one app-facing listener (an `--upstream`, or one mesh DNS made)
+/// until the sidecar drains.
+pub(crate) async fn serve(
+    listener: Listener,
+    target: Target,
+    outbound: Arc<Outbound>,
+    drain: Drain,
+) {
+    let target = Arc::new(target);
+    accept::serve(listener, Some(drain.clone()), move |tcp, _| {
+        connection(tcp, target.clone(), outbound.clone(), drain.clone())
+    })
+    .await;
+}
+
+/// One app connection to `target`.
+pub(crate) async fn connection(
+    tcp: TcpStream,
+    target: Arc<Target>,
+    outbound: Arc<Outbound>,
+    drain: Drain,
+) {
+    let resolved = {
+        let state = outbound.states.load();
+        target.resolve(&state).and_then(|(port, protocol)| {
+            if protocol == Protocol::Tcp {
+                return Ok((port, None));
+            }
+            target
+                .routes
+                .get(&target.key, port, &outbound, &state)
+                .map(|route| (port, Some(route)))
+                .map_err(|e| format!("bad target: {e}"))
+        })
+    };
+    match resolved {
+        Ok((port, None)) => tcp::stream(tcp, &target.key, port, &outbound).await,
+        Ok((_, Some(route))) => http::serve(tcp, route, outbound, drain).await,
+        Err(reason) => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "unknown-service").increment(1);
+            tracing::warn!(service = %target.key.1, %reason, "refusing connection");
+        }
+    }
+}
