@@ -1,9 +1,28 @@
 //! Test support: starts real etcd servers, real `bulkhead-control`
-//! processes and real clients, and cleans them up on drop. Tests read like
-//! the scenario they check.
+//! processes, real sidecars and real clients, and cleans them up on drop.
+//! Tests read like the scenario they check.
+//!
+//! - [`control`]: the CA, the control plane process, gRPC clients, waits.
+//! - [`etcd`]: etcd servers and clusters on free ports.
+//! - [`proxy`]: sidecar processes and in-process sample apps.
+//! - [`mesh`]: the one mesh setup (CA, control plane, resources, sidecars).
+//! - [`shop`]: the resilience scenarios' shop and load helpers.
+//! - [`security`]: hostile certificates and a hand-driven mesh client.
+//! - [`certify`]: Certify/Renew scenario helpers.
+//! - [`admission`]: AdmissionReview fixtures and the webhook listener.
+//! - [`netns`]: network-namespace "nodes" and "pods" for capture tests.
+//! - [`prom`]: the one Prometheus text reader.
+//!
+//! Every binary is started on port 0 and reports the ports it bound
+//! (`--addresses-file`), so no test picks a port another can take.
 
+pub mod admission;
+pub mod certify;
 pub mod control;
 pub mod etcd;
+pub mod mesh;
 pub mod netns;
 pub mod prom;
 pub mod proxy;
+pub mod security;
+pub mod shop;

@@ -230,6 +230,8 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     /// Upstream target → the local address the app calls.
     pub upstreams: Vec<(String, SocketAddr)>,
+    /// The mesh DNS server's addresses, when `--dns` was given.
+    pub dns: Vec<SocketAddr>,
     /// Every flag but the listen addresses, which [`Sidecar::spawn`] adds.
     args: Vec<String>,
     dir: tempfile::TempDir,
@@ -312,6 +314,7 @@ impl Sidecar {
             inbound,
             admin,
             upstreams,
+            dns: Vec::new(),
             args,
             dir,
         };
@@ -385,6 +388,12 @@ impl Sidecar {
         });
         self.inbound = address(&bound, "inbound");
         self.admin = address(&bound, "admin");
+        self.dns = bound["dns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str()?.parse().ok())
+            .collect();
         let namespace = self.spec.namespace.clone();
         for (target, addr) in &mut self.upstreams {
             *addr = address(&bound["upstreams"], &normalized_target(target, &namespace));

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bulkhead_tests::control::*;
+use bulkhead_tests::mesh::Mesh;
 use bulkhead_tests::proxy::*;
 
 const SHOP: &str = "
@@ -82,23 +83,16 @@ async fn resolve(server: SocketAddr, name: &str) -> (u8, Option<Ipv4Addr>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_calls_a_mesh_name_through_the_sidecar_dns() {
-    let ca = TestCa::init("cluster.local");
-    let cp = ControlPlane::start(&ca, &StoreSpec::Memory, &[]);
-    apply(&cp, &ca, SHOP).await;
+    let mesh = Mesh::memory("cluster.local", SHOP, &[]).await;
     let cart_app = App::http("cart", "1.0.0").await;
-    let _cart = Sidecar::start(
-        &ca,
-        &cp,
-        SidecarSpec::new("shop", "cart", "1.0.0").app(&cart_app),
-    );
-    let dns = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _web = Sidecar::start(
-        &ca,
-        &cp,
+    let _cart = mesh.sidecar(SidecarSpec::new("shop", "cart", "1.0.0").app(&cart_app));
+    let web = mesh.sidecar(
         SidecarSpec::new("shop", "web", "1.0.0")
             .arg("--dns")
-            .arg(&dns.to_string()),
+            .arg("127.0.0.1:0"),
     );
+    // Bound on port 0; the sidecar reported the port it got.
+    let dns = web.dns[0];
 
     // Both name forms give the same loopback address, a listener of web's sidecar.
     let (rcode, ip) = resolve(dns, "cart.shop.svc.cluster.local").await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bulkhead_proto::pb;
 use bulkhead_tests::control::*;
+use bulkhead_tests::mesh::Mesh;
 use bulkhead_tests::proxy::*;
 use tonic::{Request, Response, Status};
 
@@ -63,9 +64,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_cross_the_mesh_and_denials_are_permission_denied() {
-    let ca = TestCa::init("cluster.local");
-    let cp = ControlPlane::start(&ca, &StoreSpec::Memory, &[]);
-    apply(&cp, &ca, MESH).await;
+    let mesh = Mesh::memory("cluster.local", MESH, &[]).await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_addr = listener.local_addr().unwrap();
@@ -74,23 +73,13 @@ async fn grpc_calls_cross_the_mesh_and_denials_are_permission_denied() {
             .add_service(pb::identity_server::IdentityServer::new(Echo("pricing")))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let pricing = Sidecar::start(
-        &ca,
-        &cp,
+    let pricing = mesh.sidecar(
         SidecarSpec::new("shop", "pricing", "1.0.0")
             .protocol("grpc")
             .app_addr(app_addr),
     );
-    let cart = Sidecar::start(
-        &ca,
-        &cp,
-        SidecarSpec::new("shop", "cart", "2.0.0").upstream("pricing"),
-    );
-    let web = Sidecar::start(
-        &ca,
-        &cp,
-        SidecarSpec::new("shop", "web", "1.0.0").upstream("pricing"),
-    );
+    let cart = mesh.sidecar(SidecarSpec::new("shop", "cart", "2.0.0").upstream("pricing"));
+    let web = mesh.sidecar(SidecarSpec::new("shop", "web", "1.0.0").upstream("pricing"));
 
     let client = |addr: std::net::SocketAddr| {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

@@ -1,7 +1,7 @@
 //! The sidecar's HTTP path end to end: app → sidecar → mTLS → sidecar → app,
 //! with allow-lists enforced at the callee and paths normalized.
 
-use bulkhead_tests::control::*;
+use bulkhead_tests::mesh::Mesh;
 use bulkhead_tests::proxy::*;
 
 const SHOP: &str = "
@@ -35,31 +35,19 @@ spec:
 ";
 
 struct Shop {
-    ca: TestCa,
-    cp: ControlPlane,
+    mesh: Mesh,
     cart_app: App,
     cart: Sidecar,
     web: Sidecar,
 }
 
 async fn shop() -> Shop {
-    let ca = TestCa::init("cluster.local");
-    let cp = ControlPlane::start(&ca, &StoreSpec::Memory, &[]);
-    apply(&cp, &ca, SHOP).await;
+    let mesh = Mesh::memory("cluster.local", SHOP, &[]).await;
     let cart_app = App::http("cart", "1.0.0").await;
-    let cart = Sidecar::start(
-        &ca,
-        &cp,
-        SidecarSpec::new("shop", "cart", "1.0.0").app(&cart_app),
-    );
-    let web = Sidecar::start(
-        &ca,
-        &cp,
-        SidecarSpec::new("shop", "web", "1.0.0").upstream("cart"),
-    );
+    let cart = mesh.sidecar(SidecarSpec::new("shop", "cart", "1.0.0").app(&cart_app));
+    let web = mesh.sidecar(SidecarSpec::new("shop", "web", "1.0.0").upstream("cart"));
     Shop {
-        ca,
-        cp,
+        mesh,
         cart_app,
         cart,
         web,
@@ -91,7 +79,7 @@ async fn an_allowed_call_arrives_with_the_normalized_path() {
         .await
         .expect("call");
     assert_eq!(r.status, 200, "{r:?}");
-    let _ = (&s.ca, &s.cp, &s.cart);
+    let _ = (&s.mesh, &s.cart);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,11 +120,9 @@ async fn a_forbidden_path_or_method_is_denied_by_the_mesh_not_the_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlisted_caller_is_denied() {
     let s = shop().await;
-    let inventory = Sidecar::start(
-        &s.ca,
-        &s.cp,
-        SidecarSpec::new("shop", "inventory", "1.0.0").upstream("cart"),
-    );
+    let inventory = s
+        .mesh
+        .sidecar(SidecarSpec::new("shop", "inventory", "1.0.0").upstream("cart"));
     until_routable(&s.web, "cart", "/cart/probe").await;
     let r = call(inventory.upstream("cart"), "GET", "/cart/items", &[])
         .await
@@ -156,9 +142,7 @@ async fn an_unlisted_caller_is_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_metrics_name_both_ends() {
     let s = shop().await;
-    let caller = Sidecar::start(
-        &s.ca,
-        &s.cp,
+    let caller = s.mesh.sidecar(
         SidecarSpec::new("shop", "web", "1.0.0")
             .upstream("cart")
             .upstream("inventory")
