@@ -23,14 +23,14 @@ mod bytes_body {
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub metrics: PrometheusHandle,
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
 }
 
 /// Serves the admin endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, state: AdminState) {
+pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(a) => a,

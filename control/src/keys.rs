@@ -9,26 +9,26 @@
 
 use bulkhead_proto::model::Kind;
 
-pub const RESOURCES: &str = "resources/";
-pub const ENDPOINTS: &str = "endpoints/";
-pub const TOKENS: &str = "tokens/";
+pub(crate) const RESOURCES: &str = "resources/";
+pub(crate) const ENDPOINTS: &str = "endpoints/";
+pub(crate) const TOKENS: &str = "tokens/";
 
-pub fn resource(kind: Kind, namespace: &str, name: &str) -> String {
+pub(crate) fn resource(kind: Kind, namespace: &str, name: &str) -> String {
     format!("{RESOURCES}{kind}/{namespace}/{name}")
 }
 
 /// Prefix of every resource of `kind`, in one namespace or (None) in all.
-pub fn resources_of(kind: Kind, namespace: Option<&str>) -> String {
+pub(crate) fn resources_of(kind: Kind, namespace: Option<&str>) -> String {
     match namespace {
         Some(ns) => format!("{RESOURCES}{kind}/{ns}/"),
         None => format!("{RESOURCES}{kind}/"),
     }
 }
 
-pub fn endpoint(namespace: &str, service: &str, address: &str, inbound_port: u32) -> String {
+pub(crate) fn endpoint(namespace: &str, service: &str, address: &str, inbound_port: u32) -> String {
     format!("{ENDPOINTS}{namespace}/{service}/{address}:{inbound_port}")
 }
 
-pub fn token(id: &str) -> String {
+pub(crate) fn token(id: &str) -> String {
     format!("{TOKENS}{id}")
 }

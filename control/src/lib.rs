@@ -6,15 +6,15 @@
 //! → it reads or writes the [`store`]; a [`hub`] per replica watches the store
 //! once and pushes changes to every sidecar's Watch stream.
 
-pub mod admin_http;
-pub mod api;
+mod admin_http;
+mod api;
 pub mod attest;
 pub mod ca;
 pub mod config;
-pub mod hub;
-pub mod keys;
+mod hub;
+mod keys;
 pub mod runtime;
-pub mod server;
+mod server;
 pub mod store;
 pub mod telemetry;
 pub mod webhook;

@@ -3,7 +3,6 @@
 //! verified by the handshake, travels to handlers as [`ConnInfo`].
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,21 +17,20 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 /// A client that has not finished its TLS handshake by then is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; further connections wait in the backlog.
 const MAX_HANDSHAKES: usize = 256;
 
 /// Who is on the other end of a gRPC connection.
 #[derive(Clone, Debug)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// The identity of the client certificate, if one was presented (it has
     /// passed chain, validity and SPIFFE checks in the handshake).
     pub peer: Option<SpiffeId>,
-    pub remote: SocketAddr,
 }
 
 /// A TLS connection that remembers its peer.
-pub struct TlsConn {
+pub(crate) struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: ConnInfo,
 }
@@ -87,7 +85,7 @@ impl AsyncWrite for TlsConn {
 
 /// Accepts TCP connections, performs TLS handshakes concurrently, and yields
 /// finished connections. Ends when the returned receiver is dropped.
-pub fn accept_tls(
+pub(crate) fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     trust_domain: String,
@@ -142,7 +140,7 @@ pub fn accept_tls(
                     .and_then(|leaf| SpiffeId::from_cert_der(leaf, &trust_domain).ok());
                 let conn = TlsConn {
                     inner: tls,
-                    info: ConnInfo { peer, remote },
+                    info: ConnInfo { peer },
                 };
                 let _ = tx.send(Ok(conn)).await;
             });

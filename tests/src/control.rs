@@ -2,8 +2,7 @@
 //! CA made by `bulkheadctl ca init`, and talking to them as operators and
 //! workloads do.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -121,26 +120,65 @@ pub fn address(json: &serde_json::Value, field: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address {field} in {json}"))
 }
 
-/// A minimal HTTP/1.1 GET (no client library needed): status and body.
+/// `GET path` on `addr` over plain HTTP/1.1: status and body (lossy UTF-8).
+/// Callable from sync code and from inside a tokio runtime alike (it runs
+/// on a thread of its own); bounded to 2 s to connect and 5 s in all.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {resp:?}")))?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    http_request(addr, "GET", path, "")
+}
+
+/// Any method with a JSON body (empty: none), as [`http_get`].
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    use http_body_util::{BodyExt, Full};
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
+        .map_err(std::io::Error::other)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+                    let client = hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build(connector);
+                    let exchange = async {
+                        let response = client
+                            .request(request)
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        let status = response.status().as_u16();
+                        let body = response
+                            .into_body()
+                            .collect()
+                            .await
+                            .map_err(std::io::Error::other)?
+                            .to_bytes();
+                        Ok::<_, std::io::Error>((
+                            status,
+                            String::from_utf8_lossy(&body).into_owned(),
+                        ))
+                    };
+                    tokio::time::timeout(Duration::from_secs(5), exchange)
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+                })
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// A CA folder made by the real `bulkheadctl ca init`.

@@ -16,15 +16,15 @@ use crate::store::Op;
 /// Most resources one apply may change: they are written in one atomic
 /// transaction, and etcd refuses transactions of more than 128 operations
 /// (its default `--max-txn-ops`).
-pub const MAX_APPLY_CHANGES: usize = 128;
+pub(crate) const MAX_APPLY_CHANGES: usize = 128;
 
 #[derive(Debug, Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     plane: Arc<ControlPlane>,
 }
 
 impl AdminService {
-    pub fn new(plane: Arc<ControlPlane>) -> Self {
+    pub(crate) fn new(plane: Arc<ControlPlane>) -> Self {
         Self { plane }
     }
 

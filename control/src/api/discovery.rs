@@ -25,12 +25,12 @@ const SUBSCRIBER_QUEUE: usize = 16;
 const MAX_WATCHED_SERVICES: usize = 1024;
 
 #[derive(Debug, Clone)]
-pub struct DiscoveryService {
+pub(crate) struct DiscoveryService {
     plane: Arc<ControlPlane>,
 }
 
 impl DiscoveryService {
-    pub fn new(plane: Arc<ControlPlane>) -> Self {
+    pub(crate) fn new(plane: Arc<ControlPlane>) -> Self {
         Self { plane }
     }
 

@@ -14,12 +14,12 @@ use crate::ca::{CsrError, Issued, TokenError};
 use crate::keys;
 
 #[derive(Debug, Clone)]
-pub struct IdentityService {
+pub(crate) struct IdentityService {
     plane: Arc<ControlPlane>,
 }
 
 impl IdentityService {
-    pub fn new(plane: Arc<ControlPlane>) -> Self {
+    pub(crate) fn new(plane: Arc<ControlPlane>) -> Self {
         Self { plane }
     }
 

@@ -19,13 +19,13 @@ use crate::hub::Hub;
 use crate::server::ConnInfo;
 use crate::store::{Store, StoreError};
 
-pub mod admin;
-pub mod discovery;
-pub mod identity;
+pub(crate) mod admin;
+pub(crate) mod discovery;
+pub(crate) mod identity;
 
 /// Largest request the control plane decodes (YAML files for `apply` are
 /// the biggest legitimate ones).
-pub const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 
 /// Shared state of every service.
 pub struct ControlPlane {
