@@ -256,11 +256,19 @@ async fn route_request(
         };
         let ep = pick.endpoint();
         let Some(identity) = ep.identity.as_ref() else {
+            // The state admits no endpoint without an identity; were one
+            // picked, fail closed rather than loop over it.
             pick.finish(Outcome {
                 latency: Duration::ZERO,
                 success: false,
             });
-            continue;
+            let resp = h::mesh_response(
+                grpc,
+                StatusCode::BAD_GATEWAY,
+                "no-identity",
+                "bulkhead: endpoint has no registered identity",
+            );
+            return (resp, None);
         };
         let addr = SocketAddr::new(ep.address, ep.inbound_port);
         let served = pick.request_metrics();
@@ -269,16 +277,20 @@ async fn route_request(
         let result = match outbound.pool.sender(addr, identity, port).await {
             Ok(mut sender) => {
                 let request = match (can_retry, &mut unsent) {
-                    (true, Some((head, _))) => Request::from_parts(head.clone(), h::empty()),
-                    (_, unsent) => {
-                        let (head, body) = unsent.take().expect("a request not yet sent");
-                        Request::from_parts(head, body)
-                    }
+                    (true, Some((head, _))) => Some(Request::from_parts(head.clone(), h::empty())),
+                    (_, unsent) => unsent
+                        .take()
+                        .map(|(head, body)| Request::from_parts(head, body)),
                 };
-                sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| SendError::Request(e.to_string()))
+                // Never None (a request is sent again only while unsent),
+                // but if it were: fail this request, not the process.
+                match request {
+                    Some(request) => sender
+                        .send_request(request)
+                        .await
+                        .map_err(|e| SendError::Request(e.to_string())),
+                    None => Err(SendError::Request("the request was already sent".into())),
+                }
             }
             Err(e) => Err(SendError::Connect(e)),
         };
