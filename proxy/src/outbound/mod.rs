@@ -103,25 +103,26 @@ pub(crate) async fn connection(
     outbound: Arc<Outbound>,
     drain: Drain,
 ) {
+    // The `reason` label says which step refused: no such Service (or port),
+    // or a route that cannot be built for it.
     let resolved = {
         let state = outbound.states.load();
-        target.resolve(&state).and_then(|(port, protocol)| {
-            if protocol == Protocol::Tcp {
-                return Ok((port, None));
-            }
-            target
+        match target.resolve(&state) {
+            Err(why) => Err(("unknown-service", why)),
+            Ok((port, Protocol::Tcp)) => Ok((port, None)),
+            Ok((port, _)) => target
                 .routes
                 .get(&target.key, port, &outbound, &state)
                 .map(|route| (port, Some(route)))
-                .map_err(|e| format!("bad target: {e}"))
-        })
+                .map_err(|why| ("bad-target", why)),
+        }
     };
     match resolved {
         Ok((port, None)) => tcp::stream(tcp, &target.key, port, &outbound).await,
         Ok((_, Some(route))) => http::serve(tcp, route, outbound, drain).await,
-        Err(reason) => {
-            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "unknown-service").increment(1);
-            tracing::warn!(service = %target.key.1, %reason, "refusing connection");
+        Err((reason, why)) => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => reason).increment(1);
+            tracing::warn!(service = %target.key.1, reason, %why, "refusing connection");
         }
     }
 }
