@@ -379,6 +379,7 @@ async fn watch(ch: Channel, services: Vec<String>, tx: mpsc::UnboundedSender<Eve
         .watch(pb::WatchRequest {
             services,
             own_service: String::new(),
+            directory: false,
         })
         .await
     {
@@ -583,6 +584,7 @@ async fn endpoints(
             .watch(pb::WatchRequest {
                 services: vec!["fanout".into()],
                 own_service: String::new(),
+                directory: false,
             })
             .await;
         let t0 = Instant::now();

@@ -8,7 +8,8 @@
 //! broadcast buffer is told to resync and gets a fresh snapshot instead of
 //! growing a queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -53,9 +54,47 @@ pub struct View {
     pub resources: BTreeMap<String, Arc<Resource>>,
     /// By store key (`endpoints/...`).
     pub endpoints: BTreeMap<String, Arc<Endpoint>>,
+    /// Endpoint addresses → the store keys of the endpoints there.
+    by_address: HashMap<IpAddr, BTreeSet<String>>,
 }
 
 impl View {
+    /// The endpoints registered at `ip` (any port, any service).
+    pub fn endpoints_at(&self, ip: IpAddr) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.by_address
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.endpoints.get(key))
+    }
+
+    fn insert_endpoint(&mut self, key: &str, ep: Arc<Endpoint>) {
+        if let Some(old) = self.endpoints.insert(key.to_owned(), ep.clone())
+            && old.address != ep.address
+        {
+            self.unindex(old.address, key);
+        }
+        self.by_address
+            .entry(ep.address)
+            .or_default()
+            .insert(key.to_owned());
+    }
+
+    fn remove_endpoint(&mut self, key: &str) -> Option<Arc<Endpoint>> {
+        let old = self.endpoints.remove(key)?;
+        self.unindex(old.address, key);
+        Some(old)
+    }
+
+    fn unindex(&mut self, ip: IpAddr, key: &str) {
+        if let Some(keys) = self.by_address.get_mut(&ip) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_address.remove(&ip);
+            }
+        }
+    }
+
     fn apply(&mut self, event: &Event) -> Option<Change> {
         match event {
             Event::Put(kv) => {
@@ -81,7 +120,7 @@ impl View {
                     match decoded {
                         Ok(ep) => {
                             let ep = Arc::new(ep);
-                            self.endpoints.insert(kv.key.clone(), ep.clone());
+                            self.insert_endpoint(&kv.key, ep.clone());
                             Some(Change::Endpoint(ep))
                         }
                         Err(error) => {
@@ -97,7 +136,7 @@ impl View {
                 if let Some(res) = self.resources.remove(key) {
                     Some(Change::ResourceDeleted(res))
                 } else {
-                    self.endpoints.remove(key).map(Change::EndpointDeleted)
+                    self.remove_endpoint(key).map(Change::EndpointDeleted)
                 }
             }
         }
@@ -228,5 +267,69 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bulkhead_proto::model::{Locality, Protocol, ServicePort};
+
+    use super::*;
+    use crate::store::KeyValue;
+
+    fn put(key: &str, service: &str, ip: &str) -> Event {
+        let ep = Endpoint {
+            namespace: "shop".into(),
+            service: service.into(),
+            version: "1.0.0".into(),
+            address: ip.parse().unwrap(),
+            inbound_port: 4143,
+            ports: vec![ServicePort {
+                port: 8080,
+                protocol: Protocol::Http,
+            }],
+            locality: Locality::default(),
+            identity: None,
+            registered_unix_ms: 0,
+        };
+        Event::Put(KeyValue {
+            key: key.into(),
+            value: bulkhead_proto::pb::Endpoint::from(&ep).encode_to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        })
+    }
+
+    fn at(view: &View, ip: &str) -> Vec<String> {
+        let mut services: Vec<String> = view
+            .endpoints_at(ip.parse().unwrap())
+            .map(|e| e.service.clone())
+            .collect();
+        services.sort();
+        services
+    }
+
+    #[test]
+    fn endpoints_are_indexed_by_address_through_moves_and_deletes() {
+        let mut view = View::default();
+        let (web, api) = (
+            "endpoints/shop/web/198.18.0.1:4143",
+            "endpoints/shop/api/198.18.0.1:4143",
+        );
+        view.apply(&put(web, "web", "198.18.0.1"));
+        view.apply(&put(api, "api", "198.18.0.1"));
+        assert_eq!(at(&view, "198.18.0.1"), ["api", "web"]);
+        // The same key re-put with another address moves in the index.
+        view.apply(&put(web, "web", "198.18.0.2"));
+        assert_eq!(at(&view, "198.18.0.1"), ["api"]);
+        assert_eq!(at(&view, "198.18.0.2"), ["web"]);
+        view.apply(&Event::Delete {
+            key: api.into(),
+            revision: 2,
+        });
+        assert!(at(&view, "198.18.0.1").is_empty());
+        assert!(!view.by_address.contains_key(&"198.18.0.1".parse().unwrap()));
+        assert_eq!(at(&view, "198.18.0.2"), ["web"]);
     }
 }

@@ -29,6 +29,11 @@ pub(crate) fn endpoint(namespace: &str, service: &str, address: &str, inbound_po
     format!("{ENDPOINTS}{namespace}/{service}/{address}:{inbound_port}")
 }
 
+/// Prefix of every endpoint of one service.
+pub(crate) fn service_endpoints(namespace: &str, service: &str) -> String {
+    format!("{ENDPOINTS}{namespace}/{service}/")
+}
+
 pub(crate) fn token(id: &str) -> String {
     format!("{TOKENS}{id}")
 }

@@ -19,7 +19,7 @@ use crate::accept::{self, Listener};
 use crate::drain::Drain;
 use crate::http::{self as h, Body};
 use crate::outbound::Outbound;
-use crate::state::StateCell;
+use crate::state::{StateCell, Subscribed};
 
 /// Most admin connections at once: probes and scrapes, from the kubelet
 /// and Prometheus, each short.
@@ -108,8 +108,19 @@ impl Admin {
                 serde_json::json!({"namespace": namespace, "service": service, "endpoints": endpoints})
             })
             .collect();
+        // What the state holds in full: `*`, or `name.namespace` each.
+        let subscribed: serde_json::Value = match state.subscribed() {
+            Subscribed::All => "*".into(),
+            Subscribed::Only(set) => {
+                let mut names: Vec<String> =
+                    set.iter().map(|(ns, n)| format!("{n}.{ns}")).collect();
+                names.sort();
+                names.into()
+            }
+        };
         serde_json::to_string_pretty(&serde_json::json!({
             "revision": state.revision,
+            "subscribed": subscribed,
             "certificateNotAfterUnix": expiry,
             "resources": resources,
             "endpoints": endpoints,

@@ -4,8 +4,9 @@
 //!
 //! Each captured connection's original destination (`SO_ORIGINAL_DST`)
 //! picks the service — a Service's VIP, or the address of a registered
-//! endpoint ([`MeshState::destination`]) — and the connection is then
-//! routed exactly as on an `--upstream` listener. Unknown destinations go
+//! endpoint ([`MeshState::destination`]; an address no subscribed service
+//! has is looked up on the control plane first, see `subscriptions`) — and
+//! the connection is then routed exactly as on an `--upstream` listener. Unknown destinations go
 //! out unchanged only with `--egress allow`; otherwise they are refused
 //! and counted.
 
@@ -53,7 +54,10 @@ async fn connection(tcp: TcpStream, outbound: Arc<Outbound>, egress_allowed: boo
             return;
         }
     };
-    let found = outbound.states.load().destination(dst);
+    let found = match outbound.states.load().destination(dst) {
+        Some(found) => Some(found),
+        None => look_up(dst, &outbound).await,
+    };
     let key = match found {
         Some(Destination::Vip(key)) => key,
         // TODO(issue 9): a pod address must reach that endpoint only; today
@@ -72,6 +76,22 @@ async fn connection(tcp: TcpStream, outbound: Arc<Outbound>, egress_allowed: boo
     };
     let target = Arc::new(Target::new(key, Some(dst.port())));
     outbound::connection(tcp, target, outbound, drain).await;
+}
+
+/// A destination the state does not know may be an endpoint of a service
+/// not subscribed yet: ask the control plane who is at that address,
+/// subscribe, and look again.
+async fn look_up(dst: SocketAddr, outbound: &Outbound) -> Option<Destination> {
+    let services = outbound.subscriptions.lookup_address(dst.ip()).await;
+    let mut asked = false;
+    for key in &services {
+        asked |= outbound.subscriptions.ensure(&outbound.states, key).await;
+    }
+    if asked {
+        outbound.states.load().destination(dst)
+    } else {
+        None
+    }
 }
 
 async fn passthrough(mut app: TcpStream, dst: SocketAddr, idle: Duration) {

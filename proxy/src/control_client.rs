@@ -1,6 +1,7 @@
 //! Talking to the control plane after bootstrap: one Watch subscription that
 //! keeps [`MeshState`] current (reconnecting with backoff, resuming on a
-//! fresh snapshot), and the endpoint registration kept alive on its lease.
+//! fresh snapshot, re-opened wider when [`Subscriptions`] grow), and the
+//! endpoint registration kept alive on its lease.
 //!
 //! An outage changes nothing on the data path: the last state stays
 //! published and `bulkhead_control_plane_connected` drops to 0.
@@ -15,7 +16,8 @@ use bulkhead_proto::pb::{self, discovery_client::DiscoveryClient};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::state::{EndpointKey, MeshState, ServiceKey, StateCell};
+use crate::state::{EndpointKey, MeshState, ServiceKey, StateCell, Subscribed};
+use crate::subscriptions::Subscriptions;
 
 /// Between reconnects: 200 ms doubling to 10 s, with jitter.
 fn reconnect_backoff() -> Backoff {
@@ -26,91 +28,161 @@ fn reconnect_backoff() -> Backoff {
 /// [`RESYNC_GRACE`]), with their deadline.
 type Held = HashMap<(ServiceKey, EndpointKey), Instant>;
 
+/// How long a widened subscription waits for more demand before it is
+/// re-opened: a burst of DNS answers costs one re-subscription.
+const WIDEN_COALESCE: Duration = Duration::from_millis(5);
+
+/// How one Watch stream ended.
+enum Ended {
+    /// Failed or closed: reconnect after a backoff.
+    Lost,
+    /// More services are wanted: re-open at once with the wider set.
+    Widened,
+}
+
 /// Subscribes and re-subscribes forever, publishing each new state.
-pub(crate) async fn watch_forever(channel: Channel, request: pb::WatchRequest, states: StateCell) {
+pub(crate) async fn watch_forever(
+    channel: Channel,
+    subscriptions: Arc<Subscriptions>,
+    states: StateCell,
+) {
     let mut backoff = reconnect_backoff();
     let mut held = Held::new();
     let mut synced_once = states.load().revision > 0;
+    // Whether the next snapshot follows an outage (and may miss endpoints
+    // that have not re-registered yet) rather than a widening.
+    let mut after_outage = synced_once;
     loop {
+        let (request, subscribed) = subscriptions.request();
         let mut client = DiscoveryClient::new(channel.clone());
-        match client.watch(request.clone()).await {
+        let ended = match client.watch(request).await {
             Ok(stream) => {
-                let mut stream = stream.into_inner();
-                // Work on a copy (cheap: the maps inside are shared until
-                // changed); publish only whole updates.
-                let mut current = states.load_full().as_ref().clone();
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    let message = tokio::select! {
-                        m = stream.message() => m,
-                        _ = tick.tick() => {
-                            if release_held(&mut current, &mut held) {
-                                states.publish(current.clone());
-                            }
-                            continue;
-                        }
-                    };
-                    match message {
-                        Ok(Some(update)) => {
-                            backoff.reset();
-                            metrics::gauge!("bulkhead_control_plane_connected").set(1.0);
-                            let before = (update.snapshot && synced_once).then(|| current.clone());
-                            let problems = current.apply(&update);
-                            if !problems.is_empty() {
-                                tracing::warn!(
-                                    ?problems,
-                                    revision = update.revision,
-                                    "ignored invalid items pushed by the control plane"
-                                );
-                            }
-                            if let Some(before) = before {
-                                hold_missing(&mut current, &before, &mut held);
-                            } else {
-                                // A pushed change to a held endpoint settles it.
-                                for change in &update.changes {
-                                    if let Some(pb::change::Item::Endpoint(e)) = &change.item
-                                        && let Ok(ip) = e.address.parse()
-                                    {
-                                        let at = EndpointKey::new(
-                                            ip,
-                                            u16::try_from(e.inbound_port).unwrap_or(0),
-                                        );
-                                        held.remove(&(
-                                            (e.namespace.clone(), e.service.clone()),
-                                            at,
-                                        ));
-                                    }
-                                }
-                            }
-                            synced_once = true;
-                            metrics::gauge!("bulkhead_config_revision")
-                                .set(current.revision as f64);
-                            tracing::debug!(
-                                revision = update.revision,
-                                snapshot = update.snapshot,
-                                changes = update.changes.len(),
-                                "config update"
-                            );
-                            states.publish(current.clone());
-                        }
-                        Ok(None) => {
-                            tracing::warn!("control plane ended the watch; reconnecting");
-                            break;
-                        }
-                        Err(status) => {
-                            tracing::warn!(code = ?status.code(), message = status.message(), "watch failed; reconnecting");
-                            break;
-                        }
-                    }
-                }
+                let mut follow = Follow {
+                    subscribed,
+                    states: &states,
+                    held: &mut held,
+                    synced_once: &mut synced_once,
+                    after_outage,
+                };
+                follow
+                    .stream(stream.into_inner(), &subscriptions, &mut backoff)
+                    .await
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "cannot subscribe to the control plane; retrying");
+                Ended::Lost
+            }
+        };
+        match ended {
+            Ended::Widened => after_outage = false,
+            Ended::Lost => {
+                after_outage = synced_once;
+                metrics::gauge!("bulkhead_control_plane_connected").set(0.0);
+                metrics::counter!("bulkhead_control_plane_reconnects_total").increment(1);
+                backoff.wait().await;
             }
         }
-        metrics::gauge!("bulkhead_control_plane_connected").set(0.0);
-        metrics::counter!("bulkhead_control_plane_reconnects_total").increment(1);
-        backoff.wait().await;
+    }
+}
+
+/// One Watch stream being applied to the published state.
+struct Follow<'a> {
+    /// What this stream's request asked for.
+    subscribed: Subscribed,
+    states: &'a StateCell,
+    held: &'a mut Held,
+    synced_once: &'a mut bool,
+    after_outage: bool,
+}
+
+impl Follow<'_> {
+    async fn stream(
+        &mut self,
+        mut stream: tonic::Streaming<pb::WatchUpdate>,
+        subscriptions: &Subscriptions,
+        backoff: &mut Backoff,
+    ) -> Ended {
+        // Work on a copy (cheap: the maps inside are shared until changed);
+        // publish only whole updates.
+        let mut current = self.states.load_full().as_ref().clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut first = true;
+        loop {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = tick.tick() => {
+                    if release_held(&mut current, self.held) {
+                        self.states.publish(current.clone());
+                    }
+                    continue;
+                }
+                () = subscriptions.widened() => {
+                    tokio::time::sleep(WIDEN_COALESCE).await;
+                    if subscriptions.wider_than(&self.subscribed) {
+                        return Ended::Widened;
+                    }
+                    continue;
+                }
+            };
+            match message {
+                Ok(Some(update)) => {
+                    backoff.reset();
+                    metrics::gauge!("bulkhead_control_plane_connected").set(1.0);
+                    // The first snapshot after an outage, or a resync later
+                    // on the same stream, may miss live endpoints.
+                    let hold =
+                        update.snapshot && *self.synced_once && (self.after_outage || !first);
+                    self.apply(&mut current, &update, hold);
+                    first = false;
+                    self.states.publish(current.clone());
+                }
+                Ok(None) => {
+                    tracing::warn!("control plane ended the watch; reconnecting");
+                    return Ended::Lost;
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "watch failed; reconnecting");
+                    return Ended::Lost;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, current: &mut MeshState, update: &pb::WatchUpdate, hold: bool) {
+        let before = hold.then(|| current.clone());
+        let problems = current.apply(update);
+        if !problems.is_empty() {
+            tracing::warn!(
+                ?problems,
+                revision = update.revision,
+                "ignored invalid items pushed by the control plane"
+            );
+        }
+        if update.snapshot {
+            current.set_subscribed(self.subscribed.clone());
+        }
+        if let Some(before) = before {
+            hold_missing(current, &before, self.held);
+        } else {
+            // A pushed change to a held endpoint settles it.
+            for change in &update.changes {
+                if let Some(pb::change::Item::Endpoint(e)) = &change.item
+                    && let Ok(ip) = e.address.parse()
+                {
+                    let at = EndpointKey::new(ip, u16::try_from(e.inbound_port).unwrap_or(0));
+                    self.held
+                        .remove(&((e.namespace.clone(), e.service.clone()), at));
+                }
+            }
+        }
+        *self.synced_once = true;
+        metrics::gauge!("bulkhead_config_revision").set(current.revision as f64);
+        tracing::debug!(
+            revision = update.revision,
+            snapshot = update.snapshot,
+            changes = update.changes.len(),
+            "config update"
+        );
     }
 }
 

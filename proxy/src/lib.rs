@@ -34,5 +34,6 @@ mod pool;
 mod route;
 mod run;
 mod state;
+mod subscriptions;
 mod telemetry;
 pub mod wire;

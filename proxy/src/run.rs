@@ -30,6 +30,7 @@ use crate::inbound::{self, Inbound};
 use crate::outbound::{self, MeshListeners, Outbound, Target};
 use crate::pool::Pool;
 use crate::state::{self, MeshState, StateCell};
+use crate::subscriptions::Subscriptions;
 use crate::wire;
 
 /// How long a deregistered sidecar keeps accepting before it drains.
@@ -57,6 +58,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
 
     let slot = CertSlot::empty();
     let states = StateCell::new(saved_state(&config));
+    let subscriptions = Arc::new(subscriptions(&config, &states.load()));
     let drain = Drain::new();
 
     // Outbound serves from the start: before the first certificate and
@@ -65,6 +67,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     let outbound = Arc::new(Outbound {
         locality: config.locality.clone(),
         states: states.clone(),
+        subscriptions: subscriptions.clone(),
         pool: Pool::new(bundle.clone(), slot.clone()),
         balancers: outbound::Balancers::default(),
         request_timeout: config.request_timeout,
@@ -113,9 +116,10 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         bundle.trust_domain().to_owned(),
         config.state_dir.clone(),
     ));
+    subscriptions.connect(control.clone());
     tokio::spawn(control_client::watch_forever(
         control.clone(),
-        watch_request(&config),
+        subscriptions,
         states.clone(),
     ));
     if let Some(dir) = &config.state_dir {
@@ -367,23 +371,18 @@ async fn first_certificate(
     }
 }
 
-/// The services this sidecar's app may call: those named by `--upstream`,
-/// or all of them when mesh DNS or capture may reach any.
-// TODO(issue 15): DNS and capture should subscribe on demand, not to `*`.
-fn watch_request(config: &Config) -> pb::WatchRequest {
-    let services = if !config.dns.is_empty() || !config.outbound.is_empty() {
-        vec!["*".to_owned()]
-    } else {
-        config
-            .upstreams
-            .iter()
-            .map(|u| format!("{}.{}", u.service, u.namespace))
-            .collect()
-    };
-    pb::WatchRequest {
-        services,
-        own_service: config.service.clone(),
-    }
+/// What the sidecar subscribes to: the `--upstream`s' services; with mesh
+/// DNS or capture, also the directory and whatever the app asks for (seeded
+/// with what a restored state was using).
+fn subscriptions(config: &Config, restored: &MeshState) -> Subscriptions {
+    let fixed = config
+        .upstreams
+        .iter()
+        .map(|u| (u.namespace.clone(), u.service.clone()))
+        .collect();
+    let on_demand = !config.dns.is_empty() || !config.outbound.is_empty();
+    let seed = restored.services_in_use().cloned().collect::<Vec<_>>();
+    Subscriptions::new(fixed, on_demand, config.service.clone(), seed)
 }
 
 /// The inbound side: mTLS with a mandatory mesh client certificate, then

@@ -82,6 +82,32 @@ pub(crate) struct MeshState {
     /// Endpoint addresses (pod IPs) → the services registered there.
     addresses: Arc<HashMap<IpAddr, Vec<ServiceKey>>>,
     pub(crate) bundle_der: Vec<Vec<u8>>,
+    /// The services whose endpoints and splits this state holds in full
+    /// (what the Watch asked for); with the directory, others have their
+    /// Service resource only.
+    subscribed: Subscribed,
+}
+
+/// Which services a state holds in full.
+#[derive(Clone, Debug)]
+pub(crate) enum Subscribed {
+    All,
+    Only(Arc<HashSet<ServiceKey>>),
+}
+
+impl Default for Subscribed {
+    fn default() -> Self {
+        Self::Only(Arc::default())
+    }
+}
+
+impl Subscribed {
+    pub(crate) fn contains(&self, key: &ServiceKey) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(set) => set.contains(key),
+        }
+    }
 }
 
 /// Where a captured connection was going, as the mesh knows it.
@@ -102,6 +128,29 @@ impl MeshState {
     /// The view of service `id`: an index, for the request path.
     pub(crate) fn view_at(&self, id: ServiceId) -> Option<&Arc<ServiceView>> {
         self.views.get(id.0 as usize)?.as_ref()
+    }
+
+    /// Whether this state holds `key`'s endpoints and split, so that an
+    /// empty set means "none registered", not "not asked for".
+    pub(crate) fn is_subscribed(&self, key: &ServiceKey) -> bool {
+        self.subscribed.contains(key)
+    }
+
+    pub(crate) fn subscribed(&self) -> &Subscribed {
+        &self.subscribed
+    }
+
+    /// Records what the Watch this state came from asked for.
+    pub(crate) fn set_subscribed(&mut self, subscribed: Subscribed) {
+        self.subscribed = subscribed;
+    }
+
+    /// Services with endpoints or a split: what a sidecar that restarts on
+    /// this state subscribes to again.
+    pub(crate) fn services_in_use(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.views()
+            .filter(|(_, v)| !v.endpoints.is_empty() || v.split.is_some())
+            .map(|(k, _)| k)
     }
 
     /// The number of a service the sidecar has heard of.
@@ -164,10 +213,12 @@ impl MeshState {
     /// update touches get new views.
     pub(crate) fn apply(&mut self, update: &pb::WatchUpdate) -> Vec<String> {
         if update.snapshot {
-            // Everything goes but the service numbers, which connections hold.
+            // Everything goes but the service numbers, which connections
+            // hold, and what was subscribed to (the caller's to change).
             *self = Self {
                 ids: Arc::clone(&self.ids),
                 bundle_der: std::mem::take(&mut self.bundle_der),
+                subscribed: std::mem::take(&mut self.subscribed),
                 ..Self::default()
             };
         }
@@ -500,6 +551,9 @@ pub(crate) fn load(state_dir: &Path) -> Result<Option<MeshState>, String> {
     if !problems.is_empty() {
         tracing::warn!(path = %path.display(), ?problems, "saved state had unusable items");
     }
+    // Until the control plane answers, what was saved is all there is.
+    let held: HashSet<ServiceKey> = state.views().map(|(k, _)| k.clone()).collect();
+    state.subscribed = Subscribed::Only(Arc::new(held));
     Ok(Some(state))
 }
 

@@ -507,16 +507,24 @@ impl Watcher {
         services: &[&str],
         own_service: &str,
     ) -> Self {
+        let request = pb::WatchRequest {
+            services: services.iter().map(|s| s.to_string()).collect(),
+            own_service: own_service.to_owned(),
+            directory: false,
+        };
+        Self::start_with(cp, ca, workload, request).await
+    }
+
+    /// Subscribes as `workload` with `request` as written.
+    pub async fn start_with(
+        cp: &ControlPlane,
+        ca: &TestCa,
+        workload: &Workload,
+        request: pb::WatchRequest,
+    ) -> Self {
         let mut client =
             pb::discovery_client::DiscoveryClient::new(cp.channel(ca, Some(workload.slot.clone())));
-        let stream = client
-            .watch(pb::WatchRequest {
-                services: services.iter().map(|s| s.to_string()).collect(),
-                own_service: own_service.to_owned(),
-            })
-            .await
-            .expect("watch")
-            .into_inner();
+        let stream = client.watch(request).await.expect("watch").into_inner();
         Self {
             stream,
             updates: Vec::new(),

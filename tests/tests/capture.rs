@@ -423,6 +423,19 @@ fn captured_calls_go_through_the_mesh() {
         Some(200)
     );
 
+    // Capture subscribed frontend on demand, by VIP and by pod address, to
+    // exactly the services its app dialled; intruder only to web.
+    let subscribed = |s: &PodSidecar| -> serde_json::Value {
+        let config: serde_json::Value =
+            serde_json::from_str(&s.admin("/config").body).expect("config is JSON");
+        config["subscribed"].clone()
+    };
+    assert_eq!(
+        subscribed(&front),
+        serde_json::json!(["api.shop", "web.shop"])
+    );
+    assert_eq!(subscribed(&intruder), serde_json::json!(["web.shop"]));
+
     // Control for (d) and (e): with web's capture removed, the same direct
     // dials reach the app, so it was the capture that stopped them.
     for cmd in ["iptables", "ip6tables"] {

@@ -370,6 +370,7 @@ async fn watch_needs_a_mesh_identity_and_bounded_requests() {
         .watch(pb::WatchRequest {
             services: vec!["*".into()],
             own_service: String::new(),
+            directory: false,
         })
         .await
         .expect_err("no client cert");
@@ -380,6 +381,7 @@ async fn watch_needs_a_mesh_identity_and_bounded_requests() {
         .watch(pb::WatchRequest {
             services: vec!["Not_A_Name".into()],
             own_service: String::new(),
+            directory: false,
         })
         .await
         .expect_err("bad service name");
@@ -388,8 +390,110 @@ async fn watch_needs_a_mesh_identity_and_bounded_requests() {
         .watch(pb::WatchRequest {
             services: (0..2000).map(|i| format!("s{i}")).collect(),
             own_service: String::new(),
+            directory: false,
         })
         .await
         .expect_err("too many services");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}
+
+/// A sidecar that subscribes on demand (mesh DNS, capture): every Service
+/// in the directory, endpoints and splits only for what it names, and
+/// "who is at this address" for pod IPs it has not subscribed to.
+#[tokio::test]
+async fn directory_watch_and_address_lookup_serve_subscription_on_demand() {
+    let ca = TestCa::init("cluster.local");
+    let cp = ControlPlane::start(&ca, &StoreSpec::Memory, &[]);
+    apply(&cp, &ca, SHOP).await;
+    apply(
+        &cp,
+        &ca,
+        "
+apiVersion: bulkhead.dev/v1
+kind: TrafficSplit
+metadata: {name: inventory, namespace: shop}
+spec:
+  service: inventory
+  backends: [{version: 3.0.0, weight: 100}]
+",
+    )
+    .await;
+    let cart = workload(&cp, &ca, "shop/cart").await;
+    let inventory = workload(&cp, &ca, "shop/inventory").await;
+    for (w, svc, ip) in [
+        (&cart, "cart", "198.18.0.9"),
+        (&inventory, "inventory", "198.18.0.7"),
+    ] {
+        discovery(&cp, &ca, w)
+            .register(pb::RegisterRequest {
+                endpoint: Some(endpoint("shop", svc, "3.0.0", ip, "n1")),
+            })
+            .await
+            .expect("register");
+    }
+    let request = |services: &[&str]| pb::WatchRequest {
+        services: services.iter().map(|s| s.to_string()).collect(),
+        own_service: String::new(),
+        directory: true,
+    };
+
+    // Named nothing: both Services, no endpoints, no split.
+    let mut watch = Watcher::start_with(&cp, &ca, &cart, request(&[])).await;
+    let first = watch.next().await;
+    let res = resource_changes(&first);
+    for name in ["cart", "inventory"] {
+        assert!(
+            res.iter().any(|(_, k, _, n)| k == "Service" && n == name),
+            "{name} is in the directory: {res:?}"
+        );
+    }
+    assert!(
+        !res.iter().any(|(_, k, _, _)| k == "TrafficSplit"),
+        "{res:?}"
+    );
+    assert!(endpoint_changes(&first).is_empty());
+    // Named inventory: its endpoint and split too, not cart's endpoint.
+    let mut watch = Watcher::start_with(&cp, &ca, &cart, request(&["inventory"])).await;
+    let first = watch.next().await;
+    assert_eq!(
+        endpoint_changes(&first),
+        [(
+            Op::Upsert as i32,
+            "inventory".to_owned(),
+            "198.18.0.7".to_owned()
+        )]
+    );
+    assert!(
+        resource_changes(&first)
+            .iter()
+            .any(|(_, k, _, _)| k == "TrafficSplit")
+    );
+
+    let mut client = discovery(&cp, &ca, &cart);
+    let lookup = |address: &str| pb::LookupAddressRequest {
+        address: address.into(),
+    };
+    let at = client
+        .lookup_address(lookup("198.18.0.7"))
+        .await
+        .expect("lookup")
+        .into_inner();
+    assert_eq!(at.services, ["inventory.shop"]);
+    let nobody = client
+        .lookup_address(lookup("198.18.0.99"))
+        .await
+        .expect("lookup")
+        .into_inner();
+    assert!(nobody.services.is_empty());
+    let err = client
+        .lookup_address(lookup("not-an-ip"))
+        .await
+        .expect_err("bad address");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("not an IP address"), "{err:?}");
+    let err = DiscoveryClient::new(cp.channel(&ca, None))
+        .lookup_address(lookup("198.18.0.7"))
+        .await
+        .expect_err("no client cert");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 }

@@ -93,6 +93,23 @@ async fn an_app_calls_a_mesh_name_through_the_sidecar_dns() {
     );
     // Bound on port 0; the sidecar reported the port it got.
     let dns = web.dns[0];
+    // Subscribed on demand: web has the directory (every Service) but no
+    // service's endpoints until its app asks for one.
+    let config = web.config();
+    assert_eq!(config["subscribed"], serde_json::json!([]), "{config:#}");
+    let pushed = |config: &serde_json::Value, kind: &str, name: &str| {
+        config["resources"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["kind"] == kind && r["metadata"]["name"] == name)
+        })
+    };
+    assert!(pushed(&config, "Service", "cart"), "{config:#}");
+    let cart_endpoints = |config: &serde_json::Value| {
+        config["endpoints"]
+            .as_array()
+            .map_or(0, |e| e.iter().filter(|e| e["service"] == "cart").count())
+    };
+    assert_eq!(cart_endpoints(&config), 0, "{config:#}");
 
     // Both name forms give the same loopback address, a listener of web's sidecar.
     let (rcode, ip) = resolve(dns, "cart.shop.svc.cluster.local").await;
@@ -118,4 +135,12 @@ async fn an_app_calls_a_mesh_name_through_the_sidecar_dns() {
     )
     .await;
     assert!(reply.body.contains("service=cart"), "{}", reply.body);
+    // Asking for the name subscribed web to cart, and to nothing else.
+    let config = web.config();
+    assert_eq!(
+        config["subscribed"],
+        serde_json::json!(["cart.shop"]),
+        "{config:#}"
+    );
+    assert_eq!(cart_endpoints(&config), 1, "{config:#}");
 }

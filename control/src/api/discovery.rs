@@ -23,6 +23,8 @@ use crate::store::Op as StoreOp;
 const SUBSCRIBER_QUEUE: usize = 16;
 /// Most services one Watch may name.
 const MAX_WATCHED_SERVICES: usize = 1024;
+/// Most services one LookupAddress answer names.
+const MAX_SERVICES_AT_ADDRESS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub(crate) struct DiscoveryService {
@@ -220,6 +222,31 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn lookup_address(
+        &self,
+        request: Request<pb::LookupAddressRequest>,
+    ) -> Result<Response<pb::LookupAddressResponse>, Status> {
+        let identity = peer(&request)?;
+        let text = &request.get_ref().address;
+        let ip: std::net::IpAddr = text.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "LookupAddressRequest.address {text:?} is not an IP address"
+            ))
+        })?;
+        self.plane.hub.wait_synced().await;
+        let services: BTreeSet<String> = self
+            .plane
+            .hub
+            .read()
+            .endpoints_at(ip)
+            .map(|ep| format!("{}.{}", ep.service, ep.namespace))
+            .collect();
+        tracing::debug!(%identity, %ip, ?services, "address looked up");
+        Ok(Response::new(pb::LookupAddressResponse {
+            services: services.into_iter().take(MAX_SERVICES_AT_ADDRESS).collect(),
+        }))
+    }
 }
 
 /// Sends a snapshot, then deltas, until the subscriber goes away.
@@ -267,6 +294,8 @@ struct Interest {
     /// `None`: every service.
     services: Option<BTreeSet<(String, String)>>,
     own_service: Option<String>,
+    /// Every Service resource too (the directory for DNS and capture).
+    directory: bool,
 }
 
 impl Interest {
@@ -305,6 +334,7 @@ impl Interest {
             namespace,
             services,
             own_service,
+            directory: req.directory,
         })
     }
 
@@ -323,7 +353,7 @@ impl Interest {
         let ns = res.namespace();
         match res {
             Resource::Service(_) => {
-                self.wants_service(ns, res.name()) || self.is_own(ns, res.name())
+                self.directory || self.wants_service(ns, res.name()) || self.is_own(ns, res.name())
             }
             Resource::AllowList(al) => self.is_own(ns, &al.spec.target),
             Resource::TrafficSplit(ts) => self.wants_service(ns, &ts.spec.service),
@@ -369,7 +399,19 @@ impl Interest {
                 changes.push(c);
             }
         }
-        for ep in view.endpoints.values() {
+        let endpoints: Box<dyn Iterator<Item = &Arc<Endpoint>>> = match &self.services {
+            None => Box::new(view.endpoints.values()),
+            // Only the named services' endpoints, by key range: a subscriber
+            // that names a few services costs a few, however big the mesh.
+            Some(set) => Box::new(set.iter().flat_map(|(ns, svc)| {
+                let prefix = keys::service_endpoints(ns, svc);
+                view.endpoints
+                    .range(prefix.clone()..)
+                    .take_while(move |(k, _)| k.starts_with(&prefix))
+                    .map(|(_, ep)| ep)
+            })),
+        };
+        for ep in endpoints {
             if let Some(c) = self.change(&Change::Endpoint(ep.clone())) {
                 changes.push(c);
             }

@@ -44,11 +44,16 @@ impl MeshListeners {
     /// Service (or addresses ran out).
     pub(crate) fn lookup(&self, service: &str, namespace: &str) -> Option<IpAddr> {
         let key = (namespace.to_owned(), service.to_owned());
-        let ports: Vec<u16> = {
+        let (ports, subscribed): (Vec<u16>, bool) = {
             let state = self.outbound.states.load();
             let svc = state.view(&key)?.service.as_ref()?;
-            svc.spec.ports.iter().map(|p| p.port).collect()
+            let ports = svc.spec.ports.iter().map(|p| p.port).collect();
+            (ports, state.is_subscribed(&key))
         };
+        if !subscribed {
+            // The app will call it next: have its endpoints on the way.
+            self.outbound.subscriptions.want(&key);
+        }
         let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let ip = match table.services.get(&key) {
             Some((ip, _)) => *ip,

@@ -15,6 +15,7 @@ mod retry;
 mod tcp;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bulkhead_proto::model::{Locality, Protocol};
@@ -26,6 +27,7 @@ use crate::accept::{self, Listener};
 use crate::drain::Drain;
 use crate::pool::Pool;
 use crate::state::{MeshState, ServiceKey, StateCell};
+use crate::subscriptions::Subscriptions;
 
 /// Most connections one app-facing listener holds at once.
 pub(crate) const MAX_CONNECTIONS: usize = 10_000;
@@ -34,6 +36,8 @@ pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 pub(crate) struct Outbound {
     pub(crate) locality: Locality,
     pub(crate) states: StateCell,
+    /// What the state holds, grown as the app asks for more.
+    pub(crate) subscriptions: Arc<Subscriptions>,
     pub(crate) pool: Pool,
     pub(crate) balancers: Balancers,
     pub(crate) request_timeout: Duration,
@@ -48,6 +52,9 @@ pub(crate) struct Target {
     port: Option<u16>,
     /// Connections on one listener share their route.
     routes: http::RouteCache,
+    /// Set once the state holds the service in full (never undone: the
+    /// subscription only grows).
+    subscribed: AtomicBool,
 }
 
 impl Target {
@@ -56,6 +63,7 @@ impl Target {
             key,
             port,
             routes: http::RouteCache::default(),
+            subscribed: AtomicBool::new(false),
         }
     }
 
@@ -103,6 +111,16 @@ pub(crate) async fn connection(
     outbound: Arc<Outbound>,
     drain: Drain,
 ) {
+    // A service the app reached by DNS or capture may not be subscribed
+    // yet: wait (bounded) for its endpoints rather than refuse.
+    if !target.subscribed.load(Ordering::Relaxed)
+        && outbound
+            .subscriptions
+            .ensure(&outbound.states, &target.key)
+            .await
+    {
+        target.subscribed.store(true, Ordering::Relaxed);
+    }
     // The `reason` label says which step refused: no such Service (or port),
     // or a route that cannot be built for it.
     let resolved = {
