@@ -174,11 +174,19 @@ async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Body> {
         return text(status, body, "text/plain");
     }
     match path {
-        "/metrics" => text(
-            StatusCode::OK,
-            admin.metrics.render(),
-            "text/plain; version=0.0.4",
-        ),
+        "/metrics" => {
+            // Rendering folds and formats every series: off the serving
+            // thread, like the periodic upkeep (run.rs).
+            let metrics = admin.metrics.clone();
+            match tokio::task::spawn_blocking(move || metrics.render()).await {
+                Ok(body) => text(StatusCode::OK, body, "text/plain; version=0.0.4"),
+                Err(error) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("could not render metrics: {error}\n"),
+                    "text/plain",
+                ),
+            }
+        }
         "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),
         "/ready" => match admin.readiness().await {
             Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),

@@ -58,6 +58,11 @@ pub(crate) struct Inbound {
     pub(crate) tcp_idle_timeout: Duration,
 }
 
+/// What a service no AllowList targets has (shared: the deny path does not
+/// allocate per request).
+static NO_ALLOW_LISTS: std::sync::LazyLock<Arc<[AllowList]>> =
+    std::sync::LazyLock::new(|| Arc::from([]));
+
 impl Inbound {
     /// The AllowLists in force right now: one lookup by key in the state's
     /// index, no lock.
@@ -71,7 +76,7 @@ impl Inbound {
         };
         id.and_then(|id| state.view_at(id))
             .map(|v| Arc::clone(&v.allow_lists))
-            .unwrap_or_else(|| Arc::from([]))
+            .unwrap_or_else(|| Arc::clone(&NO_ALLOW_LISTS))
     }
 
     fn service(&self) -> &str {

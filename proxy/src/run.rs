@@ -240,13 +240,20 @@ async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
 }
 
 /// Histograms keep every sample until upkeep folds them in; without it a
-/// sidecar nobody scrapes grows without bound (found by bench/).
+/// sidecar nobody scrapes grows without bound (found by bench/). Upkeep
+/// runs on a blocking thread: folding thousands of samples on the thread
+/// that serves traffic would stall every request behind it (recording
+/// stays lock-free meanwhile).
 fn keep_metrics_bounded(metrics: PrometheusHandle) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            metrics.run_upkeep();
+            let metrics = metrics.clone();
+            if let Err(error) = tokio::task::spawn_blocking(move || metrics.run_upkeep()).await {
+                tracing::warn!(%error, "metrics upkeep failed");
+            }
         }
     });
 }
