@@ -6,7 +6,9 @@
 //! picks the service — a Service's VIP, or the address of a registered
 //! endpoint ([`MeshState::destination`]; an address no subscribed service
 //! has is looked up on the control plane first, see `subscriptions`) — and
-//! the connection is then routed exactly as on an `--upstream` listener. Unknown destinations go
+//! the connection is then routed as on an `--upstream` listener: balanced
+//! for a VIP, pinned to that one endpoint for a pod address
+//! ([`Target::pinned`]). Unknown destinations go
 //! out unchanged only with `--egress allow`; otherwise they are refused
 //! and counted.
 
@@ -58,11 +60,10 @@ async fn connection(tcp: TcpStream, outbound: Arc<Outbound>, egress_allowed: boo
         Some(found) => Some(found),
         None => look_up(dst, &outbound).await,
     };
-    let key = match found {
-        Some(Destination::Vip(key)) => key,
-        // TODO(issue 9): a pod address must reach that endpoint only; today
-        // it is balanced over the endpoint's service like a VIP.
-        Some(Destination::Endpoint(key, _)) => key,
+    let target = match found {
+        Some(Destination::Vip(key)) => Target::new(key, Some(dst.port())),
+        // A pod address reaches that pod, or nothing.
+        Some(Destination::Endpoint(key, endpoint)) => Target::pinned(key, dst.port(), &endpoint),
         None if egress_allowed => {
             passthrough(tcp, dst, outbound.tcp_idle_timeout).await;
             return;
@@ -74,7 +75,7 @@ async fn connection(tcp: TcpStream, outbound: Arc<Outbound>, egress_allowed: boo
             return;
         }
     };
-    let target = Arc::new(Target::new(key, Some(dst.port())));
+    let target = Arc::new(target);
     outbound::connection(tcp, target, outbound, drain).await;
 }
 

@@ -529,6 +529,20 @@ impl Pod {
         self.exec(bin("bulkhead-proxy"), &all)
     }
 
+    /// The init container's step with default flags: capture installed,
+    /// or the test stops with the tool's output.
+    pub fn init_capture(&self) {
+        let out = self.init_iptables(&[]);
+        assert!(
+            out.status.success(),
+            "init-iptables in pod {} failed ({}): {}{}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The pod's nat table as `iptables-save` / `ip6tables-save` print it,
     /// without comments and counters: (IPv4, IPv6).
     pub fn nat_rules(&self) -> (String, String) {

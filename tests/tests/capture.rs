@@ -89,14 +89,6 @@ fn assert_ok(what: &str, out: &Output) {
     );
 }
 
-/// The init container's step: capture installed, or the test stops.
-fn init(pod: &Pod) {
-    assert_ok(
-        &format!("init-iptables in pod {}", pod.name),
-        &pod.init_iptables(&[]),
-    );
-}
-
 /// Feeds `rules` to `restore` (iptables-restore or ip6tables-restore) in `pod`.
 fn restore(pod: &Pod, restore: &str, rules: &str) {
     let mut child = pod
@@ -288,7 +280,7 @@ fn captured_calls_go_through_the_mesh() {
     cp.apply(MESH);
     // The init container runs first, before the app and the sidecar.
     for pod in [&a, &b, &c, &d] {
-        init(pod);
+        pod.init_capture();
     }
     let web_app = b.http_app(APP_PORT, &[("hello", "hello from web")]);
     let api_app = d.http_app(APP_PORT, &[("hello", "hello from api")]);
@@ -485,7 +477,7 @@ fn only_the_proxy_uid_is_exempt_from_capture() {
     let cp = PodControlPlane::start(&net.pod("control"), &ca);
     cp.apply(MESH);
     let pod = net.pod("frontend");
-    init(&pod);
+    pod.init_capture();
 
     // Under another UID the proxy's own call to the control plane is
     // captured back into its own 4140: seen as the two ends of one

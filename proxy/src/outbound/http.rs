@@ -40,6 +40,9 @@ pub(super) struct HttpRoute {
     id: ServiceId,
     /// The Service's declared port.
     port: u16,
+    /// The one endpoint a pod-address caller reaches (no split, no
+    /// balancing, no sibling on retry).
+    pin: Option<SocketAddr>,
     /// `service.namespace:port`: the authority the peer sidecar sees.
     authority: Authority,
     service: ServiceRoute,
@@ -52,6 +55,7 @@ impl HttpRoute {
     fn new(
         key: &ServiceKey,
         port: u16,
+        pin: Option<SocketAddr>,
         outbound: &Outbound,
         state: &MeshState,
     ) -> Result<Self, String> {
@@ -65,6 +69,7 @@ impl HttpRoute {
             key: key.clone(),
             id,
             port,
+            pin,
             authority,
             service: outbound.balancers.get(key, state),
             unattributed: RequestMetrics::new("outbound", name.as_str(), "", ""),
@@ -85,16 +90,18 @@ impl RouteCache {
         &self,
         key: &ServiceKey,
         port: u16,
+        pin: Option<SocketAddr>,
         outbound: &Outbound,
         state: &MeshState,
     ) -> Result<Arc<HttpRoute>, String> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(route) = &*last
             && route.port == port
+            && route.pin == pin
         {
             return Ok(Arc::clone(route));
         }
-        let route = Arc::new(HttpRoute::new(key, port, outbound, state)?);
+        let route = Arc::new(HttpRoute::new(key, port, pin, outbound, state)?);
         *last = Some(Arc::clone(&route));
         Ok(route)
     }
@@ -181,7 +188,10 @@ async fn route_request(
 ) -> Routed {
     let port = route.port;
     let balancer = &route.service.balancer;
-    let choice = {
+    let choice = if route.pin.is_some() {
+        // The caller chose the pod: its version is whatever that pod runs.
+        Ok(route::VersionChoice::Any)
+    } else {
         let state = outbound.states.load();
         let split = state.view_at(route.id).and_then(|v| v.split.as_deref());
         route::choose_with_fallback(split, req.headers(), rand::random(), |c| {
@@ -238,7 +248,11 @@ async fn route_request(
     loop {
         attempt += 1;
         let eligible = |e: &bulkhead_proto::model::Endpoint| {
-            choice.accepts(&e.version) && e.port(port).is_some()
+            choice.accepts(&e.version)
+                && e.port(port).is_some()
+                && route
+                    .pin
+                    .is_none_or(|pin| pin == SocketAddr::new(e.address, e.inbound_port))
         };
         let fresh = balancer.pick(&outbound.locality, |e| {
             eligible(e) && !tried.contains(&SocketAddr::new(e.address, e.inbound_port))
@@ -250,7 +264,10 @@ async fn route_request(
                 grpc,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no-endpoints",
-                &format!("bulkhead: no healthy endpoint of {namespace}/{name}"),
+                &match route.pin {
+                    Some(pin) => format!("bulkhead: endpoint {pin} of {namespace}/{name} is gone"),
+                    None => format!("bulkhead: no healthy endpoint of {namespace}/{name}"),
+                },
             );
             return (resp, None);
         };

@@ -14,11 +14,12 @@ mod mesh_names;
 mod retry;
 mod tcp;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bulkhead_proto::model::{Locality, Protocol};
+use bulkhead_proto::model::{Endpoint, Locality, Protocol};
 use tokio::net::TcpStream;
 
 pub(crate) use self::balancers::Balancers;
@@ -50,6 +51,9 @@ pub(crate) struct Outbound {
 pub(crate) struct Target {
     key: ServiceKey,
     port: Option<u16>,
+    /// The one endpoint (`address:inbound-port`) a caller that dialled a
+    /// pod address reaches: never balanced, never moved to a sibling.
+    pin: Option<SocketAddr>,
     /// Connections on one listener share their route.
     routes: http::RouteCache,
     /// Set once the state holds the service in full (never undone: the
@@ -62,8 +66,18 @@ impl Target {
         Self {
             key,
             port,
+            pin: None,
             routes: http::RouteCache::default(),
             subscribed: AtomicBool::new(false),
+        }
+    }
+
+    /// `endpoint` of `key` only, on `port`: what a caller that dialled the
+    /// endpoint's own address (a pod IP) reaches.
+    pub(crate) fn pinned(key: ServiceKey, port: u16, endpoint: &Endpoint) -> Self {
+        Self {
+            pin: Some(SocketAddr::new(endpoint.address, endpoint.inbound_port)),
+            ..Self::new(key, Some(port))
         }
     }
 
@@ -130,13 +144,13 @@ pub(crate) async fn connection(
             Ok((port, Protocol::Tcp)) => Ok((port, None)),
             Ok((port, _)) => target
                 .routes
-                .get(&target.key, port, &outbound, &state)
+                .get(&target.key, port, target.pin, &outbound, &state)
                 .map(|route| (port, Some(route)))
                 .map_err(|why| ("bad-target", why)),
         }
     };
     match resolved {
-        Ok((port, None)) => tcp::stream(tcp, &target.key, port, &outbound).await,
+        Ok((port, None)) => tcp::stream(tcp, &target.key, port, target.pin, &outbound).await,
         Ok((_, Some(route))) => http::serve(tcp, route, outbound, drain).await,
         Err((reason, why)) => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => reason).increment(1);

@@ -1,7 +1,8 @@
 //! Opaque TCP to a service: pick a version and an endpoint, dial its
 //! sidecar (mTLS, exact identity, TCP preface), then copy bytes both ways.
 //! Nothing has been sent before the dial succeeds, so a failed dial tries
-//! another endpoint (up to [`MAX_ATTEMPTS`]).
+//! another endpoint (up to [`MAX_ATTEMPTS`]) — unless the caller dialled
+//! one endpoint's own address: then that one only.
 
 use std::net::SocketAddr;
 
@@ -15,17 +16,29 @@ use crate::route;
 use crate::state::ServiceKey;
 use crate::wire::{self, Payload, Preface};
 
-pub(super) async fn stream(mut app: TcpStream, key: &ServiceKey, port: u16, outbound: &Outbound) {
+/// `pin`: the one endpoint a caller that dialled a pod address reaches
+/// (no split, no other endpoint when it fails).
+pub(super) async fn stream(
+    mut app: TcpStream,
+    key: &ServiceKey,
+    port: u16,
+    pin: Option<SocketAddr>,
+    outbound: &Outbound,
+) {
     let (service, choice) = {
         let state = outbound.states.load();
         let service = outbound.balancers.get(key, &state);
-        let split = state.view(key).and_then(|v| v.split.as_deref());
-        let choice =
-            route::choose_with_fallback(split, &http::HeaderMap::new(), rand::random(), |c| {
-                service.balancer.has_healthy(|e| c.accepts(&e.version))
-            })
-            .unwrap_or(route::VersionChoice::Any);
-        (service, choice)
+        if pin.is_some() {
+            (service, route::VersionChoice::Any)
+        } else {
+            let split = state.view(key).and_then(|v| v.split.as_deref());
+            let choice =
+                route::choose_with_fallback(split, &http::HeaderMap::new(), rand::random(), |c| {
+                    service.balancer.has_healthy(|e| c.accepts(&e.version))
+                })
+                .unwrap_or(route::VersionChoice::Any);
+            (service, choice)
+        }
     };
     let balancer = &service.balancer;
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -34,9 +47,11 @@ pub(super) async fn stream(mut app: TcpStream, key: &ServiceKey, port: u16, outb
             None
         } else {
             balancer.pick(&outbound.locality, |e| {
+                let at = SocketAddr::new(e.address, e.inbound_port);
                 choice.accepts(&e.version)
                     && e.port(port).is_some()
-                    && !tried.contains(&SocketAddr::new(e.address, e.inbound_port))
+                    && pin.is_none_or(|pin| pin == at)
+                    && !tried.contains(&at)
             })
         };
         let Some(pick) = pick else {
