@@ -3,6 +3,11 @@
 //! sidecar currently acts on, as JSON), and `/app-health/<container>/<kind>`:
 //! the app's kubelet probes, rewritten by the injector to come here
 //! ([`app_health`]).
+//!
+//! In a pod the port listens on the pod IP, for the kubelet and Prometheus:
+//! from there only probes and `/metrics` answer; `/config` answers only to
+//! loopback clients (403 otherwise). Every request is a GET: nothing here
+//! changes state.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +17,7 @@ use std::time::Duration;
 use bulkhead_tls::CertSlot;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::accept::{self, Listener};
@@ -27,6 +32,21 @@ pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// Longest an admin connection stays open.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a client may take to send a request's headers (and how long an
+/// idle keep-alive connection waits for the next request).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where an admin request comes from. In a pod the admin port listens on
+/// the pod IP (the kubelet and Prometheus need it there), so anyone on the
+/// pod network can reach it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caller {
+    /// This pod: may read everything.
+    Loopback,
+    /// Anywhere else: probes and metrics only.
+    Network,
+}
 
 pub(crate) struct Admin {
     pub(crate) metrics: PrometheusHandle,
@@ -135,15 +155,26 @@ impl Admin {
 pub(crate) async fn serve(listener: Listener, admin: Arc<Admin>) {
     // Read the probe table now, so a bad one is reported at start.
     app_health::load();
-    accept::serve(listener, None, move |tcp, _| {
+    accept::serve(listener, None, move |tcp, peer| {
         let admin = admin.clone();
+        let from = if peer.ip().to_canonical().is_loopback() {
+            Caller::Loopback
+        } else {
+            Caller::Network
+        };
         async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(req, &admin).await) }
+                async move { Ok::<_, Infallible>(route(req, &admin, from).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            // HTTP/1.1 only (what the kubelet and Prometheus speak): no
+            // version sniffing that would wait for a first byte forever.
+            // A slow or idle client gives its slot back soon: 64 of them
+            // must not keep the kubelet's probes waiting.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         }
     })
@@ -160,7 +191,7 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     r
 }
 
-async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Body> {
+async fn route(req: Request<Incoming>, admin: &Admin, from: Caller) -> Response<Body> {
     if req.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -196,6 +227,15 @@ async fn route(req: Request<Incoming>, admin: &Admin) -> Response<Body> {
                 "text/plain",
             ),
         },
+        // Every Service, AllowList, endpoint and identity the sidecar
+        // knows: for this pod's eyes only.
+        "/config" if from == Caller::Network => text(
+            StatusCode::FORBIDDEN,
+            "forbidden: /config answers only on loopback; from outside the pod use \
+             `kubectl port-forward POD 4191` or `kubectl exec`\n"
+                .into(),
+            "text/plain",
+        ),
         "/config" => text(StatusCode::OK, admin.config_json(), "application/json"),
         _ => text(
             StatusCode::NOT_FOUND,

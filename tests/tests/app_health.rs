@@ -224,3 +224,41 @@ async fn a_bad_probe_table_serves_404_and_the_proxy_still_runs() {
         proxy.log_text()
     );
 }
+
+/// The admin port holds 64 connections; clients that connect and send
+/// nothing (or leave a keep-alive connection idle) give their slot back
+/// after the header-read timeout, so the kubelet's probes still get in.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_admin_connections_do_not_starve_probes() {
+    let ca = TestCa::init("cluster.local");
+    let cp = ControlPlane::start(&ca, &StoreSpec::Memory, &[]);
+    let app = App::http("web", "1.0.0").await;
+    let proxy = proxy(&ca, &cp, app.addr, &json!({}));
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(
+            tokio::net::TcpStream::connect(proxy.admin)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Each attempt is bounded to 5 s; the whole wait is a third of the
+    // 60 s the connections would otherwise be held.
+    let admin = proxy.admin;
+    wait_for_async(
+        "a probe past 64 idle connections",
+        Duration::from_secs(20),
+        || async move {
+            let answer = tokio::task::spawn_blocking(move || http_get(admin, "/live")).await;
+            matches!(answer, Ok(Ok((200, _)))).then_some(())
+        },
+    )
+    .await;
+    // The idle ones were closed by the sidecar.
+    let mut buf = [0u8; 1];
+    for conn in &mut idle[..1] {
+        use tokio::io::AsyncReadExt;
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
+    }
+}

@@ -428,6 +428,23 @@ fn captured_calls_go_through_the_mesh() {
     );
     assert_eq!(subscribed(&intruder), serde_json::json!(["web.shop"]));
 
+    // (h) frontend's admin port answers the pod network (the kubelet,
+    // Prometheus) with probes and metrics, but its config dump only on
+    // loopback.
+    let admin_url = |path: &str| format!("http://{}:{ADMIN_PORT}{path}", a.ip);
+    for path in ["/live", "/ready", "/metrics"] {
+        let r = outsider.curl_as(APP_UID, &admin_url(path), &[]);
+        assert_eq!(r.status, Some(200), "{path} from the pod network: {r:?}");
+    }
+    let r = outsider.curl_as(APP_UID, &admin_url("/config"), &[]);
+    assert_eq!(r.status, Some(403), "/config from the pod network: {r:?}");
+    assert!(r.body.contains("only on loopback"), "{r:?}");
+    assert_eq!(
+        front.admin("/config").status,
+        Some(200),
+        "/config on loopback"
+    );
+
     // Control for (d) and (e): with web's capture removed, the same direct
     // dials reach the app, so it was the capture that stopped them.
     for cmd in ["iptables", "ip6tables"] {

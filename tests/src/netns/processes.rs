@@ -230,7 +230,8 @@ impl PodSidecar {
             .join(",");
         let advertise = spec.advertise.unwrap_or(IpAddr::V4(pod.ip)).to_string();
         let inbound = spec.inbound.to_string();
-        let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)).to_string();
+        // As injected: on every address, for the kubelet and Prometheus.
+        let admin = SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)).to_string();
         let (token, bundle, state) = (
             token.display().to_string(),
             bundle.display().to_string(),
