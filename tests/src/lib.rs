@@ -12,11 +12,13 @@
 //! - [`admission`]: AdmissionReview fixtures and the webhook listener.
 //! - [`netns`]: network-namespace "nodes" and "pods" for capture tests.
 //! - [`prom`]: the one Prometheus text reader.
+//! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS, bearer token).
 //!
 //! Every binary is started on port 0 and reports the ports it bound
 //! (`--addresses-file`), so no test picks a port another can take.
 
 pub mod admission;
+pub mod apiserver;
 pub mod certify;
 pub mod control;
 pub mod etcd;

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bulkhead_proto::pb;
+use bulkhead_tests::apiserver::ApiServer;
 use bulkhead_tests::control::*;
 use bulkhead_tests::proxy::*;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
@@ -156,89 +157,14 @@ async fn a_sidecar_bootstraps_with_its_pod_token() {
     );
 }
 
-/// A stand-in API server: serves the JWKS over HTTPS to bearers of `token`.
-async fn api_server(
-    jwks: String,
-    token: &'static str,
-) -> (
-    std::net::SocketAddr,
-    String,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
-    use http_body_util::Full;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(vec!["kubernetes.default.svc".to_owned()]).unwrap();
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = params.self_signed(&key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(bulkhead_tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = fetches.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, jwks, counter) = (acceptor.clone(), jwks.clone(), counter.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let authorized = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            == Some(&format!("Bearer {token}"));
-                        let ok = authorized && req.uri().path() == "/openid/v1/jwks";
-                        if ok {
-                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                        let resp = if ok {
-                            http::Response::new(Full::new(bytes::Bytes::from(jwks.clone())))
-                        } else {
-                            http::Response::builder()
-                                .status(401)
-                                .body(Full::new(bytes::Bytes::new()))
-                                .unwrap()
-                        };
-                        async move { Ok::<_, std::convert::Infallible>(resp) }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    (addr, cert.pem(), fetches)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_keys_are_fetched_from_the_api_server() {
     let issuer = Issuer::new();
     let jwks = std::fs::read_to_string(issuer.jwks()).unwrap();
-    let (addr, ca_pem, fetches) = api_server(jwks, "control-plane-token").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (ca_file, token_file) = (dir.path().join("ca.crt"), dir.path().join("token"));
-    std::fs::write(&ca_file, ca_pem).unwrap();
-    std::fs::write(&token_file, "control-plane-token\n").unwrap();
+    let api = ApiServer::start("control-plane-token", &[("/openid/v1/jwks", jwks)]).await;
+    let (ca_file, token_file) = (&api.ca_file, &api.token_file);
     let ca = TestCa::init("cluster.local");
-    let url = format!("https://{addr}/openid/v1/jwks");
+    let url = format!("{}/openid/v1/jwks", api.url());
     let cp = ControlPlane::start(
         &ca,
         &StoreSpec::Memory,
@@ -253,14 +179,14 @@ async fn issuer_keys_are_fetched_from_the_api_server() {
             token_file.to_str().unwrap(),
         ],
     );
-    assert!(fetches.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(api.served("/openid/v1/jwks") >= 1);
     let resp = certify_jwt(&cp, &ca, issuer.token("shop", "cart", "bulkhead"))
         .await
         .expect("certify");
     assert_eq!(resp.spiffe_id, "spiffe://cluster.local/ns/shop/sa/cart");
 
     // A wrong bearer token: the control plane refuses to start, naming the URL.
-    std::fs::write(&token_file, "stolen").unwrap();
+    std::fs::write(token_file, "stolen").unwrap();
     let out = std::process::Command::new(bin("bulkhead-control"))
         .args([
             "--store",

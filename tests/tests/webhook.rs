@@ -133,6 +133,10 @@ async fn a_deployment_pod_gets_the_init_container_and_the_native_sidecar() {
     assert_eq!(value(proxy, "BULKHEAD_SERVICE"), "demo-crd-resource");
     assert_eq!(value(proxy, "BULKHEAD_VERSION"), "0.0.0");
     assert_eq!(value(proxy, "BULKHEAD_ATTESTATION"), "k8s-jwt");
+    assert_eq!(
+        value(proxy, "BULKHEAD_STATE_DIR"),
+        "/var/run/bulkhead/state"
+    );
     let warned = warnings(&out);
     assert!(
         warned.iter().any(|w| w.contains("\"demo-crd-resource\"")),
@@ -146,7 +150,7 @@ async fn a_deployment_pod_gets_the_init_container_and_the_native_sidecar() {
     );
 
     // Volumes: the pod's own first, then the projected token, the trust
-    // bundle and iptables' lock directory.
+    // bundle, iptables' lock directory and the sidecar's in-memory state.
     let volume_names: Vec<&str> = spec
         .volumes
         .iter()
@@ -159,9 +163,17 @@ async fn a_deployment_pod_gets_the_init_container_and_the_native_sidecar() {
             "kube-api-access-5drvz",
             "bulkhead-token",
             "bulkhead-trust-bundle",
-            "bulkhead-xtables-lock"
+            "bulkhead-xtables-lock",
+            "bulkhead-state"
         ]
     );
+    let state = volume(&pod, "bulkhead-state").empty_dir.as_ref().unwrap();
+    assert_eq!(
+        state.medium.as_deref(),
+        Some("Memory"),
+        "keys stay off the node's disk"
+    );
+    assert!(state.size_limit.is_some());
     let token = volume(&pod, "bulkhead-token").projected.as_ref().unwrap();
     let sat = token.sources.as_ref().unwrap()[0]
         .service_account_token
@@ -186,6 +198,7 @@ async fn a_deployment_pod_gets_the_init_container_and_the_native_sidecar() {
         mounts,
         [
             ("bulkhead-token", "/var/run/bulkhead/token", Some(true)),
+            ("bulkhead-state", "/var/run/bulkhead/state", None),
             (
                 "bulkhead-trust-bundle",
                 "/var/run/bulkhead/bundle",
@@ -395,7 +408,7 @@ async fn a_kubectl_pod_with_init_containers_keeps_them_after_ours() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(names, ["bulkhead-init", "bulkhead-proxy", "migrate"]);
-    assert_eq!(spec.volumes.as_ref().unwrap().len(), 3);
+    assert_eq!(spec.volumes.as_ref().unwrap().len(), 4);
     assert_eq!(
         pod.metadata.annotations.as_ref().unwrap()["bulkhead.dev/injected"],
         "true"

@@ -23,6 +23,14 @@ pub const PROXY_CONTAINER: &str = "bulkhead-proxy";
 pub const TOKEN_VOLUME: &str = "bulkhead-token";
 pub const TRUST_BUNDLE_VOLUME: &str = "bulkhead-trust-bundle";
 pub const XTABLES_LOCK_VOLUME: &str = "bulkhead-xtables-lock";
+/// The sidecar's `--state-dir`: last config and certificate, so a sidecar
+/// container restarted while the control plane is away serves on them. In
+/// memory (tmpfs): the key never touches the node's disk.
+pub const STATE_VOLUME: &str = "bulkhead-state";
+pub const STATE_DIR: &str = "/var/run/bulkhead/state";
+/// Room for the state: the mesh snapshot a sidecar subscribes to plus a
+/// certificate; counted against the pod's memory.
+pub const STATE_SIZE_LIMIT: &str = "16Mi";
 pub const TOKEN_DIR: &str = "/var/run/bulkhead/token";
 pub const TOKEN_FILE: &str = "/var/run/bulkhead/token/token";
 pub const TRUST_BUNDLE_DIR: &str = "/var/run/bulkhead/bundle";
@@ -180,6 +188,7 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
         value_env("BULKHEAD_SERVICE", &workload.service),
         value_env("BULKHEAD_VERSION", &workload.version),
         value_env("BULKHEAD_ATTESTATION", ATTESTATION),
+        value_env("BULKHEAD_STATE_DIR", STATE_DIR),
     ];
     // The trust bundle travels inline when the control plane hands it to
     // the injector (no ConfigMap needed in every namespace); else from the
@@ -238,12 +247,19 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
             r.memory_limit.as_deref(),
         )),
         volume_mounts: Some({
-            let mut mounts = vec![VolumeMount {
-                name: TOKEN_VOLUME.to_owned(),
-                mount_path: TOKEN_DIR.to_owned(),
-                read_only: Some(true),
-                ..Default::default()
-            }];
+            let mut mounts = vec![
+                VolumeMount {
+                    name: TOKEN_VOLUME.to_owned(),
+                    mount_path: TOKEN_DIR.to_owned(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: STATE_VOLUME.to_owned(),
+                    mount_path: STATE_DIR.to_owned(),
+                    ..Default::default()
+                },
+            ];
             if settings.trust_bundle_pem.is_none() {
                 mounts.push(VolumeMount {
                     name: TRUST_BUNDLE_VOLUME.to_owned(),
@@ -260,7 +276,8 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
 }
 
 /// The projected service-account token (audience `bulkhead`), the trust
-/// bundle ConfigMap, and iptables' lock directory.
+/// bundle ConfigMap, iptables' lock directory and the sidecar's in-memory
+/// state dir.
 pub fn volumes(settings: &InjectorSettings) -> Vec<Volume> {
     let mut volumes = vec![
         Volume {
@@ -281,6 +298,14 @@ pub fn volumes(settings: &InjectorSettings) -> Vec<Volume> {
         Volume {
             name: XTABLES_LOCK_VOLUME.to_owned(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: STATE_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                size_limit: Some(Quantity(STATE_SIZE_LIMIT.to_owned())),
+            }),
             ..Default::default()
         },
     ];

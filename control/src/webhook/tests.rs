@@ -66,6 +66,7 @@ fn present_maps_and_arrays_are_extended_with_escaped_pointers() {
             "/spec/volumes/-",
             "/spec/volumes/-",
             "/spec/volumes/-",
+            "/spec/volumes/-",
         ]
     );
     let doc = applied(&pod());
@@ -79,7 +80,8 @@ fn present_maps_and_arrays_are_extended_with_escaped_pointers() {
             "data",
             "bulkhead-token",
             "bulkhead-trust-bundle",
-            "bulkhead-xtables-lock"
+            "bulkhead-xtables-lock",
+            "bulkhead-state"
         ]
     );
     assert_eq!(doc["metadata"]["annotations"]["team"], "shop");
@@ -115,7 +117,7 @@ fn absent_or_null_maps_and_arrays_are_added_whole() {
         names(&doc["spec"]["initContainers"]),
         [INIT_CONTAINER, PROXY_CONTAINER]
     );
-    assert_eq!(names(&doc["spec"]["volumes"]).len(), 3);
+    assert_eq!(names(&doc["spec"]["volumes"]).len(), 4);
 
     let mut no_metadata = json!({"spec": {"containers": [{"name": "a"}]}});
     let outcome = injector().plan(&no_metadata, &[], Some("batch")).unwrap();
@@ -448,7 +450,7 @@ fn the_patch_goes_out_as_base64_of_json_text() {
         .decode(b64)
         .unwrap();
     let patch: Patch = serde_json::from_slice(&text).unwrap();
-    assert_eq!(patch.0.len(), 6);
+    assert_eq!(patch.0.len(), 7);
 }
 
 #[test]

@@ -133,6 +133,11 @@ impl PodControlPlane {
     pub fn log_text(&self) -> String {
         self.process.log_text()
     }
+
+    /// Kills the control plane: an outage (its memory store goes with it).
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
 }
 
 /// How to run a sidecar in a pod.
@@ -198,6 +203,12 @@ pub struct PodSidecar {
     /// The SPIFFE ID its token names.
     pub identity: String,
     process: PodProcess,
+    /// How it was started, for [`PodSidecar::restart`].
+    uid: u32,
+    name: String,
+    args: Vec<String>,
+    /// Its `--state-dir`.
+    pub state_dir: PathBuf,
 }
 
 impl PodSidecar {
@@ -217,7 +228,8 @@ impl PodSidecar {
         let bundle = dir.join("bundle.crt");
         std::fs::write(&token, ca.token(&ns_sa, "10m", true)).expect("token");
         std::fs::copy(ca.file("bundle.crt"), &bundle).expect("bundle");
-        let state = dir.join("state");
+        let state_dir = dir.join("state");
+        let state = state_dir.clone();
         std::fs::create_dir(&state).expect("state dir");
         for path in [&dir, &token, &bundle, &state] {
             std::os::unix::fs::chown(path, Some(spec.uid), Some(spec.uid)).expect("chown");
@@ -270,7 +282,22 @@ impl PodSidecar {
                 ca.trust_domain, spec.namespace, spec.service
             ),
             process,
+            uid: spec.uid,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            name,
+            state_dir,
         }
+    }
+
+    /// Kills the sidecar and starts it again with the same flags and state
+    /// dir, as the kubelet restarts a crashed container (the pod and its
+    /// emptyDir stay). Its log continues in the same file. Does not wait.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.process = self
+            .pod
+            .spawn_as(self.uid, &self.name, bin("bulkhead-proxy"), &args);
     }
 
     /// Waits for `/ready` (certificate, config, app).
