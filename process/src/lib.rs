@@ -33,6 +33,33 @@ pub fn init_logs(format: LogFormat, level: &str) {
     };
 }
 
+/// The levels a bare `--log-level` directive may name.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `--log-level` value before it is used: every comma-separated
+/// directive is a level (`warn`) or `TARGET=LEVEL` (`bulkhead_proxy=debug`).
+/// A bare word that is no level (`warning`) would otherwise be read as a
+/// target name and silence every log line.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let levels = LEVELS.join(", ");
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None if directive.contains('[') => continue,
+            None => directive,
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "{directive:?} is not a level: use one of {levels}, or TARGET=LEVEL"
+            ));
+        }
+    }
+    EnvFilter::builder()
+        .parse(filter)
+        .map(|_| ())
+        .map_err(|e| format!("{filter:?}: {e}"))
+}
+
 /// A clap error as one line for the user: the message (with any list of
 /// missing arguments folded in), without the usage page.
 pub fn usage_line(error: &clap::Error) -> String {
@@ -211,5 +238,31 @@ mod tests {
         let line = usage_line(&e);
         assert!(line.contains("--wait") && line.contains("--name"), "{line}");
         assert!(!line.contains("Usage:"), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    use super::check_log_filter;
+
+    #[test]
+    fn levels_and_targets_pass_and_bare_words_do_not() {
+        for ok in [
+            "info",
+            "WARN",
+            "info,bulkhead_proxy=debug",
+            "off",
+            "h2=warn,hyper=error",
+            "",
+        ] {
+            assert!(check_log_filter(ok).is_ok(), "{ok}");
+        }
+        for bad in ["warning", "info,verbose", "bulkhead_proxy=loud"] {
+            let err = check_log_filter(bad).unwrap_err();
+            assert!(
+                err.contains("not a level") && err.contains("warn"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -82,7 +82,8 @@ pub(crate) struct RunArgs {
     /// The workload's version (registered; TrafficSplits route by it).
     #[arg(long, env = "BULKHEAD_VERSION", default_value = "0.0.0")]
     pub version: String,
-    /// Service account (default: the service name).
+    /// Service account the certificate must name (default: the service
+    /// name); the sidecar refuses to start under any other identity.
     #[arg(long, env = "BULKHEAD_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
     /// The local app the inbound side forwards to.
@@ -375,6 +376,8 @@ impl Config {
             .unwrap_or_else(|| a.service.clone());
         validate_name("service account", &service_account)
             .map_err(|e| format!("--service-account: {e}"))?;
+        bulkhead_process::check_log_filter(&a.log_level)
+            .map_err(|e| format!("--log-level: {e}"))?;
         let version_ok = !a.version.is_empty()
             && a.version.len() <= 64
             && a.version

@@ -107,6 +107,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     tokio::spawn(follow_endpoints(outbound.clone()));
 
     let issued = first_certificate(&config, &bundle, &slot).await?;
+    check_identity(&config, &issued.id)?;
     let control = bulkhead_tls::channel(&config.control, &bundle, Some(slot.clone()))
         .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
     tokio::spawn(identity::renew_forever(
@@ -334,6 +335,24 @@ async fn follow_endpoints(outbound: Arc<Outbound>) {
             outbound.pool.forget(&gone);
         }
     }
+}
+
+/// The certificate must name the workload the flags describe: a token for
+/// another service account (or namespace) is a misconfiguration to stop
+/// on, not an identity to serve under.
+fn check_identity(config: &Config, id: &bulkhead_proto::SpiffeId) -> Result<(), Exit> {
+    if id.namespace() == config.namespace && id.service_account() == config.service_account {
+        return Ok(());
+    }
+    Err(Exit::Usage(format!(
+        "the certificate names {id} (namespace {:?}, service account {:?}), but this sidecar \
+         runs as --namespace {:?} --service-account {:?}: give it a token for that service \
+         account, or correct the flags",
+        id.namespace(),
+        id.service_account(),
+        config.namespace,
+        config.service_account
+    )))
 }
 
 /// Gets the first certificate: a still-valid saved one, else the token,

@@ -349,6 +349,25 @@ impl Sidecar {
         }
     }
 
+    /// Waits (20 s at most) for the process to exit on its own; its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bulkhead-proxy {} still running; log:\n{}",
+                self.spec.service,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("proxy.log")
     }

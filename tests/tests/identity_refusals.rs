@@ -306,3 +306,29 @@ async fn one_time_token_is_not_burned_by_a_refused_csr() {
         .map(|w| w.spiffe_id);
     assert_refused(again, Code::PermissionDenied, &["already been used"]);
 }
+
+// ---------------------------------------------------------------------------
+// The sidecar: a certificate for another identity than its flags say
+// ---------------------------------------------------------------------------
+
+/// `--service-account` is the identity the sidecar must hold: a token for
+/// another one is a misconfiguration it stops on (exit 2), naming both.
+#[tokio::test]
+async fn a_sidecar_refuses_a_certificate_for_another_service_account() {
+    use bulkhead_tests::proxy::{Sidecar, SidecarSpec};
+    let ca = TestCa::init("cluster.local");
+    let cp = ControlPlane::start(&ca, &bulkhead_tests::control::StoreSpec::Memory, &[]);
+    // The token (and so the certificate) names shop/web.
+    let spec = SidecarSpec::new("shop", "web", "1.0.0")
+        .arg("--service-account")
+        .arg("payments");
+    let mut sidecar = Sidecar::launch(&ca, &cp, spec);
+    let status = sidecar.wait_exit();
+    assert_eq!(status.code(), Some(2), "{}", sidecar.log_text());
+    let log = sidecar.log_text();
+    assert!(
+        log.contains("spiffe://cluster.local/ns/shop/sa/web")
+            && log.contains("--service-account \"payments\""),
+        "{log}"
+    );
+}

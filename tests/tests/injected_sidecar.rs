@@ -237,4 +237,14 @@ fn a_bad_value_is_refused_by_name() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--version"), "{stderr}");
     assert!(out.stdout.is_empty());
+    // A log level that would silence every line ("warning" names a target,
+    // not a level) is refused too, in one line.
+    let out = run_container(proxy, &["--check-config", "--log-level", "warning"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--log-level") && stderr.contains("not a level"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }

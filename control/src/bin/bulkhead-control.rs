@@ -38,6 +38,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: ControlArgs) -> ExitCode {
+    if let Err(e) = bulkhead_process::check_log_filter(&args.log_level) {
+        return usage_error(format!("--log-level: {e}"));
+    }
     telemetry::init_logs(args.log_format, &args.log_level);
     bulkhead_tls::install_default_provider();
     tracing::debug!(config = ?args, "effective configuration");
