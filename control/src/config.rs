@@ -169,7 +169,13 @@ pub struct ControlArgs {
     )]
     pub k8s_jwks: Option<String>,
 
-    /// CA (PEM) of the API server, for an https:// --k8s-jwks.
+    /// The Kubernetes API server (e.g. https://kubernetes.default.svc):
+    /// registering endpoints get the zone and region of their Node's
+    /// topology.kubernetes.io labels. Needs `get` on nodes.
+    #[arg(long, env = "BULKHEAD_K8S_API", value_name = "URL")]
+    pub k8s_api: Option<String>,
+
+    /// CA (PEM) of the API server, for an https:// --k8s-jwks and --k8s-api.
     #[arg(
         long,
         env = "BULKHEAD_K8S_API_CA",
@@ -178,7 +184,7 @@ pub struct ControlArgs {
     )]
     pub k8s_api_ca: PathBuf,
 
-    /// Bearer token for an https:// --k8s-jwks (re-read at each fetch).
+    /// Bearer token for an https:// --k8s-jwks and --k8s-api (re-read at each fetch).
     #[arg(
         long,
         env = "BULKHEAD_K8S_API_TOKEN",

@@ -40,6 +40,8 @@ pub struct Settings {
     pub dns_names: Vec<String>,
     /// Kubernetes service-account token verification, when configured.
     pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
+    /// Node topology labels for endpoint locality, when configured.
+    pub topology: Option<Arc<crate::topology::Topology>>,
     /// The admission webhook, when configured.
     pub webhook: Option<WebhookSettings>,
 }
@@ -153,6 +155,7 @@ pub async fn start(
         cert_lifetime: settings.cert_lifetime,
         lease_ttl: settings.lease_ttl,
         k8s: settings.k8s.clone(),
+        topology: settings.topology.clone(),
     });
 
     let mut tasks = vec![tokio::spawn(hub.clone().run(store.clone()))];
@@ -197,6 +200,7 @@ pub async fn start(
                 lease_ttl: SERVING_CERT_LIFETIME,
                 dns_names: settings_dns,
                 k8s: None,
+                topology: None,
                 webhook: None,
             };
             loop {

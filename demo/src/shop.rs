@@ -372,6 +372,7 @@ async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -
             lease_ttl: Duration::from_secs(5),
             dns_names: vec!["localhost".into()],
             k8s: None,
+            topology: None,
             webhook: None,
         },
         Arc::new(MemoryStore::new()),

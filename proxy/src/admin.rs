@@ -138,8 +138,10 @@ impl Admin {
                 names.into()
             }
         };
+        let own = self.outbound.locality.load();
         serde_json::to_string_pretty(&serde_json::json!({
             "revision": state.revision,
+            "locality": {"node": own.node, "zone": own.zone, "region": own.region},
             "subscribed": subscribed,
             "certificateNotAfterUnix": expiry,
             "resources": resources,

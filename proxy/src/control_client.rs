@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bulkhead_process::Backoff;
-use bulkhead_proto::model::Endpoint;
+use bulkhead_proto::model::{Endpoint, Locality};
 use bulkhead_proto::pb::{self, discovery_client::DiscoveryClient};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -239,7 +240,13 @@ pub(crate) struct Registration {
 impl Registration {
     /// Registers (retrying until it succeeds) and keeps the lease alive,
     /// re-registering if the control plane lost it.
-    pub(crate) fn start(channel: Channel, record: pb::Endpoint) -> Self {
+    /// `locality`: this sidecar's own, updated to what the control plane
+    /// records (zone and region from the Node's labels).
+    pub(crate) fn start(
+        channel: Channel,
+        record: pb::Endpoint,
+        locality: Arc<ArcSwap<Locality>>,
+    ) -> Self {
         let lease = Arc::new(std::sync::Mutex::new(None));
         let task = {
             let channel = channel.clone();
@@ -248,6 +255,7 @@ impl Registration {
             tokio::spawn(async move {
                 let mut client = DiscoveryClient::new(channel);
                 let mut backoff = reconnect_backoff();
+                let mut said_node_only = false;
                 loop {
                     let current = *lease.lock().unwrap_or_else(|e| e.into_inner());
                     let step = match current {
@@ -266,6 +274,9 @@ impl Registration {
                                 );
                                 *lease.lock().unwrap_or_else(|e| e.into_inner()) =
                                     Some(resp.lease_id);
+                                if let Some(recorded) = &resp.locality {
+                                    learn_locality(&locality, recorded, &mut said_node_only);
+                                }
                                 metrics::gauge!("bulkhead_registered").set(1.0);
                                 Ok(Duration::from_secs(u64::from(resp.ttl_seconds.max(3))) / 3)
                             }
@@ -325,6 +336,30 @@ impl Registration {
             }
         }
         metrics::gauge!("bulkhead_registered").set(0.0);
+    }
+}
+
+/// Takes the locality the control plane recorded as this sidecar's own
+/// (for choosing the nearest endpoints); says once when no zone is known.
+fn learn_locality(own: &ArcSwap<Locality>, recorded: &pb::Locality, said: &mut bool) {
+    let recorded = Locality {
+        node: recorded.node.clone(),
+        zone: recorded.zone.clone(),
+        region: recorded.region.clone(),
+    };
+    if **own.load() != recorded {
+        tracing::info!(node = %recorded.node, zone = %recorded.zone, region = %recorded.region,
+            "locality as the control plane recorded it (zone and region from the Node's labels)");
+        own.store(Arc::new(recorded.clone()));
+    }
+    if recorded.zone.is_empty() && !*said {
+        *said = true;
+        tracing::warn!(
+            node = %recorded.node,
+            "no zone known for this node (its Node has no topology.kubernetes.io/zone label, \
+             or the control plane does not read Nodes: --k8s-api): locality-aware balancing \
+             uses the node tier only"
+        );
     }
 }
 

@@ -65,7 +65,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     // config, calls are refused (and counted) rather than left waiting in
     // a backlog.
     let outbound = Arc::new(Outbound {
-        locality: config.locality.clone(),
+        locality: Arc::new(arc_swap::ArcSwap::from_pointee(config.locality.clone())),
         states: states.clone(),
         subscriptions: subscriptions.clone(),
         pool: Pool::new(bundle.clone(), slot.clone()),
@@ -483,7 +483,7 @@ async fn register_when_ready(
             }),
             ..Default::default()
         };
-        return Registration::start(control, record);
+        return Registration::start(control, record, admin.outbound.locality.clone());
     }
 }
 

@@ -124,6 +124,7 @@ pub(crate) fn good_scenarios() -> Vec<(&'static str, Value)> {
                 "trustBundle": {"pem": inputs().trust_bundle},
                 "webhook": {"enabled": false},
                 "serviceAccountTokens": {"enabled": false},
+                "nodeTopology": {"enabled": false},
                 "serviceAccount": {"create": false, "name": "existing-sa"},
                 "controlPlane": {"replicas": 1},
             }),

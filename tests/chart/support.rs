@@ -304,25 +304,37 @@ fn assert_target_ports_exist(scenario: &str, objs: &[Value], service: &Value) {
     }
 }
 
-/// No Role or ClusterRole of the chart's own; the only binding is issuer discovery.
+/// Read-only RBAC only: no Role; at most one ClusterRole of the chart's
+/// own, `get` on nodes and nothing else (issue 9's node topology); bindings
+/// only to it or to the built-in issuer discovery.
 fn assert_least_privilege(scenario: &str, objs: &[Value]) {
-    for kind in ["Role", "ClusterRole"] {
-        assert!(
-            of_kind(objs, kind).is_empty(),
-            "{scenario}: the chart defines a {kind}"
-        );
-    }
-    let issuer_discovery = json!({
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
-        "name": "system:service-account-issuer-discovery",
-    });
+    assert!(
+        of_kind(objs, "Role").is_empty(),
+        "{scenario}: the chart defines a Role"
+    );
+    let own: Vec<&str> = of_kind(objs, "ClusterRole")
+        .iter()
+        .map(|role| {
+            assert_eq!(
+                role["rules"],
+                json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]),
+                "{scenario}: ClusterRole {} grants more than get on nodes",
+                name_of(role)
+            );
+            name_of(role)
+        })
+        .collect();
+    assert!(own.len() <= 1, "{scenario}: ClusterRoles {own:?}");
     for kind in ["RoleBinding", "ClusterRoleBinding"] {
         for binding in of_kind(objs, kind) {
-            assert_eq!(
-                binding["roleRef"],
-                issuer_discovery,
-                "{scenario}: {kind} {}",
+            let role = &binding["roleRef"];
+            let allowed = role["kind"] == "ClusterRole"
+                && role["apiGroup"] == "rbac.authorization.k8s.io"
+                && (role["name"] == "system:service-account-issuer-discovery"
+                    || own.iter().any(|o| role["name"] == *o));
+            assert!(
+                allowed,
+                "{scenario}: {kind} {} binds {role}",
                 name_of(binding)
             );
         }

@@ -236,14 +236,34 @@ fn defaults_bind_only_the_issuer_discovery_role() {
         "needed to read the JWKS"
     );
     let bindings = of_kind(objs, "ClusterRoleBinding");
-    assert_eq!(bindings.len(), 1);
+    let roles: Vec<&str> = bindings
+        .iter()
+        .map(|b| b["roleRef"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(bindings.len(), 2, "{roles:?}");
+    assert!(roles.contains(&"system:service-account-issuer-discovery"));
+    for binding in &bindings {
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}])
+        );
+    }
+    // The chart's one role of its own: `get` on nodes, nothing else.
+    let own = of_kind(objs, "ClusterRole");
+    assert_eq!(own.len(), 1);
+    assert!(roles.contains(&own[0]["metadata"]["name"].as_str().unwrap()));
     assert_eq!(
-        bindings[0]["roleRef"]["name"],
-        "system:service-account-issuer-discovery"
+        own[0]["rules"],
+        json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}])
     );
-    assert_eq!(
-        bindings[0]["subjects"],
-        json!([{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}])
+    let env = &pod["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "BULKHEAD_K8S_API"
+                && e["value"] == "https://kubernetes.default.svc"),
+        "{env}"
     );
 }
 
@@ -454,8 +474,8 @@ fn webhook_and_token_review_can_be_turned_off() {
     let objs = objects("webhook-disabled");
     assert!(of_kind(objs, "MutatingWebhookConfiguration").is_empty());
     assert!(
-        of_kind(objs, "ClusterRoleBinding").is_empty(),
-        "no tokens, no RBAC at all"
+        of_kind(objs, "ClusterRoleBinding").is_empty() && of_kind(objs, "ClusterRole").is_empty(),
+        "no tokens, no node topology: no RBAC at all"
     );
     assert!(
         of_kind(objs, "ServiceAccount").is_empty(),

@@ -141,7 +141,8 @@ fn bulkheadctl_inject_adds_the_sidecar_to_pod_templates_once() {
         [
             "bulkhead-token",
             "bulkhead-trust-bundle",
-            "bulkhead-xtables-lock"
+            "bulkhead-xtables-lock",
+            "bulkhead-state"
         ]
     );
 

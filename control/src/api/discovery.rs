@@ -72,6 +72,32 @@ impl DiscoveryService {
         Ok(())
     }
 
+    /// Zone and region from the endpoint's Node labels, when the control
+    /// plane reads Nodes; a label the Node lacks (or a failed lookup)
+    /// leaves what the sidecar said.
+    async fn fill_locality(&self, endpoint: &mut Endpoint) {
+        let Some(topology) = &self.plane.topology else {
+            return;
+        };
+        let node = endpoint.locality.node.clone();
+        if node.is_empty() {
+            return;
+        }
+        match topology.locality(&node).await {
+            Ok(found) => {
+                if !found.zone.is_empty() {
+                    endpoint.locality.zone = found.zone;
+                }
+                if !found.region.is_empty() {
+                    endpoint.locality.region = found.region;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%node, %error, "cannot read the node's topology labels; registering the locality as given")
+            }
+        }
+    }
+
     /// The stored registration `key`, if it is `identity`'s on `lease`.
     async fn owned_registration(
         &self,
@@ -129,6 +155,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             .await?;
         endpoint.identity = Some(identity.clone());
         endpoint.registered_unix_ms = now_unix_ms();
+        self.fill_locality(&mut endpoint).await;
         let address = endpoint.address.to_string();
         let key = keys::endpoint(
             &endpoint.namespace,
@@ -155,6 +182,11 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             lease_id: lease,
             ttl_seconds: ttl.as_secs() as u32,
             revision,
+            locality: Some(pb::Locality {
+                node: endpoint.locality.node.clone(),
+                zone: endpoint.locality.zone.clone(),
+                region: endpoint.locality.region.clone(),
+            }),
         }))
     }
 

@@ -40,6 +40,8 @@ pub struct ControlPlane {
     pub lease_ttl: Duration,
     /// Kubernetes service-account token verification, when configured.
     pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
+    /// Node topology labels for registering endpoints' locality.
+    pub topology: Option<Arc<crate::topology::Topology>>,
 }
 
 impl std::fmt::Debug for ControlPlane {

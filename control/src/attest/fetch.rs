@@ -1,17 +1,10 @@
 //! Fetching the cluster's service-account issuer keys from the API server
-//! (`GET /openid/v1/jwks`), over TLS verified against the cluster CA, with
-//! the control plane's own service-account token as bearer. Bounded in time
+//! (`GET /openid/v1/jwks`, through [`crate::k8s_api::get`]). Bounded in time
 //! and size.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::JwkSet;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 
 use super::AttestError;
 
@@ -51,68 +44,15 @@ impl Remote {
 
     async fn fetch_unbounded(&self) -> Result<JwkSet, AttestError> {
         let url = &self.url;
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| err(url, format!("not a URL: {e}")))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(err(url, "only https:// URLs are fetched"));
-        }
-        let host = uri
-            .host()
-            .ok_or_else(|| err(url, "no host"))?
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(443);
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in
-            bulkhead_tls::certs_from_pem(&self.ca_pem, "API server CA").map_err(|e| err(url, e))?
-        {
-            roots.add(cert).map_err(|e| err(url, e))?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(bulkhead_tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| err(url, e))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = ServerName::try_from(host.clone()).map_err(|e| err(url, e))?;
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| err(url, e))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| err(url, format!("TLS: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| err(url, e))?;
-        tokio::spawn(conn);
-        let mut req = http::Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-            .header(
-                http::header::HOST,
-                uri.authority().map(|a| a.as_str()).unwrap_or(&host),
-            )
-            .header(
-                http::header::ACCEPT,
-                "application/jwk-set+json, application/json",
-            );
-        if let Some(path) = &self.token_file {
-            let token = std::fs::read_to_string(path)
-                .map_err(|e| err(url, format!("token file {}: {e}", path.display())))?;
-            req = req.header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", token.trim()),
-            );
-        }
-        let req = req.body(Empty::<Bytes>::new()).map_err(|e| err(url, e))?;
-        let resp = sender.send_request(req).await.map_err(|e| err(url, e))?;
-        if !resp.status().is_success() {
-            return Err(err(url, format!("HTTP {}", resp.status())));
-        }
-        let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .map_err(|e| err(url, format!("body: {e}")))?
-            .to_bytes();
+        let body = crate::k8s_api::get(
+            url,
+            &self.ca_pem,
+            self.token_file.as_deref(),
+            "application/jwk-set+json, application/json",
+            MAX_JWKS_BYTES,
+        )
+        .await
+        .map_err(|e| err(url, e))?;
         let set: JwkSet = serde_json::from_slice(&body)
             .map_err(|e| err(url, format!("not a JWKS document: {e}")))?;
         if set.keys.is_empty() {

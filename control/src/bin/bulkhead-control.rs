@@ -119,6 +119,10 @@ async fn run(args: ControlArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return usage_error(e),
     };
+    let topology = match topology(&args) {
+        Ok(t) => t,
+        Err(e) => return usage_error(e),
+    };
     let settings = Settings {
         listen: args.listen,
         admin: args.admin,
@@ -128,6 +132,7 @@ async fn run(args: ControlArgs) -> ExitCode {
         lease_ttl: args.lease_ttl,
         dns_names: args.dns_names.clone(),
         k8s,
+        topology,
         webhook,
     };
     let mut running = match runtime::start(settings, store, metrics).await {
@@ -191,6 +196,29 @@ async fn k8s_verifier(
         )
         .map_err(|e| e.to_string())
     }
+}
+
+/// Node topology from --k8s-api, with the API server's CA and token.
+fn topology(
+    args: &ControlArgs,
+) -> Result<Option<Arc<bulkhead_control::topology::Topology>>, String> {
+    let Some(api) = &args.k8s_api else {
+        return Ok(None);
+    };
+    if !api.starts_with("https://") {
+        return Err(format!("--k8s-api {api:?}: must be an https:// URL"));
+    }
+    let ca_pem = read_file("--k8s-api-ca", &args.k8s_api_ca)?;
+    bulkhead_tls::certs_from_pem(&ca_pem, &args.k8s_api_ca.display().to_string())
+        .map_err(|e| format!("--k8s-api-ca {e}"))?;
+    let token = args
+        .k8s_api_token
+        .exists()
+        .then(|| args.k8s_api_token.clone());
+    tracing::info!(%api, "endpoint zones and regions come from Node labels");
+    Ok(Some(Arc::new(bulkhead_control::topology::Topology::new(
+        api, ca_pem, token,
+    ))))
 }
 
 fn read_file(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {

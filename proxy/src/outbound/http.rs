@@ -245,6 +245,7 @@ async fn route_request(
     // Endpoints this request already failed on: a retry goes elsewhere,
     // and comes back to them only when nothing else is left.
     let mut tried: Vec<SocketAddr> = Vec::new();
+    let locality = outbound.locality.load();
     loop {
         attempt += 1;
         let eligible = |e: &bulkhead_proto::model::Endpoint| {
@@ -254,10 +255,10 @@ async fn route_request(
                     .pin
                     .is_none_or(|pin| pin == SocketAddr::new(e.address, e.inbound_port))
         };
-        let fresh = balancer.pick(&outbound.locality, |e| {
+        let fresh = balancer.pick(&locality, |e| {
             eligible(e) && !tried.contains(&SocketAddr::new(e.address, e.inbound_port))
         });
-        let Some(pick) = fresh.or_else(|| balancer.pick(&outbound.locality, eligible)) else {
+        let Some(pick) = fresh.or_else(|| balancer.pick(&locality, eligible)) else {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "no-endpoints").increment(1);
             let (namespace, name) = &route.key;
             let resp = h::mesh_response(

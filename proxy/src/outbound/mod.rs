@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bulkhead_proto::model::{Endpoint, Locality, Protocol};
 use tokio::net::TcpStream;
 
@@ -35,7 +36,9 @@ pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 
 /// What the outbound side shares across listeners and connections.
 pub(crate) struct Outbound {
-    pub(crate) locality: Locality,
+    /// This sidecar's locality, as the flags say until the control plane
+    /// records another (zone and region from the Node's labels).
+    pub(crate) locality: Arc<ArcSwap<Locality>>,
     pub(crate) states: StateCell,
     /// What the state holds, grown as the app asks for more.
     pub(crate) subscriptions: Arc<Subscriptions>,

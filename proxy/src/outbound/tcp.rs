@@ -46,7 +46,7 @@ pub(super) async fn stream(
         let pick = if tried.len() >= MAX_ATTEMPTS {
             None
         } else {
-            balancer.pick(&outbound.locality, |e| {
+            balancer.pick(&outbound.locality.load(), |e| {
                 let at = SocketAddr::new(e.address, e.inbound_port);
                 choice.accepts(&e.version)
                     && e.port(port).is_some()
