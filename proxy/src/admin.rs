@@ -59,7 +59,8 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    /// Ready: a certificate, a config, the app answering, not draining.
+    /// Ready: a certificate, a config, the app ready (its readiness probe,
+    /// else answering on --app), not draining.
     pub(crate) async fn readiness(&self) -> Result<(), String> {
         if self.drain.is_draining() {
             return Err("draining".into());
@@ -69,6 +70,11 @@ impl Admin {
         }
         if self.states.load().revision == 0 {
             return Err("no config from the control plane yet".into());
+        }
+        // The app's own readiness probe when the injector passed one, else
+        // a TCP connect to --app.
+        if let Some(ready) = app_health::app_ready(Duration::from_secs(1)).await {
+            return ready;
         }
         if let Some(app) = self.app {
             match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app))

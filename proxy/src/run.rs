@@ -130,14 +130,16 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     let inbound = inbound_side(&config, &bundle, &slot, &states)?;
     drain.spawn(inbound::serve(listeners.inbound, inbound, drain.clone()));
 
-    let registration = tokio::spawn(register_when_ready(
+    let registered = Registered::default();
+    let health = tokio::spawn(follow_health(
         config.clone(),
         addresses.inbound.port(),
         admin,
         control,
+        registered.clone(),
     ));
     bulkhead_process::shutdown_signal().await;
-    shut_down(&config, registration, &drain).await;
+    shut_down(&config, health, registered, &drain).await;
     Ok(())
 }
 
@@ -441,60 +443,103 @@ fn inbound_side(
     }))
 }
 
-/// Registers this endpoint once it is ready (certificate, config with our
-/// Service, app up), then keeps the registration alive.
-async fn register_when_ready(
+/// How often the app's readiness decides whether this endpoint is
+/// registered.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// Failed checks in a row before a registered endpoint is withdrawn: about
+/// a second, so callers stop being sent to a sick pod without waiting for
+/// outlier ejection, and one slow probe does not flap the registration.
+const UNREADY_CHECKS: u32 = 2;
+
+/// The registration, while this endpoint is registered.
+type Registered = Arc<tokio::sync::Mutex<Option<Registration>>>;
+
+/// Registration follows readiness (certificate, config with our Service,
+/// the app ready): registered once ready, withdrawn when the app stops
+/// being ready, registered again when it recovers.
+async fn follow_health(
     config: Config,
     inbound_port: u16,
     admin: Arc<Admin>,
     control: Channel,
-) -> Registration {
-    let mut ready = tokio::time::interval(Duration::from_millis(200));
+    registered: Registered,
+) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut failures, mut withdrawn) = (0, false);
     loop {
-        ready.tick().await;
-        let ports = admin
-            .states
-            .load()
-            .service(&config.namespace, &config.service)
-            .map(|s| {
-                s.spec
-                    .ports
-                    .iter()
-                    .map(|p| pb::Port {
-                        port: u32::from(p.port),
-                        protocol: p.protocol.as_str().to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-            });
-        let (Ok(()), Some(ports)) = (admin.readiness().await, ports) else {
-            continue;
-        };
-        let record = pb::Endpoint {
-            namespace: config.namespace.clone(),
-            service: config.service.clone(),
-            version: config.version.clone(),
-            address: config.advertise.to_string(),
-            inbound_port: u32::from(inbound_port),
-            ports,
-            locality: Some(pb::Locality {
-                node: config.locality.node.clone(),
-                zone: config.locality.zone.clone(),
-                region: config.locality.region.clone(),
-            }),
-            ..Default::default()
-        };
-        return Registration::start(control, record, admin.outbound.locality.clone());
+        tick.tick().await;
+        let ready = admin.readiness().await;
+        let mut current = registered.lock().await;
+        match (ready, current.is_some()) {
+            (Ok(()), false) => {
+                let Some(record) = endpoint_record(&config, inbound_port, &admin) else {
+                    continue;
+                };
+                if withdrawn {
+                    tracing::info!("app ready again: registering this endpoint");
+                }
+                *current = Some(Registration::start(
+                    control.clone(),
+                    record,
+                    admin.outbound.locality.clone(),
+                ));
+                failures = 0;
+            }
+            (Ok(()), true) => failures = 0,
+            (Err(why), true) => {
+                failures += 1;
+                if failures >= UNREADY_CHECKS
+                    && let Some(registration) = current.take()
+                {
+                    tracing::warn!(reason = %why, "app not ready: withdrawing this endpoint until it is");
+                    registration.deregister().await;
+                    metrics::counter!("bulkhead_registration_withdrawn_total").increment(1);
+                    withdrawn = true;
+                }
+            }
+            (Err(_), false) => {}
+        }
     }
+}
+
+/// What this endpoint registers as; `None` until the config has our Service.
+fn endpoint_record(config: &Config, inbound_port: u16, admin: &Admin) -> Option<pb::Endpoint> {
+    let ports = admin
+        .states
+        .load()
+        .service(&config.namespace, &config.service)?
+        .spec
+        .ports
+        .iter()
+        .map(|p| pb::Port {
+            port: u32::from(p.port),
+            protocol: p.protocol.as_str().to_owned(),
+        })
+        .collect();
+    Some(pb::Endpoint {
+        namespace: config.namespace.clone(),
+        service: config.service.clone(),
+        version: config.version.clone(),
+        address: config.advertise.to_string(),
+        inbound_port: u32::from(inbound_port),
+        ports,
+        locality: Some(pb::Locality {
+            node: config.locality.node.clone(),
+            zone: config.locality.zone.clone(),
+            region: config.locality.region.clone(),
+        }),
+        ..Default::default()
+    })
 }
 
 /// Deregister first so callers stop picking us, keep accepting for a
 /// moment (callers that had already picked us still land), then drain.
-async fn shut_down(config: &Config, registration: JoinHandle<Registration>, drain: &Drain) {
+async fn shut_down(config: &Config, health: JoinHandle<()>, registered: Registered, drain: &Drain) {
     tracing::info!(grace = ?config.drain_timeout, "SIGTERM: deregistering, then draining");
-    if registration.is_finished()
-        && let Ok(registered) = registration.await
-    {
-        registered.deregister().await;
+    health.abort();
+    if let Some(registration) = registered.lock().await.take() {
+        registration.deregister().await;
     }
     tokio::time::sleep(DEREGISTER_GRACE.min(config.drain_timeout / 2)).await;
     if !drain.drain(config.drain_timeout).await {

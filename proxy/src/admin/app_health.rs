@@ -189,6 +189,29 @@ fn table() -> &'static Table {
     })
 }
 
+/// Whether the app passes its own readiness probes (every table entry
+/// whose path ends in `/readiness`; 200–399 passes, as for the kubelet).
+/// `None`: the table has none (the caller falls back to a TCP connect).
+pub(super) async fn app_ready(timeout: Duration) -> Option<Result<(), String>> {
+    let mut probes: Vec<(&'static String, &'static Probe)> = Vec::new();
+    for (path, probe) in table() {
+        if path.ends_with("/readiness") {
+            probes.push((path, probe));
+        }
+    }
+    if probes.is_empty() {
+        return None;
+    }
+    for (path, probe) in probes {
+        match check(probe, timeout).await {
+            Ok(status) if (200..400).contains(&status.as_u16()) => {}
+            Ok(status) => return Some(Err(format!("app readiness {path} answered {status}"))),
+            Err(why) => return Some(Err(format!("app readiness {path}: {why}"))),
+        }
+    }
+    Some(Ok(()))
+}
+
 /// Answers one `/app-health/...` request.
 pub(super) async fn answer(path: &str) -> (StatusCode, String) {
     let Some(probe) = table().get(path) else {
