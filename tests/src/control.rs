@@ -628,6 +628,25 @@ pub async fn apply(cp: &ControlPlane, ca: &TestCa, yaml: &str) -> pb::ApplyRespo
         .into_inner()
 }
 
+/// The registered endpoints of `namespace/service`, as the operator lists
+/// them; panics on error.
+pub async fn endpoints_of(
+    cp: &ControlPlane,
+    ca: &TestCa,
+    namespace: &str,
+    service: &str,
+) -> Vec<pb::Endpoint> {
+    cp.admin_client(ca)
+        .list_endpoints(pb::ListEndpointsRequest {
+            service: service.into(),
+            namespace: namespace.into(),
+        })
+        .await
+        .expect("list endpoints")
+        .into_inner()
+        .endpoints
+}
+
 /// Path of a file in the repository's examples/.
 pub fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -39,15 +39,7 @@ fn discovery(
 }
 
 async fn registered(cp: &ControlPlane, ca: &TestCa, service: &str) -> Vec<pb::Endpoint> {
-    cp.admin_client(ca)
-        .list_endpoints(pb::ListEndpointsRequest {
-            service: service.into(),
-            namespace: "shop".into(),
-        })
-        .await
-        .expect("list endpoints")
-        .into_inner()
-        .endpoints
+    endpoints_of(cp, ca, "shop", service).await
 }
 
 #[tokio::test]

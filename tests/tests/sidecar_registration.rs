@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use bulkhead_proto::pb;
-use bulkhead_tests::control::wait_for_async;
+use bulkhead_tests::control::{endpoints_of, wait_for_async};
 use bulkhead_tests::mesh::Mesh;
 use bulkhead_tests::proxy::*;
 use bytes::Bytes;
@@ -47,20 +46,10 @@ async fn an_unready_app_is_withdrawn_and_registered_again_when_it_recovers() {
             .app(&app)
             .env("BULKHEAD_APP_PROBES", &probes.to_string()),
     );
-    let admin = mesh.cp.admin_client(&mesh.ca);
     let registered = |expected: usize| {
-        let admin = admin.clone();
+        let mesh = &mesh;
         async move {
-            let mut admin = admin.clone();
-            let listed = admin
-                .list_endpoints(pb::ListEndpointsRequest {
-                    service: "web".into(),
-                    namespace: "shop".into(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .endpoints;
+            let listed = endpoints_of(&mesh.cp, &mesh.ca, "shop", "web").await;
             (listed.len() == expected).then_some(())
         }
     };

@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use bulkhead_proto::pb;
 use bulkhead_tests::apiserver::{ApiServer, node};
-use bulkhead_tests::control::wait_for_async;
+use bulkhead_tests::control::{endpoints_of, wait_for_async};
 use bulkhead_tests::mesh::Mesh;
 use bulkhead_tests::proxy::*;
 
@@ -57,19 +56,10 @@ async fn zone_and_region_come_from_the_nodes_labels() {
     let on_a = mesh.sidecar(spec("node-a"));
     let on_b = mesh.sidecar(spec("node-b"));
 
-    let admin = mesh.cp.admin_client(&mesh.ca);
     let endpoints = wait_for_async("both endpoints registered", Duration::from_secs(20), || {
-        let mut admin = admin.clone();
+        let mesh = &mesh;
         async move {
-            let listed = admin
-                .list_endpoints(pb::ListEndpointsRequest {
-                    service: "web".into(),
-                    namespace: "shop".into(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .endpoints;
+            let listed = endpoints_of(&mesh.cp, &mesh.ca, "shop", "web").await;
             (listed.len() == 2).then_some(listed)
         }
     })
