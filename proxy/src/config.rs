@@ -170,6 +170,11 @@ pub(crate) struct RunArgs {
     /// How long SIGTERM waits for in-flight requests.
     #[arg(long, env = "BULKHEAD_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long inbound keeps accepting once deregistered,
+    /// so the deregistration reaches callers first (at most half of
+    /// --drain-timeout).
+    #[arg(long, env = "BULKHEAD_DEREGISTER_DELAY", default_value = "2s", value_parser = parse_delay)]
+    pub deregister_delay: Duration,
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     #[arg(long, env = "BULKHEAD_LOG_LEVEL", default_value = "info")]
@@ -310,6 +315,7 @@ pub(crate) struct Config {
     pub request_timeout: Duration,
     pub tcp_idle_timeout: Duration,
     pub drain_timeout: Duration,
+    pub deregister_delay: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
     pub workers: usize,
@@ -360,6 +366,7 @@ impl Config {
             "requestTimeout": duration(self.request_timeout),
             "tcpIdleTimeout": duration(self.tcp_idle_timeout),
             "drainTimeout": duration(self.drain_timeout),
+            "deregisterDelay": duration(self.deregister_delay),
             "logFormat": self.log_format.to_possible_value().map(|v| v.get_name().to_owned()),
             "logLevel": self.log_level,
             "workers": self.workers,
@@ -461,10 +468,19 @@ impl Config {
             request_timeout: a.request_timeout,
             tcp_idle_timeout: a.tcp_idle_timeout,
             drain_timeout: a.drain_timeout,
+            deregister_delay: a.deregister_delay,
             log_format: a.log_format,
             log_level: a.log_level,
             workers: usize::from(a.workers),
         })
+    }
+}
+
+/// A duration that may be zero (`0`, `0s`): "no delay".
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" | "0s" | "0ms" => Ok(Duration::ZERO),
+        other => parse_duration(other),
     }
 }
 

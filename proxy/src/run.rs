@@ -1,9 +1,10 @@
 //! Assembling a sidecar. [`run`] reads as the table of contents: identity
 //! and state, then each listener from its own constructor (inbound,
-//! outbound, capture, admin, DNS), then registration and shutdown. On
-//! SIGTERM: deregister, keep accepting for a moment, then drain (stop
-//! accepting, HTTP/2 GOAWAY, wait for in-flight work up to the grace
-//! period).
+//! outbound, capture, admin, DNS), then registration (which follows the
+//! app's readiness) and shutdown. On SIGTERM: deregister, keep accepting
+//! inbound for `--deregister-delay`, drain inbound (stop accepting, HTTP/2
+//! GOAWAY, wait for in-flight work), keep serving the app's outbound calls
+//! until it has exited, then drain those — all within the grace period.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,8 +34,8 @@ use crate::state::{self, MeshState, StateCell};
 use crate::subscriptions::Subscriptions;
 use crate::wire;
 
-/// How long a deregistered sidecar keeps accepting before it drains.
-const DEREGISTER_GRACE: Duration = Duration::from_secs(1);
+/// How often a draining sidecar looks whether its app has exited.
+const APP_EXIT_POLL: Duration = Duration::from_millis(200);
 
 /// How the sidecar ended, for the exit code.
 #[derive(Debug)]
@@ -59,7 +60,11 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     let slot = CertSlot::empty();
     let states = StateCell::new(saved_state(&config));
     let subscriptions = Arc::new(subscriptions(&config, &states.load()));
+    // Two phases on SIGTERM: inbound (and admin's readiness) drains first;
+    // the app-facing side keeps serving while the app may still be
+    // finishing work that calls its upstreams.
     let drain = Drain::new();
+    let outbound_drain = Drain::new();
 
     // Outbound serves from the start: before the first certificate and
     // config, calls are refused (and counted) rather than left waiting in
@@ -84,23 +89,23 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     tokio::spawn(admin::serve(listeners.admin, admin.clone()));
     for (listener, up) in listeners.upstreams {
         let target = Target::new((up.namespace, up.service), up.port);
-        drain.spawn(outbound::serve(
+        outbound_drain.spawn(outbound::serve(
             listener,
             target,
             outbound.clone(),
-            drain.clone(),
+            outbound_drain.clone(),
         ));
     }
     for listener in listeners.capture {
         let egress = config.egress == Egress::Allow;
-        drain.spawn(capture::serve(
+        outbound_drain.spawn(capture::serve(
             listener,
             outbound.clone(),
             egress,
-            drain.clone(),
+            outbound_drain.clone(),
         ));
     }
-    let dns = serve_dns(&config, &outbound, &drain).await?;
+    let dns = serve_dns(&config, &outbound, &outbound_drain).await?;
     if let Some(path) = &config.addresses_file {
         write_addresses(path, &addresses, &dns)?;
     }
@@ -139,7 +144,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         registered.clone(),
     ));
     bulkhead_process::shutdown_signal().await;
-    shut_down(&config, health, registered, &drain).await;
+    shut_down(&config, health, registered, [&drain, &outbound_drain]).await;
     Ok(())
 }
 
@@ -533,16 +538,42 @@ fn endpoint_record(config: &Config, inbound_port: u16, admin: &Admin) -> Option<
     })
 }
 
-/// Deregister first so callers stop picking us, keep accepting for a
-/// moment (callers that had already picked us still land), then drain.
-async fn shut_down(config: &Config, health: JoinHandle<()>, registered: Registered, drain: &Drain) {
+/// Deregister first so callers stop picking us; keep accepting inbound
+/// for `--deregister-delay` (callers that had already picked us still
+/// land); drain inbound; keep serving the app's outbound calls until the
+/// app has exited or the grace period ends; then drain those.
+async fn shut_down(
+    config: &Config,
+    health: JoinHandle<()>,
+    registered: Registered,
+    [inbound, outbound]: [&Drain; 2],
+) {
+    let started = tokio::time::Instant::now();
+    let deadline = started + config.drain_timeout;
     tracing::info!(grace = ?config.drain_timeout, "SIGTERM: deregistering, then draining");
     health.abort();
     if let Some(registration) = registered.lock().await.take() {
         registration.deregister().await;
     }
-    tokio::time::sleep(DEREGISTER_GRACE.min(config.drain_timeout / 2)).await;
-    if !drain.drain(config.drain_timeout).await {
-        tracing::warn!("grace period over with connections still open; closing them");
+    tokio::time::sleep(config.deregister_delay.min(config.drain_timeout / 2)).await;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    if !inbound.drain(left()).await {
+        tracing::warn!("grace period over with inbound connections still open; closing them");
     }
+    if let Some(app) = config.app {
+        while !left().is_zero() && app_is_up(app).await {
+            tokio::time::sleep(APP_EXIT_POLL).await;
+        }
+    }
+    if !outbound.drain(left().max(Duration::from_secs(1))).await {
+        tracing::warn!("grace period over with the app's outbound calls still open; closing them");
+    }
+}
+
+/// Whether the app still accepts connections on `--app`.
+async fn app_is_up(app: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app)).await,
+        Ok(Ok(_))
+    )
 }

@@ -68,3 +68,81 @@ async fn a_sigterm_drains_the_endpoint_with_no_client_error() {
     );
     let _ = &m.mesh;
 }
+
+const CALLER_SHOP: &str = "
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {name: inventory, namespace: shop}
+spec:
+  ports: [{port: 8080, protocol: http}]
+---
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{port: 8080, protocol: http}]
+---
+apiVersion: bulkhead.dev/v1
+kind: AllowList
+metadata: {name: inventory-from-web, namespace: shop}
+spec:
+  target: inventory
+  rules: [{from: [web]}]
+";
+
+/// A terminating pod's app may still be finishing work that calls its
+/// upstreams: after SIGTERM the sidecar drains inbound, but keeps serving
+/// the app's outbound calls until the app has exited (or the grace period
+/// ends), then exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_serves_the_app_until_it_exits() {
+    use bulkhead_tests::mesh::Mesh;
+    use bulkhead_tests::proxy::{App, SidecarSpec, call};
+    let mesh = Mesh::memory("cluster.local", CALLER_SHOP, &[]).await;
+    let inventory_app = App::http("inventory", "1.0.0").await;
+    let _inventory =
+        mesh.sidecar(SidecarSpec::new("shop", "inventory", "1.0.0").app(&inventory_app));
+    let web_app = App::http("web", "1.0.0").await;
+    let mut web = mesh.sidecar(
+        SidecarSpec::new("shop", "web", "1.0.0")
+            .app(&web_app)
+            .upstream("inventory")
+            .arg("--drain-timeout")
+            .arg("60s")
+            .arg("--deregister-delay")
+            .arg("0s"),
+    );
+    let upstream = web.upstream("inventory");
+    let ok = || async {
+        call(upstream, "GET", "/stock", &[])
+            .await
+            .is_ok_and(|r| r.status == 200)
+    };
+    bulkhead_tests::control::wait_for_async(
+        "web's call answered",
+        Duration::from_secs(20),
+        || async { ok().await.then_some(()) },
+    )
+    .await;
+
+    let pid = web.pid().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Inbound has drained (nothing was in flight) and the app is still up:
+    // its calls keep being served, on new connections too.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(ok().await, "an outbound call during the drain failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    web.assert_running();
+    // The app exits: the sidecar follows, long before the 60 s grace.
+    web_app.stop();
+    let status = blocking(|| web.wait_exit());
+    assert!(status.success(), "{status:?}\n{}", web.log_text());
+}
