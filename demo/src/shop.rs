@@ -124,6 +124,12 @@ async fn get(client: &HttpClient, addr: SocketAddr, path: &str) -> (Option<u16>,
     }
 }
 
+/// Stops every in-process app when set (their listeners close).
+fn apps_stop() -> &'static tokio::sync::watch::Sender<bool> {
+    static STOP: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> = std::sync::OnceLock::new();
+    STOP.get_or_init(|| tokio::sync::watch::channel(false).0)
+}
+
 /// An in-process app: `handler(path)` gives the reply body.
 async fn app<F, Fut>(handler: F) -> Result<SocketAddr, DemoError>
 where
@@ -136,9 +142,15 @@ where
     let addr = listener
         .local_addr()
         .map_err(|e| fail("app")(e.to_string()))?;
+    let mut stopped = apps_stop().subscribe();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                // Dropping the listener: the app is gone (connections refused).
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            let Ok((tcp, _)) = accepted else {
                 continue;
             };
             let handler = handler.clone();
@@ -315,7 +327,12 @@ pub(crate) async fn run(duration: Duration) -> DemoResult {
             Ok(())
         }
     };
-    step("stopping: SIGTERM to every sidecar (they deregister and drain), then the control plane");
+    step(
+        "stopping: the apps, then SIGTERM to every sidecar (they deregister and drain, as when Kubernetes stops a pod), then the control plane",
+    );
+    // As in a pod, the app goes first: a sidecar keeps serving its app's
+    // outbound calls until the app has exited.
+    apps_stop().send_replace(true);
     for s in &mut sidecars {
         let _ = Command::new("kill")
             .args(["-TERM", &s.child.id().to_string()])
