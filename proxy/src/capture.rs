@@ -84,10 +84,12 @@ async fn connection(tcp: TcpStream, outbound: Arc<Outbound>, egress_allowed: boo
 /// subscribe, and look again.
 async fn look_up(dst: SocketAddr, outbound: &Outbound) -> Option<Destination> {
     let services = outbound.subscriptions.lookup_address(dst.ip()).await;
-    let mut asked = false;
-    for key in &services {
-        asked |= outbound.subscriptions.ensure(&outbound.states, key).await;
-    }
+    // Together, not in turn: the wait stays one SUBSCRIBE_WAIT however many
+    // services share the address.
+    let waits = services
+        .iter()
+        .map(|key| outbound.subscriptions.ensure(&outbound.states, key));
+    let asked = futures::future::join_all(waits).await.contains(&true);
     if asked {
         outbound.states.load().destination(dst)
     } else {

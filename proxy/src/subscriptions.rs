@@ -48,6 +48,10 @@ const MAX_NEGATIVE: usize = 4096;
 /// Most address lookups in flight at once (more wait their turn).
 const MAX_LOOKUPS: usize = 16;
 
+/// Most services one address's answer subscribes to (the control plane
+/// sends at most as many).
+const MAX_SERVICES_AT_ADDRESS: usize = 16;
+
 /// How long one address lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -194,6 +198,7 @@ impl Subscriptions {
         };
         let keys: Vec<ServiceKey> = services
             .iter()
+            .take(MAX_SERVICES_AT_ADDRESS)
             .filter_map(|s| {
                 let (name, namespace) = s.split_once('.')?;
                 Some((namespace.to_owned(), name.to_owned()))
