@@ -1,15 +1,13 @@
 //! Logs and metrics set-up, shared by the binaries: text logs for terminals,
 //! JSON for machines; a Prometheus recorder for the `metrics` crate.
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use bulkhead_process::{LogFormat, init_logs};
 
 /// Installs the Prometheus recorder and returns a handle to render it.
 pub fn init_metrics() -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    let handle = bulkhead_process::install_metrics()?;
     metrics::describe_counter!(
         "bulkhead_tls_handshakes_total",
         "TLS handshakes on the gRPC port, by result"

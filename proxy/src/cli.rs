@@ -43,10 +43,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     init_logs(config.log_format, &config.log_level);
     bulkhead_tls::install_default_provider();
     tracing::debug!(?config, "effective configuration");
-    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+    let metrics = match bulkhead_process::install_metrics() {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("bulkhead-proxy: cannot install the metrics recorder: {e}");
+            eprintln!("bulkhead-proxy: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -107,6 +107,26 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_if_any(text, name, labels).unwrap_or(0.0)
 }
 
+/// The buckets of histogram `name` (its `name_bucket` samples) for one
+/// series: (upper bound, cumulative count), in order of the bound, `+Inf`
+/// last. Empty when `name` is not exported as a histogram.
+pub fn buckets(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let bucket = format!("{name}_bucket");
+    let mut found: Vec<(f64, f64)> = samples(text)
+        .into_iter()
+        .filter(|s| s.name == bucket && s.has(labels))
+        .filter_map(|s| {
+            let le = match s.label("le")? {
+                "+Inf" => f64::INFINITY,
+                bound => bound.parse().ok()?,
+            };
+            Some((le, s.value))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.total_cmp(&b.0));
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! with allow-lists enforced at the callee and paths normalized.
 
 use bulkhead_tests::mesh::Mesh;
+use bulkhead_tests::prom;
 use bulkhead_tests::proxy::*;
 
 const SHOP: &str = "
@@ -180,6 +181,26 @@ async fn request_metrics_name_both_ends() {
     };
     assert!(caller.metric("bulkhead_requests_total", &outbound("2xx")) >= 5.0);
     assert!(caller.metric("bulkhead_request_duration_seconds_count", &outbound("2xx")) >= 5.0);
+    // A Prometheus histogram (aggregatable across pods), not a summary:
+    // at least 10 buckets from 1 ms to 10 s, cumulative, +Inf = count.
+    let buckets = prom::buckets(
+        &caller.metrics(),
+        "bulkhead_request_duration_seconds",
+        &outbound("2xx"),
+    );
+    let finite: Vec<f64> = buckets
+        .iter()
+        .map(|b| b.0)
+        .filter(|b| b.is_finite())
+        .collect();
+    assert!(finite.len() >= 10, "{buckets:?}");
+    assert_eq!(finite.first(), Some(&0.001), "{buckets:?}");
+    assert_eq!(finite.last(), Some(&10.0), "{buckets:?}");
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+    assert_eq!(
+        buckets.last().map(|b| b.1),
+        Some(caller.metric("bulkhead_request_duration_seconds_count", &outbound("2xx")))
+    );
     assert_eq!(
         caller.metric("bulkhead_requests_total", &outbound("4xx")),
         1.0
