@@ -54,7 +54,8 @@ pub(crate) struct Admin {
     pub(crate) states: StateCell,
     /// Whose balancers `/config` shows.
     pub(crate) outbound: Arc<Outbound>,
-    pub(crate) app: Option<SocketAddr>,
+    /// The app's `--app` addresses (readiness without a probe: all accept).
+    pub(crate) apps: Vec<SocketAddr>,
     pub(crate) drain: Drain,
 }
 
@@ -76,7 +77,7 @@ impl Admin {
         if let Some(ready) = app_health::app_ready(Duration::from_secs(1)).await {
             return ready;
         }
-        if let Some(app) = self.app {
+        for &app in &self.apps {
             match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app))
                 .await
             {

@@ -86,9 +86,17 @@ pub(crate) struct RunArgs {
     /// name); the sidecar refuses to start under any other identity.
     #[arg(long, env = "BULKHEAD_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
-    /// The local app the inbound side forwards to.
-    #[arg(long, env = "BULKHEAD_APP", value_name = "ADDR")]
-    pub app: Option<SocketAddr>,
+    /// The local app the inbound side forwards to: `ADDR` for every
+    /// declared port, or `PORT=ADDR` per declared port (repeatable; in the
+    /// environment, comma-separated). A port no `PORT=` names goes to the
+    /// bare `ADDR`, else to the only app given.
+    #[arg(
+        long,
+        env = "BULKHEAD_APP",
+        value_name = "[PORT=]ADDR",
+        value_delimiter = ','
+    )]
+    pub app: Vec<String>,
     #[arg(
         long,
         env = "BULKHEAD_APP_PROTOCOL",
@@ -215,6 +223,69 @@ pub(crate) enum AppProtocol {
     Tcp,
 }
 
+/// One `--app`: where calls to a declared port (or to any port) go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AppPort {
+    /// The Service's declared port; `None`: every port no other `--app`
+    /// names.
+    pub port: Option<u16>,
+    pub addr: SocketAddr,
+}
+
+impl AppPort {
+    /// Parses `[PORT=]ADDR`.
+    fn parse(spec: &str) -> Result<Self, String> {
+        let spec = spec.trim();
+        let (port, addr) = match spec.split_once('=') {
+            Some((port, addr)) => {
+                let port = port
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{spec:?}: port {port:?} is not 1-65535"))?;
+                (Some(port), addr)
+            }
+            None => (None, spec),
+        };
+        let addr = addr.trim().parse().map_err(|_| {
+            format!("{spec:?}: expected [PORT=]IP:PORT, such as 8080=127.0.0.1:8080")
+        })?;
+        Ok(Self { port, addr })
+    }
+
+    /// Every `--app`, checked together: one bare `ADDR` at most, each
+    /// declared port once.
+    fn parse_all(specs: &[String]) -> Result<Vec<Self>, String> {
+        let mut apps: Vec<Self> = Vec::with_capacity(specs.len());
+        for spec in specs.iter().filter(|s| !s.trim().is_empty()) {
+            let app = Self::parse(spec)?;
+            if let Some(other) = apps.iter().find(|a| a.port == app.port) {
+                return Err(match app.port {
+                    Some(port) => {
+                        format!("{spec:?}: port {port} is already sent to {}", other.addr)
+                    }
+                    None => format!(
+                        "{spec:?}: only one --app may omit PORT= (already {})",
+                        other.addr
+                    ),
+                });
+            }
+            apps.push(app);
+        }
+        Ok(apps)
+    }
+}
+
+impl std::fmt::Display for AppPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{port}={}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 /// Where the trust bundle comes from.
 #[derive(Clone, Debug)]
 pub(crate) enum TrustSource {
@@ -299,7 +370,7 @@ pub(crate) struct Config {
     pub service: String,
     pub version: String,
     pub service_account: String,
-    pub app: Option<SocketAddr>,
+    pub app: Vec<AppPort>,
     pub app_protocol: AppProtocol,
     pub inbound: SocketAddr,
     pub advertise: IpAddr,
@@ -341,7 +412,7 @@ impl Config {
             "service": self.service,
             "version": self.version,
             "serviceAccount": self.service_account,
-            "app": self.app.map(|a| a.to_string()),
+            "app": self.app.iter().map(AppPort::to_string).collect::<Vec<_>>(),
             "appProtocol": self.app_protocol.to_possible_value().map(|v| v.get_name().to_owned()),
             "inbound": self.inbound.to_string(),
             "advertise": self.advertise.to_string(),
@@ -423,6 +494,7 @@ impl Config {
             }
             upstreams.push(up);
         }
+        let app = AppPort::parse_all(&a.app).map_err(|e| format!("--app {e}"))?;
         let advertise = a.advertise.unwrap_or_else(|| {
             if a.inbound.ip().is_unspecified() {
                 IpAddr::from([127, 0, 0, 1])
@@ -448,7 +520,7 @@ impl Config {
             service: a.service,
             version: a.version,
             service_account,
-            app: a.app,
+            app,
             app_protocol: a.app_protocol,
             inbound: a.inbound,
             advertise,
@@ -555,6 +627,41 @@ mod tests {
         );
         let c = args(&["--inbound", "198.18.0.5:4143"]).unwrap();
         assert_eq!(c.advertise.to_string(), "198.18.0.5");
+    }
+
+    #[test]
+    fn app_ports() {
+        assert!(args(&[]).unwrap().app.is_empty());
+        let c = args(&["--app", "127.0.0.1:8080"]).unwrap();
+        assert_eq!(c.app[0].port, None);
+        assert_eq!(c.app[0].addr.to_string(), "127.0.0.1:8080");
+        let c = args(&[
+            "--app",
+            "8080=127.0.0.1:8080",
+            "--app",
+            "9090=127.0.0.1:19090,127.0.0.1:7000",
+        ])
+        .unwrap();
+        let shown: Vec<String> = c.app.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "8080=127.0.0.1:8080",
+                "9090=127.0.0.1:19090",
+                "127.0.0.1:7000"
+            ]
+        );
+        for bad in [
+            "8080",
+            "0=127.0.0.1:1",
+            "x=127.0.0.1:1",
+            "8080=localhost:8080",
+            "8080=127.0.0.1:1,8080=127.0.0.1:2",
+            "127.0.0.1:1,127.0.0.1:2",
+        ] {
+            let e = args(&["--app", bad]).unwrap_err();
+            assert!(e.starts_with("--app "), "{bad}: {e}");
+        }
     }
 
     #[test]

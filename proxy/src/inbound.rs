@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bulkhead_proto::SpiffeId;
-use bulkhead_proto::model::AllowList;
+use bulkhead_proto::model::{AllowList, Protocol};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::accept::{self, Listener};
-use crate::config::AppProtocol;
+use crate::config::{AppPort, AppProtocol};
 use crate::drain::Drain;
 use crate::http::{self as h, Body};
 use crate::policy::{self, HttpRequestInfo, Verdict};
@@ -46,9 +46,9 @@ pub(crate) struct Inbound {
     /// changes after): requests find the AllowLists by index.
     pub(crate) id: OnceLock<ServiceId>,
     pub(crate) version: String,
-    pub(crate) app: Option<SocketAddr>,
-    /// `app` as the authority of requests to it (built once).
-    pub(crate) app_authority: Option<Authority>,
+    /// Where each declared port's calls go (`--app`).
+    pub(crate) apps: Apps,
+    /// The protocol of a port our Service does not declare.
     pub(crate) app_protocol: AppProtocol,
     pub(crate) states: StateCell,
     pub(crate) app_http1: Client<HttpConnector, Incoming>,
@@ -63,10 +63,62 @@ pub(crate) struct Inbound {
 static NO_ALLOW_LISTS: std::sync::LazyLock<Arc<[AllowList]>> =
     std::sync::LazyLock::new(|| Arc::from([]));
 
+/// One local app address (`--app`), with its authority built once.
+pub(crate) struct App {
+    pub(crate) addr: SocketAddr,
+    authority: Authority,
+}
+
+/// The app's addresses by declared port: a port named by `PORT=ADDR` goes
+/// there; any other port to the bare `ADDR`, else to the only app given
+/// (a single-port app whose Service declares another number, like a
+/// Kubernetes Service port 80 in front of container port 8080).
+pub(crate) struct Apps {
+    by_port: Vec<(u16, App)>,
+    default: Option<App>,
+}
+
+impl Apps {
+    pub(crate) fn new(ports: &[AppPort]) -> Self {
+        let app = |addr: SocketAddr| App {
+            addr,
+            authority: Authority::try_from(addr.to_string())
+                .expect("a socket address is an authority"),
+        };
+        Self {
+            by_port: ports
+                .iter()
+                .filter_map(|p| Some((p.port?, app(p.addr))))
+                .collect(),
+            default: ports.iter().find(|p| p.port.is_none()).map(|p| app(p.addr)),
+        }
+    }
+
+    /// Where calls to declared port `port` go.
+    pub(crate) fn for_port(&self, port: u16) -> Option<&App> {
+        self.by_port
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, app)| app)
+            .or(self.default.as_ref())
+            .or(match self.by_port.as_slice() {
+                [(_, only)] => Some(only),
+                _ => None,
+            })
+    }
+}
+
+/// What one request (or stream) to `port` is held to right now.
+struct Current {
+    allow_lists: Arc<[AllowList]>,
+    /// The port's protocol: our Service's word for it, else `--app-protocol`.
+    protocol: Protocol,
+}
+
 impl Inbound {
-    /// The AllowLists in force right now: one lookup by key in the state's
-    /// index, no lock.
-    fn current_allow_lists(&self) -> Arc<[AllowList]> {
+    /// The AllowLists in force and the port's protocol: one lookup by key
+    /// in the state's index, no lock.
+    fn current(&self, port: u16) -> Current {
         let state = self.states.load();
         let id = match self.id.get() {
             Some(id) => Some(*id),
@@ -74,9 +126,21 @@ impl Inbound {
                 let _ = self.id.set(*id);
             }),
         };
-        id.and_then(|id| state.view_at(id))
-            .map(|v| Arc::clone(&v.allow_lists))
-            .unwrap_or_else(|| Arc::clone(&NO_ALLOW_LISTS))
+        let view = id.and_then(|id| state.view_at(id));
+        let declared = view
+            .and_then(|v| v.service.as_ref())
+            .and_then(|svc| svc.spec.ports.iter().find(|p| p.port == port))
+            .map(|p| p.protocol);
+        Current {
+            allow_lists: view
+                .map(|v| Arc::clone(&v.allow_lists))
+                .unwrap_or_else(|| Arc::clone(&NO_ALLOW_LISTS)),
+            protocol: declared.unwrap_or(match self.app_protocol {
+                AppProtocol::Http => Protocol::Http,
+                AppProtocol::Grpc => Protocol::Grpc,
+                AppProtocol::Tcp => Protocol::Tcp,
+            }),
+        }
     }
 
     fn service(&self) -> &str {
@@ -158,6 +222,11 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
     tracing::Span::current().record("identity", tracing::field::display(&peer));
     match preface.payload {
         Payload::Tcp => tcp_stream(tls, peer, preface.port, &inbound).await,
+        // An opaque TCP port is bytes end to end: never parsed as HTTP.
+        Payload::Http2 if inbound.current(preface.port).protocol == Protocol::Tcp => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "protocol-mismatch").increment(1);
+            tracing::info!(%remote, %peer, port = preface.port, "inbound HTTP refused: the port is declared tcp");
+        }
         Payload::Http2 => {
             let port = preface.port;
             let svc_inbound = inbound.clone();
@@ -211,8 +280,14 @@ async fn tcp_stream(
     port: u16,
     inbound: &Inbound,
 ) {
-    let lists = inbound.current_allow_lists();
-    let decision = policy::authorize(&lists, &peer, port, None, &inbound.trust_domain);
+    let current = inbound.current(port);
+    let decision = policy::authorize(
+        &current.allow_lists,
+        &peer,
+        port,
+        None,
+        &inbound.trust_domain,
+    );
     match decision.verdict {
         Verdict::Deny => {
             deny_log(&peer, inbound.service(), &decision.label(), port, "tcp");
@@ -224,8 +299,9 @@ async fn tcp_stream(
         }
         Verdict::Allow => {}
     }
-    let Some(app) = inbound.app else {
-        tracing::warn!(%peer, "no --app to forward to");
+    let Some(app) = inbound.apps.for_port(port).map(|a| a.addr) else {
+        metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "no-app").increment(1);
+        tracing::warn!(%peer, port, "no --app for this port");
         return;
     };
     let mut upstream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(app))
@@ -283,9 +359,9 @@ async fn request(
             "bulkhead: request target does not parse",
         );
     };
-    let lists = inbound.current_allow_lists();
+    let current = inbound.current(port);
     let decision = policy::authorize(
-        &lists,
+        &current.allow_lists,
         peer,
         port,
         Some(HttpRequestInfo {
@@ -318,12 +394,12 @@ async fn request(
         }
         Verdict::Allow => {}
     }
-    let Some(app) = &inbound.app_authority else {
+    let Some(app) = inbound.apps.for_port(port) else {
         return h::mesh_response(
             grpc,
             StatusCode::SERVICE_UNAVAILABLE,
             "no-app",
-            "bulkhead: no app behind this sidecar",
+            &format!("bulkhead: no app behind this sidecar for port {port} (--app PORT=ADDR)"),
         );
     };
     // HTTP/2 carries the caller's authority in the URI, HTTP/1.1 in Host.
@@ -337,7 +413,7 @@ async fn request(
     }
     let mut target = http::uri::Parts::default();
     target.scheme = Some(Scheme::HTTP);
-    target.authority = Some(app.clone());
+    target.authority = Some(app.authority.clone());
     target.path_and_query = Some(path_and_query);
     let Ok(uri) = Uri::from_parts(target) else {
         return h::mesh_response(
@@ -349,14 +425,12 @@ async fn request(
     };
     *req.uri_mut() = uri;
     h::strip_hop_by_hop(req.headers_mut());
-    let client = if inbound.app_protocol == AppProtocol::Grpc {
+    let client = if current.protocol == Protocol::Grpc {
         &inbound.app_http2
     } else {
+        *req.version_mut() = http::Version::HTTP_11;
         &inbound.app_http1
     };
-    if inbound.app_protocol != AppProtocol::Grpc {
-        *req.version_mut() = http::Version::HTTP_11;
-    }
     match tokio::time::timeout(inbound.request_timeout, client.request(req)).await {
         Ok(Ok(resp)) => resp.map(|b| b.boxed()),
         Ok(Err(error)) => {

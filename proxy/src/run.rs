@@ -83,7 +83,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         slot: slot.clone(),
         states: states.clone(),
         outbound: outbound.clone(),
-        app: config.app,
+        apps: config.app.iter().map(|a| a.addr).collect(),
         drain: drain.clone(),
     });
     tokio::spawn(admin::serve(listeners.admin, admin.clone()));
@@ -435,10 +435,7 @@ fn inbound_side(
         key: (config.namespace.clone(), config.service.clone()),
         id: std::sync::OnceLock::new(),
         version: config.version.clone(),
-        app: config.app,
-        app_authority: config
-            .app
-            .and_then(|app| http::uri::Authority::try_from(app.to_string()).ok()),
+        apps: inbound::Apps::new(&config.app),
         app_protocol: config.app_protocol,
         states: states.clone(),
         app_http1,
@@ -560,7 +557,7 @@ async fn shut_down(
     if !inbound.drain(left()).await {
         tracing::warn!("grace period over with inbound connections still open; closing them");
     }
-    if let Some(app) = config.app {
+    for app in config.app.iter().map(|a| a.addr) {
         while !left().is_zero() && app_is_up(app).await {
             tokio::time::sleep(APP_EXIT_POLL).await;
         }

@@ -278,6 +278,15 @@ pub fn flag<'a>(c: &'a Container, flag: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// Every value of a repeated flag (`--app A --app B`), in order.
+pub fn flags<'a>(c: &'a Container, flag: &str) -> Vec<&'a str> {
+    let args = c.args.as_deref().unwrap_or_default();
+    args.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
 pub fn volume<'a>(pod: &'a Pod, name: &str) -> &'a Volume {
     pod.spec
         .as_ref()

@@ -124,7 +124,7 @@ fn bulkheadctl_inject_adds_the_sidecar_to_pod_templates_once() {
     assert_eq!(flag(proxy, "--control"), Some(CONTROL_URL));
     assert_eq!(value(proxy, "BULKHEAD_SERVICE"), "cart");
     assert_eq!(value(proxy, "BULKHEAD_VERSION"), "2.0.1");
-    assert_eq!(value(proxy, "BULKHEAD_APP"), "127.0.0.1:9090");
+    assert_eq!(flags(proxy, "--app"), ["9090=127.0.0.1:9090"]);
     assert_eq!(value(proxy, "BULKHEAD_APP_PROTOCOL"), "grpc");
     assert_eq!(
         field_ref(proxy, "BULKHEAD_SERVICE_ACCOUNT"),

@@ -143,7 +143,7 @@ async fn a_deployment_pod_gets_the_init_container_and_the_native_sidecar() {
         "{warned:?}"
     );
     // The app declares no port: nothing to forward inbound to, and it says so.
-    assert!(proxy.env.iter().flatten().all(|e| e.name != "BULKHEAD_APP"));
+    assert!(flags(proxy, "--app").is_empty());
     assert!(
         warned.iter().any(|w| w.contains("no TCP containerPort")),
         "{warned:?}"
@@ -416,7 +416,7 @@ async fn a_kubectl_pod_with_init_containers_keeps_them_after_ours() {
     // Service from the `app` label, the app port from the container's port.
     let proxy = &spec.init_containers.as_ref().unwrap()[1];
     assert_eq!(value(proxy, "BULKHEAD_SERVICE"), "echo-server");
-    assert_eq!(value(proxy, "BULKHEAD_APP"), "127.0.0.1:8080");
+    assert_eq!(flags(proxy, "--app"), ["8080=127.0.0.1:8080"]);
     assert_eq!(value(proxy, "BULKHEAD_APP_PROTOCOL"), "http");
     assert!(warnings(&out).is_empty(), "{:?}", warnings(&out));
 }

@@ -7,8 +7,8 @@
 //! |---|---|---|
 //! | `bulkhead.dev/inject` | `enabled`, `disabled` | `disabled` opts out; anything else but `enabled` is left alone with a warning |
 //! | `bulkhead.dev/injected` | `"true"` | set by the injector; such a pod is never injected twice |
-//! | `bulkhead.dev/app-port` | port | the app port the sidecar fronts (default: the first TCP `containerPort`) |
-//! | `bulkhead.dev/app-protocol` | `http`, `grpc`, `tcp` | (default: from the port's name prefix, else `http`) |
+//! | `bulkhead.dev/app-port` | port | the one app port the sidecar fronts (default: every TCP `containerPort` of the app containers, each as `--app PORT=127.0.0.1:PORT`, but those in `skip-inbound-ports`) |
+//! | `bulkhead.dev/app-protocol` | `http`, `grpc`, `tcp` | for ports the Service does not declare (default: from the first port's name prefix, else `http`) |
 //! | `bulkhead.dev/skip-inbound-ports` | `8081,9090` | left out of inbound capture (plaintext!); probes on them are not rewritten |
 //! | `bulkhead.dev/skip-outbound-ports` | `443,5432` | left out of outbound capture |
 //! | `bulkhead.dev/rewrite-probes` | `"false"` | keep the app's kubelet probes as written (see [`probes`](super::probes)) |
@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 use super::Injector;
 use super::probes::{self, REWRITE_PROBES_ANNOTATION, Rewrite};
-use super::sidecar::{self, AppProtocol, Workload};
+use super::sidecar::{self, App, AppProtocol, Workload};
 
 pub const INJECT_KEY: &str = "bulkhead.dev/inject";
 pub const INJECTED_ANNOTATION: &str = "bulkhead.dev/injected";
@@ -312,22 +312,37 @@ fn describe(
             ));
         }
     };
-    let app = match annotations.get(APP_PORT_ANNOTATION) {
-        Some(port) => Some((
-            parse_port(port)
-                .ok_or_else(|| format!("{APP_PORT_ANNOTATION}: {port:?} is not a port 1-65535"))?,
-            protocol.unwrap_or(AppProtocol::Http),
-        )),
-        None => first_tcp_port(spec).map(|(port, name)| {
-            let guessed = match name {
-                Some(n) if n.starts_with("grpc") => AppProtocol::Grpc,
-                Some(n) if n.starts_with("tcp") => AppProtocol::Tcp,
-                _ => AppProtocol::Http,
-            };
-            (port, protocol.unwrap_or(guessed))
-        }),
-    };
-    if app.is_none() {
+    let app =
+        match annotations.get(APP_PORT_ANNOTATION) {
+            Some(port) => Some(App {
+                ports: vec![parse_port(port).ok_or_else(|| {
+                    format!("{APP_PORT_ANNOTATION}: {port:?} is not a port 1-65535")
+                })?],
+                protocol: protocol.unwrap_or(AppProtocol::Http),
+            }),
+            None => {
+                // Every declared TCP port but those left out of capture (their
+                // calls never reach the sidecar); the protocol from the first
+                // one's name unless annotated.
+                let ports: Vec<(u16, Option<&str>)> = tcp_ports(spec)
+                    .into_iter()
+                    .filter(|(port, _)| !skip_inbound.contains(port))
+                    .collect();
+                ports.first().map(|(_, name)| {
+                    let guessed = match name {
+                        Some(n) if n.starts_with("grpc") => AppProtocol::Grpc,
+                        Some(n) if n.starts_with("tcp") => AppProtocol::Tcp,
+                        _ => AppProtocol::Http,
+                    };
+                    App {
+                        ports: ports.iter().map(|(port, _)| *port).collect(),
+                        protocol: protocol.unwrap_or(guessed),
+                    }
+                })
+            }
+        };
+    // Every port left out of capture is a choice, not a mistake.
+    if app.is_none() && tcp_ports(spec).is_empty() {
         warnings.push(format!(
             "bulkhead: no TCP containerPort and no {APP_PORT_ANNOTATION}: the sidecar forwards no inbound calls"
         ));
@@ -378,13 +393,20 @@ fn ports_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result
     Ok(ports)
 }
 
-fn first_tcp_port(spec: &PodSpec) -> Option<(u16, Option<&str>)> {
-    spec.containers
+/// The app containers' TCP `containerPort`s, each once, in order.
+fn tcp_ports(spec: &PodSpec) -> Vec<(u16, Option<&str>)> {
+    let mut ports: Vec<(u16, Option<&str>)> = Vec::new();
+    let declared = spec
+        .containers
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
-        .find_map(|p| {
-            let port = u16::try_from(p.container_port).ok().filter(|p| *p != 0)?;
-            Some((port, p.name.as_deref()))
-        })
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"));
+    for p in declared {
+        if let Some(port) = u16::try_from(p.container_port).ok().filter(|p| *p != 0)
+            && !ports.iter().any(|(seen, _)| *seen == port)
+        {
+            ports.push((port, p.name.as_deref()));
+        }
+    }
+    ports
 }

@@ -49,13 +49,21 @@ pub const ATTESTATION: &str = "k8s-jwt";
 pub struct Workload {
     pub service: String,
     pub version: String,
-    /// The app port the sidecar forwards inbound calls to, and its protocol.
-    pub app: Option<(u16, AppProtocol)>,
+    /// The app ports the sidecar forwards inbound calls to.
+    pub app: Option<App>,
     pub skip_inbound: Vec<u16>,
     pub skip_outbound: Vec<u16>,
     /// The rewritten kubelet probes' table, for the proxy's
     /// `BULKHEAD_APP_PROBES` ([`probes`](super::probes)).
     pub app_probes: Option<String>,
+}
+
+/// The app's ports (each declared port reaches the app on the same number
+/// on localhost) and the protocol of a port its Service does not declare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct App {
+    pub ports: Vec<u16>,
+    pub protocol: AppProtocol,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,9 +205,12 @@ pub fn proxy_container(settings: &InjectorSettings, workload: &Workload) -> Cont
         Some(pem) => env.push(value_env("BULKHEAD_TRUST_BUNDLE_PEM", pem)),
         None => env.push(value_env("BULKHEAD_TRUST_BUNDLE", TRUST_BUNDLE_FILE)),
     }
-    if let Some((port, protocol)) = workload.app {
-        env.push(value_env("BULKHEAD_APP", &format!("127.0.0.1:{port}")));
-        env.push(value_env("BULKHEAD_APP_PROTOCOL", protocol.as_str()));
+    if let Some(app) = &workload.app {
+        for port in &app.ports {
+            args.push("--app".to_owned());
+            args.push(format!("{port}=127.0.0.1:{port}"));
+        }
+        env.push(value_env("BULKHEAD_APP_PROTOCOL", app.protocol.as_str()));
     }
     if let Some(table) = &workload.app_probes {
         env.push(value_env(super::probes::APP_PROBES_ENV, table));

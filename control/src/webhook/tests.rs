@@ -210,6 +210,26 @@ fn opt_out_and_host_network() {
     assert!(o.warnings[0].contains("hostNetwork"), "{o:?}");
 }
 
+/// The proxy's `--app` values, in order.
+fn apps_of(doc: &Value) -> Vec<String> {
+    let Some(proxy) = doc["spec"]["initContainers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == PROXY_CONTAINER))
+    else {
+        return Vec::new();
+    };
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    args.windows(2)
+        .filter(|w| w[0] == "--app")
+        .map(|w| w[1].to_owned())
+        .collect()
+}
+
 fn env_of(doc: &Value, name: &str) -> Option<String> {
     let proxy = doc["spec"]["initContainers"]
         .as_array()?
@@ -296,7 +316,7 @@ fn app_port_and_protocol() {
                 let mut doc = p.clone();
                 json_patch::patch(&mut doc, &patch.0).unwrap();
                 Ok((
-                    env_of(&doc, "BULKHEAD_APP"),
+                    apps_of(&doc),
                     env_of(&doc, "BULKHEAD_APP_PROTOCOL"),
                     o.warnings,
                 ))
@@ -306,16 +326,31 @@ fn app_port_and_protocol() {
         }
     };
     let s = |a: &str| Some(a.to_owned());
+    let v = |a: &[&str]| a.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     let (app, proto, _) = with(json!({}), json!([{"containerPort": 53, "protocol": "UDP"}, {"containerPort": 9090, "name": "grpc-api"}])).unwrap();
-    assert_eq!((app, proto), (s("127.0.0.1:9090"), s("grpc")));
+    assert_eq!((app, proto), (v(&["9090=127.0.0.1:9090"]), s("grpc")));
+    // Every declared TCP port, each to its own local port, once; not those
+    // left out of inbound capture.
+    let (app, proto, _) = with(
+        json!({"bulkhead.dev/skip-inbound-ports": "9100"}),
+        json!([{"containerPort": 8080, "name": "http"}, {"containerPort": 9000}, {"containerPort": 8080}, {"containerPort": 9100}]),
+    )
+    .unwrap();
+    assert_eq!(
+        (app, proto),
+        (
+            v(&["8080=127.0.0.1:8080", "9000=127.0.0.1:9000"]),
+            s("http")
+        )
+    );
     let (app, proto, _) = with(
         json!({"bulkhead.dev/app-port": "7000", "bulkhead.dev/app-protocol": "tcp"}),
         json!([{"containerPort": 8080}]),
     )
     .unwrap();
-    assert_eq!((app, proto), (s("127.0.0.1:7000"), s("tcp")));
+    assert_eq!((app, proto), (v(&["7000=127.0.0.1:7000"]), s("tcp")));
     let (app, _, warnings) = with(json!({}), json!([])).unwrap();
-    assert_eq!(app, None);
+    assert!(app.is_empty());
     assert!(warnings.iter().any(|w| w.contains("forwards no inbound")));
     for bad in [
         json!({"bulkhead.dev/app-port": "http"}),
