@@ -160,7 +160,7 @@ fn the_injected_proxy_runs_with_the_pods_identity_and_addresses() {
         ("serviceAccount", json!("web")),
         ("attestation", json!("k8s-jwt")),
         ("advertise", json!("198.18.0.7")),
-        ("app", json!("127.0.0.1:8080")),
+        ("app", json!(["8080=127.0.0.1:8080"])),
         ("admin", json!("0.0.0.0:4191")),
         ("dns", json!(["127.0.0.1:4153", "[::1]:4153"])),
         (
