@@ -17,6 +17,42 @@ pub(crate) const MESH_DENIED: &str = "x-bulkhead-denied";
 /// A request header pinning a version (`3.1.0`, `^3`).
 pub(crate) const VERSION_PIN: &str = "x-bulkhead-version";
 
+/// A response body as it came from a peer, or one the mesh made: one type
+/// for both without boxing the peer's.
+pub(crate) enum Answer {
+    Peer(hyper::body::Incoming),
+    Mesh(Body),
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Answer::Peer(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Answer::Mesh(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::Peer(b) => b.is_end_stream(),
+            Answer::Mesh(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Answer::Peer(b) => b.size_hint(),
+            Answer::Mesh(b) => b.size_hint(),
+        }
+    }
+}
+
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
@@ -32,6 +68,40 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// A gRPC request's `grpc-timeout` (1-8 digits and a unit: `H`, `M`, `S`,
+/// `m`, `u`, `n`), the call's deadline from now. `None` when absent or
+/// malformed (the spec leaves a bad value to be ignored).
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// When a gRPC request that arrived at `from` runs out of time, by its
+/// `grpc-timeout`; `None` for other requests and for calls without one.
+pub(crate) fn grpc_deadline(
+    headers: &HeaderMap,
+    from: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    is_grpc(headers)
+        .then(|| grpc_timeout(headers))
+        .flatten()
+        .map(|t| from + t)
 }
 
 /// gRPC status codes the mesh uses.
@@ -158,6 +228,36 @@ mod tests {
         assert_eq!(r.headers()[MESH_ERROR], "denied");
         let r = mesh_response(false, StatusCode::FORBIDDEN, "denied", "no");
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn grpc_timeouts_as_the_spec_writes_them() {
+        use std::time::Duration;
+        let parse = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(parse("5n"), Some(Duration::from_nanos(5)));
+        for bad in [
+            "",
+            "m",
+            "100",
+            "123456789m",
+            "1.5S",
+            "-1S",
+            "10s",
+            " 1S",
+            "1 S",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
     }
 
     #[test]

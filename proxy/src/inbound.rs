@@ -27,7 +27,7 @@ use crate::drain::Drain;
 use crate::http::{self as h, Body};
 use crate::policy::{self, HttpRequestInfo, Verdict};
 use crate::state::{ServiceId, ServiceKey, StateCell};
-use crate::telemetry::RequestMetrics;
+use crate::telemetry::{Observed, RequestMetrics};
 use crate::wire::{Payload, Preface};
 
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -243,9 +243,12 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
                 let peer = peer.clone();
                 let metrics = metrics.clone();
                 async move {
-                    let started = Instant::now();
-                    let resp = request(req, &inbound, &peer, port).await;
-                    metrics.record(resp.status(), started.elapsed());
+                    let started = tokio::time::Instant::now();
+                    // The caller's deadline (grpc-timeout) holds here too:
+                    // the app's answer is cut when it runs out.
+                    let deadline = h::grpc_deadline(req.headers(), started);
+                    let resp = request(req, &inbound, &peer, port, deadline).await;
+                    let resp = Observed::wrap(resp, started, metrics, None, deadline);
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
@@ -327,6 +330,7 @@ async fn request(
     inbound: &Inbound,
     peer: &SpiffeId,
     port: u16,
+    deadline: Option<tokio::time::Instant>,
 ) -> Response<Body> {
     let grpc = h::is_grpc(req.headers());
     // The app sees exactly the path that was authorized: the request's own
@@ -431,7 +435,9 @@ async fn request(
         *req.version_mut() = http::Version::HTTP_11;
         &inbound.app_http1
     };
-    match tokio::time::timeout(inbound.request_timeout, client.request(req)).await {
+    let head_deadline = tokio::time::Instant::now() + inbound.request_timeout;
+    let head_deadline = deadline.map_or(head_deadline, |d| d.min(head_deadline));
+    match tokio::time::timeout_at(head_deadline, client.request(req)).await {
         Ok(Ok(resp)) => resp.map(|b| b.boxed()),
         Ok(Err(error)) => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "app-error").increment(1);

@@ -25,13 +25,13 @@ use tokio::time::Instant;
 use super::Outbound;
 use super::balancers::ServiceRoute;
 use super::retry::{self, MAX_ATTEMPTS};
-use crate::balance::Outcome;
+use crate::balance::{Outcome, Pick};
 use crate::drain::Drain;
-use crate::http::{self as h, Body};
+use crate::http::{self as h, Answer, Body};
 use crate::pool::ConnectError;
 use crate::route;
 use crate::state::{MeshState, ServiceId, ServiceKey};
-use crate::telemetry::RequestMetrics;
+use crate::telemetry::{Observed, RequestMetrics};
 
 /// What every request on one app connection shares.
 pub(super) struct HttpRoute {
@@ -47,7 +47,7 @@ pub(super) struct HttpRoute {
     authority: Authority,
     service: ServiceRoute,
     /// Metrics of answers no endpoint gave (no endpoint, timeout, bad pin).
-    unattributed: RequestMetrics,
+    unattributed: Arc<RequestMetrics>,
     retries: Counter,
 }
 
@@ -72,7 +72,7 @@ impl HttpRoute {
             pin,
             authority,
             service: outbound.balancers.get(key, state),
-            unattributed: RequestMetrics::new("outbound", name.as_str(), "", ""),
+            unattributed: Arc::new(RequestMetrics::new("outbound", name.as_str(), "", "")),
             retries: metrics::counter!("bulkhead_retries_total", "service" => name.clone()),
         })
     }
@@ -139,35 +139,30 @@ pub(super) async fn serve(
 async fn request(req: Request<Incoming>, route: &HttpRoute, outbound: &Outbound) -> Response<Body> {
     let started = Instant::now();
     let grpc = h::is_grpc(req.headers());
+    // A gRPC call's own deadline bounds the whole call (head and stream);
+    // --request-timeout caps the wait for the head of any request.
+    let call_deadline = h::grpc_deadline(req.headers(), started);
+    let head_deadline = started + outbound.request_timeout;
+    let head_deadline = call_deadline.map_or(head_deadline, |d| d.min(head_deadline));
     route.service.budget.record_request(started);
-    let routed = tokio::time::timeout(
-        outbound.request_timeout,
-        route_request(req, route, outbound, grpc),
-    )
-    .await;
-    let (resp, served) = match routed {
-        Ok(r) => r,
-        Err(_) => {
-            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "timeout").increment(1);
-            let resp = h::mesh_response(
-                grpc,
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "bulkhead: request timed out",
-            );
-            (resp, None)
-        }
+    let (resp, answered) = route_request(req, route, outbound, grpc, head_deadline).await;
+    let (metrics, pick) = match answered {
+        Some(Answered { metrics, pick }) => (metrics, pick),
+        None => (Arc::clone(&route.unattributed), None),
     };
-    served
-        .as_deref()
-        .unwrap_or(&route.unattributed)
-        .record(resp.status(), started.elapsed());
-    resp
+    Observed::wrap(resp, started, metrics, pick, call_deadline).map(|b| b.boxed())
 }
 
-/// The response, and the metrics of the endpoint that gave it (`None`: the
-/// mesh answered without one).
-type Routed = (Response<Body>, Option<Arc<RequestMetrics>>);
+/// The endpoint that answered: its metrics, and (when its response is
+/// being streamed back) its pick and the latency to the head.
+struct Answered {
+    metrics: Arc<RequestMetrics>,
+    pick: Option<(Pick, Duration)>,
+}
+
+/// The response (the endpoint's body as it came, or one the mesh made),
+/// and who gave it (`None`: the mesh answered without an endpoint).
+type Routed = (Response<Answer>, Option<Answered>);
 
 /// How sending to one endpoint failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +173,9 @@ enum SendError {
     /// Failed after sending started: the peer may have acted on it.
     #[error("request failed: {0}")]
     Request(String),
+    /// The request's deadline passed before the endpoint answered.
+    #[error("no answer before the request's deadline")]
+    Timeout,
 }
 
 async fn route_request(
@@ -185,6 +183,7 @@ async fn route_request(
     route: &HttpRoute,
     outbound: &Outbound,
     grpc: bool,
+    deadline: Instant,
 ) -> Routed {
     let port = route.port;
     let balancer = &route.service.balancer;
@@ -207,7 +206,7 @@ async fn route_request(
                 "bad-version-pin",
                 &format!("bulkhead: {error}"),
             );
-            return (resp, None);
+            return (resp.map(Answer::Mesh), None);
         }
     };
     let can_retry = retry::retryable(&req);
@@ -233,7 +232,7 @@ async fn route_request(
             "bad-target",
             "bulkhead: request target does not parse",
         );
-        return (resp, None);
+        return (resp.map(Answer::Mesh), None);
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_2;
@@ -270,7 +269,7 @@ async fn route_request(
                     None => format!("bulkhead: no healthy endpoint of {namespace}/{name}"),
                 },
             );
-            return (resp, None);
+            return (resp.map(Answer::Mesh), None);
         };
         let ep = pick.endpoint();
         let Some(identity) = ep.identity.as_ref() else {
@@ -286,32 +285,38 @@ async fn route_request(
                 "no-identity",
                 "bulkhead: endpoint has no registered identity",
             );
-            return (resp, None);
+            return (resp.map(Answer::Mesh), None);
         };
         let addr = SocketAddr::new(ep.address, ep.inbound_port);
         let served = pick.request_metrics();
         tried.push(addr);
         let sent = Instant::now();
-        let result = match outbound.pool.sender(addr, identity, port).await {
-            Ok(mut sender) => {
-                let request = match (can_retry, &mut unsent) {
-                    (true, Some((head, _))) => Some(Request::from_parts(head.clone(), h::empty())),
-                    (_, unsent) => unsent
-                        .take()
-                        .map(|(head, body)| Request::from_parts(head, body)),
-                };
-                // Never None (a request is sent again only while unsent),
-                // but if it were: fail this request, not the process.
-                match request {
-                    Some(request) => sender
-                        .send_request(request)
-                        .await
-                        .map_err(|e| SendError::Request(e.to_string())),
-                    None => Err(SendError::Request("the request was already sent".into())),
-                }
-            }
-            Err(e) => Err(SendError::Connect(e)),
+        let send = async {
+            let mut sender = outbound
+                .pool
+                .sender(addr, identity, port)
+                .await
+                .map_err(SendError::Connect)?;
+            let request = match (can_retry, &mut unsent) {
+                (true, Some((head, _))) => Some(Request::from_parts(head.clone(), h::empty())),
+                (_, unsent) => unsent
+                    .take()
+                    .map(|(head, body)| Request::from_parts(head, body)),
+            };
+            // Never None (a request is sent again only while unsent), but
+            // if it were: fail this request, not the process.
+            let request =
+                request.ok_or_else(|| SendError::Request("the request was already sent".into()))?;
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| SendError::Request(e.to_string()))
         };
+        // A request out of time counts against the endpoint that kept it
+        // waiting (latency estimate, outlier ejection), like any failure.
+        let result = tokio::time::timeout_at(deadline, send)
+            .await
+            .unwrap_or(Err(SendError::Timeout));
         let latency = sent.elapsed();
         let retry_left = can_retry && attempt < MAX_ATTEMPTS;
         match result {
@@ -321,15 +326,21 @@ async fn route_request(
                 // to retry.
                 let peer_mesh_error = resp.status() == StatusCode::BAD_GATEWAY
                     && resp.headers().contains_key(h::MESH_ERROR);
-                pick.finish(Outcome {
-                    latency,
-                    success: !resp.status().is_server_error(),
-                });
                 if peer_mesh_error && retry_left && route.service.budget.try_retry(Instant::now()) {
+                    pick.finish(Outcome {
+                        latency,
+                        success: false,
+                    });
                     route.retries.increment(1);
                     continue;
                 }
-                return (resp.map(|b| b.boxed()), Some(served));
+                // The endpoint's outcome is known when the stream ends: the
+                // pick (in flight till then) travels with the body.
+                let answered = Answered {
+                    metrics: served,
+                    pick: Some((pick, latency)),
+                };
+                return (resp.map(Answer::Peer), Some(answered));
             }
             Err(error) => {
                 pick.finish(Outcome {
@@ -337,27 +348,28 @@ async fn route_request(
                     success: false,
                 });
                 let before_send = matches!(error, SendError::Connect(_));
+                let timed_out = matches!(error, SendError::Timeout);
                 tracing::warn!(endpoint = %addr, %error, attempt, "request to endpoint failed");
                 // A request that never left may always go elsewhere; one
                 // that did only if it is idempotent.
-                let may_retry =
-                    (before_send && unsent.is_some() && attempt < MAX_ATTEMPTS) || retry_left;
+                let may_retry = !timed_out
+                    && ((before_send && unsent.is_some() && attempt < MAX_ATTEMPTS) || retry_left);
                 if may_retry && route.service.budget.try_retry(Instant::now()) {
                     route.retries.increment(1);
                     continue;
                 }
-                let reason = match &error {
-                    SendError::Connect(e) => e.reason(),
-                    SendError::Request(_) => "request-failed",
+                let (status, reason) = match &error {
+                    SendError::Connect(e) => (StatusCode::BAD_GATEWAY, e.reason()),
+                    SendError::Request(_) => (StatusCode::BAD_GATEWAY, "request-failed"),
+                    SendError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
                 };
                 metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => reason).increment(1);
-                let resp = h::mesh_response(
-                    grpc,
-                    StatusCode::BAD_GATEWAY,
-                    reason,
-                    &format!("bulkhead: {error}"),
-                );
-                return (resp, Some(served));
+                let resp = h::mesh_response(grpc, status, reason, &format!("bulkhead: {error}"));
+                let answered = Answered {
+                    metrics: served,
+                    pick: None,
+                };
+                return (resp.map(Answer::Mesh), Some(answered));
             }
         }
     }
