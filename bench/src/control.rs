@@ -156,6 +156,7 @@ fn endpoint(service: &str, address: String, inbound_port: u32) -> pb::Endpoint {
         }),
         identity: String::new(),
         registered_unix_ms: 0,
+        ready: Some(true),
     }
 }
 

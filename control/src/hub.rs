@@ -52,7 +52,9 @@ pub struct View {
     pub revision: Revision,
     /// By store key (`resources/...`).
     pub resources: BTreeMap<String, Arc<Resource>>,
-    /// By store key (`endpoints/...`).
+    /// By store key (`endpoints/...`): the ready ones only (what sidecars
+    /// may be sent to); unready registrations stay in the store for
+    /// operators (`ListEndpoints` with `all`).
     pub endpoints: BTreeMap<String, Arc<Endpoint>>,
     /// Endpoint addresses → the store keys of the endpoints there.
     by_address: HashMap<IpAddr, BTreeSet<String>>,
@@ -118,6 +120,12 @@ impl View {
                         .map_err(|e| e.to_string())
                         .and_then(|pb| Endpoint::try_from(pb).map_err(|e| e.to_string()));
                     match decoded {
+                        // An endpoint whose app is not ready is, to
+                        // sidecars, not there: it leaves the view (and
+                        // comes back when ready) like a deregistration.
+                        Ok(ep) if !ep.ready => {
+                            self.remove_endpoint(&kv.key).map(Change::EndpointDeleted)
+                        }
                         Ok(ep) => {
                             let ep = Arc::new(ep);
                             self.insert_endpoint(&kv.key, ep.clone());
@@ -278,6 +286,10 @@ mod tests {
     use crate::store::KeyValue;
 
     fn put(key: &str, service: &str, ip: &str) -> Event {
+        put_ready(key, service, ip, true)
+    }
+
+    fn put_ready(key: &str, service: &str, ip: &str, ready: bool) -> Event {
         let ep = Endpoint {
             namespace: "shop".into(),
             service: service.into(),
@@ -291,6 +303,7 @@ mod tests {
             locality: Locality::default(),
             identity: None,
             registered_unix_ms: 0,
+            ready,
         };
         Event::Put(KeyValue {
             key: key.into(),
@@ -331,5 +344,29 @@ mod tests {
         assert!(at(&view, "198.18.0.1").is_empty());
         assert!(!view.by_address.contains_key(&"198.18.0.1".parse().unwrap()));
         assert_eq!(at(&view, "198.18.0.2"), ["web"]);
+    }
+
+    #[test]
+    fn an_unready_endpoint_leaves_the_view_and_returns_when_ready() {
+        let mut view = View::default();
+        let web = "endpoints/shop/web/198.18.0.1:4143";
+        // Registered before its app is ready: not there for sidecars.
+        assert!(
+            view.apply(&put_ready(web, "web", "198.18.0.1", false))
+                .is_none()
+        );
+        assert!(view.endpoints.is_empty());
+        assert!(matches!(
+            view.apply(&put(web, "web", "198.18.0.1")),
+            Some(Change::Endpoint(_))
+        ));
+        assert_eq!(at(&view, "198.18.0.1"), ["web"]);
+        // Unready again: a deletion to subscribers, gone from the index.
+        assert!(matches!(
+            view.apply(&put_ready(web, "web", "198.18.0.1", false)),
+            Some(Change::EndpointDeleted(ep)) if ep.service == "web"
+        ));
+        assert!(view.endpoints.is_empty());
+        assert!(at(&view, "198.18.0.1").is_empty());
     }
 }

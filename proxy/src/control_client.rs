@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use bulkhead_process::Backoff;
 use bulkhead_proto::model::{Endpoint, Locality};
 use bulkhead_proto::pb::{self, discovery_client::DiscoveryClient};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -228,95 +229,52 @@ fn release_held(current: &mut MeshState, held: &mut Held) -> bool {
     !expired.is_empty()
 }
 
-/// The registration of this endpoint, kept alive until dropped or
-/// deregistered.
+/// The registration of this endpoint, kept alive (and its readiness kept
+/// as the app's) until deregistered.
 pub(crate) struct Registration {
     channel: Channel,
     record: pb::Endpoint,
     lease: Arc<std::sync::Mutex<Option<i64>>>,
+    /// The app's readiness, as the control plane should record it.
+    ready: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Registration {
     /// Registers (retrying until it succeeds) and keeps the lease alive,
-    /// re-registering if the control plane lost it.
+    /// re-registering if the control plane lost it; records `ready` and
+    /// every later [`set_ready`](Self::set_ready) (only ready endpoints are
+    /// sent to callers).
     /// `locality`: this sidecar's own, updated to what the control plane
     /// records (zone and region from the Node's labels).
     pub(crate) fn start(
         channel: Channel,
         record: pb::Endpoint,
         locality: Arc<ArcSwap<Locality>>,
+        ready: bool,
     ) -> Self {
         let lease = Arc::new(std::sync::Mutex::new(None));
-        let task = {
-            let channel = channel.clone();
-            let record = record.clone();
-            let lease = lease.clone();
-            tokio::spawn(async move {
-                let mut client = DiscoveryClient::new(channel);
-                let mut backoff = reconnect_backoff();
-                let mut said_node_only = false;
-                loop {
-                    let current = *lease.lock().unwrap_or_else(|e| e.into_inner());
-                    let step = match current {
-                        None => match client
-                            .register(pb::RegisterRequest {
-                                endpoint: Some(record.clone()),
-                            })
-                            .await
-                        {
-                            Ok(resp) => {
-                                let resp = resp.into_inner();
-                                tracing::info!(
-                                    lease = format!("{:x}", resp.lease_id),
-                                    ttl = resp.ttl_seconds,
-                                    "endpoint registered"
-                                );
-                                *lease.lock().unwrap_or_else(|e| e.into_inner()) =
-                                    Some(resp.lease_id);
-                                if let Some(recorded) = &resp.locality {
-                                    learn_locality(&locality, recorded, &mut said_node_only);
-                                }
-                                metrics::gauge!("bulkhead_registered").set(1.0);
-                                Ok(Duration::from_secs(u64::from(resp.ttl_seconds.max(3))) / 3)
-                            }
-                            Err(status) => Err(status),
-                        },
-                        Some(id) => match client.keep_alive(key(&record, id)).await {
-                            Ok(resp) => Ok(Duration::from_secs(u64::from(
-                                resp.into_inner().ttl_seconds.max(3),
-                            )) / 3),
-                            Err(status) if status.code() == tonic::Code::NotFound => {
-                                tracing::warn!("registration lease lost; registering again");
-                                *lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                                metrics::gauge!("bulkhead_registered").set(0.0);
-                                Ok(Duration::ZERO)
-                            }
-                            Err(status) => Err(status),
-                        },
-                    };
-                    match step {
-                        Ok(wait) => {
-                            backoff.reset();
-                            tokio::time::sleep(wait).await;
-                        }
-                        Err(status) => {
-                            tracing::warn!(code = ?status.code(), message = status.message(), "registration call failed; retrying");
-                            // Short backoff (at most 2 s): a lost lease must
-                            // be renewed soon after the control plane is back.
-                            tokio::time::sleep(backoff.next_delay().min(Duration::from_secs(2)))
-                                .await;
-                        }
-                    }
-                }
-            })
-        };
+        let (ready, ready_rx) = watch::channel(ready);
+        let task = tokio::spawn(keep_registered(
+            channel.clone(),
+            record.clone(),
+            lease.clone(),
+            ready_rx,
+            locality,
+        ));
         Self {
             channel,
             record,
             lease,
+            ready,
             task,
         }
+    }
+
+    /// Records the app as ready or not (at once; again after a lost lease).
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready
+            .send_if_modified(|r| std::mem::replace(r, ready) != ready);
     }
 
     /// Stops renewing and removes the record at once (graceful shutdown).
@@ -336,6 +294,102 @@ impl Registration {
             }
         }
         metrics::gauge!("bulkhead_registered").set(0.0);
+    }
+}
+
+/// The registration's life: register, keep the lease alive (a third of
+/// its TTL), tell the control plane when readiness changes, and register
+/// again when the lease was lost.
+async fn keep_registered(
+    channel: Channel,
+    mut record: pb::Endpoint,
+    lease: Arc<std::sync::Mutex<Option<i64>>>,
+    mut ready: watch::Receiver<bool>,
+    locality: Arc<ArcSwap<Locality>>,
+) {
+    let mut client = DiscoveryClient::new(channel);
+    let mut backoff = reconnect_backoff();
+    let mut said_node_only = false;
+    // What the control plane holds for the current lease.
+    let mut recorded_ready = None;
+    let set_lease = |id| *lease.lock().unwrap_or_else(|e| e.into_inner()) = id;
+    loop {
+        let want = *ready.borrow_and_update();
+        let current = *lease.lock().unwrap_or_else(|e| e.into_inner());
+        let step = match current {
+            None => {
+                record.ready = Some(want);
+                let request = pb::RegisterRequest {
+                    endpoint: Some(record.clone()),
+                };
+                match client.register(request).await {
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        tracing::info!(
+                            lease = format!("{:x}", resp.lease_id),
+                            ttl = resp.ttl_seconds,
+                            ready = want,
+                            "endpoint registered"
+                        );
+                        set_lease(Some(resp.lease_id));
+                        recorded_ready = Some(want);
+                        if let Some(recorded) = &resp.locality {
+                            learn_locality(&locality, recorded, &mut said_node_only);
+                        }
+                        metrics::gauge!("bulkhead_registered").set(1.0);
+                        Ok(Duration::from_secs(u64::from(resp.ttl_seconds.max(3))) / 3)
+                    }
+                    Err(status) => Err(status),
+                }
+            }
+            Some(id) if recorded_ready != Some(want) => {
+                let request = pb::SetReadyRequest {
+                    registration: Some(key(&record, id)),
+                    ready: want,
+                };
+                match client.set_ready(request).await {
+                    Ok(_) => {
+                        tracing::info!(ready = want, "endpoint readiness recorded");
+                        recorded_ready = Some(want);
+                        // Renew now: when the lease was last renewed is
+                        // not tracked, and one extra call is cheap.
+                        Ok(Duration::ZERO)
+                    }
+                    Err(status) => Err(status),
+                }
+            }
+            Some(id) => match client.keep_alive(key(&record, id)).await {
+                Ok(resp) => {
+                    Ok(Duration::from_secs(u64::from(resp.into_inner().ttl_seconds.max(3))) / 3)
+                }
+                Err(status) => Err(status),
+            },
+        };
+        match step {
+            Ok(wait) => {
+                backoff.reset();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    changed = ready.changed() => {
+                        if changed.is_err() {
+                            return; // the Registration is gone
+                        }
+                    }
+                }
+            }
+            Err(status) if status.code() == tonic::Code::NotFound && current.is_some() => {
+                tracing::warn!("registration lease lost; registering again");
+                set_lease(None);
+                recorded_ready = None;
+                metrics::gauge!("bulkhead_registered").set(0.0);
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "registration call failed; retrying");
+                // Short backoff (at most 2 s): a lost lease must be renewed
+                // soon after the control plane is back.
+                tokio::time::sleep(backoff.next_delay().min(Duration::from_secs(2))).await;
+            }
+        }
     }
 }
 

@@ -453,12 +453,13 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// outlier ejection, and one slow probe does not flap the registration.
 const UNREADY_CHECKS: u32 = 2;
 
-/// The registration, while this endpoint is registered.
+/// The registration, once this endpoint is registered.
 type Registered = Arc<tokio::sync::Mutex<Option<Registration>>>;
 
-/// Registration follows readiness (certificate, config with our Service,
-/// the app ready): registered once ready, withdrawn when the app stops
-/// being ready, registered again when it recovers.
+/// Registration follows readiness: registered once the sidecar has its
+/// certificate and a config with our Service, recorded ready while the app
+/// is (only ready endpoints are sent callers), unready after
+/// [`UNREADY_CHECKS`] failed checks, ready again when it recovers.
 async fn follow_health(
     config: Config,
     inbound_port: u16,
@@ -468,39 +469,42 @@ async fn follow_health(
 ) {
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut failures, mut withdrawn) = (0, false);
+    // Failed checks in a row; whether the app is taken as ready; whether
+    // it was, then stopped being.
+    let (mut failures, mut ready, mut withdrawn) = (0, false, false);
     loop {
         tick.tick().await;
-        let ready = admin.readiness().await;
-        let mut current = registered.lock().await;
-        match (ready, current.is_some()) {
-            (Ok(()), false) => {
-                let Some(record) = endpoint_record(&config, inbound_port, &admin) else {
-                    continue;
-                };
-                if withdrawn {
-                    tracing::info!("app ready again: registering this endpoint");
+        let check = admin.readiness().await;
+        match &check {
+            Ok(()) => {
+                if std::mem::take(&mut withdrawn) {
+                    tracing::info!("app ready again: callers may be sent here");
                 }
-                *current = Some(Registration::start(
-                    control.clone(),
-                    record,
-                    admin.outbound.locality.clone(),
-                ));
                 failures = 0;
+                ready = true;
             }
-            (Ok(()), true) => failures = 0,
-            (Err(why), true) => {
+            Err(why) => {
                 failures += 1;
-                if failures >= UNREADY_CHECKS
-                    && let Some(registration) = current.take()
-                {
-                    tracing::warn!(reason = %why, "app not ready: withdrawing this endpoint until it is");
-                    registration.deregister().await;
+                if ready && failures >= UNREADY_CHECKS {
+                    tracing::warn!(reason = %why, "app not ready: no callers are sent here until it is");
                     metrics::counter!("bulkhead_registration_withdrawn_total").increment(1);
-                    withdrawn = true;
+                    (ready, withdrawn) = (false, true);
                 }
             }
-            (Err(_), false) => {}
+        }
+        let mut current = registered.lock().await;
+        match current.as_ref() {
+            Some(registration) => registration.set_ready(ready),
+            None => {
+                if let Some(record) = endpoint_record(&config, inbound_port, &admin) {
+                    *current = Some(Registration::start(
+                        control.clone(),
+                        record,
+                        admin.outbound.locality.clone(),
+                        ready,
+                    ));
+                }
+            }
         }
     }
 }

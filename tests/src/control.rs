@@ -628,18 +628,40 @@ pub async fn apply(cp: &ControlPlane, ca: &TestCa, yaml: &str) -> pb::ApplyRespo
         .into_inner()
 }
 
-/// The registered endpoints of `namespace/service`, as the operator lists
-/// them; panics on error.
+/// The ready endpoints of `namespace/service`, as the operator lists them
+/// (callers are sent only to these); panics on error.
 pub async fn endpoints_of(
     cp: &ControlPlane,
     ca: &TestCa,
     namespace: &str,
     service: &str,
 ) -> Vec<pb::Endpoint> {
+    list_endpoints(cp, ca, namespace, service, false).await
+}
+
+/// Every registration of `namespace/service`, ready or not (`--all`);
+/// panics on error.
+pub async fn registrations_of(
+    cp: &ControlPlane,
+    ca: &TestCa,
+    namespace: &str,
+    service: &str,
+) -> Vec<pb::Endpoint> {
+    list_endpoints(cp, ca, namespace, service, true).await
+}
+
+async fn list_endpoints(
+    cp: &ControlPlane,
+    ca: &TestCa,
+    namespace: &str,
+    service: &str,
+    all: bool,
+) -> Vec<pb::Endpoint> {
     cp.admin_client(ca)
         .list_endpoints(pb::ListEndpointsRequest {
             service: service.into(),
             namespace: namespace.into(),
+            all,
         })
         .await
         .expect("list endpoints")

@@ -38,6 +38,17 @@ fn discovery(
     DiscoveryClient::new(cp.channel(ca, Some(w.slot.clone())))
 }
 
+/// Names the registration of `shop/service` at `address:4143` on `lease`.
+fn registration(service: &str, address: &str, lease_id: i64) -> pb::KeepAliveRequest {
+    pb::KeepAliveRequest {
+        namespace: "shop".into(),
+        service: service.into(),
+        address: address.into(),
+        lease_id,
+        inbound_port: 4143,
+    }
+}
+
 async fn registered(cp: &ControlPlane, ca: &TestCa, service: &str) -> Vec<pb::Endpoint> {
     endpoints_of(cp, ca, "shop", service).await
 }
@@ -73,13 +84,7 @@ async fn registration_lives_on_a_lease_kept_alive_by_the_registrant() {
     );
 
     // Kept alive for three TTLs, the record stays.
-    let key = pb::KeepAliveRequest {
-        namespace: "shop".into(),
-        service: "inventory".into(),
-        address: "198.18.0.7".into(),
-        lease_id: reg.lease_id,
-        inbound_port: 4143,
-    };
+    let key = registration("inventory", "198.18.0.7", reg.lease_id);
     for _ in 0..12 {
         client.keep_alive(key.clone()).await.expect("keep alive");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -114,13 +119,7 @@ async fn deregistration_removes_the_record_at_once_and_only_for_its_owner() {
         .await
         .expect("register")
         .into_inner();
-    let key = pb::KeepAliveRequest {
-        namespace: "shop".into(),
-        service: "cart".into(),
-        address: "198.18.0.9".into(),
-        lease_id: reg.lease_id,
-        inbound_port: 4143,
-    };
+    let key = registration("cart", "198.18.0.9", reg.lease_id);
     // Another identity allowed for the same service still cannot remove it.
     let err = discovery(&cp, &ca, &canary)
         .deregister(key.clone())
@@ -134,6 +133,76 @@ async fn deregistration_removes_the_record_at_once_and_only_for_its_owner() {
         .await
         .expect("deregister");
     assert!(registered(&cp, &ca, "cart").await.is_empty());
+}
+
+#[tokio::test]
+async fn readiness_is_set_on_the_lease_by_its_owner_only() {
+    let etcd = EtcdServer::start();
+    let ca = TestCa::init("cluster.local");
+    let cp = ControlPlane::start(&ca, &etcd_store(&etcd), &["--lease-ttl", "30s"]);
+    apply(&cp, &ca, SHOP).await;
+    let cart = workload(&cp, &ca, "shop/cart").await;
+    let canary = workload(&cp, &ca, "shop/cart-canary").await;
+
+    // Registered before its app is ready: the operator sees it with --all
+    // only (the hub's unit tests show it is pushed to no sidecar).
+    let reg = discovery(&cp, &ca, &cart)
+        .register(pb::RegisterRequest {
+            endpoint: Some(pb::Endpoint {
+                ready: Some(false),
+                ..endpoint("shop", "cart", "1.0.0", "198.18.0.9", "n1")
+            }),
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    assert!(registered(&cp, &ca, "cart").await.is_empty());
+    let all = registrations_of(&cp, &ca, "shop", "cart").await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].ready, Some(false));
+
+    let key = registration("cart", "198.18.0.9", reg.lease_id);
+    let set = |registration: pb::KeepAliveRequest, ready| pb::SetReadyRequest {
+        registration: Some(registration),
+        ready,
+    };
+    // Another identity allowed for the same service cannot flip it.
+    let err = discovery(&cp, &ca, &canary)
+        .set_ready(set(key.clone(), true))
+        .await
+        .expect_err("not the owner");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A lease that is not the registration's: register again.
+    let err = discovery(&cp, &ca, &cart)
+        .set_ready(set(
+            pb::KeepAliveRequest {
+                lease_id: reg.lease_id + 1,
+                ..key.clone()
+            },
+            true,
+        ))
+        .await
+        .expect_err("wrong lease");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = discovery(&cp, &ca, &cart)
+        .set_ready(pb::SetReadyRequest::default())
+        .await
+        .expect_err("no registration named");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    discovery(&cp, &ca, &cart)
+        .set_ready(set(key.clone(), true))
+        .await
+        .expect("owner sets ready");
+    let ready = registered(&cp, &ca, "cart").await;
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].ready, Some(true));
+    // Still on its lease: deregistering by that lease removes it.
+    discovery(&cp, &ca, &cart)
+        .deregister(key)
+        .await
+        .expect("deregister");
+    assert!(registrations_of(&cp, &ca, "shop", "cart").await.is_empty());
 }
 
 #[tokio::test]
@@ -324,13 +393,7 @@ spec:
 
     // ...and deletions are pushed too.
     discovery(&cp, &ca, &inventory)
-        .deregister(pb::KeepAliveRequest {
-            namespace: "shop".into(),
-            service: "inventory".into(),
-            address: "198.18.0.7".into(),
-            lease_id: reg.lease_id,
-            inbound_port: 4143,
-        })
+        .deregister(registration("inventory", "198.18.0.7", reg.lease_id))
         .await
         .expect("deregister");
     let u = watch

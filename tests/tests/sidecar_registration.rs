@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use bulkhead_tests::control::{endpoints_of, wait_for_async};
+use bulkhead_tests::control::{endpoints_of, registrations_of, wait_for_async};
 use bulkhead_tests::mesh::Mesh;
 use bulkhead_tests::proxy::*;
 use bytes::Bytes;
@@ -24,10 +24,8 @@ spec:
   ports: [{port: 8080, protocol: http}]
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unready_app_is_withdrawn_and_registered_again_when_it_recovers() {
-    let mesh = Mesh::memory("cluster.local", SHOP, &[]).await;
-    // The app's readiness endpoint answers what the test says.
+/// An app whose readiness endpoint answers the status the test stores.
+async fn probed_app() -> (App, Arc<AtomicU16>) {
     let readiness = Arc::new(AtomicU16::new(200));
     let status = readiness.clone();
     let app = App::http_with(move |_req| {
@@ -40,12 +38,24 @@ async fn an_unready_app_is_withdrawn_and_registered_again_when_it_recovers() {
         }
     })
     .await;
-    let probes = json!({"/app-health/web/readiness": {"port": app.addr.port(), "path": "/ready"}});
-    let _web = mesh.sidecar(
-        SidecarSpec::new("shop", "web", "1.0.0")
-            .app(&app)
-            .env("BULKHEAD_APP_PROBES", &probes.to_string()),
-    );
+    (app, readiness)
+}
+
+/// A web sidecar in front of `app` whose readiness probe (as the injector
+/// hands it over) asks `probe`.
+fn probed_web(app: &App, probe: &App) -> SidecarSpec {
+    let probes =
+        json!({"/app-health/web/readiness": {"port": probe.addr.port(), "path": "/ready"}});
+    SidecarSpec::new("shop", "web", "1.0.0")
+        .app(app)
+        .env("BULKHEAD_APP_PROBES", &probes.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unready_app_is_withdrawn_and_registered_again_when_it_recovers() {
+    let mesh = Mesh::memory("cluster.local", SHOP, &[]).await;
+    let (app, readiness) = probed_app().await;
+    let _web = mesh.sidecar(probed_web(&app, &app));
     let registered = |expected: usize| {
         let mesh = &mesh;
         async move {
@@ -59,7 +69,79 @@ async fn an_unready_app_is_withdrawn_and_registered_again_when_it_recovers() {
     // The app says it is not ready: the endpoint is withdrawn ...
     readiness.store(503, Ordering::SeqCst);
     wait_for_async("web withdrawn while unready", wait, || registered(0)).await;
+    // ... from callers, but the operator still sees it with --all.
+    let all = registrations_of(&mesh.cp, &mesh.ca, "shop", "web").await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].ready, Some(false));
+    let listed = |args: &[&str]| {
+        let out = mesh.cp.ctl(&mesh.ca, args);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("JSON list")
+    };
+    assert!(listed(&["endpoints", "web", "-n", "shop", "-o", "json"]).is_empty());
+    let everything = listed(&["endpoints", "web", "-n", "shop", "--all", "-o", "json"]);
+    assert_eq!(everything.len(), 1, "{everything:?}");
+    assert_eq!(everything[0]["ready"], false, "{everything:?}");
     // ... and registered again once it recovers.
     readiness.store(200, Ordering::SeqCst);
     wait_for_async("web registered again", wait, || registered(1)).await;
+    let everything = listed(&["endpoints", "web", "-n", "shop", "--all", "-o", "json"]);
+    assert_eq!(everything[0]["ready"], true, "{everything:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_are_sent_only_to_ready_endpoints() {
+    let shop = format!(
+        "{SHOP}---
+apiVersion: bulkhead.dev/v1
+kind: AllowList
+metadata: {{name: web, namespace: shop}}
+spec:
+  target: web
+  rules: [{{from: [api]}}]
+"
+    );
+    let mesh = Mesh::memory("cluster.local", &shop, &[]).await;
+    // Two replicas of web; the first one's app will fail its probe.
+    let (healthy, sick) = (
+        App::http("web", "healthy").await,
+        App::http("web", "sick").await,
+    );
+    let (probe_app, readiness) = probed_app().await;
+    let _sick = mesh.sidecar(probed_web(&sick, &probe_app));
+    let _healthy = mesh.sidecar(SidecarSpec::new("shop", "web", "1.0.0").app(&healthy));
+    let caller = mesh.sidecar(SidecarSpec::new("shop", "api", "1.0.0").upstream("web"));
+    let wait = Duration::from_secs(10);
+    let balanced = || {
+        let caller = &caller;
+        async move {
+            let n = caller.config()["balancers"]
+                .as_array()?
+                .iter()
+                .filter(|b| b["service"] == "web")
+                .map(|b| b["endpoints"].as_array().map_or(0, Vec::len))
+                .sum::<usize>();
+            Some(n)
+        }
+    };
+    // A balancer is made on the first call.
+    until_routable(&caller, "web", "/").await;
+    wait_for_async("both replicas in the caller's balancer", wait, || async {
+        (balanced().await? == 2).then_some(())
+    })
+    .await;
+    readiness.store(503, Ordering::SeqCst);
+    wait_for_async("the unready replica gone from the caller", wait, || async {
+        (balanced().await? == 1).then_some(())
+    })
+    .await;
+    // From here every call lands on the ready replica.
+    let sick_before = sick.seen();
+    for _ in 0..20 {
+        let reply = call(caller.upstream("web"), "GET", "/", &[])
+            .await
+            .expect("call");
+        assert_eq!(version_of(&reply.body), Some("healthy"), "{reply:?}");
+    }
+    assert_eq!(sick.seen(), sick_before);
 }

@@ -217,6 +217,7 @@ impl pb::admin_server::Admin for AdminService {
                 .map_err(|e| Status::internal(format!("stored {} does not decode: {e}", kv.key)))?;
             if (req.namespace.is_empty() || ep.namespace == req.namespace)
                 && (req.service.is_empty() || ep.service == req.service)
+                && (req.all || ep.ready.unwrap_or(true))
             {
                 endpoints.push(ep);
             }

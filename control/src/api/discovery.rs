@@ -98,12 +98,13 @@ impl DiscoveryService {
         }
     }
 
-    /// The stored registration `key`, if it is `identity`'s on `lease`.
+    /// The stored registration `req` names (its key and record), if it is
+    /// `identity`'s on that lease.
     async fn owned_registration(
         &self,
         identity: &SpiffeId,
         req: &pb::KeepAliveRequest,
-    ) -> Result<String, Status> {
+    ) -> Result<(String, pb::Endpoint), Status> {
         let key = keys::endpoint(&req.namespace, &req.service, &req.address, req.inbound_port);
         let not_found = || {
             Status::not_found(format!(
@@ -129,7 +130,7 @@ impl DiscoveryService {
                 record.identity
             )));
         }
-        Ok(key)
+        Ok((key, record))
     }
 }
 
@@ -177,7 +178,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             .await
             .map_err(store_status)?;
         tracing::info!(%identity, service = %endpoint.service, namespace = %endpoint.namespace,
-            %address, version = %endpoint.version, lease = format!("{lease:x}"), "registered endpoint");
+            %address, version = %endpoint.version, ready = endpoint.ready, lease = format!("{lease:x}"), "registered endpoint");
         Ok(Response::new(pb::RegisterResponse {
             lease_id: lease,
             ttl_seconds: ttl.as_secs() as u32,
@@ -214,7 +215,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let identity = peer(&request)?;
         let req = request.into_inner();
-        let key = self.owned_registration(&identity, &req).await?;
+        let (key, _) = self.owned_registration(&identity, &req).await?;
         self.plane.store.delete(&key).await.map_err(store_status)?;
         self.plane
             .store
@@ -223,6 +224,38 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             .map_err(store_status)?;
         tracing::info!(%identity, %key, "deregistered endpoint");
         Ok(Response::new(pb::DeregisterResponse {}))
+    }
+
+    async fn set_ready(
+        &self,
+        request: Request<pb::SetReadyRequest>,
+    ) -> Result<Response<pb::SetReadyResponse>, Status> {
+        let identity = peer(&request)?;
+        let req = request.into_inner();
+        let Some(registration) = req.registration else {
+            return Err(Status::invalid_argument(
+                "SetReadyRequest.registration is missing",
+            ));
+        };
+        let (key, mut record) = self.owned_registration(&identity, &registration).await?;
+        if record.ready.unwrap_or(true) == req.ready {
+            return Ok(Response::new(pb::SetReadyResponse {}));
+        }
+        record.ready = Some(req.ready);
+        // On the same lease: an expired one fails the put (NOT_FOUND, so
+        // the sidecar registers again) rather than leaving a record no
+        // lease holds.
+        self.plane
+            .store
+            .txn(vec![StoreOp::Put {
+                key: key.clone(),
+                value: record.encode_to_vec(),
+                lease: Some(registration.lease_id),
+            }])
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%identity, %key, ready = req.ready, "endpoint readiness changed");
+        Ok(Response::new(pb::SetReadyResponse {}))
     }
 
     type WatchStream = WatchStream;

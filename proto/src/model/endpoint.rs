@@ -27,6 +27,9 @@ pub struct Endpoint {
     pub identity: Option<SpiffeId>,
     /// When the control plane first accepted the registration.
     pub registered_unix_ms: i64,
+    /// Whether its app is ready. The control plane keeps unready
+    /// registrations (for operators) but pushes only ready ones.
+    pub ready: bool,
 }
 
 /// Where an endpoint runs; an empty field means unknown.
@@ -166,6 +169,7 @@ impl TryFrom<pb::Endpoint> for Endpoint {
             },
             identity,
             registered_unix_ms: pb.registered_unix_ms,
+            ready: pb.ready.unwrap_or(true),
         })
     }
 }
@@ -201,6 +205,7 @@ impl From<&Endpoint> for pb::Endpoint {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             registered_unix_ms: e.registered_unix_ms,
+            ready: Some(e.ready),
         }
     }
 }
@@ -233,6 +238,7 @@ mod tests {
             }),
             identity: "spiffe://cluster.local/ns/shop/sa/inventory".into(),
             registered_unix_ms: 1_700_000_000_000,
+            ready: None,
         }
     }
 
@@ -254,7 +260,28 @@ mod tests {
             endpoint.identity.as_ref().map(SpiffeId::service_account),
             Some("inventory")
         );
-        assert_eq!(pb::Endpoint::from(&endpoint), good());
+        let back = pb::Endpoint::from(&endpoint);
+        assert_eq!(back.ready, Some(true));
+        assert_eq!(
+            back,
+            pb::Endpoint {
+                ready: Some(true),
+                ..good()
+            }
+        );
+    }
+
+    #[test]
+    fn readiness_absent_means_ready() {
+        // Sidecars that predate the field registered only when ready.
+        assert!(Endpoint::try_from(good()).unwrap().ready);
+        let unready = pb::Endpoint {
+            ready: Some(false),
+            ..good()
+        };
+        let endpoint = Endpoint::try_from(unready.clone()).unwrap();
+        assert!(!endpoint.ready);
+        assert_eq!(pb::Endpoint::from(&endpoint), unready);
     }
 
     #[test]

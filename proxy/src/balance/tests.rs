@@ -42,6 +42,7 @@ fn endpoint(n: u8, version: &str, locality: Locality) -> Endpoint {
         locality,
         identity: None,
         registered_unix_ms: 0,
+        ready: true,
     }
 }
 

@@ -63,6 +63,7 @@ fn endpoint(service: &str, address: &str, op: Op) -> pb::Change {
             locality: Some(pb::Locality::default()),
             identity: format!("spiffe://cluster.local/ns/shop/sa/{service}"),
             registered_unix_ms: 1,
+            ready: Some(true),
         })),
     }
 }

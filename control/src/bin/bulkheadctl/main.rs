@@ -120,11 +120,15 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
-    /// What the registry holds now.
+    /// What the registry holds now: endpoints whose app is ready (callers
+    /// are sent only to those), or with --all every registration.
     Endpoints {
         service: Option<String>,
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        /// Also list endpoints whose app is not ready (READY false).
+        #[arg(long)]
+        all: bool,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -277,8 +281,16 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Endpoints {
             service,
             namespace,
+            all,
             output,
-        } => ops::endpoints(&settings, service.as_deref(), namespace.as_deref(), output).await,
+        } => {
+            let filter = ops::EndpointFilter {
+                service: service.as_deref(),
+                namespace: namespace.as_deref(),
+                all,
+            };
+            ops::endpoints(&settings, filter, output).await
+        }
         Command::Inject { file, options } => inject::run(&file, options),
         Command::Completion { shell } => {
             clap_complete::generate(

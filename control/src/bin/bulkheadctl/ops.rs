@@ -159,16 +159,24 @@ pub(crate) async fn delete(
     Ok(())
 }
 
+/// Which endpoints `bulkheadctl endpoints` lists.
+pub(crate) struct EndpointFilter<'a> {
+    pub(crate) service: Option<&'a str>,
+    pub(crate) namespace: Option<&'a str>,
+    /// Unready ones too.
+    pub(crate) all: bool,
+}
+
 pub(crate) async fn endpoints(
     settings: &Settings,
-    service: Option<&str>,
-    namespace: Option<&str>,
+    filter: EndpointFilter<'_>,
     output: Output,
 ) -> CliResult {
     let resp = client(settings)?
         .list_endpoints(pb::ListEndpointsRequest {
-            service: service.unwrap_or_default().to_owned(),
-            namespace: namespace.unwrap_or_default().to_owned(),
+            service: filter.service.unwrap_or_default().to_owned(),
+            namespace: filter.namespace.unwrap_or_default().to_owned(),
+            all: filter.all,
         })
         .await?
         .into_inner();
@@ -184,6 +192,7 @@ pub(crate) async fn endpoints(
                     "ports": e.ports.iter().map(|p| serde_json::json!({"port": p.port, "protocol": p.protocol})).collect::<Vec<_>>(),
                     "locality": {"node": loc.node, "zone": loc.zone, "region": loc.region},
                     "identity": e.identity,
+                    "ready": e.ready.unwrap_or(true),
                     "leaseAgeSeconds": (resp.now_unix_ms - e.registered_unix_ms).max(0) / 1000,
                 })
             })
@@ -195,7 +204,11 @@ pub(crate) async fn endpoints(
         return Ok(());
     }
     if resp.endpoints.is_empty() {
-        eprintln!("no endpoints registered");
+        if filter.all {
+            eprintln!("no endpoints registered");
+        } else {
+            eprintln!("no ready endpoints (--all lists unready ones too)");
+        }
         return Ok(());
     }
     let mut rows = vec![
@@ -207,6 +220,7 @@ pub(crate) async fn endpoints(
             "PORTS",
             "LOCALITY",
             "IDENTITY",
+            "READY",
             "AGE",
         ]
         .map(str::to_owned)
@@ -230,6 +244,7 @@ pub(crate) async fn endpoints(
             ports.join(","),
             format!("{}/{}/{}", loc.region, loc.zone, loc.node),
             e.identity.clone(),
+            e.ready.unwrap_or(true).to_string(),
             humantime::format_duration(age).to_string(),
         ]);
     }
