@@ -585,6 +585,34 @@ impl Pod {
     }
 }
 
+/// The pod tests' mesh: `orders` (HTTP on port 80) at `vip`, called by
+/// `web`, which its AllowList admits.
+pub fn orders_behind_vip(vip: &str) -> String {
+    format!(
+        "
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {{name: orders, namespace: shop}}
+spec:
+  ports: [{{port: 80, protocol: http}}]
+  vip: {vip}
+---
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  ports: [{{port: 80, protocol: http}}]
+---
+apiVersion: bulkhead.dev/v1
+kind: AllowList
+metadata: {{name: orders-from-web, namespace: shop}}
+spec:
+  target: orders
+  rules: [{{from: [web]}}]
+"
+    )
+}
+
 /// Drops `#` comments and `[packets:bytes]` counters from iptables-save.
 pub fn normalize_save(text: &str) -> String {
     text.lines()

@@ -484,24 +484,7 @@ impl Sidecar {
 
     /// SIGTERM, then wait for exit (bounded); returns the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let child = self.child.as_mut()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                self.child = None;
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child)
     }
 
     /// SIGKILL: a crashed pod.
@@ -517,6 +500,28 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// SIGTERM to `child`, then wait for it to exit (30 s at most, then
+/// SIGKILL); returns its exit status. `None` when there was no process.
+pub fn terminate(child: &mut Option<std::process::Child>) -> Option<std::process::ExitStatus> {
+    let running = child.as_mut()?;
+    let _ = Command::new("kill")
+        .args(["-TERM", &running.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(status)) = running.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = running.kill();
+            break running.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    *child = None;
+    status
 }
 
 /// A plain HTTP/1.1 client, as an app would use it.

@@ -13,28 +13,6 @@ const VIP: &str = "198.19.0.30";
 const APP_PORT: u16 = 8080;
 const WAIT: Duration = Duration::from_secs(20);
 
-const MESH: &str = "
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {name: orders, namespace: shop}
-spec:
-  ports: [{port: 80, protocol: http}]
-  vip: 198.19.0.30
----
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  ports: [{port: 80, protocol: http}]
----
-apiVersion: bulkhead.dev/v1
-kind: AllowList
-metadata: {name: orders-from-web, namespace: shop}
-spec:
-  target: orders
-  rules: [{from: [web]}]
-";
-
 #[test]
 fn a_restarted_sidecar_serves_through_a_control_plane_outage() {
     if !require_root("a_restarted_sidecar_serves_through_a_control_plane_outage") {
@@ -45,7 +23,7 @@ fn a_restarted_sidecar_serves_through_a_control_plane_outage() {
     let control = net.pod("control");
     let (web_pod, orders_pod) = (net.pod("web"), net.pod("orders"));
     let mut cp = PodControlPlane::start(&control, &ca);
-    cp.apply(MESH);
+    cp.apply(&orders_behind_vip(VIP));
     for pod in [&web_pod, &orders_pod] {
         pod.init_capture();
     }

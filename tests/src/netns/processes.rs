@@ -34,6 +34,11 @@ impl PodProcess {
             let _ = child.wait();
         }
     }
+
+    /// SIGTERM, then wait for exit (bounded); returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        crate::proxy::terminate(&mut self.child)
+    }
 }
 
 impl Drop for PodProcess {
@@ -356,5 +361,11 @@ impl PodSidecar {
 
     pub fn assert_running(&mut self) {
         self.process.assert_running();
+    }
+
+    /// SIGTERM (the kubelet stopping the container), then wait for exit
+    /// (bounded); returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.terminate()
     }
 }
