@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bulkhead_tls::CertSlot;
 use http::{Method, Request, Response, StatusCode};
@@ -107,10 +107,8 @@ impl Admin {
             .collect();
         // Read from the certificate in use, so renewals show at once.
         let expiry = self.slot.get().and_then(|key| {
-            use x509_parser::prelude::{FromDer, X509Certificate};
-            let leaf = key.cert.first()?;
-            let (_, cert) = X509Certificate::from_der(leaf).ok()?;
-            u64::try_from(cert.validity().not_after.timestamp()).ok()
+            let not_after = bulkhead_tls::not_after(key.cert.first()?)?;
+            Some(not_after.duration_since(UNIX_EPOCH).ok()?.as_secs())
         });
         let balancers: Vec<serde_json::Value> = self
             .outbound

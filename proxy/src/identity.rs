@@ -74,16 +74,36 @@ fn install(
     let certified = CertSlot::certified_key(chain, key)
         .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
     slot.set(certified);
-    metrics::gauge!("bulkhead_cert_expiry_seconds").set(unix(not_after) as f64);
+    metrics::gauge!("bulkhead_cert_expiry_timestamp_seconds").set(unix(not_after) as f64);
     Ok(Issued { id, not_after })
 }
 
 fn not_after(der: &[u8]) -> Result<SystemTime, IdentityError> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-    let seconds = cert.validity().not_after.timestamp().max(0) as u64;
-    Ok(UNIX_EPOCH + Duration::from_secs(seconds))
+    bulkhead_tls::not_after(der)
+        .ok_or_else(|| IdentityError::BadCertificate("the leaf does not parse".into()))
+}
+
+/// When a connection authenticated by the certificate `der` must be over:
+/// its notAfter, as a timer instant (now when it does not parse or has
+/// passed: fail closed). No mesh connection outlives the certificate that
+/// let it in; the pool stops using one, and inbound asks the peer to close
+/// one, [`ahead_of`] that.
+pub(crate) fn connection_deadline(der: &[u8]) -> tokio::time::Instant {
+    let left = bulkhead_tls::not_after(der)
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default();
+    tokio::time::Instant::now() + left
+}
+
+/// `1/share` of the time left before `deadline`, at most `cap`, ahead of
+/// it: when to stop starting work on a connection that must end then.
+pub(crate) fn ahead_of(
+    deadline: tokio::time::Instant,
+    share: u32,
+    cap: Duration,
+) -> tokio::time::Instant {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    deadline - (left / share.max(1)).min(cap)
 }
 
 fn unix(t: SystemTime) -> u64 {

@@ -25,12 +25,16 @@ use crate::accept::{self, Listener};
 use crate::config::{AppPort, AppProtocol};
 use crate::drain::Drain;
 use crate::http::{self as h, Body};
+use crate::identity;
 use crate::policy::{self, HttpRequestInfo, Verdict};
 use crate::state::{ServiceId, ServiceKey, StateCell};
 use crate::telemetry::{Observed, RequestMetrics};
 use crate::wire::{Payload, Preface};
 
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long at most before the peer certificate's notAfter an inbound
+/// HTTP/2 connection is sent GOAWAY (half the pool's own margin).
+const CERT_EXPIRY_GOAWAY: Duration = Duration::from_secs(30);
 pub(crate) const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most mTLS connections the inbound port holds at once (other sidecars
 /// pool theirs, so a busy pod sees few).
@@ -195,17 +199,16 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
     };
     metrics::counter!("bulkhead_tls_handshakes_total", "direction" => "inbound", "result" => "ok")
         .increment(1);
-    let peer = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|leaf| SpiffeId::from_cert_der(leaf, &inbound.trust_domain).ok());
-    let Some(peer) = peer else {
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let peer = leaf.and_then(|leaf| SpiffeId::from_cert_der(leaf, &inbound.trust_domain).ok());
+    let (Some(peer), Some(leaf)) = (peer, leaf) else {
         // The verifier makes this unreachable; fail closed anyway.
         tracing::warn!(%remote, "inbound connection without a mesh identity");
         return;
     };
+    // The connection ends when the peer's certificate does (sessions are
+    // never resumed, so every connection was let in by a full check).
+    let expires = identity::connection_deadline(leaf);
     let mut tls = tls;
     let preface = match tokio::time::timeout(PREFACE_TIMEOUT, Preface::read(&mut tls)).await {
         Ok(Ok(p)) => p,
@@ -221,7 +224,7 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
     // The accept loop's span names the connection; now it names the peer.
     tracing::Span::current().record("identity", tracing::field::display(&peer));
     match preface.payload {
-        Payload::Tcp => tcp_stream(tls, peer, preface.port, &inbound).await,
+        Payload::Tcp => tcp_stream(tls, peer, preface.port, &inbound, expires).await,
         // An opaque TCP port is bytes end to end: never parsed as HTTP.
         Payload::Http2 if inbound.current(preface.port).protocol == Protocol::Tcp => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "protocol-mismatch").increment(1);
@@ -256,17 +259,28 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
                 .max_concurrent_streams(1024)
                 .serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
+            // The peer's pool stops using the connection a tenth of its
+            // certificate's remaining life (at most a minute) before it
+            // expires; a twentieth (at most 30 s) before, GOAWAY asks it
+            // to, in case it has not.
+            let goaway_at = identity::ahead_of(expires, 20, CERT_EXPIRY_GOAWAY);
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(error) = result {
                         tracing::debug!(%error, "inbound HTTP/2 connection ended");
                     }
+                    return;
                 }
-                () = drain.signaled() => {
-                    // Drain: GOAWAY, let in-flight streams finish.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                () = drain.signaled() => {}
+                () = tokio::time::sleep_until(goaway_at) => {
+                    tracing::info!("peer certificate about to expire: closing the connection");
                 }
+            }
+            // GOAWAY, let in-flight streams finish, but not past the
+            // peer certificate's notAfter.
+            conn.as_mut().graceful_shutdown();
+            if tokio::time::timeout_at(expires, conn).await.is_err() {
+                tracing::info!("peer certificate expired: connection closed");
             }
         }
     }
@@ -282,6 +296,7 @@ async fn tcp_stream(
     peer: SpiffeId,
     port: u16,
     inbound: &Inbound,
+    expires: tokio::time::Instant,
 ) {
     let current = inbound.current(port);
     let decision = policy::authorize(
@@ -319,8 +334,14 @@ async fn tcp_stream(
     };
     let _ = upstream.set_nodelay(true);
     let started = Instant::now();
-    let result = crate::wire::splice(&mut tls, &mut upstream, inbound.tcp_idle_timeout).await;
-    let class = crate::wire::splice_result(&result);
+    let splice = crate::wire::splice(&mut tls, &mut upstream, inbound.tcp_idle_timeout);
+    let class = match tokio::time::timeout_at(expires, splice).await {
+        Ok(result) => crate::wire::splice_result(&result),
+        Err(_) => {
+            tracing::info!(%peer, "peer certificate expired: TCP stream closed");
+            "cert-expired"
+        }
+    };
     metrics::counter!("bulkhead_tcp_connections_total", "direction" => "inbound", "service" => inbound.service().to_owned(), "peer" => peer.to_string(), "result" => class).increment(1);
     metrics::histogram!("bulkhead_tcp_connection_duration_seconds", "direction" => "inbound", "service" => inbound.service().to_owned()).record(started.elapsed().as_secs_f64());
 }

@@ -21,10 +21,12 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::http::Body;
+use crate::identity;
 use crate::wire::{self, Payload, Preface};
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,7 +54,26 @@ impl ConnectError {
 
 type Key = (SocketAddr, u16);
 
-type Table = HashMap<Key, SendRequest<Body>>;
+/// A pooled connection, used for new requests until `retire_at`: ahead of
+/// the first notAfter of the two certificates that authenticated it (the
+/// peer closes it at ours, and we must not use it past theirs).
+#[derive(Clone)]
+struct Pooled {
+    sender: SendRequest<Body>,
+    retire_at: Instant,
+}
+
+impl Pooled {
+    fn usable(&self, now: Instant) -> bool {
+        now < self.retire_at && !self.sender.is_closed()
+    }
+}
+
+/// How long at most before a certificate's notAfter the pool stops using
+/// the connection it authenticated (inbound's GOAWAY comes later).
+const CERT_EXPIRY_RETIRE: Duration = Duration::from_secs(60);
+
+type Table = HashMap<Key, Pooled>;
 
 pub(crate) struct Pool {
     bundle: TrustBundle,
@@ -113,6 +134,23 @@ impl Pool {
         identity: &SpiffeId,
         preface: Preface,
     ) -> Result<TlsStream<TcpStream>, ConnectError> {
+        Ok(self.dial_until(addr, identity, preface).await?.0)
+    }
+
+    /// [`Pool::dial`], and when the connection must be over: the earlier
+    /// notAfter of our certificate (read before the handshake, so a
+    /// renewal during it cannot make it later) and the peer's.
+    async fn dial_until(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        preface: Preface,
+    ) -> Result<(TlsStream<TcpStream>, Instant), ConnectError> {
+        let own = self.slot.get().and_then(|key| {
+            key.cert
+                .first()
+                .map(|leaf| identity::connection_deadline(leaf))
+        });
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Connect(addr, "timed out".into()))?
@@ -130,11 +168,19 @@ impl Pool {
                 ConnectError::Tls(addr, e.to_string())
             })?;
         metrics::counter!("bulkhead_tls_handshakes_total", "direction" => "outbound", "result" => "ok").increment(1);
+        let theirs = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|leaf| identity::connection_deadline(leaf))
+            .ok_or_else(|| ConnectError::Tls(addr, "no server certificate".into()))?;
+        let until = own.map_or(theirs, |own| own.min(theirs));
         preface
             .write(&mut tls)
             .await
             .map_err(|e| ConnectError::Connect(addr, e.to_string()))?;
-        Ok(tls)
+        Ok((tls, until))
     }
 
     /// The pooled HTTP/2 connection to the endpoint, opened if there is
@@ -146,17 +192,18 @@ impl Pool {
         port: u16,
     ) -> Result<SendRequest<Body>, ConnectError> {
         let key = (addr, port);
+        let now = Instant::now();
         let existing = self
             .http2
             .load()
             .get(&key)
-            .filter(|s| !s.is_closed())
-            .cloned();
+            .filter(|p| p.usable(now))
+            .map(|p| p.sender.clone());
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let tls = self
-                    .dial(
+                let (tls, until) = self
+                    .dial_until(
                         addr,
                         identity,
                         Preface {
@@ -181,9 +228,15 @@ impl Pool {
                     }
                     .instrument(span),
                 );
-                let pooled = sender.clone();
+                // Once retired, the connection closes when its in-flight
+                // requests end (the last sender is dropped).
+                let pooled = Pooled {
+                    sender: sender.clone(),
+                    retire_at: identity::ahead_of(until, 10, CERT_EXPIRY_RETIRE),
+                };
                 self.update(|table| {
-                    table.retain(|_, s| !s.is_closed());
+                    let now = Instant::now();
+                    table.retain(|_, p| p.usable(now));
                     table.insert(key, pooled);
                 });
                 sender
@@ -199,6 +252,7 @@ impl Pool {
     /// Forgets the connections to endpoints that are no longer registered
     /// (they close once their in-flight requests end).
     pub(crate) fn forget(&self, gone: &[SocketAddr]) {
-        self.update(|table| table.retain(|(addr, _), s| !gone.contains(addr) && !s.is_closed()));
+        let now = Instant::now();
+        self.update(|table| table.retain(|(addr, _), p| !gone.contains(addr) && p.usable(now)));
     }
 }

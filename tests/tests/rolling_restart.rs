@@ -188,8 +188,13 @@ fn a_rolling_restart_loses_no_request() {
         .collect();
     assert!(missing.is_empty(), "ids no app saw: {missing:?}");
     eprintln!(
-        "{last} calls, none failed; web retried {} (requests that met a stopping pod)",
-        web.metric("bulkhead_retries_total", &[("service", "orders")])
+        "{last} calls, none failed; web retried {} (requests that met a stopping pod) \
+         and made {} TLS handshakes to orders' four pods",
+        web.metric("bulkhead_retries_total", &[("service", "orders")]),
+        web.metric(
+            "bulkhead_tls_handshakes_total",
+            &[("direction", "outbound"), ("result", "ok")]
+        )
     );
     web.assert_running();
     for replica in &mut new {

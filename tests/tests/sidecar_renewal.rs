@@ -45,8 +45,12 @@ async fn certificates_renew_under_traffic_with_no_failed_request() {
     let inventory = mesh.inventory(STABLE, "node-1", &app);
     let web = mesh.web("node-1");
     until_routable(&web, "inventory", "/probe").await;
-    let first_expiry = metric_if_any(&metrics_of(&inventory), "bulkhead_cert_expiry_seconds", &[])
-        .expect("bulkhead_cert_expiry_seconds") as u64;
+    let first_expiry = metric_if_any(
+        &metrics_of(&inventory),
+        "bulkhead_cert_expiry_timestamp_seconds",
+        &[],
+    )
+    .expect("bulkhead_cert_expiry_timestamp_seconds") as u64;
 
     let load = Load::start(web.upstream("inventory"), 2, Duration::from_millis(100));
     // Until the first certificates have expired (bounded: 20 s lifetime).
@@ -79,7 +83,11 @@ async fn certificates_renew_under_traffic_with_no_failed_request() {
     assert!(tally.ok() >= 100, "traffic flowed: {}", tally.ok());
     for (name, s) in [("inventory", &inventory), ("web", &web)] {
         assert!(renewals(s) >= 1.0, "{name} renewed");
-        let expiry = metric(&metrics_of(s), "bulkhead_cert_expiry_seconds", &[]);
+        let expiry = metric(
+            &metrics_of(s),
+            "bulkhead_cert_expiry_timestamp_seconds",
+            &[],
+        );
         assert!(
             expiry as u64 > first_expiry,
             "{name}'s certificate now expires later ({expiry} > {first_expiry})"

@@ -17,5 +17,5 @@ pub use channel::{ClientError, channel, parse_control_url};
 pub use verify::{
     ALPN_H2, AnyServer, CertSlot, ExpectedServer, SpiffeClientVerifier, SpiffeServerVerifier,
     TlsError, TrustBundle, certs_from_pem, client_config, install_default_provider, key_from_pem,
-    provider, server_config, trust_domain_of_roots,
+    not_after, provider, server_config, trust_domain_of_roots,
 };
