@@ -2,7 +2,11 @@
 //! certificate (checked in the handshake: chain, validity, one SPIFFE ID in
 //! our trust domain) → read the preface → authorize → forward to the app.
 //! Nothing reaches the app before the peer is authenticated and the request
-//! authorized; denials are logged, counted and marked.
+//! authorized; denials are logged, counted and marked. An extended CONNECT
+//! (an upgrade the caller's app asked for) takes the boxed branch in
+//! [`upgrade`], authorized by the same [`admit`].
+
+mod upgrade;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -238,22 +242,33 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
                 peer.to_string(),
             ));
             let peer = Arc::new(peer);
-            let service = hyper::service::service_fn(move |req| {
+            // Upgraded streams outlive their request: the drain tracks them.
+            let streams = drain.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let inbound = svc_inbound.clone();
                 let peer = peer.clone();
                 let metrics = metrics.clone();
+                // A method comparison is all an ordinary request pays.
+                let upgrade = upgrade::is_upgrade(&req).then(|| streams.clone());
                 async move {
                     let started = tokio::time::Instant::now();
                     // The caller's deadline (grpc-timeout) holds here too:
                     // the app's answer is cut when it runs out.
                     let deadline = h::grpc_deadline(req.headers(), started);
-                    let resp = request(req, &inbound, &peer, port, deadline).await;
+                    let resp = match upgrade {
+                        None => request(req, &inbound, &peer, port, deadline).await,
+                        Some(drain) => {
+                            Box::pin(upgrade::request(req, &inbound, &peer, port, drain)).await
+                        }
+                    };
                     let resp = Observed::wrap(resp, started, metrics, None, deadline);
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .max_concurrent_streams(1024)
+                // RFC 8441: upgrades arrive as extended CONNECT.
+                .enable_connect_protocol()
                 .serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
             tokio::select! {

@@ -1,7 +1,8 @@
 //! Connections to other sidecars: TLS 1.3 with this workload's certificate,
 //! the server checked to be exactly the identity registered for the endpoint
 //! dialled, then the preface (see [`crate::wire`]). HTTP/2 connections are
-//! pooled and multiplexed per (endpoint, port); TCP gets one per stream.
+//! pooled and multiplexed per (endpoint, port); TCP, and an upgraded HTTP
+//! stream ([`Lane::Dedicated`]), get one per stream.
 //!
 //! A request finds its pooled connection without a lock: the table is
 //! copied on write (a new connection, a departed endpoint), which is rare,
@@ -48,6 +49,18 @@ impl ConnectError {
             Self::Http2(..) => "http2-failed",
         }
     }
+}
+
+/// Which HTTP/2 connection to an endpoint a request takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// The pooled one, multiplexed with every other request.
+    Pooled,
+    /// One of its own, closed when its stream ends: for an upgraded stream
+    /// ([`crate::upgrade`]), which may live for hours and would otherwise
+    /// hold one of the pooled connection's stream slots (the peer allows
+    /// 1,024) all that time.
+    Dedicated,
 }
 
 type Key = (SocketAddr, u16);
@@ -137,55 +150,37 @@ impl Pool {
         Ok(tls)
     }
 
-    /// The pooled HTTP/2 connection to the endpoint, opened if there is
-    /// none (or the old one closed), ready to take a request.
+    /// An HTTP/2 connection to the endpoint ready to take a request: the
+    /// pooled one (opened if there is none, or the old one closed), or for
+    /// [`Lane::Dedicated`] a new one that is never pooled.
     pub(crate) async fn sender(
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
         port: u16,
+        lane: Lane,
     ) -> Result<SendRequest<Body>, ConnectError> {
         let key = (addr, port);
-        let existing = self
-            .http2
-            .load()
-            .get(&key)
-            .filter(|s| !s.is_closed())
-            .cloned();
+        let existing = match lane {
+            Lane::Pooled => self
+                .http2
+                .load()
+                .get(&key)
+                .filter(|s| !s.is_closed())
+                .cloned(),
+            Lane::Dedicated => None,
+        };
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let tls = self
-                    .dial(
-                        addr,
-                        identity,
-                        Preface {
-                            payload: Payload::Http2,
-                            port,
-                        },
-                    )
-                    .await?;
-                let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(20))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;
-                let span = tracing::info_span!("sidecar-conn", endpoint = %addr, port, identity = %identity);
-                tokio::spawn(
-                    async move {
-                        if let Err(error) = conn.await {
-                            tracing::debug!(%error, "sidecar connection ended");
-                        }
-                    }
-                    .instrument(span),
-                );
-                let pooled = sender.clone();
-                self.update(|table| {
-                    table.retain(|_, s| !s.is_closed());
-                    table.insert(key, pooled);
-                });
+                let sender = self.open(addr, identity, port).await?;
+                if lane == Lane::Pooled {
+                    let pooled = sender.clone();
+                    self.update(|table| {
+                        table.retain(|_, s| !s.is_closed());
+                        table.insert(key, pooled);
+                    });
+                }
                 sender
             }
         };
@@ -193,6 +188,39 @@ impl Pool {
             .ready()
             .await
             .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;
+        Ok(sender)
+    }
+
+    /// A new HTTP/2 connection to the endpoint, served by a task of its own
+    /// until both ends are done with it.
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        port: u16,
+    ) -> Result<SendRequest<Body>, ConnectError> {
+        let preface = Preface {
+            payload: Payload::Http2,
+            port,
+        };
+        let tls = self.dial(addr, identity, preface).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;
+        let span =
+            tracing::info_span!("sidecar-conn", endpoint = %addr, port, identity = %identity);
+        tokio::spawn(
+            async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%error, "sidecar connection ended");
+                }
+            }
+            .instrument(span),
+        );
         Ok(sender)
     }
 
