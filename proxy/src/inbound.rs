@@ -2,7 +2,11 @@
 //! certificate (checked in the handshake: chain, validity, one SPIFFE ID in
 //! our trust domain) → read the preface → authorize → forward to the app.
 //! Nothing reaches the app before the peer is authenticated and the request
-//! authorized; denials are logged, counted and marked.
+//! authorized; denials are logged, counted and marked. An extended CONNECT
+//! (an upgrade the caller's app asked for) takes the boxed branch in
+//! [`upgrade`], authorized by the same [`admit`].
+
+mod upgrade;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::model::{AllowList, Protocol};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -241,22 +245,33 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
                 peer.to_string(),
             ));
             let peer = Arc::new(peer);
-            let service = hyper::service::service_fn(move |req| {
+            // Upgraded streams outlive their request: the drain tracks them.
+            let streams = drain.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let inbound = svc_inbound.clone();
                 let peer = peer.clone();
                 let metrics = metrics.clone();
+                // A method comparison is all an ordinary request pays.
+                let upgrade = upgrade::is_upgrade(&req).then(|| streams.clone());
                 async move {
                     let started = tokio::time::Instant::now();
                     // The caller's deadline (grpc-timeout) holds here too:
                     // the app's answer is cut when it runs out.
                     let deadline = h::grpc_deadline(req.headers(), started);
-                    let resp = request(req, &inbound, &peer, port, deadline).await;
+                    let resp = match upgrade {
+                        None => request(req, &inbound, &peer, port, deadline).await,
+                        Some(drain) => {
+                            Box::pin(upgrade::request(req, &inbound, &peer, port, drain)).await
+                        }
+                    };
                     let resp = Observed::wrap(resp, started, metrics, None, deadline);
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .max_concurrent_streams(1024)
+                // RFC 8441: upgrades arrive as extended CONNECT.
+                .enable_connect_protocol()
                 .serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
             // The peer's pool stops using the connection a tenth of its
@@ -354,6 +369,37 @@ async fn request(
     deadline: Option<tokio::time::Instant>,
 ) -> Response<Body> {
     let grpc = h::is_grpc(req.headers());
+    let protocol = match admit(&mut req, None, inbound, peer, port, grpc) {
+        Ok(protocol) => protocol,
+        Err(refused) => return *refused,
+    };
+    let client = if protocol == Protocol::Grpc {
+        &inbound.app_http2
+    } else {
+        *req.version_mut() = http::Version::HTTP_11;
+        &inbound.app_http1
+    };
+    let head_deadline = tokio::time::Instant::now() + inbound.request_timeout;
+    let head_deadline = deadline.map_or(head_deadline, |d| d.min(head_deadline));
+    match to_app(client, req, head_deadline, grpc).await {
+        Ok(resp) => resp.map(|b| b.boxed()),
+        Err(failed) => failed,
+    }
+}
+
+/// Normalizes the path, authorizes the request (as `method` when given,
+/// else its own), and readies it for the app: its URI names the app and the
+/// normalized path, Host the caller's authority, and no hop-by-hop header
+/// is left. The port's protocol, or the mesh's answer when the request
+/// stops here (boxed: the path that admits stays small).
+fn admit(
+    req: &mut Request<Incoming>,
+    method: Option<&Method>,
+    inbound: &Inbound,
+    peer: &SpiffeId,
+    port: u16,
+    grpc: bool,
+) -> Result<Protocol, Box<Response<Body>>> {
     // The app sees exactly the path that was authorized: the request's own
     // when it was already normal (no copy), the normalized one otherwise.
     let path_and_query = match policy::normalize_path(req.uri().path()) {
@@ -368,29 +414,33 @@ async fn request(
         Err(error) => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => error.reason()).increment(1);
             tracing::info!(%peer, %error, "request refused: ambiguous path");
-            return h::mesh_response(
+            return Err(Box::new(h::mesh_response(
                 grpc,
                 StatusCode::BAD_REQUEST,
                 "bad-path",
                 &format!("bulkhead: {error}"),
-            );
+            )));
         }
     };
-    let Some(path_and_query) = path_and_query else {
-        return h::mesh_response(
+    let bad_target = || {
+        h::mesh_response(
             grpc,
             StatusCode::BAD_REQUEST,
             "bad-target",
             "bulkhead: request target does not parse",
-        );
+        )
     };
+    let Some(path_and_query) = path_and_query else {
+        return Err(Box::new(bad_target()));
+    };
+    let method = method.unwrap_or(req.method());
     let current = inbound.current(port);
     let decision = policy::authorize(
         &current.allow_lists,
         peer,
         port,
         Some(HttpRequestInfo {
-            method: req.method().as_str(),
+            method: method.as_str(),
             normalized_path: path_and_query.path(),
         }),
         &inbound.trust_domain,
@@ -398,7 +448,7 @@ async fn request(
     match decision.verdict {
         Verdict::Deny => {
             let label = decision.label();
-            deny_log(peer, inbound.service(), &label, port, req.method().as_str());
+            deny_log(peer, inbound.service(), &label, port, method.as_str());
             let mut resp = h::mesh_response(
                 grpc,
                 StatusCode::FORBIDDEN,
@@ -411,21 +461,21 @@ async fn request(
             if let Ok(v) = HeaderValue::from_str(&label) {
                 resp.headers_mut().insert(h::MESH_DENIED, v);
             }
-            return resp;
+            return Err(Box::new(resp));
         }
         Verdict::AuditAllow => {
             metrics::counter!("bulkhead_authz_audit_total", "target" => inbound.service().to_owned(), "peer" => peer.to_string(), "rule" => decision.label()).increment(1);
-            tracing::info!(%peer, port, method = %req.method(), rule = %decision.label(), "audit: would deny request");
+            tracing::info!(%peer, port, %method, rule = %decision.label(), "audit: would deny request");
         }
         Verdict::Allow => {}
     }
     let Some(app) = inbound.apps.for_port(port) else {
-        return h::mesh_response(
+        return Err(Box::new(h::mesh_response(
             grpc,
             StatusCode::SERVICE_UNAVAILABLE,
             "no-app",
             &format!("bulkhead: no app behind this sidecar for port {port} (--app PORT=ADDR)"),
-        );
+        )));
     };
     // HTTP/2 carries the caller's authority in the URI, HTTP/1.1 in Host.
     if !req.headers().contains_key(http::header::HOST)
@@ -441,40 +491,38 @@ async fn request(
     target.authority = Some(app.authority.clone());
     target.path_and_query = Some(path_and_query);
     let Ok(uri) = Uri::from_parts(target) else {
-        return h::mesh_response(
-            grpc,
-            StatusCode::BAD_REQUEST,
-            "bad-target",
-            "bulkhead: request target does not parse",
-        );
+        return Err(Box::new(bad_target()));
     };
     *req.uri_mut() = uri;
     h::strip_hop_by_hop(req.headers_mut());
-    let client = if current.protocol == Protocol::Grpc {
-        &inbound.app_http2
-    } else {
-        *req.version_mut() = http::Version::HTTP_11;
-        &inbound.app_http1
-    };
-    let head_deadline = tokio::time::Instant::now() + inbound.request_timeout;
-    let head_deadline = deadline.map_or(head_deadline, |d| d.min(head_deadline));
-    match tokio::time::timeout_at(head_deadline, client.request(req)).await {
-        Ok(Ok(resp)) => resp.map(|b| b.boxed()),
+    Ok(current.protocol)
+}
+
+/// Sends an admitted request to the app; the app's answer, or the mesh's
+/// when the app did not answer by `deadline`.
+async fn to_app(
+    client: &Client<HttpConnector, Incoming>,
+    req: Request<Incoming>,
+    deadline: tokio::time::Instant,
+    grpc: bool,
+) -> Result<Response<Incoming>, Response<Body>> {
+    match tokio::time::timeout_at(deadline, client.request(req)).await {
+        Ok(Ok(resp)) => Ok(resp),
         Ok(Err(error)) => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "app-error").increment(1);
             tracing::warn!(%error, "forwarding to the app failed");
-            h::mesh_response(
+            Err(h::mesh_response(
                 grpc,
                 StatusCode::BAD_GATEWAY,
                 "app-unreachable",
                 "bulkhead: the app did not answer",
-            )
+            ))
         }
-        Err(_) => h::mesh_response(
+        Err(_) => Err(h::mesh_response(
             grpc,
             StatusCode::GATEWAY_TIMEOUT,
             "app-timeout",
             "bulkhead: the app did not answer in time",
-        ),
+        )),
     }
 }

@@ -12,7 +12,7 @@
 //! (subscribed to what [`subscriptions`] asks for, grown on demand);
 //! [`admin`] serves /metrics, /ready, /live, /config; [`dns`] answers mesh
 //! names; [`telemetry`] holds request metrics; [`http`] the plumbing both
-//! directions share.
+//! directions share; [`upgrade`] carries HTTP `Upgrade` (WebSocket) across.
 //!
 //! Public only what other crates use: [`cli::main`] (the binary, and the
 //! demo's sidecars), and [`policy`] and [`wire`] for the fuzz targets.
@@ -37,4 +37,5 @@ mod run;
 mod state;
 mod subscriptions;
 mod telemetry;
+mod upgrade;
 pub mod wire;

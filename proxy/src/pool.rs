@@ -1,7 +1,8 @@
 //! Connections to other sidecars: TLS 1.3 with this workload's certificate,
 //! the server checked to be exactly the identity registered for the endpoint
 //! dialled, then the preface (see [`crate::wire`]). HTTP/2 connections are
-//! pooled and multiplexed per (endpoint, port); TCP gets one per stream.
+//! pooled and multiplexed per (endpoint, port); TCP, and an upgraded HTTP
+//! stream ([`Lane::Dedicated`]), get one per stream.
 //!
 //! A request finds its pooled connection without a lock: the table is
 //! copied on write (a new connection, a departed endpoint), which is rare,
@@ -50,6 +51,18 @@ impl ConnectError {
             Self::Http2(..) => "http2-failed",
         }
     }
+}
+
+/// Which HTTP/2 connection to an endpoint a request takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// The pooled one, multiplexed with every other request.
+    Pooled,
+    /// One of its own, closed when its stream ends: for an upgraded stream
+    /// ([`crate::upgrade`]), which may live for hours and would otherwise
+    /// hold one of the pooled connection's stream slots (the peer allows
+    /// 1,024) all that time.
+    Dedicated,
 }
 
 type Key = (SocketAddr, u16);
@@ -183,62 +196,44 @@ impl Pool {
         Ok((tls, until))
     }
 
-    /// The pooled HTTP/2 connection to the endpoint, opened if there is
-    /// none (or the old one closed), ready to take a request.
+    /// An HTTP/2 connection to the endpoint ready to take a request: the
+    /// pooled one (opened if there is none, or the old one closed), or for
+    /// [`Lane::Dedicated`] a new one that is never pooled.
     pub(crate) async fn sender(
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
         port: u16,
+        lane: Lane,
     ) -> Result<SendRequest<Body>, ConnectError> {
         let key = (addr, port);
         let now = Instant::now();
-        let existing = self
-            .http2
-            .load()
-            .get(&key)
-            .filter(|p| p.usable(now))
-            .map(|p| p.sender.clone());
+        let existing = match lane {
+            Lane::Pooled => self
+                .http2
+                .load()
+                .get(&key)
+                .filter(|p| p.usable(now))
+                .map(|p| p.sender.clone()),
+            Lane::Dedicated => None,
+        };
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let (tls, until) = self
-                    .dial_until(
-                        addr,
-                        identity,
-                        Preface {
-                            payload: Payload::Http2,
-                            port,
-                        },
-                    )
-                    .await?;
-                let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(20))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;
-                let span = tracing::info_span!("sidecar-conn", endpoint = %addr, port, identity = %identity);
-                tokio::spawn(
-                    async move {
-                        if let Err(error) = conn.await {
-                            tracing::debug!(%error, "sidecar connection ended");
-                        }
-                    }
-                    .instrument(span),
-                );
-                // Once retired, the connection closes when its in-flight
-                // requests end (the last sender is dropped).
-                let pooled = Pooled {
-                    sender: sender.clone(),
-                    retire_at: identity::ahead_of(until, 10, CERT_EXPIRY_RETIRE),
-                };
-                self.update(|table| {
-                    let now = Instant::now();
-                    table.retain(|_, p| p.usable(now));
-                    table.insert(key, pooled);
-                });
+                let (sender, until) = self.open(addr, identity, port).await?;
+                if lane == Lane::Pooled {
+                    // Once retired, the connection closes when its
+                    // in-flight requests end (the last sender is dropped).
+                    let pooled = Pooled {
+                        sender: sender.clone(),
+                        retire_at: identity::ahead_of(until, 10, CERT_EXPIRY_RETIRE),
+                    };
+                    self.update(|table| {
+                        let now = Instant::now();
+                        table.retain(|_, p| p.usable(now));
+                        table.insert(key, pooled);
+                    });
+                }
                 sender
             }
         };
@@ -247,6 +242,40 @@ impl Pool {
             .await
             .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;
         Ok(sender)
+    }
+
+    /// A new HTTP/2 connection to the endpoint, served by a task of its own
+    /// until both ends are done with it, and when it must be over (see
+    /// [`Pool::dial_until`]).
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        port: u16,
+    ) -> Result<(SendRequest<Body>, Instant), ConnectError> {
+        let preface = Preface {
+            payload: Payload::Http2,
+            port,
+        };
+        let (tls, until) = self.dial_until(addr, identity, preface).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;
+        let span =
+            tracing::info_span!("sidecar-conn", endpoint = %addr, port, identity = %identity);
+        tokio::spawn(
+            async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%error, "sidecar connection ended");
+                }
+            }
+            .instrument(span),
+        );
+        Ok((sender, until))
     }
 
     /// Forgets the connections to endpoints that are no longer registered

@@ -16,6 +16,13 @@
 //!               multiplexed connections; opaque bytes (protocol 2)
 //! ```
 //!
+//! An HTTP/1.1 `Upgrade` (WebSocket) travels as an HTTP/2 extended CONNECT
+//! (RFC 8441; the inbound side sends `SETTINGS_ENABLE_CONNECT_PROTOCOL`) on a
+//! protocol-1 connection of its own: `:protocol` is the Upgrade token,
+//! `:path` the app's, the app's method in `x-bulkhead-method` when it is not
+//! GET; a `200` opens the stream, which then carries the upgraded bytes in
+//! DATA frames until either side ends it (`proxy/src/upgrade.rs` has the rest).
+//!
 //! The preface is fixed-size so the inbound side reads exactly 8 bytes
 //! (bounded in time) and decides before anything reaches the app. It is the
 //! only parser of peer bytes the proxy owns (HTTP/2 is hyper's); it has a

@@ -7,7 +7,10 @@
 //!
 //! What every request on one app connection shares is worked out once per
 //! connection ([`HttpRoute`]); a request does no lookup by string, formats
-//! nothing and takes no lock shared with other connections.
+//! nothing and takes no lock shared with other connections. A request that
+//! carries `Upgrade` (WebSocket) takes the boxed branch in [`upgrade`].
+
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,7 +31,7 @@ use super::retry::{self, MAX_ATTEMPTS};
 use crate::balance::{Outcome, Pick};
 use crate::drain::Drain;
 use crate::http::{self as h, Answer, Body};
-use crate::pool::ConnectError;
+use crate::pool::{ConnectError, Lane};
 use crate::route;
 use crate::state::{MeshState, ServiceId, ServiceKey};
 use crate::telemetry::{Observed, RequestMetrics};
@@ -115,13 +118,26 @@ pub(super) async fn serve(
     outbound: Arc<Outbound>,
     drain: Drain,
 ) {
-    let service = hyper::service::service_fn(move |req| {
+    // Upgraded streams outlive their request: the drain tracks them.
+    let streams = drain.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let outbound = outbound.clone();
         let route = route.clone();
-        async move { Ok::<_, std::convert::Infallible>(request(req, &route, &outbound).await) }
+        // One header lookup is all an ordinary request pays for upgrades.
+        let upgrade = req
+            .headers()
+            .contains_key(http::header::UPGRADE)
+            .then(|| streams.clone());
+        async move {
+            let resp = match upgrade {
+                None => request(req, &route, &outbound).await,
+                Some(drain) => Box::pin(upgrade::request(req, &route, &outbound, drain)).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -145,7 +161,8 @@ async fn request(req: Request<Incoming>, route: &HttpRoute, outbound: &Outbound)
     let head_deadline = started + outbound.request_timeout;
     let head_deadline = call_deadline.map_or(head_deadline, |d| d.min(head_deadline));
     route.service.budget.record_request(started);
-    let (resp, answered) = route_request(req, route, outbound, grpc, head_deadline).await;
+    let (resp, answered) =
+        route_request(req, route, outbound, grpc, head_deadline, Lane::Pooled).await;
     let (metrics, pick) = match answered {
         Some(Answered { metrics, pick }) => (metrics, pick),
         None => (Arc::clone(&route.unattributed), None),
@@ -184,6 +201,7 @@ async fn route_request(
     outbound: &Outbound,
     grpc: bool,
     deadline: Instant,
+    lane: Lane,
 ) -> Routed {
     let port = route.port;
     let balancer = &route.service.balancer;
@@ -294,7 +312,7 @@ async fn route_request(
         let send = async {
             let mut sender = outbound
                 .pool
-                .sender(addr, identity, port)
+                .sender(addr, identity, port, lane)
                 .await
                 .map_err(SendError::Connect)?;
             let request = match (can_retry, &mut unsent) {

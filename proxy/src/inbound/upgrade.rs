@@ -1,0 +1,76 @@
+//! The callee's half of an upgrade ([`crate::upgrade`]): an extended
+//! CONNECT from a caller's sidecar is authorized as the request the
+//! caller's app made (its method, the normalized path) by the same
+//! [`admit`] as any request, sent to the app as that HTTP/1.1 upgrade
+//! request, and on the app's `101` answered `200`; the two streams are
+//! then spliced in a task the drain tracks.
+
+use bulkhead_proto::SpiffeId;
+use bulkhead_proto::model::Protocol;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use super::{Inbound, admit, to_app};
+use crate::drain::Drain;
+use crate::http::Body;
+use crate::upgrade::{self, UpgradeError};
+
+/// Whether a request from a caller's sidecar is an upgrade: an extended
+/// CONNECT (a CONNECT with `:protocol`).
+pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_some()
+}
+
+pub(super) async fn request(
+    mut req: Request<Incoming>,
+    inbound: &Inbound,
+    peer: &SpiffeId,
+    port: u16,
+    drain: Drain,
+) -> Response<Body> {
+    let from_peer = hyper::upgrade::on(&mut req);
+    let (mut head, body) = req.into_parts();
+    let (method, protocol) = match upgrade::from_connect(&mut head) {
+        Ok(upgrade) => upgrade,
+        Err(error) => return error.response("inbound"),
+    };
+    let mut req = Request::from_parts(head, body);
+    match admit(&mut req, Some(&method), inbound, peer, port, false) {
+        Ok(Protocol::Http) => {}
+        Ok(_) => return UpgradeError::NotHttp(port).response("inbound"),
+        Err(refused) => return *refused,
+    }
+    let (mut head, body) = req.into_parts();
+    upgrade::to_app(&mut head, method, &protocol);
+    let deadline = tokio::time::Instant::now() + inbound.request_timeout;
+    let client = &inbound.app_http1;
+    let mut resp = match to_app(client, Request::from_parts(head, body), deadline, false).await {
+        Ok(resp) => resp,
+        Err(failed) => return failed,
+    };
+    let status = resp.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let from_app = hyper::upgrade::on(&mut resp);
+        let stream = upgrade::Stream {
+            direction: "inbound",
+            service: inbound.service().to_owned(),
+            peer: peer.to_string(),
+        };
+        let idle = inbound.tcp_idle_timeout;
+        drain.spawn(
+            async move {
+                upgrade::splice(from_app, from_peer, idle, stream).await;
+            }
+            .in_current_span(),
+        );
+        let (head, _) = resp.into_parts();
+        upgrade::opened(head.headers)
+    } else if status.is_success() {
+        UpgradeError::Declined(status).response("inbound")
+    } else {
+        // The app's refusal (404, 426, ...) reaches the caller as it is.
+        resp.map(|b| b.boxed())
+    }
+}
