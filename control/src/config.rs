@@ -86,8 +86,9 @@ pub struct ControlArgs {
     pub webhook: Option<SocketAddr>,
 
     /// The webhook's serving certificate (PEM, chain), as the API server will
-    /// verify it: bring your own (e.g. cert-manager's). Without it the
-    /// control plane makes its own from the mesh issuer and renews it.
+    /// verify it: bring your own (e.g. cert-manager's; read again when the
+    /// files change). Without it the control plane makes its own from the
+    /// mesh issuer and renews it.
     #[arg(
         long,
         env = "BULKHEAD_WEBHOOK_CERT",

@@ -31,6 +31,10 @@ use crate::{admin_http, server};
 /// at half of it.
 const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
+/// How often a given webhook certificate's files are looked at again (the
+/// kubelet takes about a minute to update a mounted Secret anyway).
+const WEBHOOK_FILES_RELOAD: Duration = Duration::from_secs(30);
+
 /// Everything needed to start a control plane (already validated).
 pub struct Settings {
     pub listen: SocketAddr,
@@ -59,8 +63,11 @@ pub struct WebhookSettings {
 /// Where the webhook's serving certificate comes from.
 pub enum WebhookCertificate {
     /// Files given (`--webhook-cert`/`--webhook-key`): bring your own, e.g.
-    /// cert-manager's; served as loaded.
-    Given(Arc<rustls::sign::CertifiedKey>),
+    /// cert-manager's; read again when they change.
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
     /// Made here from the mesh issuer and renewed
     /// ([`crate::webhook::certificate`]).
     SelfManaged {
@@ -154,7 +161,15 @@ fn webhook_tls(
     let slot = CertSlot::empty();
     let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
     match certificate {
-        WebhookCertificate::Given(key) => slot.set(key),
+        WebhookCertificate::Files { cert, key } => {
+            slot.set(certificate::load_files(&cert, &key)?);
+            tasks.push(Box::pin(certificate::reload_files_forever(
+                cert,
+                key,
+                slot.clone(),
+                WEBHOOK_FILES_RELOAD,
+            )));
+        }
         WebhookCertificate::SelfManaged {
             dns_names,
             lifetime,

@@ -273,7 +273,15 @@ fn webhook_settings(
         (None, None) => return Ok(None),
     };
     let certificate = match (&args.webhook_cert, &args.webhook_key) {
-        (Some(cert), Some(key)) => WebhookCertificate::Given(given_certificate(cert, key)?),
+        (Some(cert), Some(key)) => {
+            // Checked now, so that bad files are a usage error.
+            bulkhead_control::webhook::certificate::load_files(cert, key)
+                .map_err(|e| format!("--webhook-cert/--webhook-key: {e}"))?;
+            WebhookCertificate::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }
+        }
         _ => self_managed_certificate(args, api)?,
     };
     let mut injector = bulkhead_control::webhook::InjectorSettings::default();
@@ -296,32 +304,6 @@ fn webhook_settings(
         certificate,
         injector: Arc::new(injector),
     }))
-}
-
-/// --webhook-cert and --webhook-key, checked to belong together.
-fn given_certificate(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
-    let chain = bulkhead_tls::certs_from_pem(
-        &read_file("--webhook-cert", cert)?,
-        &cert.display().to_string(),
-    )
-    .map_err(|e| format!("--webhook-cert {e}"))?;
-    let key_der = bulkhead_tls::key_from_pem(
-        &read_file("--webhook-key", key)?,
-        &key.display().to_string(),
-    )
-    .map_err(|e| format!("--webhook-key {e}"))?;
-    rustls::sign::CertifiedKey::from_der(chain, key_der, &bulkhead_tls::provider())
-        .map(Arc::new)
-        .map_err(|e| {
-            format!(
-                "--webhook-cert {} / --webhook-key {}: {e}",
-                cert.display(),
-                key.display()
-            )
-        })
 }
 
 /// The certificate the control plane makes: for --webhook-dns-names, or

@@ -9,7 +9,13 @@
 //! 70 % of its lifetime, as sidecars renew theirs — by swapping it in
 //! a [`CertSlot`]: new handshakes get the new one, open connections keep
 //! theirs, nothing restarts.
+//!
+//! A certificate given as files (bring your own, e.g. cert-manager's in a
+//! mounted Secret) is swapped the same way when the files change
+//! ([`reload_files_forever`]), so a renewed Secret is served without a
+//! restart too.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -124,6 +130,49 @@ pub async fn renew_forever(
                     tracing::error!(%error, ?retry_in, "renewing the webhook's serving certificate failed; the current one stays in use");
                     tokio::time::sleep(retry_in).await;
                 }
+            }
+        }
+    }
+}
+
+/// Reads a certificate chain (leaf first) and its key from PEM files,
+/// checked to belong together; records the leaf's expiry.
+pub fn load_files(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let chain = bulkhead_tls::certs_from_pem(&read(cert)?, &cert.display().to_string())
+        .map_err(|e| e.to_string())?;
+    let leaf_not_after = chain.first().and_then(|leaf| not_after(leaf));
+    let key_der = bulkhead_tls::key_from_pem(&read(key)?, &key.display().to_string())
+        .map_err(|e| e.to_string())?;
+    let certified = CertifiedKey::from_der(chain, key_der, &bulkhead_tls::provider())
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    if let Some(not_after) = leaf_not_after {
+        record_expiry(not_after);
+    }
+    Ok(Arc::new(certified))
+}
+
+/// Reads the files again every `interval`; when either changed and the pair
+/// is valid, it replaces the served certificate. A pair that does not load
+/// (half updated, key and certificate from different rotations) is logged
+/// and the current certificate kept until the next look.
+pub async fn reload_files_forever(cert: PathBuf, key: PathBuf, slot: CertSlot, interval: Duration) {
+    let contents = || (std::fs::read(&cert).ok(), std::fs::read(&key).ok());
+    let mut served = contents();
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = contents();
+        if now == served {
+            continue;
+        }
+        match load_files(&cert, &key) {
+            Ok(certified) => {
+                slot.set(certified);
+                served = now;
+                tracing::info!(cert = %cert.display(), "serving the webhook certificate from the changed files");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the webhook certificate files changed but do not load; still serving the previous certificate");
             }
         }
     }
@@ -255,5 +304,63 @@ mod tests {
         assert_ne!(now.cert[0], first.key.cert[0], "a new certificate");
         assert_eq!(now.cert[1], first.key.cert[1], "from the same issuer");
         task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changed_files_are_served_and_broken_ones_are_not() {
+        let test = test_ca();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let write = |names: &[&str]| {
+            let (chain, key_der) = test
+                .ca
+                .issue_local(
+                    &control_identity("example.org"),
+                    &names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    &[],
+                    Duration::from_secs(3600),
+                )
+                .unwrap();
+            let pem: String = chain
+                .iter()
+                .map(|c| crate::ca::pem_block("CERTIFICATE", c))
+                .collect();
+            std::fs::write(&cert, pem).unwrap();
+            std::fs::write(
+                &key,
+                crate::ca::pem_block("PRIVATE KEY", key_der.secret_der()),
+            )
+            .unwrap();
+            chain[0].to_vec()
+        };
+        let first = write(&["a.mesh.svc"]);
+        let slot = CertSlot::empty();
+        slot.set(load_files(&cert, &key).unwrap());
+        let served = |slot: &CertSlot| slot.get().unwrap().cert[0].to_vec();
+        let task = tokio::spawn(reload_files_forever(
+            cert.clone(),
+            key.clone(),
+            slot.clone(),
+            Duration::from_secs(30),
+        ));
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(
+            served(&slot),
+            first,
+            "unchanged files: the same certificate"
+        );
+
+        let second = write(&["b.mesh.svc"]);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(served(&slot), second, "renewed files are served");
+
+        // A key of another rotation: refused, the current one stays.
+        let old_key = std::fs::read(&key).unwrap();
+        write(&["c.mesh.svc"]);
+        std::fs::write(&key, old_key).unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(served(&slot), second);
+        task.abort();
+        assert!(load_files(&cert, &key).unwrap_err().contains("tls.crt"));
     }
 }
