@@ -80,17 +80,15 @@ pub struct ControlArgs {
     #[arg(long, env = "BULKHEAD_ADDRESSES_FILE", value_name = "FILE")]
     pub addresses_file: Option<std::path::PathBuf>,
 
-    /// Admission webhook listener (HTTPS, path /inject); served when
-    /// --webhook-cert and --webhook-key are given.
-    #[arg(
-        long,
-        env = "BULKHEAD_WEBHOOK",
-        default_value = "0.0.0.0:9443",
-        value_name = "ADDR"
-    )]
-    pub webhook: SocketAddr,
+    /// Admission webhook listener (HTTPS, path /inject); served when given,
+    /// or when --webhook-cert is (then on 0.0.0.0:9443).
+    #[arg(long, env = "BULKHEAD_WEBHOOK", value_name = "ADDR")]
+    pub webhook: Option<SocketAddr>,
 
-    /// The webhook's serving certificate (PEM, chain), as the API server will verify it.
+    /// The webhook's serving certificate (PEM, chain), as the API server will
+    /// verify it: bring your own (e.g. cert-manager's; read again when the
+    /// files change). Without it the control plane makes its own from the
+    /// mesh issuer and renews it.
     #[arg(
         long,
         env = "BULKHEAD_WEBHOOK_CERT",
@@ -107,6 +105,45 @@ pub struct ControlArgs {
         requires = "webhook_cert"
     )]
     pub webhook_key: Option<PathBuf>,
+
+    /// DNS names of the webhook certificate the control plane makes itself,
+    /// comma separated or repeated [default: bulkhead-control.<--namespace>.svc,
+    /// the name the API server checks for a Service reference].
+    #[arg(
+        long,
+        env = "BULKHEAD_WEBHOOK_DNS_NAMES",
+        value_delimiter = ',',
+        value_name = "NAME,...",
+        conflicts_with = "webhook_cert"
+    )]
+    pub webhook_dns_names: Vec<String>,
+
+    /// Lifetime of the webhook certificate the control plane makes itself;
+    /// renewed at about 70 % of it.
+    #[arg(long, env = "BULKHEAD_WEBHOOK_CERT_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_cert_lifetime: Duration,
+
+    /// MutatingWebhookConfiguration whose webhooks' clientConfig.caBundle
+    /// the control plane keeps equal to the trust bundle (via --k8s-api;
+    /// needs get and patch on that one object).
+    #[arg(
+        long,
+        env = "BULKHEAD_WEBHOOK_CONFIGURATION",
+        value_name = "NAME",
+        requires = "k8s_api",
+        conflicts_with = "webhook_cert"
+    )]
+    pub webhook_configuration: Option<String>,
+
+    /// How often --webhook-configuration is checked when nothing changed
+    /// here (`helm upgrade` re-renders it and may blank the caBundle).
+    #[arg(long, env = "BULKHEAD_WEBHOOK_CONFIGURATION_RESYNC", default_value = "30s", value_parser = parse_duration)]
+    pub webhook_configuration_resync: Duration,
+
+    /// The namespace the control plane runs in (in a pod: from the downward
+    /// API); names the webhook certificate's default DNS name.
+    #[arg(long, env = "BULKHEAD_NAMESPACE", default_value = "bulkhead")]
+    pub namespace: String,
 
     /// Sidecar image the webhook injects.
     #[arg(long, env = "BULKHEAD_PROXY_IMAGE", value_name = "IMAGE")]
@@ -169,11 +206,21 @@ pub struct ControlArgs {
     )]
     pub k8s_jwks: Option<String>,
 
-    /// The Kubernetes API server (e.g. https://kubernetes.default.svc):
-    /// registering endpoints get the zone and region of their Node's
-    /// topology.kubernetes.io labels. Needs `get` on nodes.
+    /// The Kubernetes API server (e.g. https://kubernetes.default.svc), for
+    /// Node topology (--node-topology) and --webhook-configuration.
     #[arg(long, env = "BULKHEAD_K8S_API", value_name = "URL")]
     pub k8s_api: Option<String>,
+
+    /// With --k8s-api, registering endpoints get the zone and region of
+    /// their Node's topology.kubernetes.io labels (needs `get` on nodes).
+    #[arg(
+        long,
+        env = "BULKHEAD_NODE_TOPOLOGY",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub node_topology: bool,
 
     /// CA (PEM) of the API server, for an https:// --k8s-jwks and --k8s-api.
     #[arg(
@@ -221,7 +268,11 @@ Examples:
   bulkhead-control --store etcd --etcd-endpoints http://10.0.0.5:2379 \\
       --issuer-cert ./ca/issuer.crt --issuer-key ./ca/issuer.key --trust-bundle ./ca/bundle.crt
   bulkhead-control --store memory --issuer-cert ./ca/issuer.crt --issuer-key ./ca/issuer.key \\
-      --trust-bundle ./ca/bundle.crt";
+      --trust-bundle ./ca/bundle.crt
+  # In a pod: the webhook with a certificate made and renewed from the issuer, its
+  # caBundle kept in the webhook configuration.
+  bulkhead-control ... --webhook 0.0.0.0:9443 --namespace bulkhead \\
+      --k8s-api https://kubernetes.default.svc --webhook-configuration bulkhead-bulkhead-injector";
 
 #[cfg(test)]
 mod tests {
@@ -249,6 +300,48 @@ mod tests {
         assert_eq!(a.trust_domain, "cluster.local");
         assert_eq!(a.cert_lifetime, Duration::from_secs(24 * 3600));
         assert_eq!(a.store, StoreKind::Etcd);
+        assert_eq!(a.webhook, None, "no webhook unless asked for");
+        assert_eq!(a.webhook_cert_lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(a.webhook_configuration_resync, Duration::from_secs(30));
+        assert_eq!(a.namespace, "bulkhead");
+        assert!(a.node_topology);
+    }
+
+    #[test]
+    fn webhook_flags_fit_together() {
+        let a = parse(&[
+            "--webhook",
+            "0.0.0.0:9443",
+            "--webhook-dns-names",
+            "c.mesh.svc,c.mesh.svc.cluster.local",
+            "--webhook-dns-names",
+            "c",
+            "--k8s-api",
+            "https://kubernetes.default.svc",
+            "--webhook-configuration",
+            "bulkhead-mesh-injector",
+            "--node-topology=false",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.webhook_dns_names,
+            ["c.mesh.svc", "c.mesh.svc.cluster.local", "c"]
+        );
+        assert!(!a.node_topology);
+        // The caBundle is kept through the API server ...
+        let e = parse(&["--webhook-configuration", "x"]).unwrap_err();
+        assert!(e.to_string().contains("--k8s-api"), "{e}");
+        // ... and only for a certificate made here: a given one's CA is
+        // not known to the control plane.
+        let given = ["--webhook-cert", "c.pem", "--webhook-key", "k.pem"];
+        for extra in [
+            &["--webhook-dns-names", "a.b.svc"][..],
+            &["--k8s-api", "https://k", "--webhook-configuration", "x"][..],
+        ] {
+            let args: Vec<&str> = given.iter().chain(extra).copied().collect();
+            let e = parse(&args).unwrap_err();
+            assert!(e.to_string().contains("cannot be used with"), "{e}");
+        }
     }
 
     #[test]

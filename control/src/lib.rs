@@ -5,6 +5,11 @@
 //! the client certificate) → an [`api`] service authorizes by that identity
 //! → it reads or writes the [`store`]; a [`hub`] per replica watches the store
 //! once and pushes changes to every sidecar's Watch stream.
+//!
+//! Beside it: the admission [`webhook`] (sidecar injection, on its own
+//! listener, with a certificate it can make and renew itself), and the one
+//! Kubernetes API-server client, [`k8s_api`], which reads Nodes
+//! ([`topology`]) and keeps the webhook configuration's `caBundle`.
 
 mod admin_http;
 mod api;
@@ -12,7 +17,7 @@ pub mod attest;
 pub mod ca;
 pub mod config;
 mod hub;
-mod k8s_api;
+pub mod k8s_api;
 mod keys;
 pub mod runtime;
 mod server;

@@ -1,6 +1,6 @@
-//! Assembling a control plane: store, CA, mesh view, gRPC and admin
-//! listeners. [`start`] is what `bulkhead-control` runs and what
-//! `bulkhead-demo` embeds.
+//! Assembling a control plane: store, CA, mesh view, gRPC, admin and
+//! admission-webhook listeners. [`start`] is what `bulkhead-control` runs
+//! and what `bulkhead-demo` embeds.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +12,7 @@ use bulkhead_proto::pb::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
 };
 use bulkhead_tls::{self as tls, CertSlot, TrustBundle};
+use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -21,12 +22,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::api::{self, ControlPlane};
 use crate::ca::Ca;
 use crate::hub::Hub;
+use crate::k8s_api::ApiServer;
 use crate::store::Store;
+use crate::webhook::ca_bundle::{CaBundleKeeper, WantedBundle};
 use crate::{admin_http, server};
 
 /// Lifetime of the control plane's own serving certificate; it is renewed
 /// at half of it.
 const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// How often a given webhook certificate's files are looked at again (the
+/// kubelet takes about a minute to update a mounted Secret anyway).
+const WEBHOOK_FILES_RELOAD: Duration = Duration::from_secs(30);
 
 /// Everything needed to start a control plane (already validated).
 pub struct Settings {
@@ -49,14 +56,44 @@ pub struct Settings {
 /// Where and how the admission webhook is served.
 pub struct WebhookSettings {
     pub listen: SocketAddr,
-    pub tls: Arc<rustls::ServerConfig>,
+    pub certificate: WebhookCertificate,
     pub injector: Arc<crate::webhook::Injector>,
+}
+
+/// Where the webhook's serving certificate comes from.
+pub enum WebhookCertificate {
+    /// Files given (`--webhook-cert`/`--webhook-key`): bring your own, e.g.
+    /// cert-manager's; read again when they change.
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+    /// Made here from the mesh issuer and renewed
+    /// ([`crate::webhook::certificate`]).
+    SelfManaged {
+        dns_names: Vec<String>,
+        lifetime: Duration,
+        /// Keep a webhook configuration's `caBundle` current, when an API
+        /// server is configured.
+        ca_bundle: Option<CaBundleTarget>,
+    },
+}
+
+/// The webhook configuration whose `caBundle` the control plane keeps.
+pub struct CaBundleTarget {
+    pub api: Arc<ApiServer>,
+    /// The MutatingWebhookConfiguration's name.
+    pub configuration: String,
+    /// How often it is checked when nothing changed here.
+    pub resync: Duration,
 }
 
 /// A running control plane. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The admission webhook's address, when it is served.
+    pub webhook_addr: Option<SocketAddr>,
     pub plane: Arc<ControlPlane>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -112,15 +149,80 @@ fn serving_cert(ca: &Ca, settings: &Settings) -> Result<Arc<rustls::sign::Certif
     CertSlot::certified_key(chain, key).map_err(|e| e.to_string())
 }
 
-/// Binds both listeners and starts serving. Errors are one line for the user.
+/// The webhook's TLS config, and for a self-managed certificate the tasks
+/// that renew it and keep the webhook configuration's `caBundle` current
+/// (not yet spawned). The first certificate is issued here, so that an
+/// issuer that cannot sign stops start-up.
+fn webhook_tls(
+    ca: &Arc<Ca>,
+    certificate: WebhookCertificate,
+) -> Result<(Arc<rustls::ServerConfig>, Vec<BoxFuture<'static, ()>>), String> {
+    use crate::webhook::certificate;
+    let slot = CertSlot::empty();
+    let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
+    match certificate {
+        WebhookCertificate::Files { cert, key } => {
+            slot.set(certificate::load_files(&cert, &key)?);
+            tasks.push(Box::pin(certificate::reload_files_forever(
+                cert,
+                key,
+                slot.clone(),
+                WEBHOOK_FILES_RELOAD,
+            )));
+        }
+        WebhookCertificate::SelfManaged {
+            dns_names,
+            lifetime,
+            ca_bundle,
+        } => {
+            let first = certificate::first(ca, &dns_names, lifetime)?;
+            slot.set(first.key);
+            let (renewed, renewals) = tokio::sync::watch::channel(0);
+            tasks.push(Box::pin(certificate::renew_forever(
+                ca.clone(),
+                dns_names,
+                lifetime,
+                slot.clone(),
+                first.not_after,
+                renewed,
+            )));
+            match ca_bundle {
+                Some(target) => {
+                    let keeper = CaBundleKeeper {
+                        api: target.api,
+                        configuration: target.configuration,
+                        want: WantedBundle::new(ca.bundle_der()),
+                        resync: target.resync,
+                    };
+                    tasks.push(Box::pin(keeper.run(renewals)));
+                }
+                None => tracing::info!(
+                    "no --webhook-configuration: the webhook's certificate is served, no caBundle is kept"
+                ),
+            }
+        }
+    }
+    let config =
+        crate::webhook::server_config(Arc::new(slot)).map_err(|e| format!("webhook TLS: {e}"))?;
+    Ok((Arc::new(config), tasks))
+}
+
+/// Binds the listeners and starts serving. Errors are one line for the user.
 pub async fn start(
-    settings: Settings,
+    mut settings: Settings,
     store: Arc<dyn Store>,
     metrics: PrometheusHandle,
 ) -> Result<Running, String> {
     let ca = settings.ca.clone();
     let td = ca.trust_domain().to_owned();
     let bundle = TrustBundle::new(ca.bundle_der().to_vec(), &td).map_err(|e| e.to_string())?;
+    let webhook = match settings.webhook.take() {
+        Some(w) => {
+            let (tls, tasks) = webhook_tls(&ca, w.certificate)?;
+            Some((w.listen, tls, w.injector, tasks))
+        }
+        None => None,
+    };
 
     let slot = CertSlot::empty();
     slot.set(serving_cert(&ca, &settings)?);
@@ -133,11 +235,11 @@ pub async fn start(
     let admin_listener = TcpListener::bind(settings.admin)
         .await
         .map_err(|e| format!("--admin {}: cannot bind: {e}", settings.admin))?;
-    let webhook_listener = match &settings.webhook {
-        Some(w) => Some(
-            TcpListener::bind(w.listen)
+    let webhook_listener = match &webhook {
+        Some((listen, ..)) => Some(
+            TcpListener::bind(listen)
                 .await
-                .map_err(|e| format!("--webhook {}: cannot bind: {e}", w.listen))?,
+                .map_err(|e| format!("--webhook {listen}: cannot bind: {e}"))?,
         ),
         None => None,
     };
@@ -217,17 +319,18 @@ pub async fn start(
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut webhook_addr = None;
-    if let (Some(w), Some(listener)) = (&settings.webhook, webhook_listener) {
-        webhook_addr = listener.local_addr().ok();
+    if let (Some((_, tls, injector, upkeep)), Some(listener)) = (webhook, webhook_listener) {
+        webhook_addr = Some(listener.local_addr().map_err(|e| e.to_string())?);
         let mut stop = shutdown_rx.clone();
         tasks.push(tokio::spawn(crate::webhook::serve(
             listener,
-            TlsAcceptor::from(w.tls.clone()),
-            w.injector.clone(),
+            TlsAcceptor::from(tls),
+            injector,
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
         )));
+        tasks.extend(upkeep.into_iter().map(tokio::spawn));
     }
     let incoming = server::accept_tls(
         grpc_listener,
@@ -265,6 +368,7 @@ pub async fn start(
     Ok(Running {
         grpc_addr,
         admin_addr,
+        webhook_addr,
         plane,
         shutdown,
         tasks,

@@ -32,5 +32,13 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
         "bulkhead_store_revision",
         "Store revision of this replica's mesh view"
     );
+    metrics::describe_gauge!(
+        "bulkhead_webhook_cert_expiry_timestamp_seconds",
+        "When the webhook's self-made serving certificate expires (unix seconds)"
+    );
+    metrics::describe_counter!(
+        "bulkhead_webhook_ca_bundle_patches_total",
+        "Webhook configuration caBundle upkeep, by result (patched|conflict|error)"
+    );
     Ok(handle)
 }

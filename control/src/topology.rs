@@ -12,11 +12,12 @@
 //! than [`LOOKUP_TIMEOUT`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::k8s_api::ApiServer;
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
@@ -35,25 +36,22 @@ pub struct NodeLocality {
 }
 
 pub struct Topology {
-    /// `https://host[:port]` of the API server.
-    api: String,
-    ca_pem: Vec<u8>,
-    token_file: Option<PathBuf>,
+    api: Arc<ApiServer>,
     cache: Mutex<HashMap<String, (Instant, NodeLocality)>>,
 }
 
 impl std::fmt::Debug for Topology {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Topology").field("api", &self.api).finish()
+        f.debug_struct("Topology")
+            .field("api", &self.api.base())
+            .finish()
     }
 }
 
 impl Topology {
-    pub fn new(api: &str, ca_pem: Vec<u8>, token_file: Option<PathBuf>) -> Self {
+    pub fn new(api: Arc<ApiServer>) -> Self {
         Self {
-            api: api.trim_end_matches('/').to_owned(),
-            ca_pem,
-            token_file,
+            api,
             cache: Mutex::default(),
         }
     }
@@ -73,14 +71,9 @@ impl Topology {
         if let Some(found) = self.cached(node) {
             return Ok(found);
         }
-        let url = format!("{}/api/v1/nodes/{node}", self.api);
-        let get = crate::k8s_api::get(
-            &url,
-            &self.ca_pem,
-            self.token_file.as_deref(),
-            "application/json",
-            MAX_NODE_BYTES,
-        );
+        let path = format!("/api/v1/nodes/{node}");
+        let url = format!("{}{path}", self.api.base());
+        let get = self.api.get(&path, MAX_NODE_BYTES);
         let found = match tokio::time::timeout(LOOKUP_TIMEOUT, get).await {
             Err(_) => return Err(format!("{url}: timed out after {LOOKUP_TIMEOUT:?}")),
             // No such Node: no labels to apply (remembered like a Node
@@ -127,9 +120,15 @@ impl Topology {
 mod tests {
     use super::*;
 
+    fn topology() -> Topology {
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let api = ApiServer::new("https://127.0.0.1:1", ca.cert.pem().as_bytes(), None).unwrap();
+        Topology::new(Arc::new(api))
+    }
+
     #[tokio::test]
     async fn names_that_are_not_node_names_never_reach_a_url() {
-        let topology = Topology::new("https://127.0.0.1:1", Vec::new(), None);
+        let topology = topology();
         for bad in [
             "",
             "../secrets",
@@ -145,7 +144,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn answers_are_cached_for_a_while() {
-        let topology = Topology::new("https://127.0.0.1:1", Vec::new(), None);
+        let topology = topology();
         let zoned = NodeLocality {
             zone: "eu-1a".into(),
             region: "eu-1".into(),

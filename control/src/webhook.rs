@@ -14,7 +14,14 @@
 //! (`bulkhead.dev/inject: disabled`), is already injected, or uses the
 //! host's network. The annotations it reads are listed in [`inject`]; how
 //! the app's kubelet probes survive inbound capture is in [`probes`].
+//!
+//! The listener's certificate is given as files (bring your own, e.g.
+//! cert-manager's) or made and renewed here from the mesh issuer
+//! ([`certificate`]); then [`ca_bundle`] keeps the webhook configuration's
+//! `caBundle` equal to the trust bundle, so the API server trusts it.
 
+pub mod ca_bundle;
+pub mod certificate;
 pub mod inject;
 pub mod probes;
 pub mod review;
@@ -27,9 +34,10 @@ mod tests;
 
 pub use inject::{Action, InvalidPod, Outcome, Unchanged};
 pub use review::{MalformedReview, ReviewError, Reviewed, Verdict};
-pub use server::{MAX_BODY_BYTES, serve};
+pub use server::{MAX_BODY_BYTES, serve, server_config};
 pub use settings::{
     InjectorSettings, ProxyPorts, ProxyResources, SettingsError, default_proxy_image,
+    is_dns_subdomain,
 };
 
 /// Decides injection for pods and answers admission reviews. Cheap to

@@ -1,11 +1,12 @@
 //! What every Bulkhead binary does as a process, once: command-line errors
-//! as one line, durations on the command line, logs, stop signals, and the
-//! [`Backoff`] every retry loop waits with, and the metrics recorder.
+//! as one line, durations on the command line, logs, stop signals, the
+//! [`Backoff`] every retry loop waits with, when a certificate is renewed
+//! ([`renewal_delay`]), and the metrics recorder.
 //! `bulkhead-control`, `bulkheadctl` and `bulkhead-proxy` behave alike here
 //! because they share this code, not because three copies agree.
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tracing_subscriber::EnvFilter;
 
@@ -178,6 +179,19 @@ impl Backoff {
     }
 }
 
+/// When to renew a certificate that expires at `not_after` (sidecars'
+/// workload certificates, the control plane's webhook certificate): at
+/// about 70 % of what is left, 65-75 % so that a fleet started together
+/// does not renew together. Measured from `now` (receipt), not from
+/// `not_before`: CAs backdate that for clock skew, which would make short
+/// lifetimes due at once. At least a second, so that a nearly expired
+/// certificate does not spin.
+pub fn renewal_delay(not_after: SystemTime, now: SystemTime) -> Duration {
+    let remaining = not_after.duration_since(now).unwrap_or_default();
+    let share = rand::random_range(0.65..0.75);
+    remaining.mul_f64(share).max(Duration::from_secs(1))
+}
+
 /// Resolves on SIGTERM or SIGINT. Without signal handlers (they could not
 /// be installed) it never resolves: the process then runs until killed.
 pub async fn shutdown_signal() {
@@ -269,6 +283,39 @@ mod tests {
         let line = usage_line(&e);
         assert!(line.contains("--wait") && line.contains("--name"), "{line}");
         assert!(!line.contains("Usage:"), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::renewal_delay;
+
+    #[test]
+    fn renewal_comes_at_about_seventy_percent_of_what_is_left() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for lifetime in [Duration::from_secs(120), Duration::from_secs(24 * 3600)] {
+            let delays: Vec<Duration> = (0..200)
+                .map(|_| renewal_delay(now + lifetime, now))
+                .collect();
+            let (low, high) = (lifetime.mul_f64(0.65), lifetime.mul_f64(0.75));
+            assert!(
+                delays.iter().all(|d| *d >= low && *d <= high),
+                "{lifetime:?}: {delays:?}"
+            );
+            // Jittered: a fleet started together spreads out.
+            assert!(delays.iter().any(|d| *d != delays[0]));
+        }
+    }
+
+    #[test]
+    fn an_expired_or_nearly_expired_certificate_renews_within_a_second_not_in_a_spin() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let expired = now - Duration::from_secs(10);
+        assert_eq!(renewal_delay(expired, now), Duration::from_secs(1));
+        let nearly = now + Duration::from_millis(500);
+        assert_eq!(renewal_delay(nearly, now), Duration::from_secs(1));
     }
 }
 

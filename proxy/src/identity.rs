@@ -15,7 +15,6 @@ use bulkhead_process::Backoff;
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::pb::{self, identity_client::IdentityClient};
 use bulkhead_tls::CertSlot;
-use rand::Rng;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
 
@@ -230,17 +229,6 @@ pub(crate) fn load_saved(dir: &Path, slot: &CertSlot, trust_domain: &str) -> Opt
     .ok()
 }
 
-/// When to renew: ~70 % of the lifetime, ±5 % jitter so a fleet started
-/// together does not renew together.
-pub(crate) fn renewal_delay(issued: &Issued, now: SystemTime) -> Duration {
-    // Measured from now (receipt), not from not_before: the CA backdates
-    // not_before for clock skew, which would make short lifetimes due at
-    // once. A floor keeps a nearly expired certificate from spinning.
-    let remaining = issued.not_after.duration_since(now).unwrap_or_default();
-    let jitter = rand::rng().random_range(0.65..0.75);
-    remaining.mul_f64(jitter).max(Duration::from_secs(1))
-}
-
 /// Renews forever: at the renewal time, then with backoff on failure (1 s
 /// doubling to 60 s) until it succeeds; the current certificate stays in
 /// use meanwhile.
@@ -253,7 +241,8 @@ pub(crate) async fn renew_forever(
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        tokio::time::sleep(renewal_delay(&issued, SystemTime::now())).await;
+        let due = bulkhead_process::renewal_delay(issued.not_after, SystemTime::now());
+        tokio::time::sleep(due).await;
         backoff.reset();
         loop {
             match renew(channel.clone(), &slot, &trust_domain, state_dir.as_deref()).await {
@@ -272,46 +261,5 @@ pub(crate) async fn renew_forever(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn issued(lifetime: Duration, now: SystemTime) -> Issued {
-        Issued {
-            id: SpiffeId::new("cluster.local", "shop", "cart").unwrap(),
-            not_after: now + lifetime,
-        }
-    }
-
-    #[test]
-    fn renewal_comes_at_about_seventy_percent_of_what_is_left() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        for lifetime in [Duration::from_secs(120), Duration::from_secs(24 * 3600)] {
-            let delays: Vec<Duration> = (0..200)
-                .map(|_| renewal_delay(&issued(lifetime, now), now))
-                .collect();
-            let (low, high) = (lifetime.mul_f64(0.65), lifetime.mul_f64(0.75));
-            assert!(
-                delays.iter().all(|d| *d >= low && *d <= high),
-                "{lifetime:?}: {delays:?}"
-            );
-            // Jittered: a fleet started together spreads out.
-            assert!(delays.iter().any(|d| *d != delays[0]));
-        }
-    }
-
-    #[test]
-    fn an_expired_or_nearly_expired_certificate_renews_within_a_second_not_in_a_spin() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let expired = Issued {
-            not_after: now - Duration::from_secs(10),
-            ..issued(Duration::ZERO, now)
-        };
-        assert_eq!(renewal_delay(&expired, now), Duration::from_secs(1));
-        let nearly = issued(Duration::from_millis(500), now);
-        assert_eq!(renewal_delay(&nearly, now), Duration::from_secs(1));
     }
 }

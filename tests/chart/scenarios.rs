@@ -7,9 +7,12 @@ use serde_json::{Value, json};
 
 use super::support::{base64, merged};
 
-/// The real inputs a user passes with `--set-file`: the trust bundle that
-/// `bulkheadctl ca init` writes, and a separate CA for the webhook's certificate.
+/// The real inputs a user passes with `--set-file`: the issuer and trust bundle
+/// that `bulkheadctl ca init` writes, and for bringing one's own webhook
+/// certificate, a separate CA.
 pub(crate) struct Inputs {
+    pub(crate) issuer_cert: String,
+    pub(crate) issuer_key: String,
     pub(crate) trust_bundle: String,
     pub(crate) webhook_ca: String,
 }
@@ -20,25 +23,43 @@ pub(crate) fn inputs() -> &'static Inputs {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = bulkhead_control::ca::init_ca("cluster.local", &dir.path().join("ca"))
             .expect("ca init");
-        let trust_bundle = std::fs::read_to_string(&ca.bundle).expect("bundle.crt");
+        let read = |path: &std::path::Path| std::fs::read_to_string(path).expect("CA file");
+        let (issuer_cert, issuer_key) = (read(&ca.issuer_cert), read(&ca.issuer_key));
+        let trust_bundle = read(&ca.bundle);
 
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
         let mut params = rcgen::CertificateParams::default();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let webhook_ca = params.self_signed(&key).expect("webhook CA").pem();
         Inputs {
+            issuer_cert,
+            issuer_key,
             trust_bundle,
             webhook_ca,
         }
     })
 }
 
-/// The least a user must give: the trust bundle and the webhook's CA.
+/// The least a user must give: nothing but the issuer Secret, which
+/// `issuer.existingSecret` names by default (`kubectl create secret` + `helm
+/// install`, no values).
 pub(crate) fn required() -> Value {
-    json!({
-        "trustBundle": {"pem": inputs().trust_bundle},
-        "webhook": {"caBundle": inputs().webhook_ca},
-    })
+    json!({})
+}
+
+/// The two-command install: `bulkheadctl ca init` + `helm install --set-file`
+/// of the three files it wrote.
+pub(crate) fn inline_issuer() -> Value {
+    json!({"issuer": {
+        "cert": inputs().issuer_cert,
+        "key": inputs().issuer_key,
+        "bundle": inputs().trust_bundle,
+    }})
+}
+
+/// Bringing one's own webhook certificate: a TLS Secret and its CA.
+pub(crate) fn own_webhook_certificate() -> Value {
+    json!({"webhook": {"tlsSecret": "bulkhead-webhook-tls", "caBundle": inputs().webhook_ca}})
 }
 
 pub(crate) const EXTERNAL_ETCD: [&str; 3] = [
@@ -51,6 +72,12 @@ pub(crate) const EXTERNAL_ETCD: [&str; 3] = [
 pub(crate) fn good_scenarios() -> Vec<(&'static str, Value)> {
     vec![
         ("defaults", required()),
+        ("inline-issuer", inline_issuer()),
+        ("own-webhook-certificate", own_webhook_certificate()),
+        (
+            "no-node-topology",
+            merged(inline_issuer(), json!({"nodeTopology": {"enabled": false}})),
+        ),
         (
             "bundled-etcd-tls",
             merged(
@@ -103,7 +130,11 @@ pub(crate) fn good_scenarios() -> Vec<(&'static str, Value)> {
                         "podAnnotations": {"prometheus.io/scrape": "true"},
                     },
                     // The base64 form of the CA, as copied from another tool.
-                    "webhook": {"caBundle": base64(inputs().webhook_ca.as_bytes()), "podOptIn": false},
+                    "webhook": {
+                        "tlsSecret": "mesh-webhook-tls",
+                        "caBundle": base64(inputs().webhook_ca.as_bytes()),
+                        "podOptIn": false,
+                    },
                 }),
             ),
         ),
@@ -121,7 +152,6 @@ pub(crate) fn good_scenarios() -> Vec<(&'static str, Value)> {
         (
             "webhook-disabled",
             json!({
-                "trustBundle": {"pem": inputs().trust_bundle},
                 "webhook": {"enabled": false},
                 "serviceAccountTokens": {"enabled": false},
                 "nodeTopology": {"enabled": false},
@@ -132,8 +162,10 @@ pub(crate) fn good_scenarios() -> Vec<(&'static str, Value)> {
         (
             "cert-manager-ca",
             json!({
-                "trustBundle": {"pem": inputs().trust_bundle},
-                "webhook": {"annotations": {"cert-manager.io/inject-ca-from": "mesh-system/bulkhead-webhook"}},
+                "webhook": {
+                    "tlsSecret": "bulkhead-webhook-tls",
+                    "annotations": {"cert-manager.io/inject-ca-from": "mesh-system/bulkhead-webhook"},
+                },
             }),
         ),
     ]
@@ -141,12 +173,45 @@ pub(crate) fn good_scenarios() -> Vec<(&'static str, Value)> {
 
 /// Values that must be refused: name → (values, what the message must say).
 pub(crate) fn bad_scenarios() -> Vec<(&'static str, Value, &'static str)> {
+    let mut no_key = inline_issuer();
+    no_key["issuer"]["key"] = json!("");
+    let mut key_as_cert = inline_issuer();
+    key_as_cert["issuer"]["cert"] = json!(inputs().issuer_key);
     vec![
-        ("no-values", json!({}), "trustBundle.pem is required"),
+        (
+            "no-issuer",
+            json!({"issuer": {"existingSecret": ""}}),
+            "the issuer is required: --set-file issuer.cert=ca/issuer.crt",
+        ),
+        (
+            "inline-issuer-without-key",
+            no_key,
+            "issuer.key is required when the issuer is given inline: --set-file issuer.key=ca/issuer.key",
+        ),
+        (
+            "inline-issuer-key-as-cert",
+            key_as_cert,
+            "issuer.cert must be PEM certificates",
+        ),
         (
             "no-webhook-ca",
+            json!({"webhook": {"tlsSecret": "own-tls"}}),
+            "webhook.caBundle is required with webhook.tlsSecret",
+        ),
+        (
+            "webhook-ca-without-certificate",
+            json!({"webhook": {"caBundle": inputs().webhook_ca}}),
+            "webhook.caBundle is set but webhook.tlsSecret is not",
+        ),
+        (
+            "cert-manager-without-certificate",
+            json!({"webhook": {"annotations": {"cert-manager.io/inject-ca-from": "a/b"}}}),
+            "cert-manager.io/inject-ca-from needs webhook.tlsSecret",
+        ),
+        (
+            "removed-trust-bundle-value",
             json!({"trustBundle": {"pem": inputs().trust_bundle}}),
-            "webhook.caBundle is required",
+            "'trustBundle' not allowed",
         ),
         (
             "both-stores",

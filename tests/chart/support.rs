@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
+use super::access;
+
 /// Kubernetes versions every object is validated against: the oldest the chart
 /// supports, the oldest the brief asks for, and the newest the schemas ship.
 const KUBE_VERSIONS: [&str; 3] = ["1.29", "1.30", "latest"];
@@ -193,9 +195,10 @@ const CLUSTER_SCOPED: [&str; 3] = [
 ];
 
 /// What must hold whatever the values: unique, labelled, namespaced objects; no
-/// Secret (the chart never generates keys); hardened workloads; Services and
-/// budgets that select pods; least privilege; a webhook that reaches the
-/// control plane.
+/// Secret but the issuer given inline (the chart never generates keys); hardened
+/// workloads; Services and budgets that select pods; least privilege; a webhook
+/// that reaches the control plane, and whose caBundle the control plane may keep
+/// exactly when it makes the certificate.
 pub(crate) fn assert_invariants(scenario: &str, objs: &[Value], release: &str, namespace: &str) {
     let mut seen = BTreeSet::new();
     for obj in objs {
@@ -213,10 +216,7 @@ pub(crate) fn assert_invariants(scenario: &str, objs: &[Value], release: &str, n
             );
         }
     }
-    assert!(
-        of_kind(objs, "Secret").is_empty(),
-        "{scenario}: renders a Secret"
-    );
+    access::assert_only_the_issuer_secret(scenario, objs);
     for workload in workloads(objs) {
         assert_hardened(scenario, workload);
     }
@@ -228,10 +228,11 @@ pub(crate) fn assert_invariants(scenario: &str, objs: &[Value], release: &str, n
         let selector = &pdb["spec"]["selector"]["matchLabels"];
         assert_selects_a_workload(scenario, objs, pdb, selector);
     }
-    assert_least_privilege(scenario, objs);
+    access::assert_least_privilege(scenario, objs);
     if let Some(mwc) = of_kind(objs, "MutatingWebhookConfiguration").first() {
-        assert_webhook_reaches_the_control_plane(scenario, objs, mwc, namespace);
+        access::assert_webhook_reaches_the_control_plane(scenario, objs, mwc, namespace);
     }
+    access::assert_ca_bundle_keeper_may_do_its_job(scenario, objs, namespace);
 }
 
 /// Non-root, read-only root, no escalation, no capabilities, RuntimeDefault
@@ -270,7 +271,7 @@ fn assert_hardened(scenario: &str, workload: &Value) {
     }
 }
 
-fn selects(selector: &Value, workload: &Value) -> bool {
+pub(crate) fn selects(selector: &Value, workload: &Value) -> bool {
     let labels = &workload["spec"]["template"]["metadata"]["labels"];
     let selector = selector.as_object().expect("selector");
     selector.iter().all(|(k, v)| labels[k] == *v)
@@ -301,92 +302,6 @@ fn assert_target_ports_exist(scenario: &str, objs: &[Value], service: &Value) {
             port["name"],
             port["targetPort"]
         );
-    }
-}
-
-/// Read-only RBAC only: no Role; at most one ClusterRole of the chart's
-/// own, `get` on nodes and nothing else (issue 9's node topology); bindings
-/// only to it or to the built-in issuer discovery.
-fn assert_least_privilege(scenario: &str, objs: &[Value]) {
-    assert!(
-        of_kind(objs, "Role").is_empty(),
-        "{scenario}: the chart defines a Role"
-    );
-    let own: Vec<&str> = of_kind(objs, "ClusterRole")
-        .iter()
-        .map(|role| {
-            assert_eq!(
-                role["rules"],
-                json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]),
-                "{scenario}: ClusterRole {} grants more than get on nodes",
-                name_of(role)
-            );
-            name_of(role)
-        })
-        .collect();
-    assert!(own.len() <= 1, "{scenario}: ClusterRoles {own:?}");
-    for kind in ["RoleBinding", "ClusterRoleBinding"] {
-        for binding in of_kind(objs, kind) {
-            let role = &binding["roleRef"];
-            let allowed = role["kind"] == "ClusterRole"
-                && role["apiGroup"] == "rbac.authorization.k8s.io"
-                && (role["name"] == "system:service-account-issuer-discovery"
-                    || own.iter().any(|o| role["name"] == *o));
-            assert!(
-                allowed,
-                "{scenario}: {kind} {} binds {role}",
-                name_of(binding)
-            );
-        }
-    }
-}
-
-/// Every webhook entry: the shape the API server requires of a side-effect-free
-/// v1 webhook, fail-closed, never selecting the release namespace, aimed at the
-/// control plane's Service port that reaches container port 9443.
-fn assert_webhook_reaches_the_control_plane(
-    scenario: &str,
-    objs: &[Value],
-    mwc: &Value,
-    namespace: &str,
-) {
-    for hook in mwc["webhooks"].as_array().expect("webhooks") {
-        let id = format!("{scenario}: webhook {}", hook["name"]);
-        assert_eq!(hook["sideEffects"], "None", "{id}");
-        assert_eq!(hook["admissionReviewVersions"], json!(["v1"]), "{id}");
-        assert_eq!(hook["failurePolicy"], "Fail", "{id}");
-        let timeout = hook["timeoutSeconds"].as_i64().expect("timeoutSeconds");
-        assert!((1..=30).contains(&timeout), "{id}: timeout {timeout}");
-        let excluded = hook["namespaceSelector"]["matchExpressions"]
-            .as_array()
-            .expect("matchExpressions")
-            .iter()
-            .find(|e| e["key"] == "kubernetes.io/metadata.name")
-            .expect("namespace exclusions");
-        assert_eq!(excluded["operator"], "NotIn", "{id}");
-        assert!(
-            excluded["values"]
-                .as_array()
-                .expect("values")
-                .contains(&json!(namespace)),
-            "{id}: the control plane must not wait on its own webhook"
-        );
-
-        let target = &hook["clientConfig"]["service"];
-        assert_eq!(target["namespace"], namespace, "{id}");
-        assert_eq!(target["path"], "/inject", "{id}");
-        let service = find(objs, "Service", target["name"].as_str().expect("name"));
-        let port = service["spec"]["ports"]
-            .as_array()
-            .expect("ports")
-            .iter()
-            .find(|p| p["port"] == target["port"])
-            .unwrap_or_else(|| panic!("{id}: Service has no port {}", target["port"]));
-        let deploy = workloads(objs)
-            .find(|w| w["kind"] == "Deployment" && selects(&service["spec"]["selector"], w))
-            .expect("control plane");
-        let container = &deploy["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(container_port(container, &port["targetPort"]), 9443, "{id}");
     }
 }
 
@@ -473,7 +388,7 @@ pub(crate) fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         })
 }
 
-fn workloads(objs: &[Value]) -> impl Iterator<Item = &Value> {
+pub(crate) fn workloads(objs: &[Value]) -> impl Iterator<Item = &Value> {
     objs.iter()
         .filter(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet")
 }

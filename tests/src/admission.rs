@@ -1,8 +1,10 @@
 //! Admission-webhook test support: AdmissionReview fixtures
 //! (`tests/fixtures/admission/`), the real webhook listener on a loopback
 //! port with a certificate issued for the test and an HTTPS client that
-//! trusts exactly it, and readers of the patched pod. Used by
-//! `tests/tests/webhook.rs` and `tests/tests/inject_cli.rs`.
+//! trusts exactly it (or a client of a running control plane's webhook,
+//! trusting what the test says), and readers of the patched pod. Used by
+//! `tests/tests/webhook.rs`, `tests/tests/webhook_certificate.rs` and
+//! `tests/tests/inject_cli.rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,10 +50,13 @@ pub fn settings() -> InjectorSettings {
 }
 
 /// `webhook::serve` on a loopback port with a certificate for `localhost`,
-/// and an HTTPS client that trusts exactly that certificate.
+/// and an HTTPS client that trusts exactly that certificate; or, from
+/// [`Webhook::client`], only the client, of a webhook served elsewhere.
 pub struct Webhook {
     pub addr: SocketAddr,
     pub client: Arc<rustls::ClientConfig>,
+    /// The name the client asks for (SNI) and checks the certificate for.
+    pub server_name: String,
     pub stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
 }
@@ -120,8 +125,33 @@ impl Webhook {
         Self {
             addr,
             client: Arc::new(client),
+            server_name: "localhost".into(),
             stop: Some(stop),
             task: Some(task),
+        }
+    }
+
+    /// A client of the webhook at `addr` that trusts only `roots` (PEM) and
+    /// asks for `server_name`, as the API server does for a Service
+    /// reference (`<service>.<namespace>.svc`).
+    pub fn client(addr: SocketAddr, roots_pem: &[u8], server_name: &str) -> Self {
+        bulkhead_tls::install_default_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        for root in bulkhead_tls::certs_from_pem(roots_pem, "roots").expect("PEM roots") {
+            roots.add(root).expect("a usable root");
+        }
+        let mut client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // Every connection sees the certificate served now, not the one of
+        // a resumed session.
+        client.resumption = rustls::client::Resumption::disabled();
+        Self {
+            addr,
+            client: Arc::new(client),
+            server_name: server_name.to_owned(),
+            stop: None,
+            task: None,
         }
     }
 
@@ -129,10 +159,22 @@ impl Webhook {
         let mut config = (*self.client).clone();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let tcp = TcpStream::connect(self.addr).await.expect("connect");
+        let name = ServerName::try_from(self.server_name.clone()).expect("a server name");
         tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .connect(name, tcp)
             .await
             .expect("TLS handshake with the webhook")
+    }
+
+    /// The leaf certificate (DER) the webhook serves to a new connection.
+    pub async fn served_certificate(&self) -> Vec<u8> {
+        let tls = self.tls(&[b"http/1.1"]).await;
+        let (_, session) = tls.get_ref();
+        session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .expect("the webhook presents a certificate")
+            .to_vec()
     }
 
     /// One HTTP/1.1 request on a fresh connection.
@@ -160,7 +202,7 @@ impl Webhook {
         let req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, "localhost")
+            .header(header::HOST, self.server_name.as_str())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .unwrap();

@@ -279,6 +279,8 @@ pub struct ControlPlane {
     child: Option<Child>,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The admission webhook's address, when `--webhook` was given.
+    pub webhook: Option<SocketAddr>,
     args: Vec<String>,
     log: PathBuf,
     _logdir: tempfile::TempDir,
@@ -316,6 +318,7 @@ impl ControlPlane {
             child: None,
             grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            webhook: None,
             args,
             log,
             _logdir: logdir,
@@ -358,6 +361,7 @@ impl ControlPlane {
         });
         self.grpc = address(&bound, "grpc");
         self.admin = address(&bound, "admin");
+        self.webhook = bound.get("webhook").map(|_| address(&bound, "webhook"));
         self.child = Some(child);
         self.wait_ready();
     }

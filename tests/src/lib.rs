@@ -12,7 +12,8 @@
 //! - [`admission`]: AdmissionReview fixtures and the webhook listener.
 //! - [`netns`]: network-namespace "nodes" and "pods" for capture tests.
 //! - [`prom`]: the one Prometheus text reader.
-//! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS, bearer token).
+//! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS, bearer token;
+//!   GET, and JSON Patch of the objects it holds).
 //!
 //! Every binary is started on port 0 and reports the ports it bound
 //! (`--addresses-file`), so no test picks a port another can take.

@@ -7,20 +7,30 @@
 //!
 //! The values rendered are in `tests/chart/scenarios.rs`; `tests/chart/support.rs`
 //! runs `tests/chart/render_chart.py` (which only runs the tools) and holds the
-//! invariants every option keeps. `scripts/test` installs the tools into a venv;
-//! without them this test fails and says how to install them.
+//! invariants every option keeps, `tests/chart/access.rs` those of RBAC, the webhook
+//! and the issuer Secret; `tests/chart/install.rs` checks the install's inputs (the
+//! two-command install: an inline issuer) and what they let the control plane do.
+//! `scripts/test` installs the tools into a venv; without them this test fails and
+//! says how to install them.
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
+#[path = "../chart/access.rs"]
+mod access;
+#[path = "../chart/install.rs"]
+mod install;
 #[path = "../chart/scenarios.rs"]
 mod scenarios;
 #[path = "../chart/support.rs"]
 mod support;
 
 use scenarios::{EXTERNAL_ETCD, bad_scenarios, good_scenarios, inputs};
+
+/// The webhook configuration's name for release `bulkhead` in NAMESPACE.
+pub(crate) const WEBHOOK_CONFIGURATION: &str = "bulkhead-mesh-system-injector";
 use support::{
     Rendered, args, assert_etcd_cluster, assert_file_from, assert_invariants, base64, chart_dir,
     commented_keys, container_port, find, flag, name_of, of_kind,
@@ -28,7 +38,7 @@ use support::{
 
 const RELEASE: &str = "bulkhead";
 /// Not the default `bulkhead`, so that a hard-coded namespace shows.
-const NAMESPACE: &str = "mesh-system";
+pub(crate) const NAMESPACE: &str = "mesh-system";
 
 // ---------------------------------------------------------------------------
 // Every option: renders, lints clean, validates strictly, holds the invariants
@@ -146,25 +156,46 @@ fn defaults_run_two_hardened_probed_replicas_behind_a_budget() {
         "bundled etcd is plain by default"
     );
 
-    // Every file flag points into a mount of the right Secret or ConfigMap.
-    for (file_flag, source, name) in [
-        ("--issuer-cert", "secret", "bulkhead-issuer"),
-        ("--issuer-key", "secret", "bulkhead-issuer"),
-        ("--trust-bundle", "configMap", "bulkhead-trust-bundle"),
-        ("--webhook-cert", "secret", "bulkhead-webhook-tls"),
-        ("--webhook-key", "secret", "bulkhead-webhook-tls"),
-    ] {
+    // The webhook's certificate is the control plane's own, for the names the
+    // API server dials; it keeps the caBundle of the chart's configuration.
+    assert_eq!(
+        flag(&args, "--webhook-dns-names"),
+        Some(format!("{service_name},{service_name}.cluster.local").as_str())
+    );
+    assert_eq!(
+        flag(&args, "--webhook-configuration"),
+        Some(WEBHOOK_CONFIGURATION)
+    );
+    assert!(
+        flag(&args, "--webhook-cert").is_none() && flag(&args, "--webhook-key").is_none(),
+        "{args:?}"
+    );
+
+    // Every file flag points into the one issuer Secret: nothing else is needed.
+    for file_flag in ["--issuer-cert", "--issuer-key", "--trust-bundle"] {
         assert_file_from(
             deploy,
             flag(&args, file_flag).expect(file_flag),
-            source,
-            name,
+            "secret",
+            "bulkhead-issuer",
         );
     }
-    let bundle = &find(objs, "ConfigMap", "bulkhead-trust-bundle")["data"]["bundle.crt"];
+    let items = &pod["volumes"].as_array().unwrap()[0]["secret"]["items"];
     assert_eq!(
-        bundle.as_str().unwrap().trim(),
-        inputs().trust_bundle.trim()
+        items,
+        &json!([
+            {"key": "issuer.crt", "path": "issuer.crt"},
+            {"key": "issuer.key", "path": "issuer.key"},
+            {"key": "bundle.crt", "path": "bundle.crt"},
+        ])
+    );
+    assert!(
+        of_kind(objs, "ConfigMap").is_empty(),
+        "no trust-bundle ConfigMap"
+    );
+    assert!(
+        of_kind(objs, "Secret").is_empty(),
+        "the Secret is the user's"
     );
 
     // Service port → container port, by name.
@@ -215,56 +246,11 @@ fn defaults_inject_labelled_namespaces_and_fail_closed() {
         hooks[1]["objectSelector"]["matchLabels"]["bulkhead.dev/inject"],
         "enabled"
     );
+    assert_eq!(mwc["metadata"]["name"], WEBHOOK_CONFIGURATION);
     for hook in hooks {
-        assert_eq!(
-            hook["clientConfig"]["caBundle"].as_str().unwrap(),
-            base64(format!("{}\n", inputs().webhook_ca.trim()).as_bytes()),
-            "caBundle is the base64 of the given PEM"
-        );
+        // No cluster to `lookup` the live value in: left to the control plane.
+        assert!(hook["clientConfig"]["caBundle"].is_null(), "{hook}");
     }
-}
-
-#[test]
-fn defaults_bind_only_the_issuer_discovery_role() {
-    let objs = objects("defaults");
-    let deploy = find(objs, "Deployment", "bulkhead-control");
-    let pod = &deploy["spec"]["template"]["spec"];
-    let sa = pod["serviceAccountName"].as_str().unwrap();
-    find(objs, "ServiceAccount", sa);
-    assert_eq!(
-        pod["automountServiceAccountToken"], true,
-        "needed to read the JWKS"
-    );
-    let bindings = of_kind(objs, "ClusterRoleBinding");
-    let roles: Vec<&str> = bindings
-        .iter()
-        .map(|b| b["roleRef"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(bindings.len(), 2, "{roles:?}");
-    assert!(roles.contains(&"system:service-account-issuer-discovery"));
-    for binding in &bindings {
-        assert_eq!(
-            binding["subjects"],
-            json!([{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}])
-        );
-    }
-    // The chart's one role of its own: `get` on nodes, nothing else.
-    let own = of_kind(objs, "ClusterRole");
-    assert_eq!(own.len(), 1);
-    assert!(roles.contains(&own[0]["metadata"]["name"].as_str().unwrap()));
-    assert_eq!(
-        own[0]["rules"],
-        json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}])
-    );
-    let env = &pod["containers"][0]["env"];
-    assert!(
-        env.as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["name"] == "BULKHEAD_K8S_API"
-                && e["value"] == "https://kubernetes.default.svc"),
-        "{env}"
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -454,7 +440,11 @@ fn custom_replicas_follow_through_to_budget_spread_and_flags() {
             .contains(&format!("mesh-control.{NAMESPACE}.svc"))
     );
 
-    let mwc = &of_kind(objs, "MutatingWebhookConfiguration")[0];
+    let mwc = find(
+        objs,
+        "MutatingWebhookConfiguration",
+        "mesh-mesh-system-injector",
+    );
     assert_eq!(
         mwc["webhooks"].as_array().unwrap().len(),
         1,
@@ -609,6 +599,6 @@ fn outcome(scenario: &str) -> &'static support::Outcome {
 }
 
 /// A good scenario's objects, after checking it rendered, linted and validated clean.
-fn objects(scenario: &str) -> &'static [Value] {
+pub(crate) fn objects(scenario: &str) -> &'static [Value] {
     rendered().objects(scenario)
 }

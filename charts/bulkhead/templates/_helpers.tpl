@@ -115,6 +115,46 @@ app.kubernetes.io/component: etcd
 {{- end -}}
 {{- end -}}
 
+{{/* The issuer Secret the control plane mounts: the chart's own when the issuer is
+given inline (issuer.cert/key/bundle), else issuer.existingSecret. */}}
+{{- define "bulkhead.issuerSecret" -}}
+{{- if .Values.issuer.cert -}}
+{{- printf "%s-issuer" (include "bulkhead.fullname" .) -}}
+{{- else -}}
+{{- .Values.issuer.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The keys of the issuer Secret: fixed for the chart's own, configurable otherwise. */}}
+{{- define "bulkhead.issuerKeys" -}}
+{{- if .Values.issuer.cert -}}
+{{- dict "cert" "issuer.crt" "key" "issuer.key" "bundle" "bundle.crt" | toJson -}}
+{{- else -}}
+{{- dict "cert" .Values.issuer.certKey "key" .Values.issuer.keyKey "bundle" .Values.issuer.bundleKey | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the control plane makes and renews the webhook's certificate itself and
+keeps the webhook configuration's caBundle (the default: no webhook.tlsSecret). */}}
+{{- define "bulkhead.webhookSelfManaged" -}}
+{{- if and .Values.webhook.enabled (not .Values.webhook.tlsSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The MutatingWebhookConfiguration's name: cluster-scoped, so the namespace is in it. */}}
+{{- define "bulkhead.webhookName" -}}
+{{- printf "%s-%s-injector" (include "bulkhead.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* "true" when the control plane talks to the API server (Nodes, or the webhook's caBundle). */}}
+{{- define "bulkhead.usesApiServer" -}}
+{{- if or .Values.nodeTopology.enabled (include "bulkhead.webhookSelfManaged" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether the control plane gets its service-account token at all. */}}
+{{- define "bulkhead.mountsToken" -}}
+{{- if or .Values.serviceAccountTokens.enabled (include "bulkhead.usesApiServer" .) -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
 {{- define "bulkhead.etcdClientCert" -}}
 {{- if .Values.etcd.bundled.enabled -}}true{{- else if .Values.etcd.external.tls.clientCertificate -}}true{{- end -}}
 {{- end -}}
@@ -125,11 +165,24 @@ every template that depends on them, so `helm template` and `helm install` stop 
 one clear message instead of rendering a control plane that cannot start.
 */}}
 {{- define "bulkhead.validate" -}}
-{{- if not (contains "-----BEGIN CERTIFICATE-----" .Values.trustBundle.pem) -}}
-{{- fail "trustBundle.pem is required: the PEM root certificate(s) of the mesh, e.g. --set-file trustBundle.pem=ca/bundle.crt (from `bulkheadctl ca init`)" -}}
+{{- $issuer := .Values.issuer -}}
+{{- $inline := dict "cert" "ca/issuer.crt" "key" "ca/issuer.key" "bundle" "ca/bundle.crt" -}}
+{{- if or $issuer.cert $issuer.key $issuer.bundle -}}
+{{- range $value := list "cert" "key" "bundle" -}}
+{{- if not (get $issuer $value) -}}
+{{- fail (printf "issuer.%s is required when the issuer is given inline: --set-file issuer.%s=%s (from `bulkheadctl ca init`)" $value $value (get $inline $value)) -}}
 {{- end -}}
-{{- if not .Values.issuer.existingSecret -}}
-{{- fail "issuer.existingSecret is required: a Secret with the issuer certificate and key (the chart never generates CA keys)" -}}
+{{- end -}}
+{{- range $value := list "cert" "bundle" -}}
+{{- if not (contains "-----BEGIN CERTIFICATE-----" (get $issuer $value)) -}}
+{{- fail (printf "issuer.%s must be PEM certificates (--set-file issuer.%s=%s)" $value $value (get $inline $value)) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (contains "PRIVATE KEY-----" $issuer.key) -}}
+{{- fail "issuer.key must be a PEM private key (--set-file issuer.key=ca/issuer.key)" -}}
+{{- end -}}
+{{- else if not $issuer.existingSecret -}}
+{{- fail "the issuer is required: --set-file issuer.cert=ca/issuer.crt --set-file issuer.key=ca/issuer.key --set-file issuer.bundle=ca/bundle.crt (from `bulkheadctl ca init`), or issuer.existingSecret naming a Secret with issuer.crt, issuer.key and bundle.crt" -}}
 {{- end -}}
 {{- if and .Values.etcd.bundled.enabled .Values.etcd.external.endpoints -}}
 {{- fail "choose one store: etcd.bundled.enabled=true or etcd.external.endpoints, not both" -}}
@@ -152,12 +205,17 @@ one clear message instead of rendering a control plane that cannot start.
 {{- fail "etcd.bundled.tls.serverSecret and etcd.bundled.tls.clientSecret are required when etcd.bundled.tls.enabled is true" -}}
 {{- end -}}
 {{- end -}}
-{{- if .Values.webhook.enabled -}}
-{{- if not .Values.webhook.tlsSecret -}}
-{{- fail "webhook.tlsSecret is required when webhook.enabled is true: a kubernetes.io/tls Secret with the webhook's serving certificate" -}}
+{{- $certManager := hasKey .Values.webhook.annotations "cert-manager.io/inject-ca-from" -}}
+{{- if and .Values.webhook.enabled .Values.webhook.tlsSecret -}}
+{{- if and (not .Values.webhook.caBundle) (not $certManager) -}}
+{{- fail "webhook.caBundle is required with webhook.tlsSecret: the CA (PEM or base64) that signed that certificate, e.g. --set-file webhook.caBundle=webhook-ca.crt (or let cert-manager inject it: webhook.annotations cert-manager.io/inject-ca-from)" -}}
 {{- end -}}
-{{- if and (not .Values.webhook.caBundle) (not (hasKey .Values.webhook.annotations "cert-manager.io/inject-ca-from")) -}}
-{{- fail "webhook.caBundle is required when webhook.enabled is true: the CA (PEM or base64) that signed webhook.tlsSecret, e.g. --set-file webhook.caBundle=webhook-ca.crt" -}}
+{{- else if .Values.webhook.enabled -}}
+{{- if .Values.webhook.caBundle -}}
+{{- fail "webhook.caBundle is set but webhook.tlsSecret is not: without webhook.tlsSecret the control plane makes the webhook's certificate and keeps the caBundle itself; remove webhook.caBundle or bring the certificate too" -}}
+{{- end -}}
+{{- if $certManager -}}
+{{- fail "webhook.annotations cert-manager.io/inject-ca-from needs webhook.tlsSecret (the certificate cert-manager issues); without it the control plane keeps the caBundle and the two would overwrite each other" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use bulkhead_control::ca::Ca;
 use bulkhead_control::config::{ControlArgs, StoreKind};
-use bulkhead_control::runtime::{self, Settings};
+use bulkhead_control::k8s_api::ApiServer;
+use bulkhead_control::runtime::{self, CaBundleTarget, Settings, WebhookCertificate};
 use bulkhead_control::store::{EtcdConfig, EtcdStore, EtcdTls, MemoryStore, Store};
 use bulkhead_control::telemetry;
+use bulkhead_control::topology::Topology;
+use bulkhead_control::webhook::is_dns_subdomain;
 use bulkhead_proto::SpiffeId;
 
 /// Exit code for bad flags, unreadable files and other usage errors.
@@ -115,12 +118,19 @@ async fn run(args: ControlArgs) -> ExitCode {
             }
         }
     };
-    let webhook = match webhook_settings(&args) {
-        Ok(w) => w,
+    let api = match api_server(&args) {
+        Ok(api) => api,
         Err(e) => return usage_error(e),
     };
-    let topology = match topology(&args) {
-        Ok(t) => t,
+    let topology = match &api {
+        Some(api) if args.node_topology => {
+            tracing::info!(api = %api.base(), "endpoint zones and regions come from Node labels");
+            Some(Arc::new(Topology::new(api.clone())))
+        }
+        _ => None,
+    };
+    let webhook = match webhook_settings(&args, api) {
+        Ok(w) => w,
         Err(e) => return usage_error(e),
     };
     let settings = Settings {
@@ -140,10 +150,13 @@ async fn run(args: ControlArgs) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     if let Some(path) = &args.addresses_file {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "grpc": running.grpc_addr.to_string(),
             "admin": running.admin_addr.to_string(),
         });
+        if let Some(webhook) = running.webhook_addr {
+            json["webhook"] = webhook.to_string().into();
+        }
         // Written whole, then renamed: a reader never sees half a file.
         let tmp = path.with_extension("tmp");
         if let Err(e) =
@@ -198,16 +211,11 @@ async fn k8s_verifier(
     }
 }
 
-/// Node topology from --k8s-api, with the API server's CA and token.
-fn topology(
-    args: &ControlArgs,
-) -> Result<Option<Arc<bulkhead_control::topology::Topology>>, String> {
-    let Some(api) = &args.k8s_api else {
+/// The API server of --k8s-api, with its CA and token.
+fn api_server(args: &ControlArgs) -> Result<Option<Arc<ApiServer>>, String> {
+    let Some(url) = &args.k8s_api else {
         return Ok(None);
     };
-    if !api.starts_with("https://") {
-        return Err(format!("--k8s-api {api:?}: must be an https:// URL"));
-    }
     let ca_pem = read_file("--k8s-api-ca", &args.k8s_api_ca)?;
     bulkhead_tls::certs_from_pem(&ca_pem, &args.k8s_api_ca.display().to_string())
         .map_err(|e| format!("--k8s-api-ca {e}"))?;
@@ -215,10 +223,8 @@ fn topology(
         .k8s_api_token
         .exists()
         .then(|| args.k8s_api_token.clone());
-    tracing::info!(%api, "endpoint zones and regions come from Node labels");
-    Ok(Some(Arc::new(bulkhead_control::topology::Topology::new(
-        api, ca_pem, token,
-    ))))
+    let api = ApiServer::new(url, &ca_pem, token).map_err(|e| format!("--k8s-api {e}"))?;
+    Ok(Some(Arc::new(api)))
 }
 
 fn read_file(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
@@ -250,27 +256,34 @@ fn etcd_tls(args: &ControlArgs) -> Result<Option<EtcdTls>, String> {
     Ok(Some(EtcdTls { ca_pem, client }))
 }
 
-/// The admission webhook, when --webhook-cert and --webhook-key are given.
-fn webhook_settings(args: &ControlArgs) -> Result<Option<runtime::WebhookSettings>, String> {
-    let (Some(cert), Some(key)) = (&args.webhook_cert, &args.webhook_key) else {
-        return Ok(None);
+/// Where the webhook listens when --webhook-cert is given without --webhook.
+const DEFAULT_WEBHOOK: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 9443);
+
+/// The admission webhook, when --webhook or --webhook-cert is given: with
+/// the certificate given, or one the control plane makes (and, with
+/// --webhook-configuration, whose CA it keeps in that configuration).
+fn webhook_settings(
+    args: &ControlArgs,
+    api: Option<Arc<ApiServer>>,
+) -> Result<Option<runtime::WebhookSettings>, String> {
+    let listen = match (args.webhook, &args.webhook_cert) {
+        (Some(listen), _) => listen,
+        (None, Some(_)) => DEFAULT_WEBHOOK,
+        (None, None) => return Ok(None),
     };
-    let chain = bulkhead_tls::certs_from_pem(
-        &read_file("--webhook-cert", cert)?,
-        &cert.display().to_string(),
-    )
-    .map_err(|e| format!("--webhook-cert {e}"))?;
-    let key_der = bulkhead_tls::key_from_pem(
-        &read_file("--webhook-key", key)?,
-        &key.display().to_string(),
-    )
-    .map_err(|e| format!("--webhook-key {e}"))?;
-    let tls = rustls::ServerConfig::builder_with_provider(bulkhead_tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("--webhook-cert: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| format!("--webhook-cert/--webhook-key: {e}"))?;
+    let certificate = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => {
+            // Checked now, so that bad files are a usage error.
+            bulkhead_control::webhook::certificate::load_files(cert, key)
+                .map_err(|e| format!("--webhook-cert/--webhook-key: {e}"))?;
+            WebhookCertificate::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }
+        }
+        _ => self_managed_certificate(args, api)?,
+    };
     let mut injector = bulkhead_control::webhook::InjectorSettings::default();
     // Injected pods get the trust bundle inline: no ConfigMap needed in
     // every namespace the mesh reaches.
@@ -287,8 +300,53 @@ fn webhook_settings(args: &ControlArgs) -> Result<Option<runtime::WebhookSetting
     let injector = bulkhead_control::webhook::Injector::new(injector)
         .map_err(|e| format!("webhook settings: {e}"))?;
     Ok(Some(runtime::WebhookSettings {
-        listen: args.webhook,
-        tls: Arc::new(tls),
+        listen,
+        certificate,
         injector: Arc::new(injector),
     }))
+}
+
+/// The certificate the control plane makes: for --webhook-dns-names, or
+/// `bulkhead-control.<--namespace>.svc`.
+fn self_managed_certificate(
+    args: &ControlArgs,
+    api: Option<Arc<ApiServer>>,
+) -> Result<WebhookCertificate, String> {
+    let dns_names = if args.webhook_dns_names.is_empty() {
+        if !is_dns_subdomain(&args.namespace) || args.namespace.contains('.') {
+            return Err(format!(
+                "--namespace {:?}: not a Kubernetes namespace name",
+                args.namespace
+            ));
+        }
+        vec![format!("bulkhead-control.{}.svc", args.namespace)]
+    } else {
+        args.webhook_dns_names.clone()
+    };
+    if let Some(bad) = dns_names.iter().find(|n| !is_dns_subdomain(n)) {
+        return Err(format!(
+            "--webhook-dns-names {bad:?}: not a DNS name (expected e.g. bulkhead-control.bulkhead.svc)"
+        ));
+    }
+    let ca_bundle = match (&args.webhook_configuration, api) {
+        (Some(name), Some(api)) => {
+            if !is_dns_subdomain(name) {
+                return Err(format!(
+                    "--webhook-configuration {name:?}: not a Kubernetes object name"
+                ));
+            }
+            Some(CaBundleTarget {
+                api,
+                configuration: name.clone(),
+                resync: args.webhook_configuration_resync,
+            })
+        }
+        // clap makes --webhook-configuration require --k8s-api.
+        _ => None,
+    };
+    Ok(WebhookCertificate::SelfManaged {
+        dns_names,
+        lifetime: args.webhook_cert_lifetime,
+        ca_bundle,
+    })
 }

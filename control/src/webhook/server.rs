@@ -20,6 +20,21 @@ use tokio_rustls::TlsAcceptor;
 
 use super::Injector;
 
+/// The listener's TLS: TLS 1.2 and 1.3, no client certificate (the API
+/// server presents none unless configured to), HTTP/2 or HTTP/1.1, and
+/// the certificate `resolver` holds at each handshake (so a renewed one
+/// is served without a restart).
+pub fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(bulkhead_tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The largest review accepted. The API server caps objects near 1.5 MiB;
 /// a review carries one (twice for UPDATE) plus a little envelope.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;

@@ -205,12 +205,14 @@ fn is_quantity(q: &str) -> bool {
         && SUFFIXES.contains(&suffix)
 }
 
-/// RFC 1123 subdomain (names of ConfigMaps and workloads).
-fn is_dns_subdomain(s: &str) -> bool {
+/// RFC 1123 subdomain, lower case: names of ConfigMaps, workloads and
+/// webhook configurations, and the DNS names of Services.
+pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|label| {
             !label.is_empty()
+                && label.len() <= 63
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

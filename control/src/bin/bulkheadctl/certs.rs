@@ -40,6 +40,12 @@ pub(crate) fn ca_init(trust_domain: &str, out: &Path) -> CliResult {
         files.issuer_key.display(),
         files.bundle.display()
     );
+    println!(
+        "  or in Kubernetes: helm install bulkhead charts/bulkhead -n bulkhead --create-namespace \\\n    --set-file issuer.cert={} --set-file issuer.key={} --set-file issuer.bundle={}",
+        files.issuer_cert.display(),
+        files.issuer_key.display(),
+        files.bundle.display()
+    );
     Ok(())
 }
 
