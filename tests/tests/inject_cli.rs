@@ -179,3 +179,37 @@ fn bulkheadctl_inject_refuses_what_it_cannot_inject() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bulkheadctl_inject_writes_the_trust_bundle_inline_when_given() {
+    let ca = bulkhead_tests::control::TestCa::init("cluster.local");
+    let bundle = ca.file("bundle.crt");
+    let (yaml, _) = ctl_inject(MANIFEST, &["--trust-bundle", &bundle.display().to_string()]);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("YAML out");
+    let deployment: Deployment = serde_json::from_value(docs[0].clone()).expect("a Deployment");
+    let spec = deployment.spec.unwrap().template.spec.unwrap();
+    let proxy = &spec.init_containers.as_deref().unwrap()[1];
+    let pem = std::fs::read_to_string(&bundle).unwrap();
+    assert_eq!(value(proxy, "BULKHEAD_TRUST_BUNDLE_PEM"), pem);
+    // No ConfigMap to create in the pod's namespace.
+    assert!(
+        spec.volumes
+            .iter()
+            .flatten()
+            .all(|v| v.name != "bulkhead-trust-bundle"),
+        "{:?}",
+        spec.volumes
+    );
+
+    // Something that is not a bundle is refused, naming the flag.
+    let out = std::process::Command::new(bulkhead_tests::control::bin("bulkheadctl"))
+        .args(["inject", "-f", "-", "--trust-bundle", "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run bulkheadctl");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--trust-bundle"),
+        "{out:?}"
+    );
+}

@@ -32,6 +32,11 @@ pub(crate) struct InjectArgs {
     /// imagePullPolicy of both containers: Always, IfNotPresent or Never.
     #[arg(long, value_name = "POLICY")]
     image_pull_policy: Option<String>,
+    /// The mesh's roots (PEM, `bundle.crt` of `ca init`), written into each
+    /// pod inline as the webhook does. Without it, pods mount the ConfigMap
+    /// of --trust-bundle-configmap, which must exist in each pod's namespace.
+    #[arg(long, value_name = "FILE", conflicts_with = "trust_bundle_config_map")]
+    trust_bundle: Option<std::path::PathBuf>,
     /// ConfigMap (in each pod's namespace) holding bundle.crt [default: bulkhead-trust-bundle].
     #[arg(long = "trust-bundle-configmap", value_name = "NAME")]
     trust_bundle_config_map: Option<String>,
@@ -59,8 +64,19 @@ pub(crate) struct InjectArgs {
 }
 
 impl InjectArgs {
-    fn settings(self) -> InjectorSettings {
+    fn settings(self) -> Result<InjectorSettings, CliError> {
         let mut s = InjectorSettings::default();
+        if let Some(path) = &self.trust_bundle {
+            let pem = std::fs::read(path).map_err(|e| {
+                CliError::failure(format!("--trust-bundle {}: {e}", path.display()))
+            })?;
+            bulkhead_tls::certs_from_pem(&pem, &path.display().to_string())
+                .map_err(|e| CliError::failure(format!("--trust-bundle {e}")))?;
+            let pem = String::from_utf8(pem).map_err(|_| {
+                CliError::failure(format!("--trust-bundle {}: not PEM text", path.display()))
+            })?;
+            s.trust_bundle_pem = Some(pem);
+        }
         if let Some(image) = &self.proxy_image {
             s.proxy_image = image.clone();
             s.init_image = image.clone();
@@ -93,13 +109,13 @@ impl InjectArgs {
                 *slot = flag;
             }
         }
-        s
+        Ok(s)
     }
 }
 
 pub(crate) fn run(file: &str, args: InjectArgs) -> CliResult {
     let injector =
-        Injector::new(args.settings()).map_err(|e| CliError::usage(format!("inject: {e}")))?;
+        Injector::new(args.settings()?).map_err(|e| CliError::usage(format!("inject: {e}")))?;
     let text = read_input(file)?;
     let mut docs: Vec<Value> = serde_saphyr::from_multiple(&text)
         .map_err(|e| CliError::failure(format!("{file}: not YAML: {e}")))?;

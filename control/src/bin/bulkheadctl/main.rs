@@ -137,7 +137,7 @@ enum Command {
         #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
         file: String,
         #[command(flatten)]
-        options: inject::InjectArgs,
+        options: Box<inject::InjectArgs>,
     },
     /// Print a shell completion script.
     Completion { shell: clap_complete::Shell },
@@ -291,7 +291,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             };
             ops::endpoints(&settings, filter, output).await
         }
-        Command::Inject { file, options } => inject::run(&file, options),
+        Command::Inject { file, options } => inject::run(&file, *options),
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
