@@ -16,6 +16,35 @@ pub(crate) const MESH_ERROR: &str = "x-bulkhead-error";
 pub(crate) const MESH_DENIED: &str = "x-bulkhead-denied";
 /// A request header pinning a version (`3.1.0`, `^3`).
 pub(crate) const VERSION_PIN: &str = "x-bulkhead-version";
+/// Set by the callee's sidecar for its app: the caller's verified SPIFFE ID.
+pub(crate) const PEER_IDENTITY: &str = "x-bulkhead-peer-identity";
+/// Set by the callee's sidecar for its app, as Envoy-based meshes set it
+/// (`By=<callee>;Hash=<sha256 of the caller's certificate>;URI=<caller>`),
+/// so apps written for them work unchanged.
+pub(crate) const CLIENT_CERT: &str = "x-forwarded-client-cert";
+
+/// Removes what an app could send to pass for someone else: the identity
+/// headers the callee's sidecar sets. (The caller's sidecar strips them
+/// too; the callee's removes them whatever arrives.)
+pub(crate) fn strip_identity_claims(headers: &mut HeaderMap) {
+    headers.remove(CLIENT_CERT);
+    headers.remove(PEER_IDENTITY);
+}
+
+/// What the callee's sidecar removes before its app sees a request: the
+/// identity headers, and every other `x-bulkhead-*` (only the mesh sets
+/// those; the caller's sidecar consumes its own before sending). Scans the
+/// names once; collects only when one is there.
+pub(crate) fn strip_mesh_headers(headers: &mut HeaderMap) {
+    headers.remove(CLIENT_CERT);
+    let is_mesh = |name: &http::HeaderName| name.as_str().starts_with("x-bulkhead-");
+    if headers.keys().any(is_mesh) {
+        let names: Vec<http::HeaderName> = headers.keys().filter(|n| is_mesh(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
 
 /// A response body as it came from a peer, or one the mesh made: one type
 /// for both without boxing the peer's.
@@ -228,6 +257,43 @@ mod tests {
         assert_eq!(r.headers()[MESH_ERROR], "denied");
         let r = mesh_response(false, StatusCode::FORBIDDEN, "denied", "no");
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn callers_cannot_pass_mesh_headers_to_the_app() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            (
+                "x-forwarded-client-cert",
+                "By=spiffe://x;URI=spiffe://cluster.local/ns/shop/sa/admin",
+            ),
+            (
+                "x-bulkhead-peer-identity",
+                "spiffe://cluster.local/ns/shop/sa/admin",
+            ),
+            ("x-bulkhead-anything", "1"),
+            ("x-bulkhead-version", "2"),
+            ("x-request-id", "kept"),
+        ] {
+            h.append(name, HeaderValue::from_static(value));
+        }
+        h.append(
+            "x-bulkhead-peer-identity",
+            HeaderValue::from_static("second"),
+        );
+        let mut outbound = h.clone();
+        strip_identity_claims(&mut outbound);
+        let names = |h: &HeaderMap| {
+            let mut n: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            names(&outbound),
+            ["x-bulkhead-anything", "x-bulkhead-version", "x-request-id"]
+        );
+        strip_mesh_headers(&mut h);
+        assert_eq!(names(&h), ["x-request-id"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (an upgrade the caller's app asked for) takes the boxed branch in
 //! [`upgrade`], authorized by the same [`admit`].
 
+mod caller;
 mod upgrade;
 
 use std::borrow::Cow;
@@ -35,6 +36,8 @@ use crate::state::{ServiceId, ServiceKey, StateCell};
 use crate::telemetry::{Observed, RequestMetrics};
 use crate::wire::{Payload, Preface};
 
+pub(crate) use self::caller::Caller;
+
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long at most before the peer certificate's notAfter an inbound
 /// HTTP/2 connection is sent GOAWAY (half the pool's own margin).
@@ -48,6 +51,9 @@ pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 pub(crate) struct Inbound {
     pub(crate) tls: TlsAcceptor,
     pub(crate) trust_domain: String,
+    /// This workload's own identity (what `x-forwarded-client-cert` names
+    /// as `By`).
+    pub(crate) identity: SpiffeId,
     /// This workload's service: whose AllowLists apply.
     pub(crate) key: ServiceKey,
     /// Its number in the mesh state, once the state knows it (it never
@@ -213,26 +219,27 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
     // The connection ends when the peer's certificate does (sessions are
     // never resumed, so every connection was let in by a full check).
     let expires = identity::connection_deadline(leaf);
+    let caller = Caller::new(peer, leaf, &inbound.identity);
     let mut tls = tls;
     let preface = match tokio::time::timeout(PREFACE_TIMEOUT, Preface::read(&mut tls)).await {
         Ok(Ok(p)) => p,
         Ok(Err(error)) => {
-            tracing::info!(%remote, %peer, %error, "inbound connection refused: bad preface");
+            tracing::info!(%remote, peer = %caller, %error, "inbound connection refused: bad preface");
             return;
         }
         Err(_) => {
-            tracing::info!(%remote, %peer, "inbound connection refused: no preface in time");
+            tracing::info!(%remote, peer = %caller, "inbound connection refused: no preface in time");
             return;
         }
     };
     // The accept loop's span names the connection; now it names the peer.
-    tracing::Span::current().record("identity", tracing::field::display(&peer));
+    tracing::Span::current().record("identity", tracing::field::display(&caller));
     match preface.payload {
-        Payload::Tcp => tcp_stream(tls, peer, preface.port, &inbound, expires).await,
+        Payload::Tcp => tcp_stream(tls, caller.id, preface.port, &inbound, expires).await,
         // An opaque TCP port is bytes end to end: never parsed as HTTP.
         Payload::Http2 if inbound.current(preface.port).protocol == Protocol::Tcp => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "protocol-mismatch").increment(1);
-            tracing::info!(%remote, %peer, port = preface.port, "inbound HTTP refused: the port is declared tcp");
+            tracing::info!(%remote, peer = %caller, port = preface.port, "inbound HTTP refused: the port is declared tcp");
         }
         Payload::Http2 => {
             let port = preface.port;
@@ -242,14 +249,14 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
                 "inbound",
                 inbound.service(),
                 inbound.version.as_str(),
-                peer.to_string(),
+                caller.id.to_string(),
             ));
-            let peer = Arc::new(peer);
+            let caller = Arc::new(caller);
             // Upgraded streams outlive their request: the drain tracks them.
             let streams = drain.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let inbound = svc_inbound.clone();
-                let peer = peer.clone();
+                let caller = caller.clone();
                 let metrics = metrics.clone();
                 // A method comparison is all an ordinary request pays.
                 let upgrade = upgrade::is_upgrade(&req).then(|| streams.clone());
@@ -259,9 +266,9 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
                     // the app's answer is cut when it runs out.
                     let deadline = h::grpc_deadline(req.headers(), started);
                     let resp = match upgrade {
-                        None => request(req, &inbound, &peer, port, deadline).await,
+                        None => request(req, &inbound, &caller, port, deadline).await,
                         Some(drain) => {
-                            Box::pin(upgrade::request(req, &inbound, &peer, port, drain)).await
+                            Box::pin(upgrade::request(req, &inbound, &caller, port, drain)).await
                         }
                     };
                     let resp = Observed::wrap(resp, started, metrics, None, deadline);
@@ -364,12 +371,12 @@ async fn tcp_stream(
 async fn request(
     mut req: Request<Incoming>,
     inbound: &Inbound,
-    peer: &SpiffeId,
+    caller: &Caller,
     port: u16,
     deadline: Option<tokio::time::Instant>,
 ) -> Response<Body> {
     let grpc = h::is_grpc(req.headers());
-    let protocol = match admit(&mut req, None, inbound, peer, port, grpc) {
+    let protocol = match admit(&mut req, None, inbound, caller, port, grpc) {
         Ok(protocol) => protocol,
         Err(refused) => return *refused,
     };
@@ -396,10 +403,11 @@ fn admit(
     req: &mut Request<Incoming>,
     method: Option<&Method>,
     inbound: &Inbound,
-    peer: &SpiffeId,
+    caller: &Caller,
     port: u16,
     grpc: bool,
 ) -> Result<Protocol, Box<Response<Body>>> {
+    let peer = &caller.id;
     // The app sees exactly the path that was authorized: the request's own
     // when it was already normal (no copy), the normalized one otherwise.
     let path_and_query = match policy::normalize_path(req.uri().path()) {
@@ -495,6 +503,7 @@ fn admit(
     };
     *req.uri_mut() = uri;
     h::strip_hop_by_hop(req.headers_mut());
+    caller.tell_app(req.headers_mut());
     Ok(current.protocol)
 }
 

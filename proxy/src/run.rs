@@ -113,6 +113,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
 
     let issued = first_certificate(&config, &bundle, &slot).await?;
     check_identity(&config, &issued.id)?;
+    let own_identity = issued.id.clone();
     let control = bulkhead_tls::channel(&config.control, &bundle, Some(slot.clone()))
         .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
     tokio::spawn(identity::renew_forever(
@@ -132,7 +133,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         tokio::spawn(state::save_forever(states.clone(), dir.clone()));
     }
 
-    let inbound = inbound_side(&config, &bundle, &slot, &states)?;
+    let inbound = inbound_side(&config, &bundle, &slot, &states, own_identity)?;
     drain.spawn(inbound::serve(listeners.inbound, inbound, drain.clone()));
 
     let registered = Registered::default();
@@ -425,6 +426,7 @@ fn inbound_side(
     bundle: &TrustBundle,
     slot: &CertSlot,
     states: &StateCell,
+    identity: bulkhead_proto::SpiffeId,
 ) -> Result<Arc<Inbound>, Exit> {
     let (app_http1, app_http2) = Inbound::app_clients();
     let server_config = tls::server_config(bundle, slot.clone(), true, &[wire::ALPN])
@@ -432,6 +434,7 @@ fn inbound_side(
     Ok(Arc::new(Inbound {
         tls: TlsAcceptor::from(Arc::new(server_config)),
         trust_domain: bundle.trust_domain().to_owned(),
+        identity,
         key: (config.namespace.clone(), config.service.clone()),
         id: std::sync::OnceLock::new(),
         version: config.version.clone(),

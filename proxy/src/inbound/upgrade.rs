@@ -5,14 +5,13 @@
 //! request, and on the app's `101` answered `200`; the two streams are
 //! then spliced in a task the drain tracks.
 
-use bulkhead_proto::SpiffeId;
 use bulkhead_proto::model::Protocol;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use super::{Inbound, admit, to_app};
+use super::{Caller, Inbound, admit, to_app};
 use crate::drain::Drain;
 use crate::http::Body;
 use crate::upgrade::{self, UpgradeError};
@@ -26,7 +25,7 @@ pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
 pub(super) async fn request(
     mut req: Request<Incoming>,
     inbound: &Inbound,
-    peer: &SpiffeId,
+    caller: &Caller,
     port: u16,
     drain: Drain,
 ) -> Response<Body> {
@@ -37,7 +36,7 @@ pub(super) async fn request(
         Err(error) => return error.response("inbound"),
     };
     let mut req = Request::from_parts(head, body);
-    match admit(&mut req, Some(&method), inbound, peer, port, false) {
+    match admit(&mut req, Some(&method), inbound, caller, port, false) {
         Ok(Protocol::Http) => {}
         Ok(_) => return UpgradeError::NotHttp(port).response("inbound"),
         Err(refused) => return *refused,
@@ -56,7 +55,7 @@ pub(super) async fn request(
         let stream = upgrade::Stream {
             direction: "inbound",
             service: inbound.service().to_owned(),
-            peer: peer.to_string(),
+            peer: caller.id.to_string(),
         };
         let idle = inbound.tcp_idle_timeout;
         drain.spawn(

@@ -230,6 +230,7 @@ async fn route_request(
     let can_retry = retry::retryable(&req);
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
+    h::strip_identity_claims(&mut parts.headers);
     parts.headers.remove(h::VERSION_PIN);
     // Built from parts: the path is shared with the app's request, the
     // authority with the connection (nothing formatted or parsed here).
