@@ -20,10 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bulkhead_process::Backoff;
-use bulkhead_tls::CertSlot;
+use bulkhead_tls::{CertSlot, not_after};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::Ca;
 use crate::runtime::control_identity;
@@ -68,12 +67,6 @@ pub fn issue(ca: &Ca, dns_names: &[String], lifetime: Duration) -> Result<Servin
         .and_then(|leaf| not_after(leaf).ok_or("the issued certificate does not parse"))?;
     let key = CertSlot::certified_key(chain, key).map_err(|e| e.to_string())?;
     Ok(ServingCert { key, not_after })
-}
-
-fn not_after(der: &[u8]) -> Option<SystemTime> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 fn record_expiry(not_after: SystemTime) {
@@ -183,6 +176,7 @@ mod tests {
     use super::*;
     use bulkhead_proto::identity::uri_sans;
     use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
 
     struct TestCa {
         ca: Ca,
