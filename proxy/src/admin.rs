@@ -253,3 +253,5 @@ async fn route(req: Request<Incoming>, admin: &Admin, from: Caller) -> Response<
 }
 
 mod app_health;
+
+pub(crate) use self::app_health::serving;

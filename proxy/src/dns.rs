@@ -44,9 +44,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
-use self::answer::{Action, Responder};
+use self::answer::Action;
+pub(crate) use self::answer::Responder;
+pub(crate) use self::forward::answers;
 use self::forward::{Transport, Upstreams};
-use self::zone::MeshZones;
+pub(crate) use self::zone::MeshZones;
 use crate::accept::{self, Listener};
 use crate::drain::Drain;
 

@@ -15,7 +15,8 @@
 //! directions share; [`upgrade`] carries HTTP `Upgrade` (WebSocket) across.
 //!
 //! Public only what other crates use: [`cli::main`] (the binary, and the
-//! demo's sidecars), and [`policy`] and [`wire`] for the fuzz targets.
+//! demo's sidecars), and [`policy`], [`wire`] and `fuzz` (entry points into
+//! every parser of untrusted bytes) for the fuzz targets.
 
 mod accept;
 mod admin;
@@ -26,6 +27,8 @@ mod config;
 mod control_client;
 mod dns;
 mod drain;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod identity;
 mod inbound;

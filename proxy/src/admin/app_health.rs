@@ -323,7 +323,6 @@ where
 /// `grpc.health.v1.Health/Check` over h2c (tonic-health's client): 200
 /// when `SERVING`. The caller bounds it in time.
 async fn grpc_health(addr: SocketAddr, service: &str) -> Result<StatusCode, String> {
-    use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -341,6 +340,12 @@ async fn grpc_health(addr: SocketAddr, service: &str) -> Result<StatusCode, Stri
         .await
         .map_err(|status| format!("grpc-status {}: {}", status.code() as i32, status.message()))?
         .into_inner();
+    serving(&reply)
+}
+
+/// What an app's health answer means for the probe: 200 when `SERVING`.
+pub(crate) fn serving(reply: &tonic_health::pb::HealthCheckResponse) -> Result<StatusCode, String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
     match ServingStatus::try_from(reply.status) {
         Ok(ServingStatus::Serving) => Ok(StatusCode::OK),
         Ok(other) => Err(format!(

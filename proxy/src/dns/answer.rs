@@ -19,7 +19,7 @@ pub(super) const HEADER_LEN: usize = 12;
 /// The EDNS payload size we advertise (the DNS flag day 2020 value).
 const EDNS_PAYLOAD: u16 = 1232;
 
-pub(super) struct Responder {
+pub(crate) struct Responder {
     zones: MeshZones,
     names: Arc<dyn MeshNames>,
     forwarding: bool,
@@ -44,11 +44,20 @@ pub(super) struct Reply {
 }
 
 impl Responder {
-    pub(super) fn new(zones: MeshZones, names: Arc<dyn MeshNames>, forwarding: bool) -> Self {
+    pub(crate) fn new(zones: MeshZones, names: Arc<dyn MeshNames>, forwarding: bool) -> Self {
         Self {
             zones,
             names,
             forwarding,
+        }
+    }
+
+    /// The packet sent back for `packet` without asking upstream (`None`:
+    /// forwarded, or dropped).
+    pub(crate) fn reply_packet(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        match self.handle(packet) {
+            Action::Reply(reply) => Some(reply.packet),
+            Action::Forward(_) | Action::Drop => None,
         }
     }
 

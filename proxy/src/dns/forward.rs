@@ -171,7 +171,7 @@ async fn exchange_one(
 }
 
 /// The response's rcode if `packet` answers `query` sent under `id`.
-fn answers(query: &Message, id: u16, packet: &[u8]) -> Option<ResponseCode> {
+pub(crate) fn answers(query: &Message, id: u16, packet: &[u8]) -> Option<ResponseCode> {
     if packet.len() < HEADER_LEN || packet[..2] != id.to_be_bytes() {
         return None;
     }

@@ -24,7 +24,7 @@ use super::{DnsError, NEGATIVE_TTL};
 
 /// The zones of one sidecar, built once from its config.
 #[derive(Debug)]
-pub(super) struct MeshZones {
+pub(crate) struct MeshZones {
     own_namespace: String,
     /// Longest first, so `svc.cluster.local.` wins over a shorter zone.
     zones: Vec<Zone>,
@@ -78,7 +78,7 @@ impl Zone {
 }
 
 impl MeshZones {
-    pub(super) fn new(own_namespace: &str, cluster_domain: &str) -> Result<Self, DnsError> {
+    pub(crate) fn new(own_namespace: &str, cluster_domain: &str) -> Result<Self, DnsError> {
         validate_name("namespace", own_namespace).map_err(|_| DnsError::Config {
             field: "own_namespace",
             value: own_namespace.to_owned(),

@@ -14,6 +14,8 @@ mod mesh_names;
 mod retry;
 mod tcp;
 
+pub(crate) use self::retry::retryable;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
