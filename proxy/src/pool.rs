@@ -74,6 +74,9 @@ type Key = (SocketAddr, u16);
 struct Pooled {
     sender: SendRequest<Body>,
     retire_at: Instant,
+    /// Which connection this is, so that one found closing is forgotten
+    /// only if it is still the one in the table.
+    id: u64,
 }
 
 impl Pooled {
@@ -97,16 +100,23 @@ pub(crate) struct Pool {
     http2: ArcSwap<Table>,
     /// Serializes writers of `http2` (copy, change, swap).
     writing: Mutex<()>,
+    /// Numbers pooled connections.
+    opened: std::sync::atomic::AtomicU64,
+    /// The largest response head taken (`--max-header-bytes`, as the peer
+    /// checks what it sends).
+    max_header_bytes: u32,
 }
 
 impl Pool {
-    pub(crate) fn new(bundle: TrustBundle, slot: CertSlot) -> Self {
+    pub(crate) fn new(bundle: TrustBundle, slot: CertSlot, max_header_bytes: usize) -> Self {
         Self {
             bundle,
             slot,
             connectors: Mutex::default(),
             http2: ArcSwap::default(),
             writing: Mutex::new(()),
+            opened: std::sync::atomic::AtomicU64::new(0),
+            max_header_bytes: u32::try_from(max_header_bytes).unwrap_or(u32::MAX),
         }
     }
 
@@ -214,29 +224,39 @@ impl Pool {
                 .load()
                 .get(&key)
                 .filter(|p| p.usable(now))
-                .map(|p| p.sender.clone()),
+                .map(|p| (p.sender.clone(), p.id)),
             Lane::Dedicated => None,
         };
-        let mut sender = match existing {
-            Some(s) => s,
-            None => {
-                let (sender, until) = self.open(addr, identity, port).await?;
-                if lane == Lane::Pooled {
-                    // Once retired, the connection closes when its
-                    // in-flight requests end (the last sender is dropped).
-                    let pooled = Pooled {
-                        sender: sender.clone(),
-                        retire_at: identity::ahead_of(until, 10, CERT_EXPIRY_RETIRE),
-                    };
-                    self.update(|table| {
-                        let now = Instant::now();
-                        table.retain(|_, p| p.usable(now));
-                        table.insert(key, pooled);
-                    });
-                }
-                sender
+        if let Some((mut sender, id)) = existing {
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
             }
-        };
+            // The peer is closing it (GOAWAY: idle, draining, its
+            // certificate expiring) and took nothing on it: forget it and
+            // open another.
+            self.update(|table| {
+                if table.get(&key).is_some_and(|p| p.id == id) {
+                    table.remove(&key);
+                }
+            });
+        }
+        let (mut sender, until) = self.open(addr, identity, port).await?;
+        if lane == Lane::Pooled {
+            // Once retired, the connection closes when its in-flight
+            // requests end (the last sender is dropped).
+            let pooled = Pooled {
+                sender: sender.clone(),
+                retire_at: identity::ahead_of(until, 10, CERT_EXPIRY_RETIRE),
+                id: self
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            };
+            self.update(|table| {
+                let now = Instant::now();
+                table.retain(|_, p| p.usable(now));
+                table.insert(key, pooled);
+            });
+        }
         sender
             .ready()
             .await
@@ -262,6 +282,7 @@ impl Pool {
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
+            .max_header_list_size(self.max_header_bytes)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;

@@ -28,6 +28,7 @@ use crate::dns;
 use crate::drain::Drain;
 use crate::identity::{self, IdentityError};
 use crate::inbound::{self, Inbound};
+use crate::limits::Pending;
 use crate::outbound::{self, MeshListeners, Outbound, Target};
 use crate::pool::Pool;
 use crate::state::{self, MeshState, StateCell};
@@ -73,10 +74,11 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         locality: Arc::new(arc_swap::ArcSwap::from_pointee(config.locality.clone())),
         states: states.clone(),
         subscriptions: subscriptions.clone(),
-        pool: Pool::new(bundle.clone(), slot.clone()),
+        pool: Pool::new(bundle.clone(), slot.clone(), config.limits.max_header_bytes),
         balancers: outbound::Balancers::default(),
         request_timeout: config.request_timeout,
         tcp_idle_timeout: config.tcp_idle_timeout,
+        limits: config.limits.clone(),
     });
     let admin = Arc::new(Admin {
         metrics,
@@ -85,6 +87,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         outbound: outbound.clone(),
         apps: config.app.iter().map(|a| a.addr).collect(),
         drain: drain.clone(),
+        limits: config.limits.clone(),
     });
     tokio::spawn(admin::serve(listeners.admin, admin.clone()));
     for (listener, up) in listeners.upstreams {
@@ -202,19 +205,20 @@ impl Listeners {
             other => other?,
         };
         let admin = bind("--admin", config.admin).await?;
+        let max = config.limits.max_connections;
         let mut capture = Vec::new();
         for addr in &config.outbound {
             let tcp = bind("--outbound", *addr).await?;
-            capture.push(Listener::new("capture", tcp, capture::MAX_CONNECTIONS));
+            capture.push(Listener::new("capture", tcp, max));
         }
         let mut upstreams = Vec::new();
         for up in &config.upstreams {
             let tcp = bind("--upstream", up.listen).await?;
-            let listener = Listener::new("outbound", tcp, outbound::MAX_CONNECTIONS);
+            let listener = Listener::new("outbound", tcp, max);
             upstreams.push((listener, up.clone()));
         }
         Ok(Self {
-            inbound: Listener::new("inbound", inbound, inbound::MAX_CONNECTIONS),
+            inbound: Listener::new("inbound", inbound, max),
             admin: Listener::new("admin", admin, admin::MAX_CONNECTIONS),
             capture,
             upstreams,
@@ -426,7 +430,7 @@ fn inbound_side(
     slot: &CertSlot,
     states: &StateCell,
 ) -> Result<Arc<Inbound>, Exit> {
-    let (app_http1, app_http2) = Inbound::app_clients();
+    let (app_http1, app_http2) = inbound::app_clients();
     let server_config = tls::server_config(bundle, slot.clone(), true, &[wire::ALPN])
         .map_err(|e| Exit::Failure(e.to_string()))?;
     Ok(Arc::new(Inbound {
@@ -442,6 +446,11 @@ fn inbound_side(
         app_http2,
         request_timeout: config.request_timeout,
         tcp_idle_timeout: config.tcp_idle_timeout,
+        limits: config.limits.clone(),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_handshakes.max(1),
+        )),
+        pending: Pending::new(config.limits.max_pending_requests),
     }))
 }
 
