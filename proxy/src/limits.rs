@@ -3,11 +3,13 @@
 //! ([`crate::accept`], [`crate::inbound`]), how long a request head may
 //! take and how big it may be ([`head`]), how many streams an HTTP/2
 //! connection may open, how fast it may reset them and how long it may
-//! sit idle ([`streams`]), and how many requests may wait for the app
+//! sit idle ([`streams`]), how many control frames it may send
+//! ([`frames`]), and how many requests may wait for the app
 //! ([`Pending`]). Past a limit the sidecar refuses at once (a closed
 //! connection, a 431, a 503 marked `overloaded`) rather than queue, and
 //! counts it: `bulkhead_limit_exceeded_total{listener, limit}`.
 
+mod frames;
 mod head;
 mod streams;
 
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub(crate) use self::frames::FrameMeter;
 pub(crate) use self::head::Head;
 pub(crate) use self::streams::{ConnStreams, IdleCheck};
 
@@ -23,6 +26,15 @@ pub(crate) use self::streams::{ConnStreams, IdleCheck};
 pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// ...and the connection closed if it is not answered in this long.
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 flow control where one connection carries many parties' streams
+/// (the pooled one between sidecars, the one to a gRPC app): each stream
+/// may have this much sent and not yet read...
+pub(crate) const STREAM_WINDOW: u32 = 256 * 1024;
+/// What an HTTP/2 stream may hold ready to send beyond what its peer's
+/// window takes (hyper's default is 400 KB a stream): a peer that grants no
+/// window leaves this much waiting per stream, no more.
+pub(crate) const SEND_BUFFER: usize = 64 * 1024;
 
 /// The limits, as configured (`--max-connections` and the rest).
 #[derive(Clone, Debug)]
@@ -58,6 +70,17 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// ...and the connection as much as all the streams it may carry
+    /// together: a stream whose reader stalls (a client that grants no
+    /// window, an app that reads no body) holds its own window, never the
+    /// connection's, which the other streams need.
+    pub(crate) fn connection_window(&self) -> u32 {
+        let all = u64::from(STREAM_WINDOW) * u64::from(self.max_concurrent_streams);
+        all.clamp(1 << 20, (1 << 31) - 1) as u32
+    }
+}
+
 /// Which limit acted, for the `limit` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Limit {
@@ -76,6 +99,8 @@ pub(crate) enum Limit {
     PendingRequests,
     /// A client resetting streams as a flood does: its connection closed.
     Resets,
+    /// A client flooding SETTINGS or PING frames: its connection closed.
+    ControlFrames,
 }
 
 impl Limit {
@@ -88,6 +113,7 @@ impl Limit {
             Self::IdleTimeout => "idle-timeout",
             Self::PendingRequests => "pending-requests",
             Self::Resets => "resets",
+            Self::ControlFrames => "control-frames",
         }
     }
 }

@@ -28,6 +28,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::http::Body;
 use crate::identity;
+use crate::limits::{self, Limits};
 use crate::wire::{self, Payload, Preface};
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -103,12 +104,12 @@ pub(crate) struct Pool {
     /// Numbers pooled connections.
     opened: std::sync::atomic::AtomicU64,
     /// The largest response head taken (`--max-header-bytes`, as the peer
-    /// checks what it sends).
-    max_header_bytes: u32,
+    /// checks what it sends), and the flow-control windows.
+    limits: Limits,
 }
 
 impl Pool {
-    pub(crate) fn new(bundle: TrustBundle, slot: CertSlot, max_header_bytes: usize) -> Self {
+    pub(crate) fn new(bundle: TrustBundle, slot: CertSlot, limits: Limits) -> Self {
         Self {
             bundle,
             slot,
@@ -116,7 +117,7 @@ impl Pool {
             http2: ArcSwap::default(),
             writing: Mutex::new(()),
             opened: std::sync::atomic::AtomicU64::new(0),
-            max_header_bytes: u32::try_from(max_header_bytes).unwrap_or(u32::MAX),
+            limits,
         }
     }
 
@@ -282,7 +283,12 @@ impl Pool {
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
-            .max_header_list_size(self.max_header_bytes)
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            // Many apps' streams share the connection: one app that stops
+            // reading its responses must not hold the connection's window.
+            .initial_stream_window_size(limits::STREAM_WINDOW)
+            .initial_connection_window_size(self.limits.connection_window())
+            .max_send_buf_size(limits::SEND_BUFFER)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;

@@ -74,7 +74,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         locality: Arc::new(arc_swap::ArcSwap::from_pointee(config.locality.clone())),
         states: states.clone(),
         subscriptions: subscriptions.clone(),
-        pool: Pool::new(bundle.clone(), slot.clone(), config.limits.max_header_bytes),
+        pool: Pool::new(bundle.clone(), slot.clone(), config.limits.clone()),
         balancers: outbound::Balancers::default(),
         request_timeout: config.request_timeout,
         tcp_idle_timeout: config.tcp_idle_timeout,
@@ -430,7 +430,7 @@ fn inbound_side(
     slot: &CertSlot,
     states: &StateCell,
 ) -> Result<Arc<Inbound>, Exit> {
-    let (app_http1, app_http2) = inbound::app_clients();
+    let (app_http1, app_http2) = inbound::app_clients(&config.limits);
     let server_config = tls::server_config(bundle, slot.clone(), true, &[wire::ALPN])
         .map_err(|e| Exit::Failure(e.to_string()))?;
     Ok(Arc::new(Inbound {

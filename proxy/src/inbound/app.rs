@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::Inbound;
 use crate::http::{self as h, Body};
-use crate::limits::{self, Head, Limit, PendingSlot};
+use crate::limits::{self, Head, Limit, Limits, PendingSlot};
 
 /// How long, and how many bytes, an abandoned exchange's answer is read
 /// for so its connection can be reused; past either it is closed instead.
@@ -35,7 +35,7 @@ const ABANDONED_DRAIN_BYTES: usize = 1 << 20;
 pub(crate) type AppClient = Client<HttpConnector, Incoming>;
 
 /// The clients for the app: HTTP/1.1 and HTTP/2 (prior knowledge).
-pub(crate) fn clients() -> (AppClient, AppClient) {
+pub(crate) fn clients(limits: &Limits) -> (AppClient, AppClient) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -46,13 +46,23 @@ pub(crate) fn clients() -> (AppClient, AppClient) {
     // bounded by the pending requests, one each.
     let builder = || {
         let mut b = Client::builder(TokioExecutor::new());
-        b.pool_timer(hyper_util::rt::TokioTimer::new())
+        // What an app connection buffers of an answer not yet sent on (a
+        // caller that grants no window): its head, and a little more.
+        b.http1_max_buf_size((2 * limits.max_header_bytes).max(64 * 1024))
+            .http2_max_send_buf_size(limits::SEND_BUFFER)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256);
         b
     };
     let http1 = builder().build(connector.clone());
-    let http2 = builder().http2_only(true).build(connector);
+    // Every peer's gRPC calls share the HTTP/2 connection to the app: one
+    // peer that stops reading its responses must not hold its window.
+    let http2 = builder()
+        .http2_only(true)
+        .http2_initial_stream_window_size(limits::STREAM_WINDOW)
+        .http2_initial_connection_window_size(limits.connection_window())
+        .build(connector);
     (http1, http2)
 }
 

@@ -25,7 +25,7 @@ use super::{Inbound, deny_log, upgrade};
 use crate::drain::Drain;
 use crate::http::{self as h, Body};
 use crate::identity;
-use crate::limits::{self, ConnStreams, IdleCheck, Limit};
+use crate::limits::{self, ConnStreams, FrameMeter, IdleCheck, Limit};
 use crate::policy::{self, HttpRequestInfo, Verdict};
 use crate::telemetry::{Observed, RequestMetrics};
 
@@ -91,6 +91,11 @@ pub(super) async fn serve(
         .keep_alive_timeout(limits::KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // The caller's apps share the connection: one request body the app
+        // does not read must not hold the window the others need.
+        .initial_stream_window_size(limits::STREAM_WINDOW)
+        .initial_connection_window_size(limits.connection_window())
+        .max_send_buf_size(limits::SEND_BUFFER)
         // Resets are judged by `ConnStreams`, which sends GOAWAY and lets
         // the streams in flight finish; h2's own guard (reset streams not
         // yet accepted) ends the connection at once, failing every stream
@@ -98,7 +103,7 @@ pub(super) async fn serve(
         .max_pending_accept_reset_streams(limits.max_concurrent_streams as usize)
         // RFC 8441: upgrades arrive as extended CONNECT.
         .enable_connect_protocol()
-        .serve_connection(TokioIo::new(tls), service);
+        .serve_connection(TokioIo::new(FrameMeter::new(tls, "inbound")), service);
     tokio::pin!(conn);
     // The peer's pool stops using the connection a tenth of its
     // certificate's remaining life (at most a minute) before it expires; a

@@ -39,7 +39,7 @@ use super::retry::{self, MAX_ATTEMPTS};
 use crate::balance::{Outcome, Pick};
 use crate::drain::Drain;
 use crate::http::{self as h, Answer, Body};
-use crate::limits::{self, ConnStreams, Head, IdleCheck, Limit};
+use crate::limits::{self, ConnStreams, FrameMeter, Head, IdleCheck, Limit};
 use crate::pool::{ConnectError, Lane};
 use crate::route;
 use crate::state::{MeshState, ServiceId, ServiceKey};
@@ -187,8 +187,12 @@ pub(super) async fn serve(
         .keep_alive_interval(limits::KEEPALIVE_INTERVAL)
         .keep_alive_timeout(limits::KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .initial_stream_window_size(limits::STREAM_WINDOW)
+        .initial_connection_window_size(limits.connection_window())
+        .max_send_buf_size(limits::SEND_BUFFER);
+    let io = TokioIo::new(FrameMeter::new(tcp, listener));
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // hyper times an HTTP/1 head itself; nothing times the bytes before it
     // knows the version, nor an HTTP/2 client's first request: this does.
