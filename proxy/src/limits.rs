@@ -104,6 +104,29 @@ pub(crate) enum Limit {
 }
 
 impl Limit {
+    const ALL: [Self; 8] = [
+        Self::Connections,
+        Self::Handshakes,
+        Self::HeaderReadTimeout,
+        Self::HeaderSize,
+        Self::IdleTimeout,
+        Self::PendingRequests,
+        Self::Resets,
+        Self::ControlFrames,
+    ];
+
+    /// A number for the limit, never 0.
+    fn code(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|l| *l == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Connections => "connections",
@@ -171,6 +194,15 @@ impl Drop for PendingSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_have_codes_and_names_of_their_own() {
+        for (i, limit) in Limit::ALL.iter().enumerate() {
+            assert_eq!(Limit::from_code(limit.code()), Some(*limit));
+            assert!(Limit::ALL[..i].iter().all(|l| l.as_str() != limit.as_str()));
+        }
+        assert_eq!(Limit::from_code(0), None);
+    }
 
     #[test]
     fn pending_slots_are_bounded_and_given_back() {

@@ -55,7 +55,7 @@ pub(super) async fn serve(
         peer.to_string(),
     ));
     let peer = Arc::new(peer);
-    let streams = Arc::new(ConnStreams::default());
+    let streams = Arc::new(ConnStreams::new("inbound"));
     let svc_streams = streams.clone();
     // Upgraded streams outlive their request: the drain tracks them.
     let upgrades = drain.clone();
@@ -103,7 +103,7 @@ pub(super) async fn serve(
         .max_pending_accept_reset_streams(limits.max_concurrent_streams as usize)
         // RFC 8441: upgrades arrive as extended CONNECT.
         .enable_connect_protocol()
-        .serve_connection(TokioIo::new(FrameMeter::new(tls, "inbound")), service);
+        .serve_connection(TokioIo::new(FrameMeter::new(tls, streams.clone())), service);
     tokio::pin!(conn);
     // The peer's pool stops using the connection a tenth of its
     // certificate's remaining life (at most a minute) before it expires; a
@@ -123,9 +123,8 @@ pub(super) async fn serve(
         () = tokio::time::sleep_until(goaway_at) => {
             tracing::info!("peer certificate about to expire: closing the connection");
         }
-        () = streams.flooding() => {
-            limits::exceeded("inbound", Limit::Resets);
-            tracing::warn!("the peer resets streams as a flood does: closing its connection");
+        flood = streams.flooding() => {
+            tracing::warn!(limit = flood.as_str(), "the peer floods: closing its connection");
             until = until.min(tokio::time::Instant::now() + FLOOD_GRACE);
         }
         () = idle.idle(&streams) => {

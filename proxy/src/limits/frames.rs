@@ -1,9 +1,10 @@
 //! HTTP/2 control-frame floods, seen where hyper cannot show them: between
 //! the socket and hyper, [`FrameMeter`] follows the frame boundaries of
-//! what a client sends (nothing is copied or changed) and ends the
-//! connection when the client sends SETTINGS or PING frames (ACKs aside)
-//! faster than any client needs: more than [`MAX_CONTROL_FRAMES`] in a
-//! [`WINDOW`]. Each of those costs the server an answer, and h2 answers
+//! what a client sends (nothing is copied or changed) and reports a flood
+//! when the client sends SETTINGS or PING frames (ACKs aside) faster than
+//! any client needs: more than [`MAX_CONTROL_FRAMES`] in a [`WINDOW`]. The
+//! connection's loop then sends GOAWAY ([`ConnStreams::flood`]); a client
+//! that goes on to twice the limit is cut off there and then. Each of those costs the server an answer, and h2 answers
 //! every one; a few per connection is what clients send (a SETTINGS at the
 //! start, a keep-alive PING now and then, gRPC's bandwidth probes).
 //!
@@ -19,7 +20,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::{Limit, exceeded};
+use std::sync::Arc;
+
+use super::{ConnStreams, Limit};
 
 /// Control frames a client may send in one [`WINDOW`].
 pub(crate) const MAX_CONTROL_FRAMES: u32 = 1_000;
@@ -48,7 +51,7 @@ pub(crate) struct FrameMeter<T> {
     io: T,
     at: Position,
     header: [u8; 9],
-    listener: &'static str,
+    streams: Arc<ConnStreams>,
     window_start: Option<Instant>,
     control: u32,
 }
@@ -56,12 +59,12 @@ pub(crate) struct FrameMeter<T> {
 impl<T> FrameMeter<T> {
     /// Meters `io` from its first byte: from the HTTP/2 client preface on,
     /// or not at all if it opens with anything else (HTTP/1.1).
-    pub(crate) fn new(io: T, listener: &'static str) -> Self {
+    pub(crate) fn new(io: T, streams: Arc<ConnStreams>) -> Self {
         Self {
             io,
             at: Position::Preface(0),
             header: [0; 9],
-            listener,
+            streams,
             window_start: None,
             control: 0,
         }
@@ -130,10 +133,11 @@ impl<T> FrameMeter<T> {
             }
         }
         self.control += 1;
-        if self.control > MAX_CONTROL_FRAMES {
-            self.at = Position::Off;
-            exceeded(self.listener, Limit::ControlFrames);
+        if self.control == MAX_CONTROL_FRAMES + 1 {
             tracing::warn!("the client floods SETTINGS or PING frames: closing its connection");
+            self.streams.flood(Limit::ControlFrames);
+        } else if self.control > 2 * MAX_CONTROL_FRAMES {
+            self.at = Position::Off;
             return Err(io::Error::other("HTTP/2 control frame flood"));
         }
         Ok(())
@@ -198,10 +202,20 @@ mod tests {
         out
     }
 
-    /// Feeds `bytes` to a meter in pieces of `chunk`; whether it stopped them.
-    fn flooded(bytes: &[u8], chunk: usize) -> bool {
-        let mut meter = FrameMeter::new((), "inbound");
-        bytes.chunks(chunk).any(|c| meter.follow(c).is_err())
+    fn meter() -> FrameMeter<()> {
+        FrameMeter::new((), Arc::new(ConnStreams::new("inbound")))
+    }
+
+    fn reported(meter: &FrameMeter<()>) -> bool {
+        meter.streams.flood_found() == Some(Limit::ControlFrames)
+    }
+
+    /// Feeds `bytes` to a meter in pieces of `chunk`: whether it reported
+    /// a flood, and whether it cut the bytes off.
+    fn flooded(bytes: &[u8], chunk: usize) -> (bool, bool) {
+        let mut meter = meter();
+        let cut = bytes.chunks(chunk).any(|c| meter.follow(c).is_err());
+        (reported(&meter), cut)
     }
 
     fn stream(frames: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
@@ -211,14 +225,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn control_frames_past_the_limit_end_the_connection_however_they_are_cut() {
-        let many =
-            stream((0..=MAX_CONTROL_FRAMES).map(|i| frame(PING, 0, &u64::from(i).to_be_bytes())));
+    async fn control_frames_past_the_limit_are_reported_then_cut_however_they_arrive() {
+        let pings = |n: u32| stream((0..n).map(|i| frame(PING, 0, &u64::from(i).to_be_bytes())));
         for chunk in [1, 7, 9, 17, 4096] {
-            assert!(flooded(&many, chunk), "chunks of {chunk}");
+            let over = pings(MAX_CONTROL_FRAMES + 1);
+            assert_eq!(flooded(&over, chunk), (true, false), "chunks of {chunk}");
+            let twice = pings(2 * MAX_CONTROL_FRAMES + 1);
+            assert_eq!(flooded(&twice, chunk), (true, true), "chunks of {chunk}");
         }
         let settings = stream((0..=MAX_CONTROL_FRAMES).map(|_| frame(SETTINGS, 0, &[0; 6])));
-        assert!(flooded(&settings, 100));
+        assert_eq!(flooded(&settings, 100), (true, false));
     }
 
     #[tokio::test(start_paused = true)]
@@ -231,12 +247,12 @@ mod tests {
             frames.push(frame(0x0, 0, &frame(PING, 0, &[0; 8])));
         }
         frames.extend((0..MAX_CONTROL_FRAMES - 1).map(|_| frame(PING, 0, &[0; 8])));
-        assert!(!flooded(&stream(frames), 333));
+        assert_eq!(flooded(&stream(frames), 333), (false, false));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_window_moves() {
-        let mut meter = FrameMeter::new((), "inbound");
+        let mut meter = meter();
         meter.follow(PREFACE).unwrap();
         for _ in 0..3 {
             for _ in 0..MAX_CONTROL_FRAMES {
@@ -244,16 +260,18 @@ mod tests {
             }
             tokio::time::advance(WINDOW).await;
         }
+        assert!(!reported(&meter));
     }
 
     #[test]
     fn http1_passes_unexamined() {
-        let mut meter = FrameMeter::new((), "outbound");
+        let mut meter = meter();
         let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         meter.follow(request).unwrap();
         assert_eq!(meter.at, Position::Off);
         let pings = stream((0..=MAX_CONTROL_FRAMES).map(|_| frame(PING, 0, &[0; 8])));
         // Even bytes that would be a flood over HTTP/2.
         assert!(meter.follow(&pings).is_ok());
+        assert!(!reported(&meter));
     }
 }

@@ -2,18 +2,21 @@
 //! many started, how many the client gave up on before they were answered
 //! (a reset stream, for HTTP/2), how many are being answered now. From
 //! these the loop closes a connection that resets streams as a flood does
-//! ([`ConnStreams::flooding`]), and one idle too long.
+//! (or that [`super::FrameMeter`] found flooding control frames:
+//! [`ConnStreams::flooding`]), and one idle too long.
 //!
 //! Per request this is a few relaxed atomic operations on counters of the
 //! connection's own (no lock, nothing shared with other connections); the
 //! clock is read only when a request is abandoned.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use super::Limit;
 
 /// Resets are judged over windows this long.
 const WINDOW: Duration = Duration::from_secs(10);
@@ -23,6 +26,8 @@ const MIN_RESETS: u32 = 100;
 
 #[derive(Debug)]
 pub(crate) struct ConnStreams {
+    /// The listener's name, for the metrics.
+    listener: &'static str,
     epoch: Instant,
     /// Requests started, ever.
     started: AtomicU64,
@@ -32,26 +37,26 @@ pub(crate) struct ConnStreams {
     window_ms: AtomicU64,
     window_base: AtomicU64,
     resets: AtomicU32,
-    flooding: AtomicBool,
+    /// The flood found, as [`Limit::code`] (0: none).
+    flooding: AtomicU8,
     flood: Notify,
 }
 
-impl Default for ConnStreams {
-    fn default() -> Self {
+impl ConnStreams {
+    pub(crate) fn new(listener: &'static str) -> Self {
         Self {
+            listener,
             epoch: Instant::now(),
             started: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             window_ms: AtomicU64::new(0),
             window_base: AtomicU64::new(0),
             resets: AtomicU32::new(0),
-            flooding: AtomicBool::new(false),
+            flooding: AtomicU8::new(0),
             flood: Notify::new(),
         }
     }
-}
 
-impl ConnStreams {
     /// A request begins; the guard says how it ended.
     pub(crate) fn start(self: &Arc<Self>) -> StreamGuard {
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -71,16 +76,36 @@ impl ConnStreams {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Resolves once the client has reset streams as a flood does: at
-    /// least [`MIN_RESETS`] in a window, and more than half of the
-    /// requests it started in it.
-    pub(crate) async fn flooding(&self) {
+    /// Resolves once the client floods, with the limit it broke:
+    /// [`Limit::Resets`] when it reset at least [`MIN_RESETS`] streams in a
+    /// window and more than half of the requests it started in it, or what
+    /// [`ConnStreams::flood`] was told.
+    pub(crate) async fn flooding(&self) -> Limit {
         loop {
             let notified = self.flood.notified();
-            if self.flooding.load(Ordering::Relaxed) {
-                return;
+            if let Some(limit) = Limit::from_code(self.flooding.load(Ordering::Relaxed)) {
+                return limit;
             }
             notified.await;
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn flood_found(&self) -> Option<Limit> {
+        Limit::from_code(self.flooding.load(Ordering::Relaxed))
+    }
+
+    /// The client floods: counted, and its serving loop is to close the
+    /// connection (the first flood found is the one reported).
+    #[cold]
+    pub(crate) fn flood(&self, limit: Limit) {
+        let first = self
+            .flooding
+            .compare_exchange(0, limit.code(), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if first {
+            super::exceeded(self.listener, limit);
+            self.flood.notify_waiters();
         }
     }
 
@@ -97,11 +122,8 @@ impl ConnStreams {
         }
         let resets = self.resets.fetch_add(1, Ordering::Relaxed) + 1;
         let requests = started.saturating_sub(self.window_base.load(Ordering::Relaxed));
-        if resets >= MIN_RESETS
-            && u64::from(resets) * 2 > requests
-            && !self.flooding.swap(true, Ordering::Relaxed)
-        {
-            self.flood.notify_waiters();
+        if resets >= MIN_RESETS && u64::from(resets) * 2 > requests {
+            self.flood(Limit::Resets);
         }
     }
 }
@@ -170,7 +192,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reset_flood_is_noticed_and_ordinary_cancels_are_not() {
-        let conn = Arc::new(ConnStreams::default());
+        let conn = Arc::new(ConnStreams::new("inbound"));
         // Many answered requests and a few cancels: not a flood.
         for i in 0..1_000 {
             let guard = conn.start();
@@ -178,7 +200,7 @@ mod tests {
                 guard.answered();
             }
         }
-        assert!(!conn.flooding.load(Ordering::Relaxed), "20 % cancelled");
+        assert_eq!(conn.flooding.load(Ordering::Relaxed), 0, "20 % cancelled");
         // In a new window, requests abandoned one after another are.
         tokio::time::advance(WINDOW * 2).await;
         let waiting = tokio::spawn({
@@ -188,25 +210,26 @@ mod tests {
         for _ in 0..MIN_RESETS {
             drop(conn.start());
         }
-        tokio::time::timeout(Duration::from_secs(1), waiting)
+        let limit = tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
             .expect("the flood is reported")
             .unwrap();
+        assert_eq!(limit, Limit::Resets);
         assert_eq!(conn.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn fewer_resets_than_the_floor_are_never_a_flood() {
-        let conn = Arc::new(ConnStreams::default());
+        let conn = Arc::new(ConnStreams::new("inbound"));
         for _ in 0..MIN_RESETS - 1 {
             drop(conn.start());
         }
-        assert!(!conn.flooding.load(Ordering::Relaxed));
+        assert_eq!(conn.flooding.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_means_no_new_request_and_none_in_flight() {
-        let conn = Arc::new(ConnStreams::default());
+        let conn = Arc::new(ConnStreams::new("inbound"));
         let idle = Duration::from_secs(10);
         let mut check = IdleCheck::new(idle);
         let held = conn.start();

@@ -138,7 +138,7 @@ pub(super) async fn serve(
 ) {
     let listener = route.listener;
     let limits = outbound.limits.clone();
-    let streams = Arc::new(ConnStreams::default());
+    let streams = Arc::new(ConnStreams::new(listener));
     let svc_streams = streams.clone();
     // Upgraded streams outlive their request: the drain tracks them.
     let upgrades = drain.clone();
@@ -191,7 +191,7 @@ pub(super) async fn serve(
         .initial_stream_window_size(limits::STREAM_WINDOW)
         .initial_connection_window_size(limits.connection_window())
         .max_send_buf_size(limits::SEND_BUFFER);
-    let io = TokioIo::new(FrameMeter::new(tcp, listener));
+    let io = TokioIo::new(FrameMeter::new(tcp, streams.clone()));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // hyper times an HTTP/1 head itself; nothing times the bytes before it
@@ -216,9 +216,8 @@ pub(super) async fn serve(
                     return;
                 }
             }
-            () = streams.flooding() => {
-                limits::exceeded(listener, Limit::Resets);
-                tracing::warn!("the app resets streams as a flood does: closing its connection");
+            flood = streams.flooding() => {
+                tracing::warn!(limit = flood.as_str(), "the app floods: closing its connection");
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(FLOOD_GRACE, conn).await;
                 return;
