@@ -27,10 +27,6 @@ use crate::limits::{self, Limit, Limits};
 use crate::outbound::Outbound;
 use crate::state::{StateCell, Subscribed};
 
-/// Most admin connections at once: probes and scrapes, from the kubelet
-/// and Prometheus, each short (past it, refused at once and counted).
-pub(crate) const MAX_CONNECTIONS: usize = 64;
-
 /// Longest an admin connection stays open.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 

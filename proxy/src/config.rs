@@ -190,6 +190,12 @@ pub(crate) struct RunArgs {
     /// at once and counted.
     #[arg(long, env = "BULKHEAD_MAX_CONNECTIONS", default_value = "10000", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// Connections the admin port holds at once (probes and scrapes).
+    #[arg(long, env = "BULKHEAD_MAX_ADMIN_CONNECTIONS", default_value = "64", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_admin_connections: u32,
+    /// TCP connections the mesh DNS server (`--dns`) holds at once.
+    #[arg(long, env = "BULKHEAD_MAX_DNS_CONNECTIONS", default_value = "64", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_dns_connections: u32,
     /// Inbound connections whose TLS handshake is not finished, at once;
     /// past it a new connection is closed at once and counted.
     #[arg(long, env = "BULKHEAD_MAX_HANDSHAKES", default_value = "512", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -474,6 +480,8 @@ impl Config {
             "deregisterDelay": duration(self.deregister_delay),
             "limits": {
                 "maxConnections": self.limits.max_connections,
+                "maxAdminConnections": self.limits.max_admin_connections,
+                "maxDnsConnections": self.limits.max_dns_connections,
                 "maxHandshakes": self.limits.max_handshakes,
                 "headerReadTimeout": duration(self.limits.header_read_timeout),
                 "maxHeaderBytes": self.limits.max_header_bytes,
@@ -586,6 +594,8 @@ impl Config {
             deregister_delay: a.deregister_delay,
             limits: Limits {
                 max_connections: a.max_connections as usize,
+                max_admin_connections: a.max_admin_connections as usize,
+                max_dns_connections: a.max_dns_connections as usize,
                 max_handshakes: a.max_handshakes as usize,
                 header_read_timeout: a.header_read_timeout,
                 max_header_bytes: a.max_header_bytes as usize,
@@ -721,6 +731,11 @@ mod tests {
         let defaults = args(&[]).unwrap().limits;
         let expected = Limits::default();
         assert_eq!(defaults.max_connections, expected.max_connections);
+        assert_eq!(
+            defaults.max_admin_connections,
+            expected.max_admin_connections
+        );
+        assert_eq!(defaults.max_dns_connections, expected.max_dns_connections);
         assert_eq!(defaults.max_handshakes, expected.max_handshakes);
         assert_eq!(defaults.header_read_timeout, expected.header_read_timeout);
         assert_eq!(defaults.max_header_bytes, expected.max_header_bytes);
@@ -753,6 +768,8 @@ mod tests {
         assert_eq!(set.idle_timeout, Duration::from_secs(30));
         for (flag, bad) in [
             ("--max-connections", "0"),
+            ("--max-admin-connections", "0"),
+            ("--max-dns-connections", "x"),
             ("--max-handshakes", "-1"),
             ("--header-read-timeout", "0s"),
             ("--max-header-bytes", "100"),

@@ -41,6 +41,10 @@ pub(crate) const SEND_BUFFER: usize = 64 * 1024;
 pub(crate) struct Limits {
     /// Connections each inbound, outbound or capture listener holds.
     pub(crate) max_connections: usize,
+    /// Connections the admin port holds: probes and scrapes, each short.
+    pub(crate) max_admin_connections: usize,
+    /// TCP connections the DNS server holds.
+    pub(crate) max_dns_connections: usize,
     /// Inbound connections that have not finished their TLS handshake.
     pub(crate) max_handshakes: usize,
     /// How long an HTTP/1 client may take to send a request head (and an
@@ -60,6 +64,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_admin_connections: 64,
+            max_dns_connections: crate::dns::MAX_TCP_CONNECTIONS,
             max_handshakes: 512,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
@@ -84,8 +90,8 @@ impl Limits {
 /// Which limit acted, for the `limit` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Limit {
-    /// `--max-connections` (admin and DNS: their own): a new connection
-    /// closed at once.
+    /// `--max-connections` (`--max-admin-connections`,
+    /// `--max-dns-connections`): a new connection closed at once.
     Connections,
     /// `--max-handshakes`: a new inbound connection closed at once.
     Handshakes,

@@ -219,7 +219,7 @@ impl Listeners {
         }
         Ok(Self {
             inbound: Listener::new("inbound", inbound, max),
-            admin: Listener::new("admin", admin, admin::MAX_CONNECTIONS),
+            admin: Listener::new("admin", admin, config.limits.max_admin_connections),
             capture,
             upstreams,
         })
@@ -324,6 +324,7 @@ async fn serve_dns(
             own_namespace: config.namespace.clone(),
             cluster_domain: config.cluster_domain.clone(),
             forward: dns::Forward::System,
+            max_tcp_connections: config.limits.max_dns_connections,
         };
         let server = dns::DnsServer::bind(dns_config, names.clone())
             .await

@@ -63,6 +63,7 @@ async fn start(forward: Forward) -> Dns {
         own_namespace: "shop".into(),
         cluster_domain: "cluster.local".into(),
         forward,
+        max_tcp_connections: MAX_TCP_CONNECTIONS,
     };
     let server = DnsServer::bind(config, mesh()).await.unwrap();
     let addr = server.local_addr();
@@ -551,6 +552,7 @@ async fn serve_returns_after_shutdown() {
         own_namespace: "shop".into(),
         cluster_domain: "cluster.local".into(),
         forward: Forward::Disabled,
+        max_tcp_connections: MAX_TCP_CONNECTIONS,
     };
     let shutdown = Drain::new();
     shutdown.signal();
@@ -569,6 +571,7 @@ async fn bind_errors_name_the_address() {
         own_namespace: "shop".into(),
         cluster_domain: "cluster.local".into(),
         forward: Forward::Disabled,
+        max_tcp_connections: MAX_TCP_CONNECTIONS,
     };
     let error = DnsServer::bind(config, mesh()).await.err().unwrap();
     let message = error.to_string();
