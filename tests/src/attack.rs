@@ -326,19 +326,20 @@ where
             Ok::<_, std::io::Error>(())
         };
         let _ = tokio::time::timeout_at(deadline, run).await;
-        if tally.streams >= total || Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             break;
         }
-        // The server ended it: let the reader see the rest of what it sent.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while !conn.seen.closed() {
+        // The server ended it, or the last streams are written: let the
+        // reader see what the server makes of them.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while !conn.seen.closed() && conn.seen.goaway().is_none() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
         .await;
         if conn.seen.goaway().is_some() {
             tally.goaways += 1;
-        } else {
+        } else if conn.seen.closed() {
             tally.closed += 1;
         }
     }

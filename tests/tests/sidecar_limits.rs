@@ -93,6 +93,15 @@ fn sidecar_connections(web: &Sidecar) -> f64 {
     )
 }
 
+/// Whether a new connection to `addr` is refused at once: reset so fast
+/// that the connect itself sees it, or ended within `within`.
+async fn refused(addr: std::net::SocketAddr, within: Duration) -> bool {
+    match TcpStream::connect(addr).await {
+        Err(_) => true,
+        Ok(mut tcp) => ended_within(&mut tcp, within).await,
+    }
+}
+
 /// Whether the server ends `tcp` (EOF or reset) within `within`.
 async fn ended_within(tcp: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 256];
@@ -125,12 +134,7 @@ async fn past_max_connections_a_new_app_connection_is_refused_at_once() {
     wait_for_async(
         "a connection over the limit to be refused",
         Duration::from_secs(20),
-        || async move {
-            let mut extra = TcpStream::connect(addr).await.ok()?;
-            ended_within(&mut extra, Duration::from_secs(1))
-                .await
-                .then_some(())
-        },
+        || async move { refused(addr, Duration::from_secs(1)).await.then_some(()) },
     )
     .await;
     assert!(limit(&s.web, "outbound", "connections") >= 1.0);
@@ -160,8 +164,8 @@ async fn handshakes_that_never_finish_hold_at_most_max_handshakes_and_never_the_
         "a third handshake to be refused at once",
         Duration::from_secs(5),
         || async {
-            let mut third = TcpStream::connect(s.cart.inbound).await.ok()?;
-            ended_within(&mut third, Duration::from_millis(500))
+            let inbound = s.cart.inbound;
+            refused(inbound, Duration::from_millis(500))
                 .await
                 .then_some(())
         },
@@ -316,4 +320,36 @@ async fn rapid_reset_from_a_peer_is_sent_away_and_never_dials_the_app_per_stream
         "cart's app was dialled {dialled} times for {} reset streams",
         tally.streams
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_may_connect_ahead_of_its_first_call_until_the_idle_timeout() {
+    // A gRPC channel connects before its first call: past the header-read
+    // timeout (which times a client whose protocol is not known yet) it
+    // stays, takes calls, and is sent GOAWAY only once idle.
+    let s = shop(
+        &[],
+        &["--header-read-timeout", "1s", "--idle-timeout", "4s"],
+    )
+    .await;
+    let mut channel = H2::plain(s.web.upstream("cart"), &[]).await.expect("h2c");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !channel.seen.closed() && channel.seen.goaway().is_none(),
+        "an HTTP/2 client was closed at the header-read timeout"
+    );
+    channel.get("cart", "/cart/ok").await.expect("request");
+    channel.flush().await.expect("flush");
+    wait_for_async("the call's answer", Duration::from_secs(10), || {
+        let answered = channel.seen.headers.load(Ordering::SeqCst) >= 1;
+        async move { answered.then_some(()) }
+    })
+    .await;
+    wait_for_async("GOAWAY once idle", Duration::from_secs(10), || {
+        let goaway = channel.seen.goaway();
+        async move { goaway }
+    })
+    .await;
+    assert!(limit(&s.web, "outbound", "idle-timeout") >= 1.0);
+    assert_eq!(limit(&s.web, "outbound", "header-read-timeout"), 0.0);
 }

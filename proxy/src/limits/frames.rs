@@ -84,6 +84,7 @@ impl<T> FrameMeter<T> {
                     }
                     bytes = &bytes[n..];
                     self.at = if seen + n == PREFACE.len() {
+                        self.streams.preface_seen();
                         Position::Header(0)
                     } else {
                         Position::Preface(seen + n)
@@ -254,6 +255,7 @@ mod tests {
     async fn the_window_moves() {
         let mut meter = meter();
         meter.follow(PREFACE).unwrap();
+        assert!(meter.streams.speaks_http2());
         for _ in 0..3 {
             for _ in 0..MAX_CONTROL_FRAMES {
                 meter.follow(&frame(PING, 0, &[0; 8])).unwrap();
@@ -269,6 +271,7 @@ mod tests {
         let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         meter.follow(request).unwrap();
         assert_eq!(meter.at, Position::Off);
+        assert!(!meter.streams.speaks_http2());
         let pings = stream((0..=MAX_CONTROL_FRAMES).map(|_| frame(PING, 0, &[0; 8])));
         // Even bytes that would be a flood over HTTP/2.
         assert!(meter.follow(&pings).is_ok());

@@ -10,7 +10,7 @@
 //! clock is read only when a request is abandoned.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -39,6 +39,8 @@ pub(crate) struct ConnStreams {
     resets: AtomicU32,
     /// The flood found, as [`Limit::code`] (0: none).
     flooding: AtomicU8,
+    /// Whether the client has sent the HTTP/2 connection preface.
+    http2: AtomicBool,
     flood: Notify,
 }
 
@@ -53,6 +55,7 @@ impl ConnStreams {
             window_base: AtomicU64::new(0),
             resets: AtomicU32::new(0),
             flooding: AtomicU8::new(0),
+            http2: AtomicBool::new(false),
             flood: Notify::new(),
         }
     }
@@ -65,6 +68,17 @@ impl ConnStreams {
             conn: Arc::clone(self),
             answered: false,
         }
+    }
+
+    /// The client sent the HTTP/2 connection preface
+    /// ([`super::FrameMeter`] saw it).
+    pub(crate) fn preface_seen(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the client speaks HTTP/2 (its preface has arrived).
+    pub(crate) fn speaks_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// Requests started so far.

@@ -195,7 +195,8 @@ pub(super) async fn serve(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // hyper times an HTTP/1 head itself; nothing times the bytes before it
-    // knows the version, nor an HTTP/2 client's first request: this does.
+    // knows the version: this does. An HTTP/2 client that connected ahead
+    // of its first call (a gRPC channel) is left to the idle timeout.
     let first_request = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(first_request);
     let mut waiting_first = true;
@@ -210,7 +211,7 @@ pub(super) async fn serve(
             }
             () = &mut first_request, if waiting_first => {
                 waiting_first = false;
-                if streams.started() == 0 {
+                if streams.started() == 0 && !streams.speaks_http2() {
                     limits::exceeded(listener, Limit::HeaderReadTimeout);
                     tracing::debug!("no request in time: app connection closed");
                     return;
