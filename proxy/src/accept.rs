@@ -3,10 +3,13 @@
 //! (4191) and the DNS server's TCP side.
 //!
 //! What it does for all of them, in one place:
-//! - **a connection limit**: it waits for room before accepting, so a full
-//!   listener leaves new connections in the kernel's backlog (where the
-//!   client's connect timeout applies) instead of taking and dropping them;
-//!   `bulkhead_listener_saturated_total{listener}` counts the waits;
+//! - **a connection limit**: a full listener still accepts, and closes the
+//!   new connection at once with a reset: the client learns in a round
+//!   trip that it must go elsewhere or retry, where waiting in the
+//!   kernel's backlog would hold it until its own connect timeout (and
+//!   let a flood of idle connections queue every newcomer behind it);
+//!   `bulkhead_limit_exceeded_total{listener, limit="connections"}`
+//!   counts them;
 //! - **a span per connection** (`conn`, with the listener, the peer address
 //!   and the local port) that the connection's future is instrumented
 //!   with, so every log line of a connection names it; handlers add the
@@ -27,6 +30,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::drain::Drain;
+use crate::limits::{self, Limit};
 
 /// A bound listener and how many connections it may hold at once.
 pub(crate) struct Listener {
@@ -66,7 +70,6 @@ where
     } = listener;
     let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
     let room = Arc::new(Semaphore::new(max_connections.max(1)));
-    let saturated = metrics::counter!("bulkhead_listener_saturated_total", "listener" => name);
     let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
     let draining = async {
         match &drain {
@@ -76,24 +79,6 @@ where
     };
     tokio::pin!(draining);
     loop {
-        let permit = match room.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                saturated.increment(1);
-                tracing::debug!(
-                    listener = name,
-                    max_connections,
-                    "listener full; waiting for a connection to end"
-                );
-                tokio::select! {
-                    permit = room.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return, // never closed
-                    },
-                    () = &mut draining => return,
-                }
-            }
-        };
         let (stream, peer) = tokio::select! {
             accepted = tcp.accept() => match accepted {
                 Ok(accepted) => {
@@ -108,6 +93,10 @@ where
                 }
             },
             () = &mut draining => return,
+        };
+        let Ok(permit) = room.clone().try_acquire_owned() else {
+            refuse(stream, name, max_connections);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let span = tracing::info_span!(
@@ -129,6 +118,20 @@ where
             }
         }
     }
+}
+
+/// Closes a connection over the listener's limit with a reset (no
+/// TIME-WAIT left here, and the client knows at once), and counts it.
+#[cold]
+fn refuse(stream: TcpStream, listener: &'static str, max_connections: usize) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+    limits::exceeded(listener, Limit::Connections);
+    tracing::debug!(
+        listener,
+        max_connections,
+        "listener full: connection refused"
+    );
 }
 
 #[cfg(test)]
@@ -156,7 +159,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn at_the_limit_new_connections_wait_in_the_backlog() {
+    async fn at_the_limit_new_connections_are_refused_at_once() {
         let (listener, addr) = bound(2).await;
         let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let drain = Drain::new();
@@ -165,27 +168,36 @@ mod tests {
             hold(s, o.clone(), m.clone())
         }));
         let mut clients = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..2 {
             clients.push(TcpStream::connect(addr).await.unwrap());
         }
         let mut greeting = [0; 2];
-        for c in &mut clients[..2] {
+        for c in &mut clients {
             c.read_exact(&mut greeting).await.unwrap();
         }
-        // The third is connected (backlog) but not served until one ends.
-        let third = tokio::time::timeout(
-            Duration::from_millis(200),
-            clients[2].read_exact(&mut greeting),
-        )
-        .await;
+        // The third is closed with a reset, not left waiting.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), third.read(&mut greeting))
+            .await
+            .expect("refused at once, not held");
         assert!(
-            third.is_err(),
-            "a third connection was served over the limit"
+            matches!(refused, Ok(0) | Err(_)),
+            "a third connection was served over the limit: {refused:?}"
         );
+        // Room again once one ends.
         drop(clients.remove(0));
-        clients[1].read_exact(&mut greeting).await.unwrap();
+        let served = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut next = TcpStream::connect(addr).await.unwrap();
+                if next.read_exact(&mut greeting).await.is_ok() {
+                    return next;
+                }
+            }
+        })
+        .await
+        .expect("served once there is room");
         assert_eq!(most.load(Ordering::SeqCst), 2);
-        drop(clients);
+        drop((clients, served));
         assert!(drain.drain(Duration::from_secs(5)).await);
         assert_eq!(open.load(Ordering::SeqCst), 0);
     }

@@ -23,19 +23,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::accept::{self, Listener};
 use crate::drain::Drain;
 use crate::http::{self as h, Body};
+use crate::limits::{self, Limit, Limits};
 use crate::outbound::Outbound;
 use crate::state::{StateCell, Subscribed};
 
-/// Most admin connections at once: probes and scrapes, from the kubelet
-/// and Prometheus, each short.
-pub(crate) const MAX_CONNECTIONS: usize = 64;
-
 /// Longest an admin connection stays open.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long a client may take to send a request's headers (and how long an
-/// idle keep-alive connection waits for the next request).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where an admin request comes from. In a pod the admin port listens on
 /// the pod IP (the kubelet and Prometheus need it there), so anyone on the
@@ -57,6 +50,8 @@ pub(crate) struct Admin {
     /// The app's `--app` addresses (readiness without a probe: all accept).
     pub(crate) apps: Vec<SocketAddr>,
     pub(crate) drain: Drain,
+    /// `--header-read-timeout` and `--max-header-bytes` hold here too.
+    pub(crate) limits: Limits,
 }
 
 impl Admin {
@@ -162,6 +157,8 @@ impl Admin {
 pub(crate) async fn serve(listener: Listener, admin: Arc<Admin>) {
     // Read the probe table now, so a bad one is reported at start.
     app_health::load();
+    let header_read_timeout = admin.limits.header_read_timeout;
+    let max_header_bytes = admin.limits.max_header_bytes;
     accept::serve(listener, None, move |tcp, peer| {
         let admin = admin.clone();
         let from = if peer.ip().to_canonical().is_loopback() {
@@ -180,9 +177,18 @@ pub(crate) async fn serve(listener: Listener, admin: Arc<Admin>) {
             // must not keep the kubelet's probes waiting.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_read_timeout)
+                .max_header_size(max_header_bytes)
                 .serve_connection(TokioIo::new(tcp), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Err(error)) if error.is_timeout() => {
+                    limits::exceeded("admin", Limit::HeaderReadTimeout);
+                }
+                Ok(Err(error)) if error.is_parse_too_large() => {
+                    limits::exceeded("admin", Limit::HeaderSize);
+                }
+                _ => {}
+            }
         }
     })
     .await;

@@ -28,9 +28,6 @@ use crate::state::Destination;
 #[cfg(doc)]
 use crate::state::MeshState;
 
-/// Most captured connections held at once.
-pub(crate) const MAX_CONNECTIONS: usize = 10_000;
-
 /// How long a passed-through egress connection may take to connect.
 const EGRESS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -75,7 +72,7 @@ async fn connection(tcp: TcpStream, outbound: Arc<Outbound>, egress_allowed: boo
             return;
         }
     };
-    let target = Arc::new(target);
+    let target = Arc::new(target.captured());
     outbound::connection(tcp, target, outbound, drain).await;
 }
 

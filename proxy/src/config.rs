@@ -10,6 +10,8 @@ pub(crate) use bulkhead_process::{LogFormat, parse_duration};
 use bulkhead_proto::identity::validate_name;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::limits::Limits;
+
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead-proxy", version, about = "The Bulkhead sidecar proxy", after_help = EXAMPLES, args_override_self = true)]
 pub(crate) struct Cli {
@@ -183,6 +185,43 @@ pub(crate) struct RunArgs {
     /// --drain-timeout).
     #[arg(long, env = "BULKHEAD_DEREGISTER_DELAY", default_value = "2s", value_parser = parse_delay)]
     pub deregister_delay: Duration,
+    /// Connections each inbound, outbound (`--upstream`, mesh DNS) and
+    /// capture listener holds at once; past it a new connection is closed
+    /// at once and counted.
+    #[arg(long, env = "BULKHEAD_MAX_CONNECTIONS", default_value = "10000", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Connections the admin port holds at once (probes and scrapes).
+    #[arg(long, env = "BULKHEAD_MAX_ADMIN_CONNECTIONS", default_value = "64", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_admin_connections: u32,
+    /// TCP connections the mesh DNS server (`--dns`) holds at once.
+    #[arg(long, env = "BULKHEAD_MAX_DNS_CONNECTIONS", default_value = "64", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_dns_connections: u32,
+    /// Inbound connections whose TLS handshake is not finished, at once;
+    /// past it a new connection is closed at once and counted.
+    #[arg(long, env = "BULKHEAD_MAX_HANDSHAKES", default_value = "512", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_handshakes: u32,
+    /// How long an HTTP/1 client (the app, a probe on the admin port) may
+    /// take to send a request's headers; an idle keep-alive connection is
+    /// closed after as long.
+    #[arg(long, env = "BULKHEAD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// The largest request or response head in bytes, counted as HTTP/2
+    /// does (name + value + 32 per field): the caller's sidecar answers
+    /// 431 to a larger request. Give every sidecar the same value.
+    #[arg(long, env = "BULKHEAD_MAX_HEADER_BYTES", default_value = "65536", value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..=262_144))]
+    pub max_header_bytes: u32,
+    /// Streams one HTTP/2 connection (from the app, or from another
+    /// sidecar) may have open at once.
+    #[arg(long, env = "BULKHEAD_MAX_CONCURRENT_STREAMS", default_value = "1024", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub max_concurrent_streams: u32,
+    /// Inbound requests waiting for, or in flight to, the app at once; past
+    /// it a request is answered 503 with `x-bulkhead-error: overloaded`.
+    #[arg(long, env = "BULKHEAD_MAX_PENDING_REQUESTS", default_value = "1024", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_pending_requests: u32,
+    /// An HTTP/2 connection (from the app, or from another sidecar) with no
+    /// request for this long is closed (GOAWAY).
+    #[arg(long, env = "BULKHEAD_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     #[arg(long, env = "BULKHEAD_LOG_LEVEL", default_value = "info")]
@@ -387,6 +426,7 @@ pub(crate) struct Config {
     pub tcp_idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub deregister_delay: Duration,
+    pub limits: Limits,
     pub log_format: LogFormat,
     pub log_level: String,
     pub workers: usize,
@@ -438,6 +478,17 @@ impl Config {
             "tcpIdleTimeout": duration(self.tcp_idle_timeout),
             "drainTimeout": duration(self.drain_timeout),
             "deregisterDelay": duration(self.deregister_delay),
+            "limits": {
+                "maxConnections": self.limits.max_connections,
+                "maxAdminConnections": self.limits.max_admin_connections,
+                "maxDnsConnections": self.limits.max_dns_connections,
+                "maxHandshakes": self.limits.max_handshakes,
+                "headerReadTimeout": duration(self.limits.header_read_timeout),
+                "maxHeaderBytes": self.limits.max_header_bytes,
+                "maxConcurrentStreams": self.limits.max_concurrent_streams,
+                "maxPendingRequests": self.limits.max_pending_requests,
+                "idleTimeout": duration(self.limits.idle_timeout),
+            },
             "logFormat": self.log_format.to_possible_value().map(|v| v.get_name().to_owned()),
             "logLevel": self.log_level,
             "workers": self.workers,
@@ -541,6 +592,17 @@ impl Config {
             tcp_idle_timeout: a.tcp_idle_timeout,
             drain_timeout: a.drain_timeout,
             deregister_delay: a.deregister_delay,
+            limits: Limits {
+                max_connections: a.max_connections as usize,
+                max_admin_connections: a.max_admin_connections as usize,
+                max_dns_connections: a.max_dns_connections as usize,
+                max_handshakes: a.max_handshakes as usize,
+                header_read_timeout: a.header_read_timeout,
+                max_header_bytes: a.max_header_bytes as usize,
+                max_concurrent_streams: a.max_concurrent_streams,
+                max_pending_requests: a.max_pending_requests as usize,
+                idle_timeout: a.idle_timeout,
+            },
             log_format: a.log_format,
             log_level: a.log_level,
             workers: usize::from(a.workers),
@@ -661,6 +723,62 @@ mod tests {
         ] {
             let e = args(&["--app", bad]).unwrap_err();
             assert!(e.starts_with("--app "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let defaults = args(&[]).unwrap().limits;
+        let expected = Limits::default();
+        assert_eq!(defaults.max_connections, expected.max_connections);
+        assert_eq!(
+            defaults.max_admin_connections,
+            expected.max_admin_connections
+        );
+        assert_eq!(defaults.max_dns_connections, expected.max_dns_connections);
+        assert_eq!(defaults.max_handshakes, expected.max_handshakes);
+        assert_eq!(defaults.header_read_timeout, expected.header_read_timeout);
+        assert_eq!(defaults.max_header_bytes, expected.max_header_bytes);
+        assert_eq!(
+            defaults.max_concurrent_streams,
+            expected.max_concurrent_streams
+        );
+        assert_eq!(defaults.max_pending_requests, expected.max_pending_requests);
+        assert_eq!(defaults.idle_timeout, expected.idle_timeout);
+        let set = args(&[
+            "--max-connections=50",
+            "--max-handshakes=5",
+            "--header-read-timeout=2s",
+            "--max-header-bytes=16384",
+            "--max-concurrent-streams=10",
+            "--max-pending-requests=7",
+            "--idle-timeout=30s",
+        ])
+        .unwrap()
+        .limits;
+        assert_eq!(
+            (
+                set.max_connections,
+                set.max_handshakes,
+                set.max_pending_requests
+            ),
+            (50, 5, 7)
+        );
+        assert_eq!(set.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(set.idle_timeout, Duration::from_secs(30));
+        for (flag, bad) in [
+            ("--max-connections", "0"),
+            ("--max-admin-connections", "0"),
+            ("--max-dns-connections", "x"),
+            ("--max-handshakes", "-1"),
+            ("--header-read-timeout", "0s"),
+            ("--max-header-bytes", "100"),
+            ("--max-concurrent-streams", "70000"),
+            ("--max-pending-requests", "many"),
+            ("--idle-timeout", "soon"),
+        ] {
+            let e = args(&[&format!("{flag}={bad}")]).unwrap_err();
+            assert!(e.contains(flag), "{flag}={bad}: {e}");
         }
     }
 

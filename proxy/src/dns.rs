@@ -20,7 +20,8 @@
 //!
 //! - forwards in flight: [`MAX_FORWARDS_IN_FLIGHT`], beyond that SERVFAIL
 //!   at once;
-//! - TCP connections: [`MAX_TCP_CONNECTIONS`], beyond that closed at once;
+//! - TCP connections: [`DnsConfig::max_tcp_connections`] (`--max-dns-connections`,
+//!   [`MAX_TCP_CONNECTIONS`] by default), beyond that closed at once;
 //!   each must deliver every message (and take every answer) within
 //!   [`TCP_IDLE_TIMEOUT`];
 //! - malformed packets: FORMERR when the header can be read, silence
@@ -57,7 +58,7 @@ use crate::drain::Drain;
 pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Forwards waiting on upstream resolvers at once.
 pub(crate) const MAX_FORWARDS_IN_FLIGHT: usize = 256;
-/// Open TCP connections at once.
+/// Open TCP connections at once, by default.
 pub(crate) const MAX_TCP_CONNECTIONS: usize = 64;
 /// How long a TCP client may take to send a whole message, or to read its
 /// answer, before the connection is closed.
@@ -84,6 +85,8 @@ pub(crate) struct DnsConfig {
     /// Usually `cluster.local`.
     pub cluster_domain: String,
     pub forward: Forward,
+    /// TCP connections held at once.
+    pub max_tcp_connections: usize,
 }
 
 /// Where names outside the mesh go. The sidecar forwards to the system's
@@ -133,6 +136,7 @@ pub(crate) async fn serve(
 pub(crate) struct DnsServer {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
+    max_tcp_connections: usize,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
 }
@@ -187,6 +191,7 @@ impl DnsServer {
         Ok(Self {
             udp: Arc::new(udp),
             tcp,
+            max_tcp_connections: config.max_tcp_connections,
             local_addr,
             shared: Arc::new(Shared {
                 responder: Responder::new(zones, names, forwarding),
@@ -204,7 +209,7 @@ impl DnsServer {
     pub(crate) async fn run(self, drain: Drain) {
         tokio::join!(
             serve_udp(self.udp, self.shared.clone(), drain.clone()),
-            serve_tcp(self.tcp, self.shared, drain),
+            serve_tcp(self.tcp, self.max_tcp_connections, self.shared, drain),
         );
         tracing::debug!(listen = %self.local_addr, "DNS server stopped");
     }
@@ -318,8 +323,8 @@ async fn send_udp(socket: &UdpSocket, reply: &[u8], client: SocketAddr) {
 
 /// TCP queries, through the accept loop every listener shares (its
 /// connection limit, span, drain and backoff).
-async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, drain: Drain) {
-    let listener = Listener::new("dns", listener, MAX_TCP_CONNECTIONS);
+async fn serve_tcp(listener: TcpListener, max: usize, shared: Arc<Shared>, drain: Drain) {
+    let listener = Listener::new("dns", listener, max);
     accept::serve(listener, Some(drain.clone()), move |stream, _| {
         let (shared, drain) = (shared.clone(), drain.clone());
         async move { serve_tcp_connection(stream, &shared, &drain).await }

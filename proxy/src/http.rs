@@ -45,6 +45,9 @@ pub(crate) fn strip_mesh_headers(headers: &mut HeaderMap) {
         }
     }
 }
+/// The `x-bulkhead-error` of a request shed unseen by the app (a 503): the
+/// app never saw it, so it may go to another endpoint.
+pub(crate) const OVERLOADED: &str = "overloaded";
 
 /// A response body as it came from a peer, or one the mesh made: one type
 /// for both without boxing the peer's.
@@ -139,6 +142,7 @@ pub(crate) enum GrpcCode {
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
+    ResourceExhausted = 8,
     Unavailable = 14,
     Internal = 13,
 }
@@ -156,6 +160,7 @@ pub(crate) fn mesh_response(
             StatusCode::FORBIDDEN => GrpcCode::PermissionDenied,
             StatusCode::BAD_REQUEST => GrpcCode::InvalidArgument,
             StatusCode::GATEWAY_TIMEOUT => GrpcCode::DeadlineExceeded,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => GrpcCode::ResourceExhausted,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => GrpcCode::Unavailable,
             _ => GrpcCode::Internal,
         };
@@ -225,6 +230,29 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Why a request's Host must be refused with 400 (RFC 9112 §3.2): more
+/// than one Host field, none in an HTTP/1.1 request, or one that is not a
+/// `host[:port]` (userinfo, a path, spaces...). `None` when it is fine.
+/// A look at the field's bytes: nothing is parsed or copied.
+pub(crate) fn host_problem(version: http::Version, headers: &HeaderMap) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("more than one Host header"),
+        (None, _) if version == http::Version::HTTP_11 => Some("no Host header"),
+        (Some(host), None) if !host.as_bytes().iter().all(|b| is_authority_byte(*b)) => {
+            Some("Host is not host[:port]")
+        }
+        _ => None,
+    }
+}
+
+/// A byte of `host [ ":" port ]` (RFC 3986 reg-name, IP literal or IPv4,
+/// and the port): unreserved, sub-delims, `%` escapes, `:`, `[` and `]`.
+/// Not `@` (userinfo), `/`, `?`, `#`, spaces or controls.
+fn is_authority_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +275,29 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut h);
         assert!(h.contains_key(header::TE));
+    }
+
+    #[test]
+    fn host_must_be_one_host_and_port() {
+        let with = |hosts: &[&str]| {
+            let mut h = HeaderMap::new();
+            for host in hosts {
+                h.append(header::HOST, HeaderValue::from_str(host).unwrap());
+            }
+            h
+        };
+        let v11 = http::Version::HTTP_11;
+        for fine in ["cart", "cart.shop:8080", "127.0.0.1:9001", "[::1]:80", ""] {
+            assert_eq!(host_problem(v11, &with(&[fine])), None, "{fine:?}");
+        }
+        for bad in ["user@cart", "user:pw@cart:80", "cart/x", "cart x", "cart?q"] {
+            assert!(host_problem(v11, &with(&[bad])).is_some(), "{bad:?}");
+        }
+        assert!(host_problem(v11, &with(&["a", "a"])).is_some());
+        assert!(host_problem(v11, &with(&[])).is_some());
+        // HTTP/1.0 and HTTP/2 may leave it out (HTTP/2 has :authority).
+        assert_eq!(host_problem(http::Version::HTTP_10, &with(&[])), None);
+        assert_eq!(host_problem(http::Version::HTTP_2, &with(&[])), None);
     }
 
     #[test]

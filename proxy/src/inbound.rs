@@ -1,51 +1,43 @@
 //! Inbound (port 4143): accept → TLS 1.3 with a mandatory mesh client
 //! certificate (checked in the handshake: chain, validity, one SPIFFE ID in
-//! our trust domain) → read the preface → authorize → forward to the app.
-//! Nothing reaches the app before the peer is authenticated and the request
-//! authorized; denials are logged, counted and marked. An extended CONNECT
-//! (an upgrade the caller's app asked for) takes the boxed branch in
-//! [`upgrade`], authorized by the same [`admit`].
+//! our trust domain; at most `--max-handshakes` under way at once) → read
+//! the preface → opaque TCP, or HTTP/2 ([`http`]): authorize each request
+//! → forward it to the app ([`app`]). Nothing reaches the app before the
+//! peer is authenticated and the request authorized; denials are logged,
+//! counted and marked. An extended CONNECT (an upgrade the caller's app
+//! asked for) takes the boxed branch in [`upgrade`], authorized by the
+//! same [`http::admit`].
 
+mod app;
 mod caller;
+mod http;
 mod upgrade;
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use ::http::uri::Authority;
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::model::{AllowList, Protocol};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::accept::{self, Listener};
 use crate::config::{AppPort, AppProtocol};
 use crate::drain::Drain;
-use crate::http::{self as h, Body};
 use crate::identity;
-use crate::policy::{self, HttpRequestInfo, Verdict};
+use crate::limits::{self, Limit, Limits, Pending};
+use crate::policy::{self, Verdict};
 use crate::state::{ServiceId, ServiceKey, StateCell};
-use crate::telemetry::{Observed, RequestMetrics};
 use crate::wire::{Payload, Preface};
 
+pub(crate) use self::app::{AppClient, clients as app_clients};
 pub(crate) use self::caller::Caller;
 
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long at most before the peer certificate's notAfter an inbound
-/// HTTP/2 connection is sent GOAWAY (half the pool's own margin).
-const CERT_EXPIRY_GOAWAY: Duration = Duration::from_secs(30);
 pub(crate) const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most mTLS connections the inbound port holds at once (other sidecars
-/// pool theirs, so a busy pod sees few).
-pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 
 /// What the inbound side needs, shared by every connection.
 pub(crate) struct Inbound {
@@ -65,9 +57,14 @@ pub(crate) struct Inbound {
     /// The protocol of a port our Service does not declare.
     pub(crate) app_protocol: AppProtocol,
     pub(crate) states: StateCell,
-    pub(crate) app_http1: Client<HttpConnector, Incoming>,
-    pub(crate) app_http2: Client<HttpConnector, Incoming>,
+    pub(crate) app_http1: AppClient,
+    pub(crate) app_http2: AppClient,
     pub(crate) request_timeout: Duration,
+    pub(crate) limits: Limits,
+    /// Connections in their TLS handshake (`--max-handshakes`).
+    pub(crate) handshakes: Arc<Semaphore>,
+    /// Requests waiting for, or in flight to, the app.
+    pub(crate) pending: Arc<Pending>,
     /// Opaque TCP streams idle this long either way are closed.
     pub(crate) tcp_idle_timeout: Duration,
 }
@@ -160,29 +157,6 @@ impl Inbound {
     fn service(&self) -> &str {
         &self.key.1
     }
-
-    pub(crate) fn app_clients() -> (
-        Client<HttpConnector, Incoming>,
-        Client<HttpConnector, Incoming>,
-    ) {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        // Idle app connections close after 30 s, and at most 256 wait per
-        // app: enough that a steady 320 concurrent requests reuse them
-        // instead of dialing the app per request (bench/README.md), few
-        // enough that a burst does not leave thousands open.
-        let builder = || {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_timer(hyper_util::rt::TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(256);
-            b
-        };
-        let http1 = builder().build(connector.clone());
-        let http2 = builder().http2_only(true).build(connector);
-        (http1, http2)
-    }
 }
 
 /// Serves the inbound port until the sidecar drains.
@@ -194,7 +168,18 @@ pub(crate) async fn serve(listener: Listener, inbound: Arc<Inbound>, drain: Drai
 }
 
 async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, drain: Drain) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.tls.accept(tcp)).await {
+    // A handshake costs a signature and holds a slot until it ends (or
+    // times out): past the limit a newcomer is closed at once, and the
+    // connections already up are not slowed by a flood of new ones.
+    let Ok(handshaking) = inbound.handshakes.clone().try_acquire_owned() else {
+        let _ = tcp.set_zero_linger();
+        limits::exceeded("inbound", Limit::Handshakes);
+        tracing::debug!(%remote, "too many TLS handshakes under way: connection refused");
+        return;
+    };
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.tls.accept(tcp)).await;
+    drop(handshaking);
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             metrics::counter!("bulkhead_tls_handshakes_total", "direction" => "inbound", "result" => "error").increment(1);
@@ -241,70 +226,7 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "protocol-mismatch").increment(1);
             tracing::info!(%remote, peer = %caller, port = preface.port, "inbound HTTP refused: the port is declared tcp");
         }
-        Payload::Http2 => {
-            let port = preface.port;
-            let svc_inbound = inbound.clone();
-            // One peer per connection: its metric labels are made once.
-            let metrics = Arc::new(RequestMetrics::new(
-                "inbound",
-                inbound.service(),
-                inbound.version.as_str(),
-                caller.id.to_string(),
-            ));
-            let caller = Arc::new(caller);
-            // Upgraded streams outlive their request: the drain tracks them.
-            let streams = drain.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let inbound = svc_inbound.clone();
-                let caller = caller.clone();
-                let metrics = metrics.clone();
-                // A method comparison is all an ordinary request pays.
-                let upgrade = upgrade::is_upgrade(&req).then(|| streams.clone());
-                async move {
-                    let started = tokio::time::Instant::now();
-                    // The caller's deadline (grpc-timeout) holds here too:
-                    // the app's answer is cut when it runs out.
-                    let deadline = h::grpc_deadline(req.headers(), started);
-                    let resp = match upgrade {
-                        None => request(req, &inbound, &caller, port, deadline).await,
-                        Some(drain) => {
-                            Box::pin(upgrade::request(req, &inbound, &caller, port, drain)).await
-                        }
-                    };
-                    let resp = Observed::wrap(resp, started, metrics, None, deadline);
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .max_concurrent_streams(1024)
-                // RFC 8441: upgrades arrive as extended CONNECT.
-                .enable_connect_protocol()
-                .serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            // The peer's pool stops using the connection a tenth of its
-            // certificate's remaining life (at most a minute) before it
-            // expires; a twentieth (at most 30 s) before, GOAWAY asks it
-            // to, in case it has not.
-            let goaway_at = identity::ahead_of(expires, 20, CERT_EXPIRY_GOAWAY);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "inbound HTTP/2 connection ended");
-                    }
-                    return;
-                }
-                () = drain.signaled() => {}
-                () = tokio::time::sleep_until(goaway_at) => {
-                    tracing::info!("peer certificate about to expire: closing the connection");
-                }
-            }
-            // GOAWAY, let in-flight streams finish, but not past the
-            // peer certificate's notAfter.
-            conn.as_mut().graceful_shutdown();
-            if tokio::time::timeout_at(expires, conn).await.is_err() {
-                tracing::info!("peer certificate expired: connection closed");
-            }
-        }
+        Payload::Http2 => http::serve(tls, caller, preface.port, inbound, drain, expires).await,
     }
 }
 
@@ -366,172 +288,4 @@ async fn tcp_stream(
     };
     metrics::counter!("bulkhead_tcp_connections_total", "direction" => "inbound", "service" => inbound.service().to_owned(), "peer" => peer.to_string(), "result" => class).increment(1);
     metrics::histogram!("bulkhead_tcp_connection_duration_seconds", "direction" => "inbound", "service" => inbound.service().to_owned()).record(started.elapsed().as_secs_f64());
-}
-
-async fn request(
-    mut req: Request<Incoming>,
-    inbound: &Inbound,
-    caller: &Caller,
-    port: u16,
-    deadline: Option<tokio::time::Instant>,
-) -> Response<Body> {
-    let grpc = h::is_grpc(req.headers());
-    let protocol = match admit(&mut req, None, inbound, caller, port, grpc) {
-        Ok(protocol) => protocol,
-        Err(refused) => return *refused,
-    };
-    let client = if protocol == Protocol::Grpc {
-        &inbound.app_http2
-    } else {
-        *req.version_mut() = http::Version::HTTP_11;
-        &inbound.app_http1
-    };
-    let head_deadline = tokio::time::Instant::now() + inbound.request_timeout;
-    let head_deadline = deadline.map_or(head_deadline, |d| d.min(head_deadline));
-    match to_app(client, req, head_deadline, grpc).await {
-        Ok(resp) => resp.map(|b| b.boxed()),
-        Err(failed) => failed,
-    }
-}
-
-/// Normalizes the path, authorizes the request (as `method` when given,
-/// else its own), and readies it for the app: its URI names the app and the
-/// normalized path, Host the caller's authority, and no hop-by-hop header
-/// is left. The port's protocol, or the mesh's answer when the request
-/// stops here (boxed: the path that admits stays small).
-fn admit(
-    req: &mut Request<Incoming>,
-    method: Option<&Method>,
-    inbound: &Inbound,
-    caller: &Caller,
-    port: u16,
-    grpc: bool,
-) -> Result<Protocol, Box<Response<Body>>> {
-    let peer = &caller.id;
-    // The app sees exactly the path that was authorized: the request's own
-    // when it was already normal (no copy), the normalized one otherwise.
-    let path_and_query = match policy::normalize_path(req.uri().path()) {
-        Ok(Cow::Borrowed(_)) => req.uri().path_and_query().cloned(),
-        Ok(Cow::Owned(normal)) => {
-            let rebuilt = match req.uri().query() {
-                Some(query) => format!("{normal}?{query}"),
-                None => normal,
-            };
-            PathAndQuery::try_from(rebuilt).ok()
-        }
-        Err(error) => {
-            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => error.reason()).increment(1);
-            tracing::info!(%peer, %error, "request refused: ambiguous path");
-            return Err(Box::new(h::mesh_response(
-                grpc,
-                StatusCode::BAD_REQUEST,
-                "bad-path",
-                &format!("bulkhead: {error}"),
-            )));
-        }
-    };
-    let bad_target = || {
-        h::mesh_response(
-            grpc,
-            StatusCode::BAD_REQUEST,
-            "bad-target",
-            "bulkhead: request target does not parse",
-        )
-    };
-    let Some(path_and_query) = path_and_query else {
-        return Err(Box::new(bad_target()));
-    };
-    let method = method.unwrap_or(req.method());
-    let current = inbound.current(port);
-    let decision = policy::authorize(
-        &current.allow_lists,
-        peer,
-        port,
-        Some(HttpRequestInfo {
-            method: method.as_str(),
-            normalized_path: path_and_query.path(),
-        }),
-        &inbound.trust_domain,
-    );
-    match decision.verdict {
-        Verdict::Deny => {
-            let label = decision.label();
-            deny_log(peer, inbound.service(), &label, port, method.as_str());
-            let mut resp = h::mesh_response(
-                grpc,
-                StatusCode::FORBIDDEN,
-                "denied",
-                &format!(
-                    "denied by the mesh: {peer} may not call {} ({label})",
-                    inbound.service()
-                ),
-            );
-            if let Ok(v) = HeaderValue::from_str(&label) {
-                resp.headers_mut().insert(h::MESH_DENIED, v);
-            }
-            return Err(Box::new(resp));
-        }
-        Verdict::AuditAllow => {
-            metrics::counter!("bulkhead_authz_audit_total", "target" => inbound.service().to_owned(), "peer" => peer.to_string(), "rule" => decision.label()).increment(1);
-            tracing::info!(%peer, port, %method, rule = %decision.label(), "audit: would deny request");
-        }
-        Verdict::Allow => {}
-    }
-    let Some(app) = inbound.apps.for_port(port) else {
-        return Err(Box::new(h::mesh_response(
-            grpc,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-app",
-            &format!("bulkhead: no app behind this sidecar for port {port} (--app PORT=ADDR)"),
-        )));
-    };
-    // HTTP/2 carries the caller's authority in the URI, HTTP/1.1 in Host.
-    if !req.headers().contains_key(http::header::HOST)
-        && let Some(authority) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(http::header::HOST, authority);
-    }
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(Scheme::HTTP);
-    target.authority = Some(app.authority.clone());
-    target.path_and_query = Some(path_and_query);
-    let Ok(uri) = Uri::from_parts(target) else {
-        return Err(Box::new(bad_target()));
-    };
-    *req.uri_mut() = uri;
-    h::strip_hop_by_hop(req.headers_mut());
-    caller.tell_app(req.headers_mut());
-    Ok(current.protocol)
-}
-
-/// Sends an admitted request to the app; the app's answer, or the mesh's
-/// when the app did not answer by `deadline`.
-async fn to_app(
-    client: &Client<HttpConnector, Incoming>,
-    req: Request<Incoming>,
-    deadline: tokio::time::Instant,
-    grpc: bool,
-) -> Result<Response<Incoming>, Response<Body>> {
-    match tokio::time::timeout_at(deadline, client.request(req)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(error)) => {
-            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "app-error").increment(1);
-            tracing::warn!(%error, "forwarding to the app failed");
-            Err(h::mesh_response(
-                grpc,
-                StatusCode::BAD_GATEWAY,
-                "app-unreachable",
-                "bulkhead: the app did not answer",
-            ))
-        }
-        Err(_) => Err(h::mesh_response(
-            grpc,
-            StatusCode::GATEWAY_TIMEOUT,
-            "app-timeout",
-            "bulkhead: the app did not answer in time",
-        )),
-    }
 }

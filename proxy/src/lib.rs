@@ -7,7 +7,9 @@
 //! → [`policy`] (AllowList, path) → app.
 //!
 //! Around it: [`run`] assembles the sidecar from [`config`]; every
-//! listener runs [`accept`]'s loop and shuts down through [`drain`];
+//! listener runs [`accept`]'s loop, holds to [`limits`] (connections,
+//! handshakes, head size and time, streams, resets, pending requests) and
+//! shuts down through [`drain`];
 //! [`identity`] keeps the certificate, [`control_client`] the [`state`]
 //! (subscribed to what [`subscriptions`] asks for, grown on demand);
 //! [`admin`] serves /metrics, /ready, /live, /config; [`dns`] answers mesh
@@ -32,6 +34,7 @@ pub mod fuzz;
 mod http;
 mod identity;
 mod inbound;
+mod limits;
 mod outbound;
 pub mod policy;
 mod pool;

@@ -28,6 +28,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::http::Body;
 use crate::identity;
+use crate::limits::{self, Limits};
 use crate::wire::{self, Payload, Preface};
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,6 +75,9 @@ type Key = (SocketAddr, u16);
 struct Pooled {
     sender: SendRequest<Body>,
     retire_at: Instant,
+    /// Which connection this is, so that one found closing is forgotten
+    /// only if it is still the one in the table.
+    id: u64,
 }
 
 impl Pooled {
@@ -97,16 +101,23 @@ pub(crate) struct Pool {
     http2: ArcSwap<Table>,
     /// Serializes writers of `http2` (copy, change, swap).
     writing: Mutex<()>,
+    /// Numbers pooled connections.
+    opened: std::sync::atomic::AtomicU64,
+    /// The largest response head taken (`--max-header-bytes`, as the peer
+    /// checks what it sends), and the flow-control windows.
+    limits: Limits,
 }
 
 impl Pool {
-    pub(crate) fn new(bundle: TrustBundle, slot: CertSlot) -> Self {
+    pub(crate) fn new(bundle: TrustBundle, slot: CertSlot, limits: Limits) -> Self {
         Self {
             bundle,
             slot,
             connectors: Mutex::default(),
             http2: ArcSwap::default(),
             writing: Mutex::new(()),
+            opened: std::sync::atomic::AtomicU64::new(0),
+            limits,
         }
     }
 
@@ -214,29 +225,39 @@ impl Pool {
                 .load()
                 .get(&key)
                 .filter(|p| p.usable(now))
-                .map(|p| p.sender.clone()),
+                .map(|p| (p.sender.clone(), p.id)),
             Lane::Dedicated => None,
         };
-        let mut sender = match existing {
-            Some(s) => s,
-            None => {
-                let (sender, until) = self.open(addr, identity, port).await?;
-                if lane == Lane::Pooled {
-                    // Once retired, the connection closes when its
-                    // in-flight requests end (the last sender is dropped).
-                    let pooled = Pooled {
-                        sender: sender.clone(),
-                        retire_at: identity::ahead_of(until, 10, CERT_EXPIRY_RETIRE),
-                    };
-                    self.update(|table| {
-                        let now = Instant::now();
-                        table.retain(|_, p| p.usable(now));
-                        table.insert(key, pooled);
-                    });
-                }
-                sender
+        if let Some((mut sender, id)) = existing {
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
             }
-        };
+            // The peer is closing it (GOAWAY: idle, draining, its
+            // certificate expiring) and took nothing on it: forget it and
+            // open another.
+            self.update(|table| {
+                if table.get(&key).is_some_and(|p| p.id == id) {
+                    table.remove(&key);
+                }
+            });
+        }
+        let (mut sender, until) = self.open(addr, identity, port).await?;
+        if lane == Lane::Pooled {
+            // Once retired, the connection closes when its in-flight
+            // requests end (the last sender is dropped).
+            let pooled = Pooled {
+                sender: sender.clone(),
+                retire_at: identity::ahead_of(until, 10, CERT_EXPIRY_RETIRE),
+                id: self
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            };
+            self.update(|table| {
+                let now = Instant::now();
+                table.retain(|_, p| p.usable(now));
+                table.insert(key, pooled);
+            });
+        }
         sender
             .ready()
             .await
@@ -262,6 +283,12 @@ impl Pool {
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            // Many apps' streams share the connection: one app that stops
+            // reading its responses must not hold the connection's window.
+            .initial_stream_window_size(limits::STREAM_WINDOW)
+            .initial_connection_window_size(self.limits.connection_window())
+            .max_send_buf_size(limits::SEND_BUFFER)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| ConnectError::Http2(addr, e.to_string()))?;

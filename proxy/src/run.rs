@@ -28,6 +28,7 @@ use crate::dns;
 use crate::drain::Drain;
 use crate::identity::{self, IdentityError};
 use crate::inbound::{self, Inbound};
+use crate::limits::Pending;
 use crate::outbound::{self, MeshListeners, Outbound, Target};
 use crate::pool::Pool;
 use crate::state::{self, MeshState, StateCell};
@@ -73,10 +74,11 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         locality: Arc::new(arc_swap::ArcSwap::from_pointee(config.locality.clone())),
         states: states.clone(),
         subscriptions: subscriptions.clone(),
-        pool: Pool::new(bundle.clone(), slot.clone()),
+        pool: Pool::new(bundle.clone(), slot.clone(), config.limits.clone()),
         balancers: outbound::Balancers::default(),
         request_timeout: config.request_timeout,
         tcp_idle_timeout: config.tcp_idle_timeout,
+        limits: config.limits.clone(),
     });
     let admin = Arc::new(Admin {
         metrics,
@@ -85,6 +87,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         outbound: outbound.clone(),
         apps: config.app.iter().map(|a| a.addr).collect(),
         drain: drain.clone(),
+        limits: config.limits.clone(),
     });
     tokio::spawn(admin::serve(listeners.admin, admin.clone()));
     for (listener, up) in listeners.upstreams {
@@ -203,20 +206,21 @@ impl Listeners {
             other => other?,
         };
         let admin = bind("--admin", config.admin).await?;
+        let max = config.limits.max_connections;
         let mut capture = Vec::new();
         for addr in &config.outbound {
             let tcp = bind("--outbound", *addr).await?;
-            capture.push(Listener::new("capture", tcp, capture::MAX_CONNECTIONS));
+            capture.push(Listener::new("capture", tcp, max));
         }
         let mut upstreams = Vec::new();
         for up in &config.upstreams {
             let tcp = bind("--upstream", up.listen).await?;
-            let listener = Listener::new("outbound", tcp, outbound::MAX_CONNECTIONS);
+            let listener = Listener::new("outbound", tcp, max);
             upstreams.push((listener, up.clone()));
         }
         Ok(Self {
-            inbound: Listener::new("inbound", inbound, inbound::MAX_CONNECTIONS),
-            admin: Listener::new("admin", admin, admin::MAX_CONNECTIONS),
+            inbound: Listener::new("inbound", inbound, max),
+            admin: Listener::new("admin", admin, config.limits.max_admin_connections),
             capture,
             upstreams,
         })
@@ -321,6 +325,7 @@ async fn serve_dns(
             own_namespace: config.namespace.clone(),
             cluster_domain: config.cluster_domain.clone(),
             forward: dns::Forward::System,
+            max_tcp_connections: config.limits.max_dns_connections,
         };
         let server = dns::DnsServer::bind(dns_config, names.clone())
             .await
@@ -428,7 +433,7 @@ fn inbound_side(
     states: &StateCell,
     identity: bulkhead_proto::SpiffeId,
 ) -> Result<Arc<Inbound>, Exit> {
-    let (app_http1, app_http2) = Inbound::app_clients();
+    let (app_http1, app_http2) = inbound::app_clients(&config.limits);
     let server_config = tls::server_config(bundle, slot.clone(), true, &[wire::ALPN])
         .map_err(|e| Exit::Failure(e.to_string()))?;
     Ok(Arc::new(Inbound {
@@ -445,6 +450,11 @@ fn inbound_side(
         app_http2,
         request_timeout: config.request_timeout,
         tcp_idle_timeout: config.tcp_idle_timeout,
+        limits: config.limits.clone(),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_handshakes.max(1),
+        )),
+        pending: Pending::new(config.limits.max_pending_requests),
     }))
 }
 

@@ -14,6 +14,15 @@ use tonic::transport::Channel;
 /// Path of a workspace binary (built by `cargo build --workspace --bins`,
 /// which `scripts/test` runs before the tests).
 pub fn bin(name: &str) -> PathBuf {
+    // `BULKHEAD_BIN_DIR` first, when it holds the binary: the same tests
+    // against other builds (bench/README.md runs the attack load test
+    // against a release sidecar this way).
+    if let Some(dir) = std::env::var_os("BULKHEAD_BIN_DIR") {
+        let path = Path::new(&dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
     // target/<profile>/deps/<test-exe> → target/<profile>/<name>
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");

@@ -10,6 +10,8 @@
 //! - [`security`]: hostile certificates and a hand-driven mesh client.
 //! - [`certify`]: Certify/Renew scenario helpers.
 //! - [`admission`]: AdmissionReview fixtures and the webhook listener.
+//! - [`attack`]: hand-written attackers (raw HTTP/2 frames, slow and idle
+//!   clients) and a sidecar's memory and descriptors.
 //! - [`netns`]: network-namespace "nodes" and "pods" for capture tests.
 //! - [`prom`]: the one Prometheus text reader.
 //! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS, bearer token;
@@ -20,6 +22,7 @@
 
 pub mod admission;
 pub mod apiserver;
+pub mod attack;
 pub mod certify;
 pub mod control;
 pub mod etcd;

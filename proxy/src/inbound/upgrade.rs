@@ -1,7 +1,7 @@
 //! The callee's half of an upgrade ([`crate::upgrade`]): an extended
 //! CONNECT from a caller's sidecar is authorized as the request the
 //! caller's app made (its method, the normalized path) by the same
-//! [`admit`] as any request, sent to the app as that HTTP/1.1 upgrade
+//! [`admit`] as any request (and held to the same pending requests), sent to the app as that HTTP/1.1 upgrade
 //! request, and on the app's `101` answered `200`; the two streams are
 //! then spliced in a task the drain tracks.
 
@@ -11,7 +11,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use super::{Caller, Inbound, admit, to_app};
+use super::http::admit;
+use super::{Caller, Inbound};
 use crate::drain::Drain;
 use crate::http::Body;
 use crate::upgrade::{self, UpgradeError};
@@ -44,8 +45,8 @@ pub(super) async fn request(
     let (mut head, body) = req.into_parts();
     upgrade::to_app(&mut head, method, &protocol);
     let deadline = tokio::time::Instant::now() + inbound.request_timeout;
-    let client = &inbound.app_http1;
-    let mut resp = match to_app(client, Request::from_parts(head, body), deadline, false).await {
+    let req = Request::from_parts(head, body);
+    let mut resp = match inbound.to_app(req, false, deadline, false).await {
         Ok(resp) => resp,
         Err(failed) => return failed,
     };

@@ -9,6 +9,14 @@
 //! connection ([`HttpRoute`]); a request does no lookup by string, formats
 //! nothing and takes no lock shared with other connections. A request that
 //! carries `Upgrade` (WebSocket) takes the boxed branch in [`upgrade`].
+//!
+//! One app's mistakes stay on its own connection, never on the pooled one
+//! other apps' requests share: a malformed Host is a 400, a head the peer
+//! sidecar would refuse a 431 (both answered here, nothing sent); an
+//! HTTP/1 head must arrive within `--header-read-timeout`, an HTTP/2
+//! connection may open `--max-concurrent-streams` at once, and one that
+//! resets streams as a flood does is closed ([`ConnStreams`]) rather than
+//! have its resets forwarded.
 
 mod upgrade;
 
@@ -20,7 +28,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use metrics::Counter;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -31,6 +39,7 @@ use super::retry::{self, MAX_ATTEMPTS};
 use crate::balance::{Outcome, Pick};
 use crate::drain::Drain;
 use crate::http::{self as h, Answer, Body};
+use crate::limits::{self, ConnStreams, FrameMeter, Head, IdleCheck, Limit};
 use crate::pool::{ConnectError, Lane};
 use crate::route;
 use crate::state::{MeshState, ServiceId, ServiceKey};
@@ -38,6 +47,8 @@ use crate::telemetry::{Observed, RequestMetrics};
 
 /// What every request on one app connection shares.
 pub(super) struct HttpRoute {
+    /// `outbound` or `capture`, for the limits' metrics.
+    listener: &'static str,
     key: ServiceKey,
     /// How requests find the service's view: an index, not a name.
     id: ServiceId,
@@ -56,6 +67,7 @@ pub(super) struct HttpRoute {
 
 impl HttpRoute {
     fn new(
+        listener: &'static str,
         key: &ServiceKey,
         port: u16,
         pin: Option<SocketAddr>,
@@ -69,6 +81,7 @@ impl HttpRoute {
             .id(key)
             .ok_or_else(|| format!("no Service {namespace}/{name} known yet"))?;
         Ok(Self {
+            listener,
             key: key.clone(),
             id,
             port,
@@ -91,6 +104,7 @@ pub(super) struct RouteCache {
 impl RouteCache {
     pub(super) fn get(
         &self,
+        listener: &'static str,
         key: &ServiceKey,
         port: u16,
         pin: Option<SocketAddr>,
@@ -104,52 +118,151 @@ impl RouteCache {
         {
             return Ok(Arc::clone(route));
         }
-        let route = Arc::new(HttpRoute::new(key, port, pin, outbound, state)?);
+        let route = Arc::new(HttpRoute::new(listener, key, port, pin, outbound, state)?);
         *last = Some(Arc::clone(&route));
         Ok(route)
     }
 }
 
+/// How long a connection closed for flooding may take to finish the
+/// streams it has open.
+const FLOOD_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves HTTP/1.1 or HTTP/2 (auto-detected) to the app on one connection
-/// until it closes or the sidecar drains.
+/// until it closes, breaks a limit, or the sidecar drains.
 pub(super) async fn serve(
     tcp: TcpStream,
     route: Arc<HttpRoute>,
     outbound: Arc<Outbound>,
     drain: Drain,
 ) {
+    let listener = route.listener;
+    let limits = outbound.limits.clone();
+    let streams = Arc::new(ConnStreams::new(listener));
+    let svc_streams = streams.clone();
     // Upgraded streams outlive their request: the drain tracks them.
-    let streams = drain.clone();
+    let upgrades = drain.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let outbound = outbound.clone();
         let route = route.clone();
+        let stream = svc_streams.start();
+        let http2 = req.version() == http::Version::HTTP_2;
         // One header lookup is all an ordinary request pays for upgrades.
         let upgrade = req
             .headers()
             .contains_key(http::header::UPGRADE)
-            .then(|| streams.clone());
+            .then(|| upgrades.clone());
         async move {
-            let resp = match upgrade {
-                None => request(req, &route, &outbound).await,
-                Some(drain) => Box::pin(upgrade::request(req, &route, &outbound, drain)).await,
+            if http2 {
+                // hyper looks for the app's RST_STREAM while this yields: a
+                // stream reset as soon as it was opened ends here, and is
+                // never sent on to the peer sidecar.
+                tokio::task::yield_now().await;
+            }
+            let resp = if let Some(problem) = h::host_problem(req.version(), req.headers()) {
+                bad_host(problem, &route)
+            } else {
+                match upgrade {
+                    None => request(req, &route, &outbound).await,
+                    Some(drain) => Box::pin(upgrade::request(req, &route, &outbound, drain)).await,
+                }
             };
+            stream.answered();
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 itself (unmarked) to a head that outgrows its
+        // read buffer; up to twice the limit, heads reach the check in
+        // `route_request`, which counts them as HTTP/2 will and answers a
+        // marked 431.
+        .max_buf_size((2 * limits.max_header_bytes).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(limits::KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .initial_stream_window_size(limits::STREAM_WINDOW)
+        .initial_connection_window_size(limits.connection_window())
+        .max_send_buf_size(limits::SEND_BUFFER);
+    let io = TokioIo::new(FrameMeter::new(tcp, streams.clone()));
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%error, "outbound app connection ended");
+    // hyper times an HTTP/1 head itself; nothing times the bytes before it
+    // knows the version: this does. An HTTP/2 client that connected ahead
+    // of its first call (a gRPC channel) is left to the idle timeout.
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_request);
+    let mut waiting_first = true;
+    let mut idle = IdleCheck::new(limits.idle_timeout);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    ended(listener, &*error);
+                }
+                return;
+            }
+            () = &mut first_request, if waiting_first => {
+                waiting_first = false;
+                if streams.started() == 0 && !streams.speaks_http2() {
+                    limits::exceeded(listener, Limit::HeaderReadTimeout);
+                    tracing::debug!("no request in time: app connection closed");
+                    return;
+                }
+            }
+            flood = streams.flooding() => {
+                tracing::warn!(limit = flood.as_str(), "the app floods: closing its connection");
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(FLOOD_GRACE, conn).await;
+                return;
+            }
+            () = idle.idle(&streams) => {
+                limits::exceeded(listener, Limit::IdleTimeout);
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            () = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
             }
         }
-        () = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
     }
+}
+
+/// How an app connection ended, counted when a limit ended it.
+fn ended(listener: &'static str, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+    let hyper_error = error.downcast_ref::<hyper::Error>();
+    if hyper_error.is_some_and(hyper::Error::is_timeout) {
+        limits::exceeded(listener, Limit::HeaderReadTimeout);
+    } else if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
+        limits::exceeded(listener, Limit::HeaderSize);
+    }
+    tracing::debug!(%error, "outbound app connection ended");
+}
+
+/// RFC 9112 §3.2: a request without exactly one valid Host is a 400.
+#[cold]
+fn bad_host(problem: &'static str, route: &HttpRoute) -> Response<Body> {
+    metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => "bad-host").increment(1);
+    tracing::debug!(problem, "request refused: bad Host");
+    let resp = h::mesh_response(
+        false,
+        StatusCode::BAD_REQUEST,
+        "bad-host",
+        &format!("bulkhead: {problem}"),
+    );
+    let started = Instant::now();
+    let metrics = Arc::clone(&route.unattributed);
+    Observed::wrap(resp.map(Answer::Mesh), started, metrics, None, None).map(|b| b.boxed())
 }
 
 async fn request(req: Request<Incoming>, route: &HttpRoute, outbound: &Outbound) -> Response<Body> {
@@ -255,6 +368,27 @@ async fn route_request(
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_2;
+    // The peer sidecar takes heads below the same limit; one it would
+    // refuse is refused here, before it reaches the connection other
+    // requests share.
+    let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let protocol = parts
+        .extensions
+        .get::<hyper::ext::Protocol>()
+        .map(hyper::ext::Protocol::as_str);
+    let head = Head::request(
+        &parts.method,
+        route.authority.as_str(),
+        path,
+        protocol,
+        &parts.headers,
+    );
+    if !head.fits(outbound.limits.max_header_bytes) {
+        return (
+            header_too_large(grpc, route, &head, outbound).map(Answer::Mesh),
+            None,
+        );
+    }
     // What has not been sent yet. A retryable request (bodiless) keeps its
     // head for the next attempt, so only it pays for cloning headers; any
     // other is moved into its one send.
@@ -343,8 +477,15 @@ async fn route_request(
                 // A mesh-level failure at the peer (app unreachable) is
                 // worth another endpoint; the app's own errors are not ours
                 // to retry.
-                let peer_mesh_error = resp.status() == StatusCode::BAD_GATEWAY
-                    && resp.headers().contains_key(h::MESH_ERROR);
+                let peer_mesh_error = match resp.status() {
+                    StatusCode::BAD_GATEWAY => resp.headers().contains_key(h::MESH_ERROR),
+                    // Shed before the app saw it.
+                    StatusCode::SERVICE_UNAVAILABLE => resp
+                        .headers()
+                        .get(h::MESH_ERROR)
+                        .is_some_and(|v| v == h::OVERLOADED),
+                    _ => false,
+                };
                 if peer_mesh_error && retry_left && route.service.budget.try_retry(Instant::now()) {
                     pick.finish(Outcome {
                         latency,
@@ -392,4 +533,29 @@ async fn route_request(
             }
         }
     }
+}
+
+#[cold]
+fn header_too_large(
+    grpc: bool,
+    route: &HttpRoute,
+    head: &Head<'_>,
+    outbound: &Outbound,
+) -> Response<Body> {
+    limits::exceeded(route.listener, Limit::HeaderSize);
+    let limit = outbound.limits.max_header_bytes;
+    tracing::debug!(
+        size = head.list_size(),
+        limit,
+        "request refused: head too large"
+    );
+    h::mesh_response(
+        grpc,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "header-too-large",
+        &format!(
+            "bulkhead: the request's headers take {} bytes as HTTP/2 counts them; the limit is {limit}",
+            head.list_size()
+        ),
+    )
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 
-use super::{MAX_CONNECTIONS, Outbound, Target};
+use super::{Outbound, Target};
 use crate::accept::Listener;
 use crate::drain::Drain;
 use crate::state::ServiceKey;
@@ -86,7 +86,8 @@ impl MeshListeners {
                 Ok(listener) => {
                     bound.insert(port);
                     tracing::info!(%addr, service, namespace, "listening for a DNS-addressed service");
-                    let listener = Listener::new("outbound", listener, MAX_CONNECTIONS);
+                    let listener =
+                        Listener::new("outbound", listener, self.outbound.limits.max_connections);
                     let target = Target::new(key.clone(), Some(port));
                     self.drain.spawn(super::serve(
                         listener,

@@ -29,12 +29,10 @@ pub(crate) use self::balancers::Balancers;
 pub(crate) use self::mesh_names::MeshListeners;
 use crate::accept::{self, Listener};
 use crate::drain::Drain;
+use crate::limits::Limits;
 use crate::pool::Pool;
 use crate::state::{MeshState, ServiceKey, StateCell};
 use crate::subscriptions::Subscriptions;
-
-/// Most connections one app-facing listener holds at once.
-pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 
 /// What the outbound side shares across listeners and connections.
 pub(crate) struct Outbound {
@@ -49,11 +47,14 @@ pub(crate) struct Outbound {
     pub(crate) request_timeout: Duration,
     /// Opaque TCP streams idle this long either way are closed.
     pub(crate) tcp_idle_timeout: Duration,
+    pub(crate) limits: Limits,
 }
 
 /// Where one listener's (or one captured connection's) calls go: a service
 /// and, when the caller named one, its declared port.
 pub(crate) struct Target {
+    /// The listener's name in metrics: `outbound` or `capture`.
+    listener: &'static str,
     key: ServiceKey,
     port: Option<u16>,
     /// The one endpoint (`address:inbound-port`) a caller that dialled a
@@ -67,8 +68,10 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// `key` (on `port`, or its only port) from an app-facing listener.
     pub(crate) fn new(key: ServiceKey, port: Option<u16>) -> Self {
         Self {
+            listener: "outbound",
             key,
             port,
             pin: None,
@@ -83,6 +86,14 @@ impl Target {
         Self {
             pin: Some(SocketAddr::new(endpoint.address, endpoint.inbound_port)),
             ..Self::new(key, Some(port))
+        }
+    }
+
+    /// The same target, reached through the capture listener.
+    pub(crate) fn captured(self) -> Self {
+        Self {
+            listener: "capture",
+            ..self
         }
     }
 
@@ -149,7 +160,14 @@ pub(crate) async fn connection(
             Ok((port, Protocol::Tcp)) => Ok((port, None)),
             Ok((port, _)) => target
                 .routes
-                .get(&target.key, port, target.pin, &outbound, &state)
+                .get(
+                    target.listener,
+                    &target.key,
+                    port,
+                    target.pin,
+                    &outbound,
+                    &state,
+                )
                 .map(|route| (port, Some(route)))
                 .map_err(|why| ("bad-target", why)),
         }
