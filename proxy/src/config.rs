@@ -198,7 +198,7 @@ pub(crate) struct RunArgs {
     pub max_dns_connections: u32,
     /// Inbound connections whose TLS handshake is not finished, at once;
     /// past it a new connection is closed at once and counted.
-    #[arg(long, env = "BULKHEAD_MAX_HANDSHAKES", default_value = "512", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "BULKHEAD_MAX_HANDSHAKES", default_value = "256", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_handshakes: u32,
     /// How long an HTTP/1 client (the app, a probe on the admin port) may
     /// take to send a request's headers; an idle keep-alive connection is
@@ -222,6 +222,10 @@ pub(crate) struct RunArgs {
     /// request for this long is closed (GOAWAY).
     #[arg(long, env = "BULKHEAD_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// An HTTP/2 connection (from the app, or another sidecar's) silent
+    /// this long is sent a PING; one not answered in 10 s is closed.
+    #[arg(long = "http2-keepalive", env = "BULKHEAD_HTTP2_KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
+    pub http2_keepalive: Duration,
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     #[arg(long, env = "BULKHEAD_LOG_LEVEL", default_value = "info")]
@@ -488,6 +492,7 @@ impl Config {
                 "maxConcurrentStreams": self.limits.max_concurrent_streams,
                 "maxPendingRequests": self.limits.max_pending_requests,
                 "idleTimeout": duration(self.limits.idle_timeout),
+                "http2Keepalive": duration(self.limits.http2_keepalive),
             },
             "logFormat": self.log_format.to_possible_value().map(|v| v.get_name().to_owned()),
             "logLevel": self.log_level,
@@ -602,6 +607,7 @@ impl Config {
                 max_concurrent_streams: a.max_concurrent_streams,
                 max_pending_requests: a.max_pending_requests as usize,
                 idle_timeout: a.idle_timeout,
+                http2_keepalive: a.http2_keepalive,
             },
             log_format: a.log_format,
             log_level: a.log_level,

@@ -21,10 +21,9 @@ pub(crate) use self::frames::FrameMeter;
 pub(crate) use self::head::Head;
 pub(crate) use self::streams::{ConnStreams, IdleCheck};
 
-/// HTTP/2 keep-alive: a PING after this long without a frame from the
-/// peer...
-pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-/// ...and the connection closed if it is not answered in this long.
+/// HTTP/2 keep-alive: a PING after `--http2-keepalive` without a frame
+/// from the peer, and the connection closed if it is not answered in this
+/// long.
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/2 flow control where one connection carries many parties' streams
@@ -58,6 +57,8 @@ pub(crate) struct Limits {
     pub(crate) max_pending_requests: usize,
     /// An HTTP/2 connection with no request this long is closed.
     pub(crate) idle_timeout: Duration,
+    /// An HTTP/2 connection silent this long is sent a PING.
+    pub(crate) http2_keepalive: Duration,
 }
 
 impl Default for Limits {
@@ -66,12 +67,13 @@ impl Default for Limits {
             max_connections: 10_000,
             max_admin_connections: 64,
             max_dns_connections: crate::dns::MAX_TCP_CONNECTIONS,
-            max_handshakes: 512,
+            max_handshakes: 256,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             max_concurrent_streams: 1024,
             max_pending_requests: 1024,
             idle_timeout: Duration::from_secs(300),
+            http2_keepalive: Duration::from_secs(30),
         }
     }
 }
@@ -153,6 +155,12 @@ impl Limit {
 pub(crate) fn exceeded(listener: &'static str, limit: Limit) {
     metrics::counter!("bulkhead_limit_exceeded_total", "listener" => listener, "limit" => limit.as_str())
         .increment(1);
+    // A connection refused before it was served is also counted by itself
+    // (what an operator alerts on first).
+    if matches!(limit, Limit::Connections | Limit::Handshakes) {
+        metrics::counter!("bulkhead_connections_refused_total", "listener" => listener, "reason" => limit.as_str())
+            .increment(1);
+    }
 }
 
 /// Requests waiting for, or in flight to, the app, at most `max`: one

@@ -127,9 +127,23 @@ async fn get_ok(s: &Shop) {
 async fn past_max_connections_a_new_app_connection_is_refused_at_once() {
     let s = shop(&[], &["--max-connections", "3"]).await;
     let addr = s.web.upstream("cart");
+    // The calls that waited for the route may still hold a connection for
+    // a moment: a connection counts as held once it stays open.
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(TcpStream::connect(addr).await.expect("connect"));
+        let tcp = wait_for_async(
+            "a connection the sidecar keeps",
+            Duration::from_secs(20),
+            || async {
+                let mut tcp = TcpStream::connect(addr).await.ok()?;
+                let mut byte = [0u8; 1];
+                let read =
+                    tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut byte)).await;
+                read.is_err().then_some(tcp)
+            },
+        )
+        .await;
+        held.push(tcp);
     }
     wait_for_async(
         "a connection over the limit to be refused",

@@ -53,7 +53,8 @@ spec:
 /// (the sidecar's readiness probe, a bare TCP connect, is not one), refuses
 /// `/ws/missing` with a 404, agrees to the `chat` subprotocol, greets with
 /// `hello <method> <path> mesh-headers=<n>` (how many `x-bulkhead-*`
-/// headers reached it), then echoes every text and binary message.
+/// headers but the caller's identity reached it), then echoes every text
+/// and binary message.
 async fn echo_app() -> App {
     App::serve(|tcp, count| async move {
         let mut greeting = String::new();
@@ -68,10 +69,15 @@ async fn echo_app() -> App {
                 *refused.status_mut() = StatusCode::NOT_FOUND;
                 return Err(refused);
             }
+            // The caller's identity is told to every app on purpose; any
+            // other mesh header is the mesh's own business.
             let mesh_headers = req
                 .headers()
                 .keys()
-                .filter(|k| k.as_str().starts_with("x-bulkhead-"))
+                .filter(|k| {
+                    k.as_str().starts_with("x-bulkhead-")
+                        && k.as_str() != "x-bulkhead-peer-identity"
+                })
                 .count();
             greeting = format!(
                 "hello {} {} mesh-headers={mesh_headers}",

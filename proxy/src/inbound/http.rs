@@ -88,7 +88,7 @@ pub(super) async fn serve(
     let limits = &inbound.limits;
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(limits::KEEPALIVE_INTERVAL)
+        .keep_alive_interval(limits.http2_keepalive)
         .keep_alive_timeout(limits::KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
