@@ -165,7 +165,27 @@ pub struct ControlArgs {
     #[arg(long, env = "BULKHEAD_ISSUER_KEY", value_name = "FILE")]
     pub issuer_key: PathBuf,
 
-    /// Trust bundle: the root certificate(s), PEM.
+    /// The next issuer of a root rotation (`bulkheadctl ca rotate prepare`
+    /// writes it), PEM; may be absent until then. Read again every
+    /// --issuer-reload, as are --issuer-cert and --issuer-key: the store's
+    /// trust record says which issuer signs [default: next-issuer.crt beside
+    /// --issuer-cert].
+    #[arg(long, env = "BULKHEAD_NEXT_ISSUER_CERT", value_name = "FILE")]
+    pub next_issuer_cert: Option<PathBuf>,
+
+    /// Key (PEM) of --next-issuer-cert [default: next-issuer.key beside
+    /// --issuer-key].
+    #[arg(long, env = "BULKHEAD_NEXT_ISSUER_KEY", value_name = "FILE")]
+    pub next_issuer_key: Option<PathBuf>,
+
+    /// How often the issuer files are read again (a Secret updated in place
+    /// counts without a restart).
+    #[arg(long, env = "BULKHEAD_ISSUER_RELOAD", default_value = "10s", value_parser = parse_duration)]
+    pub issuer_reload: Duration,
+
+    /// Trust bundle: the root certificate(s), PEM. Seeds the store's trust
+    /// record when it has none; after that the store's roots are in force
+    /// (`bulkheadctl ca rotate` changes them).
     #[arg(long, env = "BULKHEAD_TRUST_BUNDLE", value_name = "FILE")]
     pub trust_bundle: PathBuf,
 
@@ -305,6 +325,11 @@ mod tests {
         assert_eq!(a.webhook_configuration_resync, Duration::from_secs(30));
         assert_eq!(a.namespace, "bulkhead");
         assert!(a.node_topology);
+        assert_eq!(a.issuer_reload, Duration::from_secs(10));
+        assert_eq!(
+            a.next_issuer_cert, None,
+            "beside --issuer-cert unless given"
+        );
     }
 
     #[test]

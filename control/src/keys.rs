@@ -5,6 +5,9 @@
 //! endpoints/<namespace>/<service>/<ip>:<inbound-port> protobuf bulkhead.v1.Endpoint, on the registrant's lease
 //! tokens/<token-id>                        one-time bootstrap token already used
 //!                                          (on a lease that ends when the token expires)
+//! ca/trust                                 the trust record: roots, the issuer that
+//!                                          signs, a root rotation's stage (JSON,
+//!                                          public material only; see ca::TrustRecord)
 //! ```
 
 use bulkhead_proto::model::Kind;
@@ -12,6 +15,7 @@ use bulkhead_proto::model::Kind;
 pub(crate) const RESOURCES: &str = "resources/";
 pub(crate) const ENDPOINTS: &str = "endpoints/";
 pub(crate) const TOKENS: &str = "tokens/";
+pub(crate) const TRUST: &str = "ca/trust";
 
 pub(crate) fn resource(kind: Kind, namespace: &str, name: &str) -> String {
     format!("{RESOURCES}{kind}/{namespace}/{name}")

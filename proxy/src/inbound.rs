@@ -1,6 +1,8 @@
 //! Inbound (port 4143): accept → TLS 1.3 with a mandatory mesh client
 //! certificate (checked in the handshake: chain, validity, one SPIFFE ID in
 //! our trust domain) → read the preface → authorize → forward to the app.
+//! A connection ends by the peer certificate's notAfter, and soon after a
+//! new trust bundle stops trusting it ([`crate::trust`]).
 //! Nothing reaches the app before the peer is authenticated and the request
 //! authorized; denials are logged, counted and marked. An extended CONNECT
 //! (an upgrade the caller's app asked for) takes the boxed branch in
@@ -33,6 +35,7 @@ use crate::identity;
 use crate::policy::{self, HttpRequestInfo, Verdict};
 use crate::state::{ServiceId, ServiceKey, StateCell};
 use crate::telemetry::{Observed, RequestMetrics};
+use crate::trust;
 use crate::wire::{Payload, Preface};
 
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +50,9 @@ pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 /// What the inbound side needs, shared by every connection.
 pub(crate) struct Inbound {
     pub(crate) tls: TlsAcceptor,
+    /// The bundle the acceptor checks with: open connections are checked
+    /// again when it is replaced.
+    pub(crate) bundle: bulkhead_tls::BundleSlot,
     pub(crate) trust_domain: String,
     /// This workload's service: whose AllowLists apply.
     pub(crate) key: ServiceKey,
@@ -211,8 +217,16 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
         return;
     };
     // The connection ends when the peer's certificate does (sessions are
-    // never resumed, so every connection was let in by a full check).
+    // never resumed, so every connection was let in by a full check), or
+    // soon after the trust bundle stops trusting it.
     let expires = identity::connection_deadline(leaf);
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(<[rustls_pki_types::CertificateDer<'static>]>::to_vec)
+        .unwrap_or_default();
+    let untrusted = Box::pin(inbound.bundle.until_untrusted(chain));
     let mut tls = tls;
     let preface = match tokio::time::timeout(PREFACE_TIMEOUT, Preface::read(&mut tls)).await {
         Ok(Ok(p)) => p,
@@ -228,7 +242,7 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
     // The accept loop's span names the connection; now it names the peer.
     tracing::Span::current().record("identity", tracing::field::display(&peer));
     match preface.payload {
-        Payload::Tcp => tcp_stream(tls, peer, preface.port, &inbound, expires).await,
+        Payload::Tcp => tcp_stream(tls, peer, preface.port, &inbound, expires, untrusted).await,
         // An opaque TCP port is bytes end to end: never parsed as HTTP.
         Payload::Http2 if inbound.current(preface.port).protocol == Protocol::Tcp => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "protocol-mismatch").increment(1);
@@ -279,6 +293,8 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
             // expires; a twentieth (at most 30 s) before, GOAWAY asks it
             // to, in case it has not.
             let goaway_at = identity::ahead_of(expires, 20, CERT_EXPIRY_GOAWAY);
+            let mut close_at = expires;
+            let mut untrusted = untrusted;
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(error) = result {
@@ -290,12 +306,28 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
                 () = tokio::time::sleep_until(goaway_at) => {
                     tracing::info!("peer certificate about to expire: closing the connection");
                 }
+                () = &mut untrusted => {
+                    // The caller, pushed the same bundle, stops sending
+                    // here meanwhile; what it already sent finishes.
+                    let since = tokio::time::Instant::now();
+                    close_at = close_at.min(since + trust::UNTRUSTED_CLOSE_AFTER);
+                    tracing::info!("the trust bundle no longer trusts the peer: closing the connection");
+                    tokio::select! {
+                        result = conn.as_mut() => {
+                            if let Err(error) = result {
+                                tracing::debug!(%error, "inbound HTTP/2 connection ended");
+                            }
+                            return;
+                        }
+                        () = tokio::time::sleep_until(since + trust::UNTRUSTED_GOAWAY_AFTER) => {}
+                    }
+                }
             }
             // GOAWAY, let in-flight streams finish, but not past the
-            // peer certificate's notAfter.
+            // peer certificate's notAfter (or the untrusted peer's grace).
             conn.as_mut().graceful_shutdown();
-            if tokio::time::timeout_at(expires, conn).await.is_err() {
-                tracing::info!("peer certificate expired: connection closed");
+            if tokio::time::timeout_at(close_at, conn).await.is_err() {
+                tracing::info!("peer certificate expired or no longer trusted: connection closed");
             }
         }
     }
@@ -312,6 +344,7 @@ async fn tcp_stream(
     port: u16,
     inbound: &Inbound,
     expires: tokio::time::Instant,
+    untrusted: std::pin::Pin<Box<impl Future<Output = ()>>>,
 ) {
     let current = inbound.current(port);
     let decision = policy::authorize(
@@ -350,12 +383,22 @@ async fn tcp_stream(
     let _ = upstream.set_nodelay(true);
     let started = Instant::now();
     let splice = crate::wire::splice(&mut tls, &mut upstream, inbound.tcp_idle_timeout);
-    let class = match tokio::time::timeout_at(expires, splice).await {
-        Ok(result) => crate::wire::splice_result(&result),
-        Err(_) => {
-            tracing::info!(%peer, "peer certificate expired: TCP stream closed");
-            "cert-expired"
-        }
+    // An untrusted peer's stream gets the same grace an HTTP/2 one does
+    // before it is closed: opaque bytes have no GOAWAY.
+    let untrusted_close = async {
+        untrusted.await;
+        tracing::info!(%peer, "the trust bundle no longer trusts the peer: closing the TCP stream soon");
+        tokio::time::sleep(trust::UNTRUSTED_CLOSE_AFTER).await;
+    };
+    let class = tokio::select! {
+        result = tokio::time::timeout_at(expires, splice) => match result {
+            Ok(result) => crate::wire::splice_result(&result),
+            Err(_) => {
+                tracing::info!(%peer, "peer certificate expired: TCP stream closed");
+                "cert-expired"
+            }
+        },
+        () = untrusted_close => "untrusted",
     };
     metrics::counter!("bulkhead_tcp_connections_total", "direction" => "inbound", "service" => inbound.service().to_owned(), "peer" => peer.to_string(), "result" => class).increment(1);
     metrics::histogram!("bulkhead_tcp_connection_duration_seconds", "direction" => "inbound", "service" => inbound.service().to_owned()).record(started.elapsed().as_secs_f64());

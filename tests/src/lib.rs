@@ -12,6 +12,7 @@
 //! - [`admission`]: AdmissionReview fixtures and the webhook listener.
 //! - [`netns`]: network-namespace "nodes" and "pods" for capture tests.
 //! - [`prom`]: the one Prometheus text reader.
+//! - [`rotation`]: a second root, the trust record, what sidecars trust.
 //! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS, bearer token;
 //!   GET, and JSON Patch of the objects it holds).
 //!
@@ -27,5 +28,6 @@ pub mod mesh;
 pub mod netns;
 pub mod prom;
 pub mod proxy;
+pub mod rotation;
 pub mod security;
 pub mod shop;

@@ -64,7 +64,7 @@ impl DiscoveryService {
                 "stored Service {namespace}/{service} does not parse"
             )));
         };
-        if !svc.may_register(identity, self.plane.ca.trust_domain()) {
+        if !svc.may_register(identity, self.plane.trust.trust_domain()) {
             return Err(Status::permission_denied(format!(
                 "{identity} is not among the serviceAccounts of Service {namespace}/{service}"
             )));
@@ -267,15 +267,9 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let identity = peer(&request)?;
         let interest = Interest::new(&identity, request.get_ref())?;
         self.plane.hub.wait_synced().await;
-        let bundle = pb::TrustBundle {
-            roots_der: self
-                .plane
-                .ca
-                .bundle_der()
-                .iter()
-                .map(|c| c.to_vec())
-                .collect(),
-        };
+        // Until the store holds a trust record (it is seeded at start-up),
+        // the one this replica started from.
+        let bundle = self.plane.trust.record().to_pb();
         let hub = self.plane.hub.clone();
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         tracing::debug!(%identity, ?interest, "watch subscribed");
@@ -314,15 +308,19 @@ impl pb::discovery_server::Discovery for DiscoveryService {
     }
 }
 
-/// Sends a snapshot, then deltas, until the subscriber goes away.
+/// Sends a snapshot, then deltas, until the subscriber goes away. The
+/// snapshot's trust is the view's (`fallback` before the store has one).
 async fn feed(
     hub: &crate::hub::Hub,
     interest: &Interest,
-    bundle: &pb::TrustBundle,
+    fallback: &pb::TrustBundle,
     tx: &mpsc::Sender<Result<pb::WatchUpdate, Status>>,
 ) {
     loop {
-        let (snapshot, mut rx) = hub.subscribe(|view| interest.snapshot(view, bundle));
+        let (snapshot, mut rx) = hub.subscribe(|view| {
+            let bundle = view.trust.as_ref().map(|t| t.to_pb());
+            interest.snapshot(view, bundle.as_ref().unwrap_or(fallback))
+        });
         if tx.send(Ok(snapshot)).await.is_err() {
             return;
         }
@@ -446,6 +444,8 @@ impl Interest {
             Change::EndpointDeleted(ep) if self.wants_endpoint(ep) => {
                 (Op::Delete, Item::Endpoint(pb::Endpoint::from(ep.as_ref())))
             }
+            // Every sidecar trusts the same roots.
+            Change::Trust(record) => (Op::Upsert, Item::TrustBundle(record.to_pb())),
             _ => return None,
         };
         Some(pb::Change {

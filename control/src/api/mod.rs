@@ -14,7 +14,6 @@ use std::time::Duration;
 use bulkhead_proto::SpiffeId;
 use tonic::{Request, Status};
 
-use crate::ca::Ca;
 use crate::hub::Hub;
 use crate::server::ConnInfo;
 use crate::store::{Store, StoreError};
@@ -30,7 +29,8 @@ pub(crate) const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 /// Shared state of every service.
 pub struct ControlPlane {
     pub store: Arc<dyn Store>,
-    pub ca: Arc<Ca>,
+    /// The trust in force: the bundle, the issuer that signs, tokens.
+    pub trust: Arc<crate::trust::Trust>,
     pub hub: Arc<Hub>,
     /// Identities allowed to call the admin API.
     pub operators: BTreeSet<SpiffeId>,
@@ -47,7 +47,7 @@ pub struct ControlPlane {
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
-            .field("trust_domain", &self.ca.trust_domain())
+            .field("trust_domain", &self.trust.trust_domain())
             .field("operators", &self.operators)
             .field("cert_lifetime", &self.cert_lifetime)
             .field("lease_ttl", &self.lease_ttl)

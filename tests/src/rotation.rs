@@ -1,0 +1,90 @@
+//! Root rotation scenarios: a second root for the same trust domain, the
+//! trust record as the store holds it (written the way another replica
+//! would), and what a sidecar says it trusts.
+
+use std::time::Duration;
+
+use bulkhead_control::ca::{Cert, TrustRecord};
+use bulkhead_control::store::{EtcdConfig, EtcdStore, Op, Store};
+use rustls_pki_types::CertificateDer;
+
+use crate::control::{TestCa, wait_for_async};
+use crate::mesh::{Mesh, blocking};
+use crate::proxy::Sidecar;
+
+/// The first certificate of a CA folder's PEM file.
+pub fn first_cert(ca: &TestCa, file: &str) -> CertificateDer<'static> {
+    let pem = std::fs::read(ca.file(file)).expect("read certificate");
+    bulkhead_tls::certs_from_pem(&pem, file)
+        .expect("PEM")
+        .remove(0)
+}
+
+/// SHA-256 of a CA folder's first certificate in `file`, as `ca status`
+/// and `/config` print it.
+pub fn fingerprint_of(ca: &TestCa, file: &str) -> String {
+    bulkhead_tls::fingerprint(&first_cert(ca, file))
+}
+
+/// The trust record after `prepare`: `old`'s root and issuer, with `new`'s
+/// root joining the bundle and its issuer waiting.
+pub fn prepared(old: &TestCa, new: &TestCa) -> TrustRecord {
+    let start = TrustRecord::new(
+        vec![first_cert(old, "root.crt")],
+        first_cert(old, "issuer.crt"),
+    )
+    .expect("record");
+    let cert = |ca: &TestCa, file: &str| Cert::parse(first_cert(ca, file), file).expect("cert");
+    start
+        .prepared(cert(new, "root.crt"), cert(new, "issuer.crt"))
+        .expect("prepared record")
+}
+
+/// Writes `record` into the mesh's etcd (under the control plane's
+/// prefix) as another replica would.
+pub async fn write_record(mesh: &mut Mesh, prefix: &str, record: &TrustRecord) {
+    let url = mesh.etcd_server().expect("a mesh on etcd").client_url();
+    let store = EtcdStore::connect(EtcdConfig {
+        endpoints: vec![url],
+        prefix: prefix.to_owned(),
+        ..EtcdConfig::default()
+    })
+    .await
+    .expect("connect to etcd");
+    store
+        .txn(vec![Op::Put {
+            key: "ca/trust".into(),
+            value: record.encode(),
+            lease: None,
+        }])
+        .await
+        .expect("write the trust record");
+}
+
+/// The roots a sidecar says it trusts (`/config`), as fingerprints.
+pub fn trusted_roots(sidecar: &Sidecar) -> Vec<String> {
+    let config = blocking(|| sidecar.config());
+    config["trustRoots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits (20 s at most) until the sidecar trusts exactly `roots`.
+pub async fn until_trusts(sidecar: &Sidecar, roots: &[String]) {
+    let mut want = roots.to_vec();
+    want.sort();
+    wait_for_async(
+        &format!("{} to trust {want:?}", sidecar.spec.service),
+        Duration::from_secs(20),
+        || {
+            let mut seen = trusted_roots(sidecar);
+            seen.sort();
+            let done = seen == want;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+}
