@@ -1,5 +1,6 @@
 //! The control plane's admin port (default 127.0.0.1:9990): `/metrics`
-//! (Prometheus text), `/ready` (store reachable and state loaded), `/live`.
+//! (Prometheus text; the trust's expiry gauges are rendered from the trust
+//! in force), `/ready` (store reachable and state loaded), `/live`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub(crate) struct AdminState {
     pub metrics: PrometheusHandle,
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
+    pub trust: Arc<crate::trust::Trust>,
 }
 
 /// Serves the admin endpoints until the task is dropped.
@@ -69,7 +71,9 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full> {
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, state.metrics.render());
+            let mut body = state.metrics.render();
+            body.push_str(&crate::trust::expiry::render(&state.trust.record()));
+            let mut resp = text(StatusCode::OK, body);
             resp.headers_mut().insert(
                 "content-type",
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -140,6 +140,11 @@ pub struct ControlArgs {
     #[arg(long, env = "BULKHEAD_WEBHOOK_CONFIGURATION_RESYNC", default_value = "30s", value_parser = parse_duration)]
     pub webhook_configuration_resync: Duration,
 
+    /// How this replica names itself in `bulkheadctl ca status` [default:
+    /// the host name; in a pod, its name].
+    #[arg(long, env = "BULKHEAD_REPLICA_NAME", value_name = "NAME")]
+    pub replica_name: Option<String>,
+
     /// The namespace the control plane runs in (in a pod: from the downward
     /// API); names the webhook certificate's default DNS name.
     #[arg(long, env = "BULKHEAD_NAMESPACE", default_value = "bulkhead")]

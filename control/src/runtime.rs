@@ -41,6 +41,8 @@ pub struct Settings {
     pub admin: SocketAddr,
     /// The issuers held and the trust to start from (the store's wins).
     pub trust: Arc<Trust>,
+    /// How this replica names itself to operators (`ca status`).
+    pub replica: String,
     /// Operators besides the built-in `bulkhead/operator`.
     pub operators: Vec<SpiffeId>,
     pub cert_lifetime: Duration,
@@ -379,6 +381,12 @@ pub async fn start(
             store.clone(),
         )),
         tokio::spawn(trust.keyring().clone().reload_forever()),
+        tokio::spawn(crate::trust::signers::announce(
+            trust.clone(),
+            store.clone(),
+            settings.replica.clone(),
+        )),
+        tokio::spawn(crate::trust::expiry::warn_forever(trust.clone())),
     ];
     // Fold histogram samples in even when nobody scrapes /metrics.
     {
@@ -402,6 +410,7 @@ pub async fn start(
             metrics,
             store: store.clone(),
             hub: hub.clone(),
+            trust: trust.clone(),
         },
     )));
     tasks.push(tokio::spawn(keep_serving_cert(

@@ -380,6 +380,7 @@ async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -
             listen: "127.0.0.1:0".parse().expect("static addr"),
             admin: "127.0.0.1:0".parse().expect("static addr"),
             trust,
+            replica: "demo".into(),
             operators: vec![],
             cert_lifetime: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(5),

@@ -516,6 +516,7 @@ async fn follow_health(
                         record,
                         admin.outbound.locality.clone(),
                         ready,
+                        admin.slot.clone(),
                     ));
                 }
             }

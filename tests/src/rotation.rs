@@ -88,3 +88,38 @@ pub async fn until_trusts(sidecar: &Sidecar, roots: &[String]) {
     )
     .await;
 }
+
+/// `bulkheadctl ca status -o json` as the operator; panics with the
+/// output when it fails.
+pub fn ca_status(mesh: &Mesh) -> serde_json::Value {
+    let out = blocking(|| mesh.cp.ctl(&mesh.ca, &["ca", "status", "-o", "json"]));
+    assert!(
+        out.status.success(),
+        "ca status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ca status -o json is JSON")
+}
+
+/// Waits (20 s at most) until `ca status` satisfies `done`; returns it.
+pub async fn until_status(
+    mesh: &Mesh,
+    what: &str,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for_async(what, Duration::from_secs(20), || {
+        let status = ca_status(mesh);
+        let found = done(&status).then_some(status);
+        async move { found }
+    })
+    .await
+}
+
+/// When the certificate in `file` of a CA folder expires (unix seconds).
+pub fn not_after_of(ca: &TestCa, file: &str) -> u64 {
+    let der = first_cert(ca, file);
+    bulkhead_tls::not_after(&der)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .expect("notAfter")
+}

@@ -227,4 +227,12 @@ impl pb::admin_server::Admin for AdminService {
             now_unix_ms: now_unix_ms(),
         }))
     }
+
+    async fn get_trust(
+        &self,
+        request: Request<pb::GetTrustRequest>,
+    ) -> Result<Response<pb::TrustStatus>, Status> {
+        self.authorize(&request, "trust")?;
+        Ok(Response::new(super::trust::status(&self.plane).await?))
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`identity`]: `Certify` (attestation + CSR → certificate) and `Renew`.
 //! - [`discovery`]: endpoint registration on leases, and the `Watch` push.
-//! - [`admin`]: apply/get/delete resources and list endpoints, for operators.
+//! - [`admin`]: apply/get/delete resources and list endpoints, for operators;
+//!   the trust calls live in [`trust`].
 //!
 //! Every handler takes the caller's identity from its client certificate
 //! ([`crate::server::ConnInfo`]), never from the request.
@@ -21,6 +22,7 @@ use crate::store::{Store, StoreError};
 pub(crate) mod admin;
 pub(crate) mod discovery;
 pub(crate) mod identity;
+pub(crate) mod trust;
 
 /// Largest request the control plane decodes (YAML files for `apply` are
 /// the biggest legitimate ones).

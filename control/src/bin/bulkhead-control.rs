@@ -129,10 +129,18 @@ async fn run(args: ControlArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return usage_error(e),
     };
+    let replica = args.replica_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "bulkhead-control".to_owned())
+    });
     let settings = Settings {
         listen: args.listen,
         admin: args.admin,
         trust,
+        replica,
         operators,
         cert_lifetime: args.cert_lifetime,
         lease_ttl: args.lease_ttl,

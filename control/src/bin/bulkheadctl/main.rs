@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 mod certs;
 mod inject;
 mod ops;
+mod rotate;
 mod settings;
 
 /// Exit codes (DESIGN.md, "Conventions users expect").
@@ -161,6 +162,16 @@ enum CaCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// The trust in force: roots, issuers and their expiry, a root
+    /// rotation's stage, how many registered endpoints hold certificates of
+    /// each root, and which issuer keys each control-plane replica holds.
+    #[command(
+        after_help = "Examples:\n  bulkheadctl ca status\n  bulkheadctl ca status -o json | jq .workloads"
+    )]
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +252,7 @@ async fn dispatch(cli: Cli) -> CliResult {
     )?;
     match cli.command {
         Command::Ca(CaCommand::Init { trust_domain, out }) => certs::ca_init(&trust_domain, &out),
+        Command::Ca(CaCommand::Status { output }) => rotate::status(&settings, output).await,
         Command::Token(TokenCommand::Create {
             identity,
             ttl,

@@ -9,6 +9,14 @@
 //! change of the record — a root added, an issuer activated, a root retired
 //! — is applied live: new handshakes use the new roots, signing moves to
 //! the new issuer, and nothing restarts.
+//!
+//! Beside it: which root each endpoint's certificate chains to
+//! ([`leaves`]), which replicas hold which issuer keys ([`signers`]), and
+//! the expiry of roots and issuer ([`expiry`]: metrics and warnings).
+
+pub mod expiry;
+pub(crate) mod leaves;
+pub mod signers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
