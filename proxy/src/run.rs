@@ -134,6 +134,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         issued,
         bundle.trust_domain(),
         config.state_dir.clone(),
+        states.clone(),
     ));
     subscriptions.connect(control.clone());
     tokio::spawn(control_client::watch_forever(

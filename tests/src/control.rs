@@ -554,6 +554,12 @@ impl Watcher {
         update
     }
 
+    /// The next message as the stream gives it: an update, the end, or
+    /// the error that ended it (not bounded in time).
+    pub async fn try_next(&mut self) -> Result<Option<pb::WatchUpdate>, tonic::Status> {
+        self.stream.message().await
+    }
+
     /// Reads updates until one satisfies `pred`; returns it.
     pub async fn until(
         &mut self,

@@ -123,3 +123,55 @@ pub fn not_after_of(ca: &TestCa, file: &str) -> u64 {
         .map(|d| d.as_secs())
         .expect("notAfter")
 }
+
+/// `bulkheadctl ca rotate ARGS...` as the operator (exit status and
+/// output are the caller's to judge).
+pub fn rotate(mesh: &Mesh, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["ca", "rotate"];
+    all.extend_from_slice(args);
+    blocking(|| mesh.cp.ctl(&mesh.ca, &all))
+}
+
+/// [`rotate`], which must succeed; its stdout.
+pub fn rotate_ok(mesh: &Mesh, args: &[&str]) -> String {
+    let out = rotate(mesh, args);
+    assert!(
+        out.status.success(),
+        "ca rotate {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether every replica `ca status` lists holds the next issuer's key.
+pub fn replicas_hold_next_issuer(status: &serde_json::Value) -> bool {
+    let Some(next) = status["nextIssuer"]["fingerprint"].as_str() else {
+        return false;
+    };
+    status["replicas"].as_array().is_some_and(|replicas| {
+        !replicas.is_empty()
+            && replicas.iter().all(|r| {
+                r["issuers"]
+                    .as_array()
+                    .is_some_and(|fps| fps.iter().any(|f| f == next))
+            })
+    })
+}
+
+/// `prepare --generate`, then waits until every replica holds the next
+/// issuer's key (the control plane reads this same folder); the status.
+pub async fn prepare_and_wait(mesh: &Mesh) -> serde_json::Value {
+    rotate_ok(mesh, &["prepare", "--generate"]);
+    until_status(mesh, "every replica to hold the next issuer's key", |s| {
+        replicas_hold_next_issuer(s)
+    })
+    .await
+}
+
+/// The issuer a sidecar's certificate comes from (`/config`).
+pub fn issuer_of(sidecar: &Sidecar) -> Option<String> {
+    blocking(|| sidecar.config())["certificateIssuer"]
+        .as_str()
+        .map(str::to_owned)
+}

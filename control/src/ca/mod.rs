@@ -17,6 +17,9 @@
 //! | `operator.crt` | CLI client certificate (leaf + issuer), `ns/bulkhead/sa/operator` |
 //! | `operator.key` | its key                                                       |
 //!
+//! A root rotation adds `next-root.*` and `next-issuer.*` beside them
+//! ([`rotation_files`]); its stages are [`rotation`].
+//!
 //! All keys are ECDSA P-256. The issuer key must be P-256 because bootstrap tokens
 //! are ECDSA P-256 signatures made with it.
 
@@ -27,6 +30,8 @@ mod init;
 mod issuer;
 mod keyring;
 mod record;
+pub mod rotation;
+pub mod rotation_files;
 pub mod token;
 
 #[cfg(test)]

@@ -54,11 +54,13 @@ pub struct Cert {
     /// SHA-256, lower-case hex.
     pub fingerprint: String,
     pub subject: String,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// The raw public key (for a P-256 issuer, the point that verifies the
     /// bootstrap tokens it signed).
     pub public_key: Vec<u8>,
     is_ca: bool,
+    is_p256: bool,
 }
 
 impl Cert {
@@ -68,15 +70,39 @@ impl Cert {
         if !rest.is_empty() {
             return Err(cert_error(what, "trailing bytes after the certificate"));
         }
-        let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+        let time = |t: x509_parser::time::ASN1Time| {
+            UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+        };
+        let is_p256 = matches!(
+            cert.public_key().parsed(),
+            Ok(x509_parser::public_key::PublicKey::EC(point)) if point.key_size() == 256
+        );
         Ok(Self {
             fingerprint: bulkhead_tls::fingerprint(&der),
             subject: cert.subject().to_string(),
-            not_after: UNIX_EPOCH + Duration::from_secs(secs),
+            not_before: time(cert.validity().not_before),
+            not_after: time(cert.validity().not_after),
             public_key: cert.public_key().subject_public_key.data.to_vec(),
             is_ca: cert.is_ca(),
+            is_p256,
             der,
         })
+    }
+
+    /// Whether basicConstraints says CA:TRUE.
+    pub fn is_ca(&self) -> bool {
+        self.is_ca
+    }
+
+    /// Whether its key is ECDSA P-256 (an issuer's must be: it signs the
+    /// bootstrap tokens).
+    pub fn is_p256(&self) -> bool {
+        self.is_p256
+    }
+
+    /// Whether `now` is inside its validity window.
+    pub fn is_valid_at(&self, now: SystemTime) -> bool {
+        self.not_before <= now && now <= self.not_after
     }
 
     /// Whether `parent`'s key made this certificate's signature.

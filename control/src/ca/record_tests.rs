@@ -1,22 +1,11 @@
 //! Tests of the trust record: its stages, its encoding, and what it refuses.
 
 use super::*;
-use crate::ca::test_support::certs_in;
-use crate::ca::{CaFiles, init_ca};
+use crate::ca::CaFiles;
+use crate::ca::test_support::{TwoCas, certs_in};
 
-struct Two {
-    old: CaFiles,
-    new: CaFiles,
-    _dir: tempfile::TempDir,
-}
-
-fn two_cas() -> Two {
-    let dir = tempfile::tempdir().unwrap();
-    Two {
-        old: init_ca("example.org", &dir.path().join("old")).unwrap(),
-        new: init_ca("example.org", &dir.path().join("new")).unwrap(),
-        _dir: dir,
-    }
+fn two_cas() -> TwoCas {
+    TwoCas::new("example.org")
 }
 
 fn first(path: &std::path::Path) -> CertificateDer<'static> {

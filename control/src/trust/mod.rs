@@ -72,8 +72,7 @@ impl TrustFiles {
 
 /// Where `ca rotate prepare` puts the next issuer, beside the current one
 /// (the default of `--next-issuer-cert`/`--next-issuer-key`).
-pub const NEXT_ISSUER_CERT: &str = "next-issuer.crt";
-pub const NEXT_ISSUER_KEY: &str = "next-issuer.key";
+pub use crate::ca::rotation_files::{NEXT_ISSUER_CERT, NEXT_ISSUER_KEY};
 /// How often issuer files are read again by default.
 pub const DEFAULT_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
 

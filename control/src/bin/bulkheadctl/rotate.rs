@@ -1,11 +1,15 @@
 //! `ca status`: the trust in force — roots, issuers, a root rotation's
 //! stage, how many registered endpoints hold certificates of each root,
-//! and which issuers each control-plane replica holds keys for.
+//! and which issuers each control-plane replica holds keys for; and `ca
+//! rotate prepare|activate|retire`, the stages of a root rotation, each a
+//! command of its own that can be run again after an interruption (the
+//! files it writes are listed in `bulkhead_control::ca::rotation_files`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bulkhead_control::ca::Cert;
+use bulkhead_control::ca::rotation_files::{self, GivenRoot, NEXT_ISSUER_CERT};
 use bulkhead_proto::pb;
 use bulkhead_proto::pb::admin_client::AdminClient;
 use rustls_pki_types::CertificateDer;
@@ -234,5 +238,160 @@ pub(crate) async fn status(settings: &Settings, output: Output) -> CliResult {
         ),
         Output::Table | Output::Wide => report.print_table(),
     }
+    Ok(())
+}
+
+/// Where `prepare` takes the new root from.
+pub(crate) enum NewRoot {
+    Generate,
+    Given {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+}
+
+fn ca_error(e: bulkhead_control::ca::CaError) -> CliError {
+    CliError::failure(e.to_string())
+}
+
+/// The bundle a status names.
+fn roots_of(status: &pb::TrustStatus) -> Vec<CertificateDer<'static>> {
+    status
+        .roots_der
+        .iter()
+        .map(|r| CertificateDer::from(r.clone()))
+        .collect()
+}
+
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(16)]
+}
+
+pub(crate) async fn prepare(settings: &Settings, root: NewRoot) -> CliResult {
+    let dir = settings.credentials_dir()?.to_owned();
+    let mut client = client(settings)?;
+    let before = report(&mut client).await?;
+    if before.stage == "activated" {
+        return Err(CliError::failure(
+            "a rotation is already activated: finish it with `bulkheadctl ca rotate retire` before preparing another",
+        ));
+    }
+    let td = crate::settings::load_bundle(&dir.join("bundle.crt"), None)?
+        .trust_domain()
+        .to_owned();
+    let given = match &root {
+        NewRoot::Generate => None,
+        NewRoot::Given { cert, key } => Some(GivenRoot { cert, key }),
+    };
+    let next = rotation_files::next_ca(&dir, &td, given).map_err(ca_error)?;
+    let status = client
+        .prepare_rotation(pb::PrepareRotationRequest {
+            root_der: next.root.to_vec(),
+            issuer_der: next.issuer.to_vec(),
+        })
+        .await?
+        .into_inner();
+    let roots = roots_of(&status);
+    // The CLI keeps working through every stage: both roots to verify the
+    // control plane with, and an operator certificate of the new issuer
+    // (the control plane trusts its root from now on).
+    rotation_files::write_bundle(&dir, &roots).map_err(ca_error)?;
+    rotation_files::write_operator(&dir, &td).map_err(ca_error)?;
+    let after = Report::try_from(status)?;
+    let issuer = after
+        .next_issuer
+        .as_ref()
+        .map_or("?", |i| i.fingerprint.as_str());
+    let holding = after
+        .signers
+        .iter()
+        .filter(|s| s.issuers_sha256.iter().any(|f| f == issuer))
+        .count();
+    println!(
+        "prepared: the trust bundle holds {} roots; the new issuer {} waits",
+        after.roots.len(),
+        short(issuer)
+    );
+    println!(
+        "  wrote {} in {}: the new root{}, the new issuer, bundle.crt and a new operator certificate",
+        if next.made {
+            "new files"
+        } else {
+            "nothing new (reused an earlier prepare's files)"
+        },
+        dir.display(),
+        if matches!(root, NewRoot::Generate) {
+            " (keep next-root.key offline)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "next: give every control-plane replica {} and next-issuer.key (a control plane reading this folder picks them up by itself; in Kubernetes add them to the issuer Secret); {holding} of {} replicas hold the key now",
+        NEXT_ISSUER_CERT,
+        after.signers.len()
+    );
+    println!("then: bulkheadctl ca rotate activate");
+    Ok(())
+}
+
+pub(crate) async fn activate(settings: &Settings, renew_within: Duration) -> CliResult {
+    let seconds = u32::try_from(renew_within.as_secs())
+        .map_err(|_| CliError::usage("--renew-within: too long"))?;
+    let status = client(settings)?
+        .activate_rotation(pb::ActivateRotationRequest {
+            renew_within_seconds: seconds,
+        })
+        .await?
+        .into_inner();
+    let after = Report::try_from(status)?;
+    println!(
+        "activated: replicas sign with issuer {}; sidecars renew onto it by {}",
+        short(&after.issuer.fingerprint),
+        after.renew_by.map_or_else(|| "?".to_owned(), rfc3339)
+    );
+    println!(
+        "next: bulkheadctl ca rotate retire (once `bulkheadctl ca status` shows every workload on the new root)"
+    );
+    Ok(())
+}
+
+pub(crate) async fn retire(settings: &Settings) -> CliResult {
+    let dir = settings.credentials_dir()?.to_owned();
+    let mut client = client(settings)?;
+    let before = report(&mut client).await?;
+    let next_here = std::fs::read(dir.join(NEXT_ISSUER_CERT))
+        .ok()
+        .and_then(|pem| bulkhead_tls::certs_from_pem(&pem, NEXT_ISSUER_CERT).ok())
+        .map(|certs| bulkhead_tls::fingerprint(&certs[0]));
+    let status =
+        if before.stage == "none" && next_here.as_deref() == Some(&before.issuer.fingerprint) {
+            // Retired already; an interruption left the folder unfinished.
+            pb::TrustStatus {
+                stage: before.stage.clone(),
+                roots_der: before.roots.iter().map(|r| r.der.to_vec()).collect(),
+                ..Default::default()
+            }
+        } else {
+            client
+                .retire_root(pb::RetireRootRequest {})
+                .await?
+                .into_inner()
+        };
+    let roots = roots_of(&status);
+    rotation_files::write_bundle(&dir, &roots).map_err(ca_error)?;
+    let kept = rotation_files::promote_next(&dir).map_err(ca_error)?;
+    println!(
+        "retired: the trust bundle holds {} root(s); certificates of the old root are refused, and connections it let in close within 15 s",
+        roots.len()
+    );
+    println!(
+        "  {}: the new root and issuer are root.* and issuer.* now; the old ones are in {}",
+        dir.display(),
+        kept.display()
+    );
+    println!(
+        "  in Kubernetes: set issuer.crt, issuer.key and bundle.crt of the issuer Secret to these files and remove next-issuer.*"
+    );
     Ok(())
 }
