@@ -1,6 +1,7 @@
 //! The control plane's admin port (default 127.0.0.1:9990): `/metrics`
 //! (Prometheus text; the trust's expiry gauges are rendered from the trust
-//! in force), `/ready` (store reachable and state loaded), `/live`.
+//! in force), `/ready` (store reachable, state loaded, and a key for the
+//! issuer that signs: a replica that cannot sign takes no traffic), `/live`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -86,6 +87,12 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full> {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: mesh state not loaded yet\n",
+                );
+            }
+            if let Err(no_signer) = state.trust.signer() {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {no_signer}\n"),
                 );
             }
             match tokio::time::timeout(READY_PROBE_TIMEOUT, state.store.health()).await {

@@ -358,6 +358,52 @@ mod tests {
         })
     }
 
+    fn trust_put(value: Vec<u8>) -> Event {
+        Event::Put(KeyValue {
+            key: keys::TRUST.into(),
+            value,
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_trust_record_reaches_subscribers_and_a_bad_one_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = crate::ca::init_ca("example.org", &tmp.path().join("ca")).unwrap();
+        let first = |p: &std::path::Path| {
+            bulkhead_tls::certs_from_pem(&std::fs::read(p).unwrap(), "c")
+                .unwrap()
+                .remove(0)
+        };
+        let record =
+            TrustRecord::new(vec![first(&files.root_cert)], first(&files.issuer_cert)).unwrap();
+        let hub = Hub::new();
+        let mut trust = hub.trust();
+        let (_, mut deltas) = hub.subscribe(|_| ());
+        hub.apply(2, &[trust_put(record.encode())]);
+        assert!(trust.has_changed().unwrap());
+        assert_eq!(trust.borrow_and_update().as_deref(), Some(&record));
+        assert!(matches!(
+            deltas.try_recv(),
+            Ok(Delta::Changes { changes, .. }) if matches!(changes[0], Change::Trust(_))
+        ));
+        // The same record again, a damaged one, or a deletion: no change.
+        hub.apply(3, &[trust_put(record.encode())]);
+        hub.apply(4, &[trust_put(b"{}".to_vec())]);
+        hub.apply(
+            5,
+            &[Event::Delete {
+                key: keys::TRUST.into(),
+                revision: 5,
+            }],
+        );
+        assert!(!trust.has_changed().unwrap());
+        assert!(deltas.try_recv().is_err());
+        assert_eq!(hub.read().trust.as_deref(), Some(&record));
+    }
+
     fn at(view: &View, ip: &str) -> Vec<String> {
         let mut services: Vec<String> = view
             .endpoints_at(ip.parse().unwrap())

@@ -283,3 +283,50 @@ async fn seed(trust: &Trust, store: &dyn Store) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::init_ca;
+
+    fn first(path: &std::path::Path) -> rustls_pki_types::CertificateDer<'static> {
+        bulkhead_tls::certs_from_pem(&std::fs::read(path).unwrap(), "c")
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn signs_with_the_records_issuer_and_says_so_when_it_holds_no_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        init_ca("example.org", &dir).unwrap();
+        let other = init_ca("example.org", &tmp.path().join("other")).unwrap();
+        let trust = Trust::load(&TrustFiles::in_dir(&dir, "example.org")).unwrap();
+        let ours = trust.signer().unwrap();
+        assert_eq!(ours.fingerprint(), trust.record().issuer().cert.fingerprint);
+        let token = crate::ca::mint_token(
+            &std::fs::read_to_string(dir.join("issuer.key")).unwrap(),
+            &"spiffe://example.org/ns/shop/sa/web".parse().unwrap(),
+            std::time::Duration::from_secs(60),
+            false,
+            SystemTime::now(),
+        )
+        .unwrap();
+        trust.verify_token(&token, SystemTime::now()).unwrap();
+
+        // The store names an issuer whose key this replica was not given.
+        let foreign =
+            TrustRecord::new(vec![first(&other.root_cert)], first(&other.issuer_cert)).unwrap();
+        trust.apply(Arc::new(foreign.clone()));
+        assert_eq!(trust.bundle().get().roots_der(), foreign.roots_der());
+        let err = trust.signer().unwrap_err().to_string();
+        assert!(
+            err.contains(&foreign.issuer().cert.fingerprint) && err.contains("--issuer-cert"),
+            "{err}"
+        );
+        assert!(matches!(
+            trust.verify_token(&token, SystemTime::now()),
+            Err(TokenError::BadSignature)
+        ));
+    }
+}

@@ -75,8 +75,8 @@ pub(crate) async fn announce(trust: Arc<Trust>, store: Arc<dyn Store>, replica: 
         };
         backoff.reset();
         tracing::debug!(issuers = ?note.issuers, "noted this replica's issuers");
-        // Keep it alive until the keyring changes (write again) or the
-        // lease is lost (grant again).
+        // Keep it alive, noting the keyring again on the same lease when it
+        // changes (never unlisted meanwhile), until the lease is lost.
         loop {
             tokio::select! {
                 () = tokio::time::sleep(KEEP_ALIVE) => {
@@ -86,8 +86,20 @@ pub(crate) async fn announce(trust: Arc<Trust>, store: Arc<dyn Store>, replica: 
                     }
                 }
                 _ = keys_changed.changed() => {
-                    let _ = store.revoke(lease).await;
-                    break;
+                    let note = SignerNote {
+                        replica: replica.clone(),
+                        issuers: trust.keyring().fingerprints(),
+                    };
+                    let put = Op::Put {
+                        key: key.clone(),
+                        value: serde_json::to_vec(&note).unwrap_or_default(),
+                        lease: Some(lease),
+                    };
+                    if let Err(error) = store.txn(vec![put]).await {
+                        tracing::warn!(%error, "cannot note this replica's new issuers; noting again");
+                        break;
+                    }
+                    tracing::info!(issuers = ?note.issuers, "noted this replica's issuers");
                 }
             }
         }
