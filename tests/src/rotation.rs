@@ -175,3 +175,171 @@ pub fn issuer_of(sidecar: &Sidecar) -> Option<String> {
         .as_str()
         .map(str::to_owned)
 }
+
+/// The SHA-256 of the next root, as `ca status` names it.
+fn next_root(status: &serde_json::Value) -> String {
+    status["nextIssuer"]["root"]
+        .as_str()
+        .expect("a prepared rotation names the next issuer's root")
+        .to_owned()
+}
+
+/// A whole root rotation through the real CLI — prepare, activate (with
+/// `renew_within`), retire — waiting between stages for what the next one
+/// needs: every replica holding the next issuer's key, every sidecar
+/// trusting both roots, every endpoint on the new root. Returns when every
+/// sidecar trusts the new root alone, with the moment `retire` returned.
+pub async fn rotate_root(
+    mesh: &Mesh,
+    sidecars: &[&Sidecar],
+    renew_within: &str,
+) -> std::time::SystemTime {
+    let old: Vec<String> = ca_status(mesh)["roots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["fingerprint"].as_str().map(str::to_owned))
+        .collect();
+    let new_root = next_root(&prepare_and_wait(mesh).await);
+    let both: Vec<String> = old.iter().cloned().chain([new_root.clone()]).collect();
+    for sidecar in sidecars {
+        until_trusts(sidecar, &both).await;
+    }
+    rotate_ok(mesh, &["activate", "--renew-within", renew_within]);
+    let count = sidecars.len() as u64;
+    until_status(mesh, "every endpoint on the new root", |s| {
+        s["workloads"][&new_root] == count
+    })
+    .await;
+    rotate_ok(mesh, &["retire"]);
+    let retired = std::time::SystemTime::now();
+    for sidecar in sidecars {
+        until_trusts(sidecar, std::slice::from_ref(&new_root)).await;
+    }
+    retired
+}
+
+/// One mesh connection between two sidecars as the caller's kernel saw it.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The caller's (ephemeral) port.
+    pub port: u16,
+    pub first_seen: std::time::SystemTime,
+    pub last_seen: std::time::SystemTime,
+    /// The earlier notAfter of the two sidecars' certificates when it was
+    /// first seen (unix seconds): it must be over by then.
+    pub deadline: u64,
+}
+
+/// Samples every mesh connection from one sidecar to another's inbound
+/// port (every 100 ms, from `/proc/net/tcp`) and both sidecars'
+/// certificates (every 500 ms, from `/config`), until finished.
+pub struct ConnectionLog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u16, Connection>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Caller ports of established TCP connections to `port` on loopback.
+fn established_to(port: u16) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(state)) =
+                (fields.get(1), fields.get(2), fields.get(3))
+            else {
+                continue;
+            };
+            let port_of = |addr: &str| {
+                addr.rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
+            if *state == "01" && port_of(remote) == Some(port) {
+                ports.extend(port_of(local));
+            }
+        }
+    }
+    ports
+}
+
+fn not_after(admin: std::net::SocketAddr) -> Option<u64> {
+    let (_, body) = crate::control::http_get(admin, "/config").ok()?;
+    let config: serde_json::Value = serde_json::from_str(&body).ok()?;
+    config["certificateNotAfterUnix"].as_u64()
+}
+
+impl ConnectionLog {
+    pub fn start(caller: &Sidecar, callee: &Sidecar) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let (admins, port) = ([caller.admin, callee.admin], callee.inbound.port());
+        let thread = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut deadline = u64::MAX;
+                let mut tick = 0u32;
+                while !stop.load(Ordering::SeqCst) {
+                    if tick.is_multiple_of(5) {
+                        // A renewal only moves the deadline later: the
+                        // smallest seen so far would be too strict, the
+                        // current one is what a new connection gets.
+                        if let [Some(a), Some(b)] = admins.map(not_after) {
+                            deadline = a.min(b);
+                        }
+                    }
+                    tick += 1;
+                    let now = std::time::SystemTime::now();
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    for p in established_to(port) {
+                        seen.entry(p)
+                            .and_modify(|c: &mut Connection| c.last_seen = now)
+                            .or_insert(Connection {
+                                port: p,
+                                first_seen: now,
+                                last_seen: now,
+                                deadline,
+                            });
+                    }
+                    drop(seen);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        Self {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// The connections seen so far.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops sampling; every connection seen.
+    pub fn finish(mut self) -> Vec<Connection> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.connections()
+    }
+}
+
+impl Drop for ConnectionLog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
