@@ -53,6 +53,29 @@ async fn each_stage_refuses_to_run_out_of_order_and_says_why() {
 
     rotate_ok(&mesh, &["prepare", "--generate"]);
     rotate_ok(&mesh, &["prepare", "--generate"]);
+    // Another operator's folder (the credentials, not the next issuer's
+    // files) cannot prepare a second rotation over this one.
+    let elsewhere = tempfile::tempdir().unwrap();
+    for file in ["bundle.crt", "operator.crt", "operator.key"] {
+        std::fs::copy(mesh.ca.file(file), elsewhere.path().join(file)).unwrap();
+    }
+    let out = std::process::Command::new(control::bin("bulkheadctl"))
+        .env("BULKHEAD_CONTROL", mesh.cp.url())
+        .env("BULKHEAD_CREDENTIALS", elsewhere.path())
+        .env("XDG_CONFIG_HOME", elsewhere.path())
+        .args(["ca", "rotate", "prepare", "--generate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not hold its files"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !elsewhere.path().join("next-issuer.crt").exists(),
+        "nothing made"
+    );
     let out = rotate(&mesh, &["retire"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -254,6 +254,13 @@ fn ca_error(e: bulkhead_control::ca::CaError) -> CliError {
     CliError::failure(e.to_string())
 }
 
+/// The fingerprint of `next-issuer.crt` in `dir`, when there is one.
+fn next_issuer_in(dir: &std::path::Path) -> Option<String> {
+    let pem = std::fs::read(dir.join(NEXT_ISSUER_CERT)).ok()?;
+    let certs = bulkhead_tls::certs_from_pem(&pem, NEXT_ISSUER_CERT).ok()?;
+    certs.first().map(|c| bulkhead_tls::fingerprint(c))
+}
+
 /// The bundle a status names.
 fn roots_of(status: &pb::TrustStatus) -> Vec<CertificateDer<'static>> {
     status
@@ -275,6 +282,16 @@ pub(crate) async fn prepare(settings: &Settings, root: NewRoot) -> CliResult {
         return Err(CliError::failure(
             "a rotation is already activated: finish it with `bulkheadctl ca rotate retire` before preparing another",
         ));
+    }
+    let next_here = next_issuer_in(&dir);
+    if let Some(next) = &before.next_issuer
+        && next_here.as_deref() != Some(next.fingerprint.as_str())
+    {
+        return Err(CliError::failure(format!(
+            "a rotation to issuer {} is already prepared, but {} does not hold its files: run activate and retire with the credentials folder that prepared it",
+            short(&next.fingerprint),
+            dir.display()
+        )));
     }
     let td = crate::settings::load_bundle(&dir.join("bundle.crt"), None)?
         .trust_domain()
@@ -380,16 +397,26 @@ pub(crate) async fn retire(settings: &Settings) -> CliResult {
         };
     let roots = roots_of(&status);
     rotation_files::write_bundle(&dir, &roots).map_err(ca_error)?;
-    let kept = rotation_files::promote_next(&dir).map_err(ca_error)?;
     println!(
         "retired: the trust bundle holds {} root(s); certificates of the old root are refused, and connections it let in close within 15 s",
         roots.len()
     );
-    println!(
-        "  {}: the new root and issuer are root.* and issuer.* now; the old ones are in {}",
-        dir.display(),
-        kept.display()
-    );
+    // Only the files of the issuer that signs now take the place of the
+    // current ones (another folder may have prepared this rotation).
+    if next_here.as_deref() == Some(before.issuer.fingerprint.as_str()) {
+        let kept = rotation_files::promote_next(&dir).map_err(ca_error)?;
+        println!(
+            "  {}: the new root and issuer are root.* and issuer.* now; the old ones are in {}",
+            dir.display(),
+            kept.display()
+        );
+    } else {
+        println!(
+            "  {} holds no files of the issuer that signs now ({}): only bundle.crt was updated",
+            dir.display(),
+            short(&before.issuer.fingerprint)
+        );
+    }
     println!(
         "  in Kubernetes: set issuer.crt, issuer.key and bundle.crt of the issuer Secret to these files and remove next-issuer.*"
     );
