@@ -475,6 +475,7 @@ async fn fanout(
         let reg = client
             .register(pb::RegisterRequest {
                 endpoint: Some(endpoint("fanout", "198.18.0.1".into(), port)),
+                ..Default::default()
             })
             .await
             .map_err(|s| format!("register: {}", s.message()))?
@@ -506,6 +507,7 @@ async fn fanout(
                 address: "198.18.0.1".into(),
                 lease_id: reg.lease_id,
                 inbound_port: port,
+                ..Default::default()
             })
             .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -559,6 +561,7 @@ async fn endpoints(
                     let r = client
                         .register(pb::RegisterRequest {
                             endpoint: Some(endpoint("many", address, 4143)),
+                            ..Default::default()
                         })
                         .await;
                     match r {

@@ -1,5 +1,7 @@
 //! The control plane's admin port (default 127.0.0.1:9990): `/metrics`
-//! (Prometheus text), `/ready` (store reachable and state loaded), `/live`.
+//! (Prometheus text; the trust's expiry gauges are rendered from the trust
+//! in force), `/ready` (store reachable, state loaded, and a key for the
+//! issuer that signs: a replica that cannot sign takes no traffic), `/live`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ pub(crate) struct AdminState {
     pub metrics: PrometheusHandle,
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
+    pub trust: Arc<crate::trust::Trust>,
 }
 
 /// Serves the admin endpoints until the task is dropped.
@@ -69,7 +72,9 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full> {
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, state.metrics.render());
+            let mut body = state.metrics.render();
+            body.push_str(&crate::trust::expiry::render(&state.trust.record()));
+            let mut resp = text(StatusCode::OK, body);
             resp.headers_mut().insert(
                 "content-type",
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -82,6 +87,12 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full> {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not ready: mesh state not loaded yet\n",
+                );
+            }
+            if let Err(no_signer) = state.trust.signer() {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {no_signer}\n"),
                 );
             }
             match tokio::time::timeout(READY_PROBE_TIMEOUT, state.store.health()).await {

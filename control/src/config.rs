@@ -140,6 +140,11 @@ pub struct ControlArgs {
     #[arg(long, env = "BULKHEAD_WEBHOOK_CONFIGURATION_RESYNC", default_value = "30s", value_parser = parse_duration)]
     pub webhook_configuration_resync: Duration,
 
+    /// How this replica names itself in `bulkheadctl ca status` [default:
+    /// the host name; in a pod, its name].
+    #[arg(long, env = "BULKHEAD_REPLICA_NAME", value_name = "NAME")]
+    pub replica_name: Option<String>,
+
     /// The namespace the control plane runs in (in a pod: from the downward
     /// API); names the webhook certificate's default DNS name.
     #[arg(long, env = "BULKHEAD_NAMESPACE", default_value = "bulkhead")]
@@ -165,7 +170,27 @@ pub struct ControlArgs {
     #[arg(long, env = "BULKHEAD_ISSUER_KEY", value_name = "FILE")]
     pub issuer_key: PathBuf,
 
-    /// Trust bundle: the root certificate(s), PEM.
+    /// The next issuer of a root rotation (`bulkheadctl ca rotate prepare`
+    /// writes it), PEM; may be absent until then. Read again every
+    /// --issuer-reload, as are --issuer-cert and --issuer-key: the store's
+    /// trust record says which issuer signs [default: next-issuer.crt beside
+    /// --issuer-cert].
+    #[arg(long, env = "BULKHEAD_NEXT_ISSUER_CERT", value_name = "FILE")]
+    pub next_issuer_cert: Option<PathBuf>,
+
+    /// Key (PEM) of --next-issuer-cert [default: next-issuer.key beside
+    /// --issuer-key].
+    #[arg(long, env = "BULKHEAD_NEXT_ISSUER_KEY", value_name = "FILE")]
+    pub next_issuer_key: Option<PathBuf>,
+
+    /// How often the issuer files are read again (a Secret updated in place
+    /// counts without a restart).
+    #[arg(long, env = "BULKHEAD_ISSUER_RELOAD", default_value = "10s", value_parser = parse_duration)]
+    pub issuer_reload: Duration,
+
+    /// Trust bundle: the root certificate(s), PEM. Seeds the store's trust
+    /// record when it has none; after that the store's roots are in force
+    /// (`bulkheadctl ca rotate` changes them).
     #[arg(long, env = "BULKHEAD_TRUST_BUNDLE", value_name = "FILE")]
     pub trust_bundle: PathBuf,
 
@@ -305,6 +330,11 @@ mod tests {
         assert_eq!(a.webhook_configuration_resync, Duration::from_secs(30));
         assert_eq!(a.namespace, "bulkhead");
         assert!(a.node_topology);
+        assert_eq!(a.issuer_reload, Duration::from_secs(10));
+        assert_eq!(
+            a.next_issuer_cert, None,
+            "beside --issuer-cert unless given"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The mesh as this replica sees it: a view of every resource and endpoint,
-//! kept current by one store watch, and fanned out to subscribers (sidecar
-//! Watch streams) as deltas.
+//! and the trust record, kept current by one store watch, and fanned out to
+//! subscribers (sidecar Watch streams) as deltas.
 //!
 //! One watch per replica, however many sidecars: subscribers never touch the
 //! store. A subscriber takes a snapshot and subscribes to deltas under the
@@ -18,6 +18,7 @@ use futures::StreamExt;
 use prost::Message;
 use tokio::sync::{broadcast, watch};
 
+use crate::ca::TrustRecord;
 use crate::keys;
 use crate::store::{Event, Revision, Store, StoreError};
 
@@ -32,6 +33,8 @@ pub enum Change {
     ResourceDeleted(Arc<Resource>),
     Endpoint(Arc<Endpoint>),
     EndpointDeleted(Arc<Endpoint>),
+    /// A new trust record (roots, issuer, rotation stage): for everyone.
+    Trust(Arc<TrustRecord>),
 }
 
 /// Changes that together bring the view to `revision`.
@@ -58,6 +61,8 @@ pub struct View {
     pub endpoints: BTreeMap<String, Arc<Endpoint>>,
     /// Endpoint addresses → the store keys of the endpoints there.
     by_address: HashMap<IpAddr, BTreeSet<String>>,
+    /// The trust record, once the store holds one.
+    pub trust: Option<Arc<TrustRecord>>,
 }
 
 impl View {
@@ -136,9 +141,27 @@ impl View {
                             None
                         }
                     }
+                } else if kv.key == keys::TRUST {
+                    match TrustRecord::decode(&kv.value) {
+                        Ok(record) if self.trust.as_deref() == Some(&record) => None,
+                        Ok(record) => {
+                            let record = Arc::new(record);
+                            self.trust = Some(record.clone());
+                            Some(Change::Trust(record))
+                        }
+                        Err(error) => {
+                            // Keep serving the last good trust; say so loudly.
+                            tracing::error!(key = %kv.key, %error, "ignoring an invalid trust record in the store; the last good one stays in force");
+                            None
+                        }
+                    }
                 } else {
                     None
                 }
+            }
+            Event::Delete { key, .. } if key == keys::TRUST => {
+                tracing::error!(%key, "the trust record was deleted from the store; the last one stays in force (a restarted replica writes its files' trust again)");
+                None
             }
             Event::Delete { key, .. } => {
                 if let Some(res) = self.resources.remove(key) {
@@ -156,6 +179,8 @@ pub struct Hub {
     view: RwLock<View>,
     deltas: broadcast::Sender<Delta>,
     synced: watch::Sender<bool>,
+    /// The view's trust record, for the replica's own TLS and signing.
+    trust: watch::Sender<Option<Arc<TrustRecord>>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -180,7 +205,14 @@ impl Hub {
             view: RwLock::new(View::default()),
             deltas,
             synced,
+            trust: watch::Sender::new(None),
         }
+    }
+
+    /// The trust record as the store holds it (None until it holds one),
+    /// told of every change.
+    pub fn trust(&self) -> watch::Receiver<Option<Arc<TrustRecord>>> {
+        self.trust.subscribe()
     }
 
     /// Read access to the current view.
@@ -220,6 +252,7 @@ impl Hub {
         let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
         let had_state = self.is_synced();
         *view = fresh;
+        self.publish_trust(view.trust.clone());
         if had_state {
             let _ = self.deltas.send(Delta::Resync);
         }
@@ -230,12 +263,23 @@ impl Hub {
         let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
         let changes: Vec<Change> = events.iter().filter_map(|e| view.apply(e)).collect();
         view.revision = view.revision.max(revision);
+        if changes.iter().any(|c| matches!(c, Change::Trust(_))) {
+            self.publish_trust(view.trust.clone());
+        }
         if !changes.is_empty() {
             let _ = self.deltas.send(Delta::Changes {
                 revision: view.revision,
                 changes: Arc::new(changes),
             });
         }
+    }
+
+    fn publish_trust(&self, record: Option<Arc<TrustRecord>>) {
+        self.trust.send_if_modified(|current| {
+            let changed = *current != record;
+            *current = record;
+            changed
+        });
     }
 
     /// Keeps the view current for as long as the process runs: list, then
@@ -312,6 +356,52 @@ mod tests {
             mod_revision: 1,
             lease: 0,
         })
+    }
+
+    fn trust_put(value: Vec<u8>) -> Event {
+        Event::Put(KeyValue {
+            key: keys::TRUST.into(),
+            value,
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_trust_record_reaches_subscribers_and_a_bad_one_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = crate::ca::init_ca("example.org", &tmp.path().join("ca")).unwrap();
+        let first = |p: &std::path::Path| {
+            bulkhead_tls::certs_from_pem(&std::fs::read(p).unwrap(), "c")
+                .unwrap()
+                .remove(0)
+        };
+        let record =
+            TrustRecord::new(vec![first(&files.root_cert)], first(&files.issuer_cert)).unwrap();
+        let hub = Hub::new();
+        let mut trust = hub.trust();
+        let (_, mut deltas) = hub.subscribe(|_| ());
+        hub.apply(2, &[trust_put(record.encode())]);
+        assert!(trust.has_changed().unwrap());
+        assert_eq!(trust.borrow_and_update().as_deref(), Some(&record));
+        assert!(matches!(
+            deltas.try_recv(),
+            Ok(Delta::Changes { changes, .. }) if matches!(changes[0], Change::Trust(_))
+        ));
+        // The same record again, a damaged one, or a deletion: no change.
+        hub.apply(3, &[trust_put(record.encode())]);
+        hub.apply(4, &[trust_put(b"{}".to_vec())]);
+        hub.apply(
+            5,
+            &[Event::Delete {
+                key: keys::TRUST.into(),
+                revision: 5,
+            }],
+        );
+        assert!(!trust.has_changed().unwrap());
+        assert!(deltas.try_recv().is_err());
+        assert_eq!(hub.read().trust.as_deref(), Some(&record));
     }
 
     fn at(view: &View, ip: &str) -> Vec<String> {

@@ -5,6 +5,14 @@
 //! endpoints/<namespace>/<service>/<ip>:<inbound-port> protobuf bulkhead.v1.Endpoint, on the registrant's lease
 //! tokens/<token-id>                        one-time bootstrap token already used
 //!                                          (on a lease that ends when the token expires)
+//! ca/trust                                 the trust record: roots, the issuer that
+//!                                          signs, a root rotation's stage (JSON,
+//!                                          public material only; see ca::TrustRecord)
+//! ca/signers/<replica>-<random>            a live replica and the issuers it holds
+//!                                          keys for (JSON, on the replica's lease)
+//! leaves/<namespace>/<service>/<ip>:<inbound-port>
+//!                                          the root and expiry of that endpoint's
+//!                                          current certificate (JSON, on its lease)
 //! ```
 
 use bulkhead_proto::model::Kind;
@@ -12,6 +20,9 @@ use bulkhead_proto::model::Kind;
 pub(crate) const RESOURCES: &str = "resources/";
 pub(crate) const ENDPOINTS: &str = "endpoints/";
 pub(crate) const TOKENS: &str = "tokens/";
+pub(crate) const TRUST: &str = "ca/trust";
+pub(crate) const SIGNERS: &str = "ca/signers/";
+pub(crate) const LEAVES: &str = "leaves/";
 
 pub(crate) fn resource(kind: Kind, namespace: &str, name: &str) -> String {
     format!("{RESOURCES}{kind}/{namespace}/{name}")
@@ -32,6 +43,14 @@ pub(crate) fn endpoint(namespace: &str, service: &str, address: &str, inbound_po
 /// Prefix of every endpoint of one service.
 pub(crate) fn service_endpoints(namespace: &str, service: &str) -> String {
     format!("{ENDPOINTS}{namespace}/{service}/")
+}
+
+/// Where the certificate of the endpoint stored at `endpoint_key` is noted.
+pub(crate) fn leaf_of(endpoint_key: &str) -> String {
+    format!(
+        "{LEAVES}{}",
+        endpoint_key.strip_prefix(ENDPOINTS).unwrap_or(endpoint_key)
+    )
 }
 
 pub(crate) fn token(id: &str) -> String {

@@ -4,7 +4,9 @@
 //! A request's path: [`server`] accepts and completes TLS (peer identity from
 //! the client certificate) → an [`api`] service authorizes by that identity
 //! → it reads or writes the [`store`]; a [`hub`] per replica watches the store
-//! once and pushes changes to every sidecar's Watch stream.
+//! once and pushes changes to every sidecar's Watch stream. The [`trust`] a
+//! replica acts on (roots, the issuer that signs) follows the store's trust
+//! record, which [`ca`] defines.
 //!
 //! Beside it: the admission [`webhook`] (sidecar injection, on its own
 //! listener, with a certificate it can make and renew itself), and the one
@@ -24,4 +26,5 @@ mod server;
 pub mod store;
 pub mod telemetry;
 pub mod topology;
+pub mod trust;
 pub mod webhook;

@@ -1,4 +1,4 @@
-//! Assembling a control plane: store, CA, mesh view, gRPC, admin and
+//! Assembling a control plane: store, trust, mesh view, gRPC, admin and
 //! admission-webhook listeners. [`start`] is what `bulkhead-control` runs
 //! and what `bulkhead-demo` embeds.
 
@@ -11,7 +11,7 @@ use bulkhead_proto::SpiffeId;
 use bulkhead_proto::pb::{
     admin_server::AdminServer, discovery_server::DiscoveryServer, identity_server::IdentityServer,
 };
-use bulkhead_tls::{self as tls, CertSlot, TrustBundle};
+use bulkhead_tls::{self as tls, CertSlot};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -20,11 +20,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::{self, ControlPlane};
-use crate::ca::Ca;
 use crate::hub::Hub;
 use crate::k8s_api::ApiServer;
 use crate::store::Store;
-use crate::webhook::ca_bundle::{CaBundleKeeper, WantedBundle};
+use crate::trust::Trust;
+use crate::webhook::ca_bundle::CaBundleKeeper;
 use crate::{admin_http, server};
 
 /// Lifetime of the control plane's own serving certificate; it is renewed
@@ -39,7 +39,10 @@ const WEBHOOK_FILES_RELOAD: Duration = Duration::from_secs(30);
 pub struct Settings {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
-    pub ca: Arc<Ca>,
+    /// The issuers held and the trust to start from (the store's wins).
+    pub trust: Arc<Trust>,
+    /// How this replica names itself to operators (`ca status`).
+    pub replica: String,
     /// Operators besides the built-in `bulkhead/operator`.
     pub operators: Vec<SpiffeId>,
     pub cert_lifetime: Duration,
@@ -57,7 +60,9 @@ pub struct Settings {
 pub struct WebhookSettings {
     pub listen: SocketAddr,
     pub certificate: WebhookCertificate,
-    pub injector: Arc<crate::webhook::Injector>,
+    /// Injected pods get the trust bundle in force inline, when these
+    /// settings carry one (`trust_bundle_pem`).
+    pub injector: crate::webhook::InjectorSettings,
 }
 
 /// Where the webhook's serving certificate comes from.
@@ -130,23 +135,74 @@ pub fn control_identity(trust_domain: &str) -> SpiffeId {
     SpiffeId::new(trust_domain, "bulkhead", "control").expect("static identity is valid")
 }
 
-fn serving_cert(ca: &Ca, settings: &Settings) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+/// What the control plane's own serving certificate is for.
+#[derive(Clone)]
+struct ServingNames {
+    listen: SocketAddr,
+    dns_names: Vec<String>,
+}
+
+/// A serving certificate from the issuer in force, and that issuer's
+/// fingerprint.
+fn serving_cert(
+    trust: &Trust,
+    names: &ServingNames,
+) -> Result<(Arc<rustls::sign::CertifiedKey>, String), String> {
+    let ca = trust.signer().map_err(|e| e.to_string())?;
     let mut ips: Vec<IpAddr> = vec![
         IpAddr::from([127, 0, 0, 1]),
         IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     ];
-    if !settings.listen.ip().is_unspecified() && !ips.contains(&settings.listen.ip()) {
-        ips.push(settings.listen.ip());
+    if !names.listen.ip().is_unspecified() && !ips.contains(&names.listen.ip()) {
+        ips.push(names.listen.ip());
     }
     let (chain, key) = ca
         .issue_local(
             &control_identity(ca.trust_domain()),
-            &settings.dns_names,
+            &names.dns_names,
             &ips,
             SERVING_CERT_LIFETIME,
         )
         .map_err(|e| format!("cannot issue the control plane's serving certificate: {e}"))?;
-    CertSlot::certified_key(chain, key).map_err(|e| e.to_string())
+    let key = CertSlot::certified_key(chain, key).map_err(|e| e.to_string())?;
+    Ok((key, ca.fingerprint().to_owned()))
+}
+
+/// Renews the serving certificate at half its lifetime, and at once when
+/// the trust record activates another issuer (or its key arrives): new
+/// handshakes get the new one, open connections keep theirs.
+async fn keep_serving_cert(
+    trust: Arc<Trust>,
+    names: ServingNames,
+    slot: CertSlot,
+    mut signed_by: String,
+) {
+    let mut records = trust.subscribe();
+    let mut keys = trust.keyring().subscribe();
+    let mut due = tokio::time::Instant::now() + SERVING_CERT_LIFETIME / 2;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            _ = records.changed() => {}
+            _ = keys.changed() => {}
+        }
+        let active = trust.record().issuer().cert.fingerprint.clone();
+        if tokio::time::Instant::now() < due && active == signed_by {
+            continue;
+        }
+        match serving_cert(&trust, &names) {
+            Ok((key, issuer)) => {
+                slot.set(key);
+                tracing::info!(%issuer, "serving certificate renewed");
+                signed_by = issuer;
+                due = tokio::time::Instant::now() + SERVING_CERT_LIFETIME / 2;
+            }
+            Err(error) => {
+                tracing::error!(%error, "renewing the serving certificate failed; the current one stays in use");
+                due = tokio::time::Instant::now() + Duration::from_secs(10);
+            }
+        }
+    }
 }
 
 /// The webhook's TLS config, and for a self-managed certificate the tasks
@@ -154,7 +210,7 @@ fn serving_cert(ca: &Ca, settings: &Settings) -> Result<Arc<rustls::sign::Certif
 /// (not yet spawned). The first certificate is issued here, so that an
 /// issuer that cannot sign stops start-up.
 fn webhook_tls(
-    ca: &Arc<Ca>,
+    trust: &Arc<Trust>,
     certificate: WebhookCertificate,
 ) -> Result<(Arc<rustls::ServerConfig>, Vec<BoxFuture<'static, ()>>), String> {
     use crate::webhook::certificate;
@@ -175,15 +231,15 @@ fn webhook_tls(
             lifetime,
             ca_bundle,
         } => {
-            let first = certificate::first(ca, &dns_names, lifetime)?;
-            slot.set(first.key);
+            let first = certificate::first(trust, &dns_names, lifetime)?;
+            slot.set(first.key.clone());
             let (renewed, renewals) = tokio::sync::watch::channel(0);
             tasks.push(Box::pin(certificate::renew_forever(
-                ca.clone(),
+                trust.clone(),
                 dns_names,
                 lifetime,
                 slot.clone(),
-                first.not_after,
+                first,
                 renewed,
             )));
             match ca_bundle {
@@ -191,7 +247,7 @@ fn webhook_tls(
                     let keeper = CaBundleKeeper {
                         api: target.api,
                         configuration: target.configuration,
-                        want: WantedBundle::new(ca.bundle_der()),
+                        bundle: trust.bundle().subscribe(),
                         resync: target.resync,
                     };
                     tasks.push(Box::pin(keeper.run(renewals)));
@@ -207,26 +263,83 @@ fn webhook_tls(
     Ok((Arc::new(config), tasks))
 }
 
+/// The injector, rebuilt whenever the trust bundle changes when it hands
+/// pods the bundle inline (a pod made during a rotation trusts both roots;
+/// one made after, the new one only).
+/// The injector in force, told of each rebuild.
+type Injectors = tokio::sync::watch::Receiver<Arc<crate::webhook::Injector>>;
+
+fn injectors(
+    trust: &Arc<Trust>,
+    settings: crate::webhook::InjectorSettings,
+) -> Result<(Injectors, Option<BoxFuture<'static, ()>>), String> {
+    use crate::webhook::Injector;
+    let inline = settings.trust_bundle_pem.is_some();
+    let build = move |roots: &[rustls_pki_types::CertificateDer<'_>]| {
+        let mut settings = settings.clone();
+        if settings.trust_bundle_pem.is_some() {
+            settings.trust_bundle_pem = Some(
+                roots
+                    .iter()
+                    .map(|r| crate::ca::pem_block("CERTIFICATE", r))
+                    .collect(),
+            );
+        }
+        Injector::new(settings).map(Arc::new)
+    };
+    let first =
+        build(trust.bundle().get().roots_der()).map_err(|e| format!("webhook settings: {e}"))?;
+    let (tx, rx) = tokio::sync::watch::channel(first);
+    if !inline {
+        return Ok((rx, None));
+    }
+    let mut bundles = trust.bundle().subscribe();
+    let follow = async move {
+        while bundles.changed().await.is_ok() {
+            let roots = bundles.borrow_and_update().roots_der().to_vec();
+            match build(&roots) {
+                Ok(injector) => {
+                    tx.send_replace(injector);
+                    tracing::info!(
+                        roots = roots.len(),
+                        "injected pods now get the new trust bundle"
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot rebuild the injector with the new trust bundle; pods still get the previous one")
+                }
+            }
+        }
+    };
+    Ok((rx, Some(Box::pin(follow))))
+}
+
 /// Binds the listeners and starts serving. Errors are one line for the user.
 pub async fn start(
     mut settings: Settings,
     store: Arc<dyn Store>,
     metrics: PrometheusHandle,
 ) -> Result<Running, String> {
-    let ca = settings.ca.clone();
-    let td = ca.trust_domain().to_owned();
-    let bundle = TrustBundle::new(ca.bundle_der().to_vec(), &td).map_err(|e| e.to_string())?;
+    let trust = settings.trust.clone();
+    let td = trust.trust_domain().to_owned();
     let webhook = match settings.webhook.take() {
         Some(w) => {
-            let (tls, tasks) = webhook_tls(&ca, w.certificate)?;
-            Some((w.listen, tls, w.injector, tasks))
+            let (tls, mut tasks) = webhook_tls(&trust, w.certificate)?;
+            let (injector, follow) = injectors(&trust, w.injector)?;
+            tasks.extend(follow);
+            Some((w.listen, tls, injector, tasks))
         }
         None => None,
     };
 
     let slot = CertSlot::empty();
-    slot.set(serving_cert(&ca, &settings)?);
-    let server_config = tls::server_config(&bundle, slot.clone(), false, &[tls::ALPN_H2])
+    let names = ServingNames {
+        listen: settings.listen,
+        dns_names: settings.dns_names.clone(),
+    };
+    let (key, signed_by) = serving_cert(&trust, &names)?;
+    slot.set(key);
+    let server_config = tls::server_config(trust.bundle(), slot.clone(), false, &[tls::ALPN_H2])
         .map_err(|e| e.to_string())?;
 
     let grpc_listener = TcpListener::bind(settings.listen)
@@ -251,7 +364,7 @@ pub async fn start(
     operators.insert(builtin_operator(&td));
     let plane = Arc::new(ControlPlane {
         store: store.clone(),
-        ca: ca.clone(),
+        trust: trust.clone(),
         hub: hub.clone(),
         operators,
         cert_lifetime: settings.cert_lifetime,
@@ -260,7 +373,21 @@ pub async fn start(
         topology: settings.topology.clone(),
     });
 
-    let mut tasks = vec![tokio::spawn(hub.clone().run(store.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(hub.clone().run(store.clone())),
+        tokio::spawn(crate::trust::follow(
+            trust.clone(),
+            hub.clone(),
+            store.clone(),
+        )),
+        tokio::spawn(trust.keyring().clone().reload_forever()),
+        tokio::spawn(crate::trust::signers::announce(
+            trust.clone(),
+            store.clone(),
+            settings.replica.clone(),
+        )),
+        tokio::spawn(crate::trust::expiry::warn_forever(trust.clone())),
+    ];
     // Fold histogram samples in even when nobody scrapes /metrics.
     {
         let metrics = metrics.clone();
@@ -283,39 +410,15 @@ pub async fn start(
             metrics,
             store: store.clone(),
             hub: hub.clone(),
+            trust: trust.clone(),
         },
     )));
-    // Renew the serving certificate at half its lifetime; handshakes pick up
-    // the new one, open connections keep theirs.
-    {
-        let ca = ca.clone();
-        let slot = slot.clone();
-        let settings_dns = settings.dns_names.clone();
-        let listen = settings.listen;
-        tasks.push(tokio::spawn(async move {
-            let renew_settings = Settings {
-                listen,
-                admin: listen,
-                ca: ca.clone(),
-                operators: vec![],
-                cert_lifetime: SERVING_CERT_LIFETIME,
-                lease_ttl: SERVING_CERT_LIFETIME,
-                dns_names: settings_dns,
-                k8s: None,
-                topology: None,
-                webhook: None,
-            };
-            loop {
-                tokio::time::sleep(SERVING_CERT_LIFETIME / 2).await;
-                match serving_cert(&ca, &renew_settings) {
-                    Ok(key) => slot.set(key),
-                    Err(error) => {
-                        tracing::error!(%error, "renewing the serving certificate failed")
-                    }
-                }
-            }
-        }));
-    }
+    tasks.push(tokio::spawn(keep_serving_cert(
+        trust.clone(),
+        names,
+        slot.clone(),
+        signed_by,
+    )));
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut webhook_addr = None;
@@ -335,7 +438,7 @@ pub async fn start(
     let incoming = server::accept_tls(
         grpc_listener,
         TlsAcceptor::from(Arc::new(server_config)),
-        td.clone(),
+        trust.bundle().clone(),
     );
     let mut shutdown_rx = shutdown_rx;
     let max = api::MAX_REQUEST_BYTES;

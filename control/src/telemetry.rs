@@ -40,5 +40,9 @@ pub fn init_metrics() -> Result<PrometheusHandle, String> {
         "bulkhead_webhook_ca_bundle_patches_total",
         "Webhook configuration caBundle upkeep, by result (patched|conflict|error)"
     );
+    metrics::describe_counter!(
+        "bulkhead_untrusted_connections_closed_total",
+        "gRPC connections closed because the trust bundle stopped trusting the client certificate"
+    );
     Ok(handle)
 }

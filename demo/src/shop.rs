@@ -18,9 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bulkhead_control::ca::{self, Ca};
+use bulkhead_control::ca;
 use bulkhead_control::runtime::{self, Settings};
 use bulkhead_control::store::MemoryStore;
+use bulkhead_control::trust::{Trust, TrustFiles};
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::pb::{self, admin_client::AdminClient};
 use bulkhead_tls::{CertSlot, TrustBundle};
@@ -365,14 +366,9 @@ async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -
     step("bulkheadctl ca init: root, issuer, trust bundle, operator certificate");
     let files =
         ca::init_ca("cluster.local", &ca_dir).map_err(|e| fail("ca init")(e.to_string()))?;
-    let ca = Arc::new(
-        Ca::load(
-            &files.issuer_cert,
-            &files.issuer_key,
-            &files.bundle,
-            "cluster.local",
-        )
-        .map_err(|e| fail("load CA")(e.to_string()))?,
+    let trust = Arc::new(
+        Trust::load(&TrustFiles::in_dir(&ca_dir, "cluster.local"))
+            .map_err(|e| fail("load CA")(e.to_string()))?,
     );
     let issuer_key = std::fs::read_to_string(&files.issuer_key)
         .map_err(|e| fail("issuer key")(e.to_string()))?;
@@ -383,7 +379,8 @@ async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -
         Settings {
             listen: "127.0.0.1:0".parse().expect("static addr"),
             admin: "127.0.0.1:0".parse().expect("static addr"),
-            ca: ca.clone(),
+            trust,
+            replica: "demo".into(),
             operators: vec![],
             cert_lifetime: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(5),

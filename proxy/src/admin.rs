@@ -44,6 +44,8 @@ enum Caller {
 pub(crate) struct Admin {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) slot: CertSlot,
+    /// The trust bundle in force (`/config` lists its roots).
+    pub(crate) bundle: bulkhead_tls::BundleSlot,
     pub(crate) states: StateCell,
     /// Whose balancers `/config` shows.
     pub(crate) outbound: Arc<Outbound>,
@@ -139,11 +141,25 @@ impl Admin {
             }
         };
         let own = self.outbound.locality.load();
+        // SHA-256 fingerprints, as `bulkheadctl ca status` names them.
+        let trust_roots: Vec<String> = self
+            .bundle
+            .get()
+            .roots_der()
+            .iter()
+            .map(|r| bulkhead_tls::fingerprint(r))
+            .collect();
+        let issuer = self
+            .slot
+            .get()
+            .and_then(|key| key.cert.get(1).map(|i| bulkhead_tls::fingerprint(i)));
         serde_json::to_string_pretty(&serde_json::json!({
             "revision": state.revision,
             "locality": {"node": own.node, "zone": own.zone, "region": own.region},
             "subscribed": subscribed,
             "certificateNotAfterUnix": expiry,
+            "certificateIssuer": issuer,
+            "trustRoots": trust_roots,
             "resources": resources,
             "endpoints": endpoints,
             "balancers": balancers,

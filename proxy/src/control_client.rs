@@ -1,7 +1,9 @@
 //! Talking to the control plane after bootstrap: one Watch subscription that
 //! keeps [`MeshState`] current (reconnecting with backoff, resuming on a
 //! fresh snapshot, re-opened wider when [`Subscriptions`] grow), and the
-//! endpoint registration kept alive on its lease.
+//! endpoint registration kept alive on its lease (reporting the certificate
+//! served with, at registration and after each renewal, so operators see
+//! which root each endpoint is on).
 //!
 //! An outage changes nothing on the data path: the last state stays
 //! published and `bulkhead_control_plane_connected` drops to 0.
@@ -14,6 +16,7 @@ use arc_swap::ArcSwap;
 use bulkhead_process::Backoff;
 use bulkhead_proto::model::{Endpoint, Locality};
 use bulkhead_proto::pb::{self, discovery_client::DiscoveryClient};
+use bulkhead_tls::CertSlot;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -252,6 +255,7 @@ impl Registration {
         record: pb::Endpoint,
         locality: Arc<ArcSwap<Locality>>,
         ready: bool,
+        certificate: CertSlot,
     ) -> Self {
         let lease = Arc::new(std::sync::Mutex::new(None));
         let (ready, ready_rx) = watch::channel(ready);
@@ -261,6 +265,7 @@ impl Registration {
             lease.clone(),
             ready_rx,
             locality,
+            certificate,
         ));
         Self {
             channel,
@@ -297,21 +302,31 @@ impl Registration {
     }
 }
 
+/// The leaf certificate in `slot` (DER; empty before there is one).
+fn leaf(slot: &CertSlot) -> Vec<u8> {
+    slot.get()
+        .and_then(|key| key.cert.first().map(|c| c.to_vec()))
+        .unwrap_or_default()
+}
+
 /// The registration's life: register, keep the lease alive (a third of
-/// its TTL), tell the control plane when readiness changes, and register
-/// again when the lease was lost.
+/// its TTL, with the certificate when it was renewed since last said),
+/// tell the control plane when readiness changes, and register again when
+/// the lease was lost.
 async fn keep_registered(
     channel: Channel,
     mut record: pb::Endpoint,
     lease: Arc<std::sync::Mutex<Option<i64>>>,
     mut ready: watch::Receiver<bool>,
     locality: Arc<ArcSwap<Locality>>,
+    certificate: CertSlot,
 ) {
     let mut client = DiscoveryClient::new(channel);
     let mut backoff = reconnect_backoff();
     let mut said_node_only = false;
     // What the control plane holds for the current lease.
     let mut recorded_ready = None;
+    let mut reported = Vec::new();
     let set_lease = |id| *lease.lock().unwrap_or_else(|e| e.into_inner()) = id;
     loop {
         let want = *ready.borrow_and_update();
@@ -319,8 +334,10 @@ async fn keep_registered(
         let step = match current {
             None => {
                 record.ready = Some(want);
+                let current = leaf(&certificate);
                 let request = pb::RegisterRequest {
                     endpoint: Some(record.clone()),
+                    certificate_der: current.clone(),
                 };
                 match client.register(request).await {
                     Ok(resp) => {
@@ -333,6 +350,7 @@ async fn keep_registered(
                         );
                         set_lease(Some(resp.lease_id));
                         recorded_ready = Some(want);
+                        reported = current;
                         if let Some(recorded) = &resp.locality {
                             learn_locality(&locality, recorded, &mut said_node_only);
                         }
@@ -358,12 +376,26 @@ async fn keep_registered(
                     Err(status) => Err(status),
                 }
             }
-            Some(id) => match client.keep_alive(key(&record, id)).await {
-                Ok(resp) => {
-                    Ok(Duration::from_secs(u64::from(resp.into_inner().ttl_seconds.max(3))) / 3)
+            Some(id) => {
+                let current = leaf(&certificate);
+                let mut request = key(&record, id);
+                if current != reported {
+                    request.certificate_der = current.clone();
                 }
-                Err(status) => Err(status),
-            },
+                match client.keep_alive(request).await {
+                    Ok(resp) => {
+                        if current != reported {
+                            tracing::debug!("renewed certificate reported to the control plane");
+                            reported = current;
+                        }
+                        Ok(
+                            Duration::from_secs(u64::from(resp.into_inner().ttl_seconds.max(3)))
+                                / 3,
+                        )
+                    }
+                    Err(status) => Err(status),
+                }
+            }
         };
         match step {
             Ok(wait) => {
@@ -424,5 +456,6 @@ fn key(record: &pb::Endpoint, lease_id: i64) -> pb::KeepAliveRequest {
         address: record.address.clone(),
         lease_id,
         inbound_port: record.inbound_port,
+        certificate_der: Vec::new(),
     }
 }

@@ -6,7 +6,9 @@
 //! peer is authenticated and the request authorized; denials are logged,
 //! counted and marked. An extended CONNECT (an upgrade the caller's app
 //! asked for) takes the boxed branch in [`upgrade`], authorized by the
-//! same [`http::admit`].
+//! same [`http::admit`]. A connection ends by the peer certificate's
+//! notAfter, and soon after a new trust bundle stops trusting it
+//! ([`crate::trust`]).
 
 mod app;
 mod caller;
@@ -31,6 +33,7 @@ use crate::identity;
 use crate::limits::{self, Limit, Limits, Pending};
 use crate::policy::{self, Verdict};
 use crate::state::{ServiceId, ServiceKey, StateCell};
+use crate::trust;
 use crate::wire::{Payload, Preface};
 
 pub(crate) use self::app::{AppClient, clients as app_clients};
@@ -42,6 +45,9 @@ pub(crate) const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the inbound side needs, shared by every connection.
 pub(crate) struct Inbound {
     pub(crate) tls: TlsAcceptor,
+    /// The bundle the acceptor checks with: open connections are checked
+    /// again when it is replaced.
+    pub(crate) bundle: bulkhead_tls::BundleSlot,
     pub(crate) trust_domain: String,
     /// This workload's own identity (what `x-forwarded-client-cert` names
     /// as `By`).
@@ -205,6 +211,14 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
     // never resumed, so every connection was let in by a full check).
     let expires = identity::connection_deadline(leaf);
     let caller = Caller::new(peer, leaf, &inbound.identity);
+    // ... or soon after the trust bundle stops trusting it.
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(<[rustls_pki_types::CertificateDer<'static>]>::to_vec)
+        .unwrap_or_default();
+    let untrusted = Box::pin(inbound.bundle.until_untrusted(chain));
     let mut tls = tls;
     let preface = match tokio::time::timeout(PREFACE_TIMEOUT, Preface::read(&mut tls)).await {
         Ok(Ok(p)) => p,
@@ -220,13 +234,26 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
     // The accept loop's span names the connection; now it names the peer.
     tracing::Span::current().record("identity", tracing::field::display(&caller));
     match preface.payload {
-        Payload::Tcp => tcp_stream(tls, caller.id, preface.port, &inbound, expires).await,
+        Payload::Tcp => {
+            tcp_stream(tls, caller.id, preface.port, &inbound, expires, untrusted).await
+        }
         // An opaque TCP port is bytes end to end: never parsed as HTTP.
         Payload::Http2 if inbound.current(preface.port).protocol == Protocol::Tcp => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => "protocol-mismatch").increment(1);
             tracing::info!(%remote, peer = %caller, port = preface.port, "inbound HTTP refused: the port is declared tcp");
         }
-        Payload::Http2 => http::serve(tls, caller, preface.port, inbound, drain, expires).await,
+        Payload::Http2 => {
+            http::serve(
+                tls,
+                caller,
+                preface.port,
+                inbound,
+                drain,
+                expires,
+                untrusted,
+            )
+            .await
+        }
     }
 }
 
@@ -241,6 +268,7 @@ async fn tcp_stream(
     port: u16,
     inbound: &Inbound,
     expires: tokio::time::Instant,
+    untrusted: std::pin::Pin<Box<impl Future<Output = ()>>>,
 ) {
     let current = inbound.current(port);
     let decision = policy::authorize(
@@ -279,12 +307,22 @@ async fn tcp_stream(
     let _ = upstream.set_nodelay(true);
     let started = Instant::now();
     let splice = crate::wire::splice(&mut tls, &mut upstream, inbound.tcp_idle_timeout);
-    let class = match tokio::time::timeout_at(expires, splice).await {
-        Ok(result) => crate::wire::splice_result(&result),
-        Err(_) => {
-            tracing::info!(%peer, "peer certificate expired: TCP stream closed");
-            "cert-expired"
-        }
+    // An untrusted peer's stream gets the same grace an HTTP/2 one does
+    // before it is closed: opaque bytes have no GOAWAY.
+    let untrusted_close = async {
+        untrusted.await;
+        tracing::info!(%peer, "the trust bundle no longer trusts the peer: closing the TCP stream soon");
+        tokio::time::sleep(trust::UNTRUSTED_CLOSE_AFTER).await;
+    };
+    let class = tokio::select! {
+        result = tokio::time::timeout_at(expires, splice) => match result {
+            Ok(result) => crate::wire::splice_result(&result),
+            Err(_) => {
+                tracing::info!(%peer, "peer certificate expired: TCP stream closed");
+                "cert-expired"
+            }
+        },
+        () = untrusted_close => "untrusted",
     };
     metrics::counter!("bulkhead_tcp_connections_total", "direction" => "inbound", "service" => inbound.service().to_owned(), "peer" => peer.to_string(), "result" => class).increment(1);
     metrics::histogram!("bulkhead_tcp_connection_duration_seconds", "direction" => "inbound", "service" => inbound.service().to_owned()).record(started.elapsed().as_secs_f64());

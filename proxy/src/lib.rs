@@ -10,7 +10,8 @@
 //! listener runs [`accept`]'s loop, holds to [`limits`] (connections,
 //! handshakes, head size and time, streams, resets, pending requests) and
 //! shuts down through [`drain`];
-//! [`identity`] keeps the certificate, [`control_client`] the [`state`]
+//! [`identity`] keeps the certificate, [`trust`] the bundle in force,
+//! [`control_client`] the [`state`]
 //! (subscribed to what [`subscriptions`] asks for, grown on demand);
 //! [`admin`] serves /metrics, /ready, /live, /config; [`dns`] answers mesh
 //! names; [`telemetry`] holds request metrics; [`http`] the plumbing both
@@ -43,5 +44,6 @@ mod run;
 mod state;
 mod subscriptions;
 mod telemetry;
+mod trust;
 mod upgrade;
 pub mod wire;

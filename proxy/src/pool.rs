@@ -5,8 +5,8 @@
 //! stream ([`Lane::Dedicated`]), get one per stream.
 //!
 //! A request finds its pooled connection without a lock: the table is
-//! copied on write (a new connection, a departed endpoint), which is rare,
-//! and read through `arc-swap` on every request.
+//! copied on write (a new connection, a departed endpoint, a new trust
+//! bundle), which is rare, and read through `arc-swap` on every request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,9 +17,11 @@ use arc_swap::ArcSwap;
 use tracing::Instrument;
 
 use bulkhead_proto::SpiffeId;
-use bulkhead_tls::{self as tls, CertSlot, ExpectedServer, TrustBundle};
+use bulkhead_tls::{self as tls, BundleSlot, CertSlot, ExpectedServer, TrustBundle};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -70,7 +72,8 @@ type Key = (SocketAddr, u16);
 
 /// A pooled connection, used for new requests until `retire_at`: ahead of
 /// the first notAfter of the two certificates that authenticated it (the
-/// peer closes it at ours, and we must not use it past theirs).
+/// peer closes it at ours, and we must not use it past theirs) — or at once
+/// when a new trust bundle would refuse either of them.
 #[derive(Clone)]
 struct Pooled {
     sender: SendRequest<Body>,
@@ -78,6 +81,25 @@ struct Pooled {
     /// Which connection this is, so that one found closing is forgotten
     /// only if it is still the one in the table.
     id: u64,
+    chains: Arc<Chains>,
+}
+
+/// The two certificate chains that authenticated a connection.
+struct Chains {
+    /// Ours, as presented (none: we had no certificate yet).
+    own: Option<Arc<CertifiedKey>>,
+    /// The server's, leaf first.
+    peer: Vec<CertificateDer<'static>>,
+}
+
+impl Chains {
+    fn trusted_by(&self, bundle: &TrustBundle) -> bool {
+        bundle.still_trusts_server(&self.peer)
+            && self
+                .own
+                .as_ref()
+                .is_none_or(|own| bundle.still_trusts_client(&own.cert))
+    }
 }
 
 impl Pooled {
@@ -93,7 +115,7 @@ const CERT_EXPIRY_RETIRE: Duration = Duration::from_secs(60);
 type Table = HashMap<Key, Pooled>;
 
 pub(crate) struct Pool {
-    bundle: TrustBundle,
+    bundle: BundleSlot,
     slot: CertSlot,
     /// Dial path only: one TLS config per peer identity.
     connectors: Mutex<HashMap<SpiffeId, TlsConnector>>,
@@ -109,7 +131,7 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(bundle: TrustBundle, slot: CertSlot, limits: Limits) -> Self {
+    pub(crate) fn new(bundle: BundleSlot, slot: CertSlot, limits: Limits) -> Self {
         Self {
             bundle,
             slot,
@@ -161,16 +183,18 @@ impl Pool {
         Ok(self.dial_until(addr, identity, preface).await?.0)
     }
 
-    /// [`Pool::dial`], and when the connection must be over: the earlier
+    /// [`Pool::dial`], when the connection must be over: the earlier
     /// notAfter of our certificate (read before the handshake, so a
-    /// renewal during it cannot make it later) and the peer's.
+    /// renewal during it cannot make it later) and the peer's — and the
+    /// chains that authenticated it.
     async fn dial_until(
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
         preface: Preface,
-    ) -> Result<(TlsStream<TcpStream>, Instant), ConnectError> {
-        let own = self.slot.get().and_then(|key| {
+    ) -> Result<(TlsStream<TcpStream>, Instant, Chains), ConnectError> {
+        let own_key = self.slot.get();
+        let own = own_key.as_ref().and_then(|key| {
             key.cert
                 .first()
                 .map(|leaf| identity::connection_deadline(leaf))
@@ -192,11 +216,14 @@ impl Pool {
                 ConnectError::Tls(addr, e.to_string())
             })?;
         metrics::counter!("bulkhead_tls_handshakes_total", "direction" => "outbound", "result" => "ok").increment(1);
-        let theirs = tls
+        let peer = tls
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|c| c.first())
+            .map(<[CertificateDer<'static>]>::to_vec)
+            .unwrap_or_default();
+        let theirs = peer
+            .first()
             .map(|leaf| identity::connection_deadline(leaf))
             .ok_or_else(|| ConnectError::Tls(addr, "no server certificate".into()))?;
         let until = own.map_or(theirs, |own| own.min(theirs));
@@ -204,7 +231,7 @@ impl Pool {
             .write(&mut tls)
             .await
             .map_err(|e| ConnectError::Connect(addr, e.to_string()))?;
-        Ok((tls, until))
+        Ok((tls, until, Chains { own: own_key, peer }))
     }
 
     /// An HTTP/2 connection to the endpoint ready to take a request: the
@@ -241,13 +268,14 @@ impl Pool {
                 }
             });
         }
-        let (mut sender, until) = self.open(addr, identity, port).await?;
+        let (mut sender, until, chains) = self.open(addr, identity, port).await?;
         if lane == Lane::Pooled {
             // Once retired, the connection closes when its in-flight
             // requests end (the last sender is dropped).
             let pooled = Pooled {
                 sender: sender.clone(),
                 retire_at: identity::ahead_of(until, 10, CERT_EXPIRY_RETIRE),
+                chains: Arc::new(chains),
                 id: self
                     .opened
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -273,12 +301,12 @@ impl Pool {
         addr: SocketAddr,
         identity: &SpiffeId,
         port: u16,
-    ) -> Result<(SendRequest<Body>, Instant), ConnectError> {
+    ) -> Result<(SendRequest<Body>, Instant, Chains), ConnectError> {
         let preface = Preface {
             payload: Payload::Http2,
             port,
         };
-        let (tls, until) = self.dial_until(addr, identity, preface).await?;
+        let (tls, until, chains) = self.dial_until(addr, identity, preface).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
@@ -302,7 +330,25 @@ impl Pool {
             }
             .instrument(span),
         );
-        Ok((sender, until))
+        Ok((sender, until, chains))
+    }
+
+    /// Retires the pooled connections `bundle` would no longer let in, on
+    /// either side (they close once their in-flight requests end; new
+    /// requests dial again, with the certificates in use now).
+    pub(crate) fn retire_untrusted(&self, bundle: &TrustBundle) {
+        let mut retired = 0;
+        self.update(|table| {
+            let before = table.len();
+            table.retain(|_, p| p.chains.trusted_by(bundle));
+            retired = before - table.len();
+        });
+        if retired > 0 {
+            tracing::info!(
+                connections = retired,
+                "retired pooled connections the new trust bundle no longer trusts"
+            );
+        }
     }
 
     /// Forgets the connections to endpoints that are no longer registered

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bulkhead_process::Backoff;
 use bulkhead_proto::pb;
-use bulkhead_tls::{self as tls, CertSlot, TrustBundle};
+use bulkhead_tls::{self as tls, BundleSlot, CertSlot, TrustBundle};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -33,7 +33,7 @@ use crate::outbound::{self, MeshListeners, Outbound, Target};
 use crate::pool::Pool;
 use crate::state::{self, MeshState, StateCell};
 use crate::subscriptions::Subscriptions;
-use crate::wire;
+use crate::{trust, wire};
 
 /// How often a draining sidecar looks whether its app has exited.
 const APP_EXIT_POLL: Duration = Duration::from_millis(200);
@@ -49,17 +49,23 @@ pub(crate) enum Exit {
 
 pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Exit> {
     keep_metrics_bounded(metrics.clone());
-    let bundle = trust_bundle(&config)?;
+    let bundle = BundleSlot::new(trust_bundle(&config)?);
     if let Some(dir) = &config.state_dir {
         std::fs::create_dir_all(dir)
             .map_err(|e| Exit::Usage(format!("--state-dir {}: {e}", dir.display())))?;
+    }
+    let saved = saved_state(&config);
+    // The last bundle pushed is newer than the one the flags name (a root
+    // may have been added, or retired, since the pod was made).
+    if let Some(trust) = &saved.trust {
+        trust::apply(&bundle, trust);
     }
     // Every port is bound first, so a clash is reported at once.
     let listeners = Listeners::bind(&config).await?;
     let addresses = listeners.addresses()?;
 
     let slot = CertSlot::empty();
-    let states = StateCell::new(saved_state(&config));
+    let states = StateCell::new(saved);
     let subscriptions = Arc::new(subscriptions(&config, &states.load()));
     // Two phases on SIGTERM: inbound (and admin's readiness) drains first;
     // the app-facing side keeps serving while the app may still be
@@ -83,6 +89,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     let admin = Arc::new(Admin {
         metrics,
         slot: slot.clone(),
+        bundle: bundle.clone(),
         states: states.clone(),
         outbound: outbound.clone(),
         apps: config.app.iter().map(|a| a.addr).collect(),
@@ -113,6 +120,12 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         write_addresses(path, &addresses, &dns)?;
     }
     tokio::spawn(follow_endpoints(outbound.clone()));
+    {
+        let outbound = outbound.clone();
+        tokio::spawn(trust::follow(states.clone(), bundle.clone(), move |b| {
+            outbound.pool.retire_untrusted(b)
+        }));
+    }
 
     let issued = first_certificate(&config, &bundle, &slot).await?;
     check_identity(&config, &issued.id)?;
@@ -123,8 +136,9 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         control.clone(),
         slot.clone(),
         issued,
-        bundle.trust_domain().to_owned(),
+        bundle.trust_domain(),
         config.state_dir.clone(),
+        states.clone(),
     ));
     subscriptions.connect(control.clone());
     tokio::spawn(control_client::watch_forever(
@@ -372,10 +386,10 @@ fn check_identity(config: &Config, id: &bulkhead_proto::SpiffeId) -> Result<(), 
 /// retrying while the control plane is unreachable.
 async fn first_certificate(
     config: &Config,
-    bundle: &TrustBundle,
+    bundle: &BundleSlot,
     slot: &CertSlot,
 ) -> Result<identity::Issued, Exit> {
-    let td = bundle.trust_domain().to_owned();
+    let td = bundle.trust_domain();
     if let Some(dir) = &config.state_dir
         && let Some(saved) = identity::load_saved(dir, slot, &td)
     {
@@ -428,7 +442,7 @@ fn subscriptions(config: &Config, restored: &MeshState) -> Subscriptions {
 /// the app on localhost.
 fn inbound_side(
     config: &Config,
-    bundle: &TrustBundle,
+    bundle: &BundleSlot,
     slot: &CertSlot,
     states: &StateCell,
     identity: bulkhead_proto::SpiffeId,
@@ -438,7 +452,8 @@ fn inbound_side(
         .map_err(|e| Exit::Failure(e.to_string()))?;
     Ok(Arc::new(Inbound {
         tls: TlsAcceptor::from(Arc::new(server_config)),
-        trust_domain: bundle.trust_domain().to_owned(),
+        bundle: bundle.clone(),
+        trust_domain: bundle.trust_domain(),
         identity,
         key: (config.namespace.clone(), config.service.clone()),
         id: std::sync::OnceLock::new(),
@@ -515,6 +530,7 @@ async fn follow_health(
                         record,
                         admin.outbound.locality.clone(),
                         ready,
+                        admin.slot.clone(),
                     ));
                 }
             }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use bulkhead_proto::model::{AllowList, Endpoint, Resource, Service, TrafficSplit};
+use bulkhead_proto::model::{AllowList, Endpoint, Resource, Service, TrafficSplit, Trust};
 use bulkhead_proto::pb::{self, change::Item, change::Op};
 use prost::Message;
 use tokio::sync::watch;
@@ -81,7 +81,9 @@ pub(crate) struct MeshState {
     vips: Arc<HashMap<IpAddr, ServiceKey>>,
     /// Endpoint addresses (pod IPs) → the services registered there.
     addresses: Arc<HashMap<IpAddr, Vec<ServiceKey>>>,
-    pub(crate) bundle_der: Vec<Vec<u8>>,
+    /// The trust last pushed (roots, and a rotation's renewal deadline);
+    /// `None` until the control plane has sent one.
+    pub(crate) trust: Option<Arc<Trust>>,
     /// The services whose endpoints and splits this state holds in full
     /// (what the Watch asked for); with the directory, others have their
     /// Service resource only.
@@ -217,7 +219,7 @@ impl MeshState {
             // hold, and what was subscribed to (the caller's to change).
             *self = Self {
                 ids: Arc::clone(&self.ids),
-                bundle_der: std::mem::take(&mut self.bundle_der),
+                trust: self.trust.take(),
                 subscribed: std::mem::take(&mut self.subscribed),
                 ..Self::default()
             };
@@ -279,7 +281,12 @@ impl MeshState {
                         .or_default()
                         .push((key, entry));
                 }
-                Some(Item::TrustBundle(b)) if !delete => self.bundle_der = b.roots_der.clone(),
+                Some(Item::TrustBundle(b)) if !delete => match Trust::try_from(b) {
+                    // Unchanged trust keeps its Arc: followers compare by it.
+                    Ok(trust) if self.trust.as_deref() == Some(&trust) => {}
+                    Ok(trust) => self.trust = Some(Arc::new(trust)),
+                    Err(e) => problems.push(format!("trust bundle: {e}")),
+                },
                 _ => {}
             }
         }
@@ -423,12 +430,14 @@ impl MeshState {
 
     /// The whole state as one snapshot update (what is persisted).
     pub(crate) fn to_snapshot(&self) -> pb::WatchUpdate {
-        let mut changes = vec![pb::Change {
-            op: Op::Upsert as i32,
-            item: Some(Item::TrustBundle(pb::TrustBundle {
-                roots_der: self.bundle_der.clone(),
-            })),
-        }];
+        let mut changes: Vec<pb::Change> = self
+            .trust
+            .iter()
+            .map(|trust| pb::Change {
+                op: Op::Upsert as i32,
+                item: Some(Item::TrustBundle(pb::TrustBundle::from(trust.as_ref()))),
+            })
+            .collect();
         for r in self.resources.values() {
             changes.push(pb::Change {
                 op: Op::Upsert as i32,

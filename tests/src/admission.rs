@@ -113,6 +113,9 @@ impl Webhook {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let injector = Arc::new(Injector::new(settings()).expect("settings"));
+        // One injector for the listener's life (the control plane's follows
+        // its trust bundle).
+        let (_, injector) = tokio::sync::watch::channel(injector);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(webhook::serve(
             listener,

@@ -190,7 +190,7 @@ impl H2 {
 /// `port`, then [`H2::over`].
 pub async fn mesh_peer(mesh: &Mesh, callee: &Sidecar, port: u16) -> std::io::Result<H2> {
     let config = bulkhead_tls::client_config(
-        &mesh.ca.bundle(),
+        mesh.ca.bundle(),
         bulkhead_tls::ExpectedServer::Identity(security::identity(&callee.spec.service)),
         Some(security::client_cert(mesh, |_| {})),
         &[security::ALPN],

@@ -227,6 +227,14 @@ impl TestCa {
         TrustBundle::from_pem(&pem, "bundle.crt", &self.trust_domain).expect("parse bundle")
     }
 
+    /// This CA's roots and `other`'s, as one bundle (what a client trusts
+    /// during a root rotation).
+    pub fn bundle_with(&self, other: &TestCa) -> TrustBundle {
+        let mut roots = self.bundle().roots_der().to_vec();
+        roots.extend(other.bundle().roots_der().iter().cloned());
+        TrustBundle::new(roots, &self.trust_domain).expect("bundle")
+    }
+
     /// The operator certificate `ca init` wrote.
     pub fn operator(&self) -> CertSlot {
         slot_from_files(&self.file("operator.crt"), &self.file("operator.key"))
@@ -427,7 +435,7 @@ impl ControlPlane {
 
     /// A gRPC channel presenting `client_cert` (None: no client certificate).
     pub fn channel(&self, ca: &TestCa, client_cert: Option<CertSlot>) -> Channel {
-        bulkhead_tls::channel(&self.url(), &ca.bundle(), client_cert).expect("channel")
+        bulkhead_tls::channel(&self.url(), ca.bundle(), client_cert).expect("channel")
     }
 
     pub fn admin_client(&self, ca: &TestCa) -> pb::admin_client::AdminClient<Channel> {
@@ -553,6 +561,12 @@ impl Watcher {
             .expect("watch stream ended");
         self.updates.push(update.clone());
         update
+    }
+
+    /// The next message as the stream gives it: an update, the end, or
+    /// the error that ended it (not bounded in time).
+    pub async fn try_next(&mut self) -> Result<Option<pb::WatchUpdate>, tonic::Status> {
+        self.stream.message().await
     }
 
     /// Reads updates until one satisfies `pred`; returns it.

@@ -305,6 +305,18 @@ pub const MAX_LOAD_TIME: Duration = Duration::from_secs(60);
 impl Load {
     /// `pace`: pause between one worker's calls (load shaping, not timing).
     pub fn start(addr: SocketAddr, workers: usize, pace: Duration) -> Self {
+        Self::start_bounded(addr, workers, pace, MAX_PER_WORKER, MAX_LOAD_TIME)
+    }
+
+    /// [`Load::start`] with other bounds: at most `calls` per worker and
+    /// `time` in all (for scenarios longer than the usual minute).
+    pub fn start_bounded(
+        addr: SocketAddr,
+        workers: usize,
+        pace: Duration,
+        calls: u64,
+        time: Duration,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let workers = (0..workers)
@@ -314,8 +326,8 @@ impl Load {
                     let client = client();
                     let started = Instant::now();
                     let mut tally = Tally::default();
-                    for i in 0..MAX_PER_WORKER {
-                        if stop.load(Ordering::SeqCst) || started.elapsed() > MAX_LOAD_TIME {
+                    for i in 0..calls {
+                        if stop.load(Ordering::SeqCst) || started.elapsed() > time {
                             break;
                         }
                         let path = format!("/stock/load-{w}-{i}");

@@ -46,6 +46,7 @@ fn registration(service: &str, address: &str, lease_id: i64) -> pb::KeepAliveReq
         address: address.into(),
         lease_id,
         inbound_port: 4143,
+        ..Default::default()
     }
 }
 
@@ -66,7 +67,10 @@ async fn registration_lives_on_a_lease_kept_alive_by_the_registrant() {
     // A registrant cannot choose the identity the record carries.
     ep.identity = "spiffe://cluster.local/ns/shop/sa/admin".into();
     let reg = client
-        .register(pb::RegisterRequest { endpoint: Some(ep) })
+        .register(pb::RegisterRequest {
+            endpoint: Some(ep),
+            ..Default::default()
+        })
         .await
         .expect("register")
         .into_inner();
@@ -115,6 +119,7 @@ async fn deregistration_removes_the_record_at_once_and_only_for_its_owner() {
     let reg = discovery(&cp, &ca, &cart)
         .register(pb::RegisterRequest {
             endpoint: Some(endpoint("shop", "cart", "1.0.0", "198.18.0.9", "n1")),
+            ..Default::default()
         })
         .await
         .expect("register")
@@ -152,6 +157,7 @@ async fn readiness_is_set_on_the_lease_by_its_owner_only() {
                 ready: Some(false),
                 ..endpoint("shop", "cart", "1.0.0", "198.18.0.9", "n1")
             }),
+            ..Default::default()
         })
         .await
         .expect("register")
@@ -219,6 +225,7 @@ async fn only_listed_service_accounts_may_register() {
     let err = discovery(&cp, &ca, &inventory)
         .register(pb::RegisterRequest {
             endpoint: Some(endpoint("shop", "cart", "1", "198.18.0.1", "n")),
+            ..Default::default()
         })
         .await
         .expect_err("inventory is not a cart service account");
@@ -233,6 +240,7 @@ async fn only_listed_service_accounts_may_register() {
     discovery(&cp, &ca, &canary)
         .register(pb::RegisterRequest {
             endpoint: Some(endpoint("shop", "cart", "2", "198.18.0.2", "n")),
+            ..Default::default()
         })
         .await
         .expect("cart-canary is listed");
@@ -241,6 +249,7 @@ async fn only_listed_service_accounts_may_register() {
     let err = discovery(&cp, &ca, &other_ns)
         .register(pb::RegisterRequest {
             endpoint: Some(endpoint("shop", "cart", "1", "198.18.0.3", "n")),
+            ..Default::default()
         })
         .await
         .expect_err("other namespace");
@@ -250,6 +259,7 @@ async fn only_listed_service_accounts_may_register() {
     let err = discovery(&cp, &ca, &inventory)
         .register(pb::RegisterRequest {
             endpoint: Some(endpoint("shop", "payments", "1", "198.18.0.4", "n")),
+            ..Default::default()
         })
         .await
         .expect_err("no such service");
@@ -260,6 +270,7 @@ async fn only_listed_service_accounts_may_register() {
     let err = discovery(&cp, &ca, &inventory)
         .register(pb::RegisterRequest {
             endpoint: Some(bad.clone()),
+            ..Default::default()
         })
         .await
         .expect_err("bad address");
@@ -270,6 +281,7 @@ async fn only_listed_service_accounts_may_register() {
     let err = discovery(&cp, &ca, &inventory)
         .register(pb::RegisterRequest {
             endpoint: Some(bad),
+            ..Default::default()
         })
         .await
         .expect_err("bad port");
@@ -279,6 +291,7 @@ async fn only_listed_service_accounts_may_register() {
     let err = DiscoveryClient::new(cp.channel(&ca, None))
         .register(pb::RegisterRequest {
             endpoint: Some(endpoint("shop", "inventory", "1", "198.18.0.6", "n")),
+            ..Default::default()
         })
         .await
         .expect_err("no client cert");
@@ -319,6 +332,7 @@ async fn watch_pushes_a_snapshot_then_changes_with_rising_revisions() {
     let reg = discovery(&cp, &ca, &inventory)
         .register(pb::RegisterRequest {
             endpoint: Some(endpoint("shop", "inventory", "3.0.0", "198.18.0.7", "n1")),
+            ..Default::default()
         })
         .await
         .expect("register")
@@ -482,6 +496,7 @@ spec:
         discovery(&cp, &ca, w)
             .register(pb::RegisterRequest {
                 endpoint: Some(endpoint("shop", svc, "3.0.0", ip, "n1")),
+                ..Default::default()
             })
             .await
             .expect("register");

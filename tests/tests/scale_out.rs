@@ -79,6 +79,7 @@ async fn a_resource_applied_through_one_replica_reaches_a_watcher_of_the_other()
     pb::discovery_client::DiscoveryClient::new(b.channel(&ca, Some(inventory.slot.clone())))
         .register(pb::RegisterRequest {
             endpoint: Some(endpoint("shop", "inventory", "3.0.0", "198.18.0.7", "n1")),
+            ..Default::default()
         })
         .await
         .expect("register through B");
@@ -163,6 +164,7 @@ async fn a_control_plane_restart_loses_no_registration_or_resource() {
         pb::discovery_client::DiscoveryClient::new(cp.channel(&ca, Some(inventory.slot.clone())))
             .register(pb::RegisterRequest {
                 endpoint: Some(endpoint("shop", "inventory", "3.0.0", "198.18.0.7", "n1")),
+                ..Default::default()
             })
             .await
             .expect("register")
@@ -178,6 +180,7 @@ async fn a_control_plane_restart_loses_no_registration_or_resource() {
             address: "198.18.0.7".into(),
             lease_id: reg.lease_id,
             inbound_port: 4143,
+            ..Default::default()
         })
         .await
         .expect("keep alive after restart");
@@ -241,6 +244,7 @@ async fn a_three_member_etcd_cluster_can_lose_any_one_member() {
                     &format!("198.18.0.{}", 10 + member),
                     "n1",
                 )),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("register with member {member} down: {e:?}"));

@@ -85,7 +85,7 @@ async fn a_peer_that_skips_its_sidecar_cannot_forge_them_either() {
     // web's own certificate, but a hand-driven client sending the forged
     // headers straight to cart's inbound port.
     let config = bulkhead_tls::client_config(
-        &m.ca.bundle(),
+        m.ca.bundle(),
         bulkhead_tls::ExpectedServer::Identity(identity("cart")),
         Some(client_cert(&m, |_| {})),
         &[ALPN],

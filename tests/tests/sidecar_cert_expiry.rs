@@ -54,7 +54,7 @@ fn config_for(
     cert: bulkhead_tls::CertSlot,
 ) -> rustls::ClientConfig {
     bulkhead_tls::client_config(
-        &m.ca.bundle(),
+        m.ca.bundle(),
         bulkhead_tls::ExpectedServer::Identity(identity(callee)),
         Some(cert),
         &[ALPN],

@@ -217,6 +217,47 @@ mod checks {
         );
     }
 
+    pub(crate) async fn put_if_swaps_only_the_revision_it_read(store: &dyn Store) {
+        assert!(
+            store
+                .put_if("ca/trust", 0, b"first".to_vec())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .put_if("ca/trust", 0, b"again".to_vec())
+                .await
+                .unwrap(),
+            "0 means absent"
+        );
+        let read = store.get("ca/trust").await.unwrap().unwrap();
+        // Two writers read the same revision: the first wins, the second
+        // is told and writes nothing.
+        assert!(
+            store
+                .put_if("ca/trust", read.mod_revision, b"second".to_vec())
+                .await
+                .unwrap()
+        );
+        let (_, revision) = store.list("").await.unwrap();
+        assert!(
+            !store
+                .put_if("ca/trust", read.mod_revision, b"lost".to_vec())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.get("ca/trust").await.unwrap().unwrap().value,
+            b"second"
+        );
+        assert_eq!(
+            store.list("").await.unwrap().1,
+            revision,
+            "a refused swap wrote"
+        );
+    }
+
     pub(crate) async fn lease_expires_without_keep_alive(store: &dyn Store) {
         let lease = store.grant(Duration::from_secs(2)).await.unwrap();
         let (_, start) = store.list("").await.unwrap();
@@ -345,6 +386,7 @@ on_both_stores!(
     put_get_list_delete,
     txn_is_all_or_nothing,
     create_only_if_absent,
+    put_if_swaps_only_the_revision_it_read,
     lease_expires_without_keep_alive,
     keep_alive_holds_a_lease,
     revoke_deletes_the_lease_keys,

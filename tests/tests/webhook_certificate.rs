@@ -57,9 +57,17 @@ fn bundle_roots(ca: &TestCa) -> Vec<Vec<u8>> {
     roots
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_control_plane_serves_a_certificate_the_bundle_trusts_and_keeps_the_ca_bundle() {
-    let ca = TestCa::init("cluster.local");
+/// A stand-in API server holding the webhook configuration, and a real
+/// control plane serving the webhook and keeping that configuration's
+/// caBundle (checked every second).
+struct Keeping {
+    api: ApiServer,
+    path: String,
+    rendered: Value,
+    cp: ControlPlane,
+}
+
+async fn keeping_the_ca_bundle(ca: &TestCa, more: &[&str]) -> Keeping {
     let path = mutating_webhook_configuration_path(CONFIGURATION);
     let rendered = mutating_webhook_configuration(CONFIGURATION, &WEBHOOKS);
     let api = ApiServer::start(
@@ -81,7 +89,25 @@ async fn the_control_plane_serves_a_certificate_the_bundle_trusts_and_keeps_the_
     ];
     let creds = api.credentials_args();
     extra.extend(creds.iter().map(String::as_str));
-    let cp = tokio::task::block_in_place(|| ControlPlane::start(&ca, &StoreSpec::Memory, &extra));
+    extra.extend_from_slice(more);
+    let cp = tokio::task::block_in_place(|| ControlPlane::start(ca, &StoreSpec::Memory, &extra));
+    Keeping {
+        api,
+        path,
+        rendered,
+        cp,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_serves_a_certificate_the_bundle_trusts_and_keeps_the_ca_bundle() {
+    let ca = TestCa::init("cluster.local");
+    let Keeping {
+        api,
+        path,
+        rendered,
+        cp,
+    } = keeping_the_ca_bundle(&ca, &[]).await;
     let addr = cp.webhook.expect("the webhook's address");
 
     // (a) A client that trusts nothing but the mesh's roots, asking for the
@@ -224,4 +250,109 @@ async fn the_certificate_is_renewed_while_the_webhook_keeps_answering() {
     let body = answer.into_body().collect().await.unwrap().to_bytes();
     let out: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(out["response"]["uid"], "after");
+}
+
+/// The roots injected pods are handed inline (`BULKHEAD_TRUST_BUNDLE_PEM`).
+fn injected_roots(pod: &k8s_openapi::api::core::v1::Pod) -> usize {
+    let proxy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "bulkhead-proxy"))
+        .expect("the injected sidecar");
+    let pem = proxy
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "BULKHEAD_TRUST_BUNDLE_PEM")
+        .and_then(|e| e.value.clone())
+        .expect("the bundle inline");
+    bulkhead_tls::certs_from_pem(pem.as_bytes(), "env")
+        .unwrap()
+        .len()
+}
+
+fn ctl_ok(cp: &ControlPlane, ca: &TestCa, args: &[&str]) -> String {
+    let out = tokio::task::block_in_place(|| cp.ctl(ca, args));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A root rotation keeps the webhook working for an API server that
+/// trusts what the caBundle holds: both roots from `prepare`, a serving
+/// certificate of the new issuer from `activate`, the new root alone from
+/// `retire`; pods injected meanwhile get the bundle in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_keeps_the_ca_bundle_and_the_webhook_certificate_current() {
+    let ca = TestCa::init("cluster.local");
+    let Keeping { api, path, cp, .. } =
+        keeping_the_ca_bundle(&ca, &["--issuer-reload", "1s"]).await;
+    let addr = cp.webhook.expect("the webhook's address");
+    let until_ca_bundle = |roots: Vec<Vec<u8>>, what: &'static str| {
+        let (api, path) = (&api, &path);
+        wait_for_async(what, Duration::from_secs(20), move || {
+            let roots = roots.clone();
+            async move { api.object(path).filter(|c| holds_bundle(c, &roots)) }
+        })
+    };
+    until_ca_bundle(bundle_roots(&ca), "the caBundle set to the old root").await;
+
+    ctl_ok(&cp, &ca, &["ca", "rotate", "prepare", "--generate"]);
+    let both = bundle_roots(&ca);
+    assert_eq!(both.len(), 2, "bundle.crt holds both roots now");
+    until_ca_bundle(both, "the caBundle to hold both roots").await;
+    let old_roots = std::fs::read(ca.file("root.crt")).unwrap();
+    let review = fixture("deployment-pod-create.json");
+    let old_client = Webhook::client(addr, &old_roots, SERVICE_DNS_NAME);
+    let (_, pod) = patched(&review, &old_client.review(&review).await);
+    let both_client = Webhook::client(
+        addr,
+        &std::fs::read(ca.file("bundle.crt")).unwrap(),
+        SERVICE_DNS_NAME,
+    );
+    assert_eq!(injected_roots(&pod), 2, "a pod made now trusts both roots");
+
+    // Activate once the replica holds the next issuer's key (read from
+    // this folder within a second); the webhook's certificate follows.
+    wait_for_async("activate to be accepted", Duration::from_secs(20), || {
+        let out = tokio::task::block_in_place(|| cp.ctl(&ca, &["ca", "rotate", "activate"]));
+        async move { out.status.success().then_some(()) }
+    })
+    .await;
+    let new_root = std::fs::read(ca.file("next-root.crt")).unwrap();
+    let next_issuer = std::fs::read(ca.file("next-issuer.crt")).unwrap();
+    let next_issuer = bulkhead_tls::certs_from_pem(&next_issuer, "next").unwrap();
+    let new_client = Webhook::client(addr, &new_root, SERVICE_DNS_NAME);
+    wait_for_async(
+        "a webhook certificate of the new issuer",
+        Duration::from_secs(20),
+        || {
+            let (client, issuer) = (&both_client, &next_issuer[0]);
+            async move {
+                let leaf = client.served_certificate().await;
+                let (_, leaf) = x509_parser::parse_x509_certificate(&leaf).ok()?;
+                let (_, issuer) = x509_parser::parse_x509_certificate(issuer).ok()?;
+                leaf.verify_signature(Some(issuer.public_key())).ok()
+            }
+        },
+    )
+    .await;
+    let again = with_uid(&review, "0a5d6a4e-0000-4000-8000-000000000003");
+    patched(&again, &new_client.review(&again).await);
+
+    ctl_ok(&cp, &ca, &["ca", "rotate", "retire"]);
+    let new_only = bundle_roots(&ca);
+    assert_eq!(new_only.len(), 1);
+    until_ca_bundle(new_only, "the caBundle to hold the new root alone").await;
+    let last = with_uid(&review, "0a5d6a4e-0000-4000-8000-000000000004");
+    let (_, pod) = patched(&last, &new_client.review(&last).await);
+    assert_eq!(
+        injected_roots(&pod),
+        1,
+        "a pod made now trusts the new root"
+    );
 }

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::verify::{self as tls, CertSlot, ExpectedServer, TrustBundle};
+use crate::bundle::BundleSlot;
+use crate::verify::{self as tls, CertSlot, ExpectedServer};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -57,9 +58,10 @@ pub fn parse_control_url(url: &str) -> Result<(String, u16), ClientError> {
 
 /// A lazily connecting channel: it dials on first use and re-dials after a
 /// failure, so callers ride out control-plane restarts by retrying calls.
+/// Each handshake checks the control plane against the bundle in force.
 pub fn channel(
     url: &str,
-    bundle: &TrustBundle,
+    bundle: impl Into<BundleSlot>,
     client_cert: Option<CertSlot>,
 ) -> Result<Channel, ClientError> {
     let (host, port) = parse_control_url(url)?;

@@ -14,16 +14,18 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls13_signature};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
+    ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use bulkhead_proto::identity::{IdentityError, SpiffeId};
+
+use crate::bundle::BundleSlot;
 
 /// ALPN protocol ids offered on gRPC listeners.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -74,60 +76,6 @@ pub fn key_from_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, Tl
     })
 }
 
-/// The roots a mesh trusts, and the trust domain its identities live in.
-#[derive(Clone)]
-pub struct TrustBundle {
-    roots: Arc<RootCertStore>,
-    roots_der: Vec<CertificateDer<'static>>,
-    trust_domain: String,
-}
-
-impl fmt::Debug for TrustBundle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrustBundle")
-            .field("roots", &self.roots_der.len())
-            .field("trust_domain", &self.trust_domain)
-            .finish()
-    }
-}
-
-impl TrustBundle {
-    pub fn new(
-        roots_der: Vec<CertificateDer<'static>>,
-        trust_domain: &str,
-    ) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for root in &roots_der {
-            roots.add(root.clone()).map_err(|e| TlsError::Rejected {
-                what: "trust bundle".to_owned(),
-                reason: e.to_string(),
-            })?;
-        }
-        if roots.is_empty() {
-            return Err(TlsError::NoCertificates {
-                what: "trust bundle".to_owned(),
-            });
-        }
-        Ok(Self {
-            roots: Arc::new(roots),
-            roots_der,
-            trust_domain: trust_domain.to_owned(),
-        })
-    }
-
-    pub fn from_pem(pem: &[u8], what: &str, trust_domain: &str) -> Result<Self, TlsError> {
-        Self::new(certs_from_pem(pem, what)?, trust_domain)
-    }
-
-    pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
-    }
-
-    pub fn roots_der(&self) -> &[CertificateDer<'static>] {
-        &self.roots_der
-    }
-}
-
 /// The identity a TLS client accepts from the server it dialled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExpectedServer {
@@ -173,17 +121,18 @@ fn identity_error(e: IdentityError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Client-side verifier: chain to the bundle, validity, one SPIFFE ID in the
-/// trust domain, and that ID is the expected one. Host names are not checked.
+/// Client-side verifier: chain to the bundle in force, validity, one SPIFFE
+/// ID in the trust domain, and that ID is the expected one. Host names are
+/// not checked.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    bundle: TrustBundle,
+    bundle: BundleSlot,
     expected: ExpectedServer,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl SpiffeServerVerifier {
-    pub fn new(bundle: TrustBundle, expected: ExpectedServer) -> Self {
+    pub fn new(bundle: BundleSlot, expected: ExpectedServer) -> Self {
         Self {
             bundle,
             expected,
@@ -201,16 +150,17 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let bundle = self.bundle.get();
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.bundle.roots,
+            &bundle.roots,
             intermediates,
             now,
             self.algs.all,
         )?;
-        let id = SpiffeId::from_cert_der(end_entity, &self.bundle.trust_domain)
-            .map_err(identity_error)?;
+        let id =
+            SpiffeId::from_cert_der(end_entity, &bundle.trust_domain).map_err(identity_error)?;
         if !self.expected.accepts(&id) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 OtherError(Arc::new(UnexpectedIdentity {
@@ -248,12 +198,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// Server-side verifier: WebPKI chain/validity/clientAuth checks, then the
-/// SPIFFE rules, so a peer without a valid mesh identity fails the handshake.
+/// Server-side verifier: WebPKI chain/validity/clientAuth checks against
+/// the bundle in force, then the SPIFFE rules, so a peer without a valid
+/// mesh identity fails the handshake.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: String,
+    bundle: BundleSlot,
     mandatory: bool,
 }
 
@@ -261,21 +211,12 @@ impl SpiffeClientVerifier {
     /// `mandatory = false` lets clients without a certificate through the
     /// handshake (the control plane's Certify call); a certificate that is
     /// presented is still fully checked.
-    pub fn new(bundle: &TrustBundle, mandatory: bool) -> Result<Self, TlsError> {
-        let mut builder =
-            WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider());
-        if !mandatory {
-            builder = builder.allow_unauthenticated();
-        }
-        let inner = builder.build().map_err(|e| TlsError::Rejected {
-            what: "client verifier".to_owned(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
-            inner,
-            trust_domain: bundle.trust_domain.clone(),
-            mandatory,
-        })
+    pub fn new(bundle: BundleSlot, mandatory: bool) -> Self {
+        Self { bundle, mandatory }
+    }
+
+    fn inner(&self) -> Arc<dyn ClientCertVerifier> {
+        self.bundle.get().client_verifier(self.mandatory).clone()
     }
 }
 
@@ -299,9 +240,13 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        SpiffeId::from_cert_der(end_entity, &self.trust_domain).map_err(identity_error)?;
+        let bundle = self.bundle.get();
+        bundle.client_verifier(self.mandatory).verify_client_cert(
+            end_entity,
+            intermediates,
+            now,
+        )?;
+        SpiffeId::from_cert_der(end_entity, &bundle.trust_domain).map_err(identity_error)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -311,7 +256,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.inner().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -320,11 +265,11 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.inner().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.inner().supported_verify_schemes()
     }
 }
 
@@ -407,10 +352,11 @@ impl ResolvesClientCert for CertSlot {
     }
 }
 
-/// A TLS 1.3 client config that verifies the server's SPIFFE identity and
-/// presents the certificate in `slot` when it holds one.
+/// A TLS 1.3 client config that verifies the server's SPIFFE identity
+/// against the bundle in force at each handshake, and presents the
+/// certificate in `slot` when it holds one.
 pub fn client_config(
-    bundle: &TrustBundle,
+    bundle: impl Into<BundleSlot>,
     expected: ExpectedServer,
     slot: Option<CertSlot>,
     alpn: &[&[u8]],
@@ -423,7 +369,7 @@ pub fn client_config(
         })?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
-            bundle.clone(),
+            bundle.into(),
             expected,
         )));
     let mut config = match slot {
@@ -438,14 +384,15 @@ pub fn client_config(
 }
 
 /// A TLS 1.3 server config presenting the certificate in `slot` and
-/// verifying client certificates by SPIFFE identity.
+/// verifying client certificates by SPIFFE identity, against the bundle in
+/// force at each handshake.
 pub fn server_config(
-    bundle: &TrustBundle,
+    bundle: impl Into<BundleSlot>,
     slot: CertSlot,
     client_auth_mandatory: bool,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, TlsError> {
-    let verifier = SpiffeClientVerifier::new(bundle, client_auth_mandatory)?;
+    let verifier = SpiffeClientVerifier::new(bundle.into(), client_auth_mandatory);
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Rejected {
@@ -477,22 +424,6 @@ pub fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let seconds = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
     Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
-}
-
-/// The trust domain named by a bundle's roots: `bulkheadctl ca init` puts a
-/// URI SAN `spiffe://<trust-domain>` on the root. `None` when no root says.
-pub fn trust_domain_of_roots(roots_der: &[CertificateDer<'_>]) -> Option<String> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    roots_der.iter().find_map(|der| {
-        let (_, cert) = X509Certificate::from_der(der).ok()?;
-        let uris = bulkhead_proto::identity::uri_sans(&cert).ok()?;
-        uris.iter().find_map(|uri| {
-            let td = uri.strip_prefix("spiffe://")?.trim_end_matches('/');
-            bulkhead_proto::identity::validate_trust_domain(td)
-                .ok()
-                .map(|()| td.to_owned())
-        })
-    })
 }
 
 /// Accepts any server certificate (the handshake signature is still

@@ -227,4 +227,38 @@ impl pb::admin_server::Admin for AdminService {
             now_unix_ms: now_unix_ms(),
         }))
     }
+
+    async fn get_trust(
+        &self,
+        request: Request<pb::GetTrustRequest>,
+    ) -> Result<Response<pb::TrustStatus>, Status> {
+        self.authorize(&request, "trust")?;
+        Ok(Response::new(super::trust::status(&self.plane).await?))
+    }
+
+    async fn prepare_rotation(
+        &self,
+        request: Request<pb::PrepareRotationRequest>,
+    ) -> Result<Response<pb::TrustStatus>, Status> {
+        self.authorize(&request, "rotate")?;
+        let status = super::trust::prepare(&self.plane, request.into_inner()).await?;
+        Ok(Response::new(status))
+    }
+
+    async fn activate_rotation(
+        &self,
+        request: Request<pb::ActivateRotationRequest>,
+    ) -> Result<Response<pb::TrustStatus>, Status> {
+        self.authorize(&request, "rotate")?;
+        let status = super::trust::activate(&self.plane, request.into_inner()).await?;
+        Ok(Response::new(status))
+    }
+
+    async fn retire_root(
+        &self,
+        request: Request<pb::RetireRootRequest>,
+    ) -> Result<Response<pb::TrustStatus>, Status> {
+        self.authorize(&request, "rotate")?;
+        Ok(Response::new(super::trust::retire(&self.plane).await?))
+    }
 }

@@ -18,6 +18,7 @@ use super::{ControlPlane, now_unix_ms, peer, store_status};
 use crate::hub::{Change, Delta, View};
 use crate::keys;
 use crate::store::Op as StoreOp;
+use crate::trust::leaves::LeafNote;
 
 /// Updates queued per subscriber before its stream applies backpressure.
 const SUBSCRIBER_QUEUE: usize = 16;
@@ -64,7 +65,7 @@ impl DiscoveryService {
                 "stored Service {namespace}/{service} does not parse"
             )));
         };
-        if !svc.may_register(identity, self.plane.ca.trust_domain()) {
+        if !svc.may_register(identity, self.plane.trust.trust_domain()) {
             return Err(Status::permission_denied(format!(
                 "{identity} is not among the serviceAccounts of Service {namespace}/{service}"
             )));
@@ -132,6 +133,21 @@ impl DiscoveryService {
         }
         Ok((key, record))
     }
+
+    /// The note about the certificate `identity` reported (none reported:
+    /// none to write).
+    fn leaf_note(&self, identity: &SpiffeId, der: &[u8]) -> Result<Option<LeafNote>, Status> {
+        if der.is_empty() {
+            return Ok(None);
+        }
+        let record = self.plane.trust.record();
+        let note = LeafNote::check(&record, identity, der)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if note.root.is_empty() {
+            tracing::warn!(%identity, "a reported certificate is signed by no issuer of the trust record");
+        }
+        Ok(Some(note))
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchUpdate, Status>> + Send>>;
@@ -143,7 +159,9 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let identity = peer(&request)?;
-        let Some(mut endpoint) = request.into_inner().endpoint else {
+        let request = request.into_inner();
+        let leaf = self.leaf_note(&identity, &request.certificate_der)?;
+        let Some(mut endpoint) = request.endpoint else {
             return Err(Status::invalid_argument(
                 "RegisterRequest.endpoint is missing",
             ));
@@ -167,16 +185,20 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let ttl = self.plane.lease_ttl;
         let lease = self.plane.store.grant(ttl).await.map_err(store_status)?;
         let record = pb::Endpoint::from(&endpoint).encode_to_vec();
-        let revision = self
-            .plane
-            .store
-            .txn(vec![StoreOp::Put {
-                key,
-                value: record,
+        let mut ops = Vec::with_capacity(2);
+        if let Some(leaf) = &leaf {
+            ops.push(StoreOp::Put {
+                key: keys::leaf_of(&key),
+                value: leaf.encode(),
                 lease: Some(lease),
-            }])
-            .await
-            .map_err(store_status)?;
+            });
+        }
+        ops.push(StoreOp::Put {
+            key,
+            value: record,
+            lease: Some(lease),
+        });
+        let revision = self.plane.store.txn(ops).await.map_err(store_status)?;
         tracing::info!(%identity, service = %endpoint.service, namespace = %endpoint.namespace,
             %address, version = %endpoint.version, ready = endpoint.ready, lease = format!("{lease:x}"), "registered endpoint");
         Ok(Response::new(pb::RegisterResponse {
@@ -197,13 +219,27 @@ impl pb::discovery_server::Discovery for DiscoveryService {
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
         let identity = peer(&request)?;
         let req = request.into_inner();
-        self.owned_registration(&identity, &req).await?;
+        let leaf = self.leaf_note(&identity, &req.certificate_der)?;
+        let (key, _) = self.owned_registration(&identity, &req).await?;
         let ttl = self
             .plane
             .store
             .keep_alive(req.lease_id)
             .await
             .map_err(store_status)?;
+        // A renewed certificate: noted on the registration's lease.
+        if let Some(leaf) = leaf {
+            self.plane
+                .store
+                .txn(vec![StoreOp::Put {
+                    key: keys::leaf_of(&key),
+                    value: leaf.encode(),
+                    lease: Some(req.lease_id),
+                }])
+                .await
+                .map_err(store_status)?;
+            tracing::debug!(%identity, %key, root = %leaf.root, "noted a renewed certificate");
+        }
         Ok(Response::new(pb::KeepAliveResponse {
             ttl_seconds: ttl.as_secs() as u32,
         }))
@@ -267,15 +303,9 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let identity = peer(&request)?;
         let interest = Interest::new(&identity, request.get_ref())?;
         self.plane.hub.wait_synced().await;
-        let bundle = pb::TrustBundle {
-            roots_der: self
-                .plane
-                .ca
-                .bundle_der()
-                .iter()
-                .map(|c| c.to_vec())
-                .collect(),
-        };
+        // Until the store holds a trust record (it is seeded at start-up),
+        // the one this replica started from.
+        let bundle = self.plane.trust.record().to_pb();
         let hub = self.plane.hub.clone();
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         tracing::debug!(%identity, ?interest, "watch subscribed");
@@ -314,15 +344,19 @@ impl pb::discovery_server::Discovery for DiscoveryService {
     }
 }
 
-/// Sends a snapshot, then deltas, until the subscriber goes away.
+/// Sends a snapshot, then deltas, until the subscriber goes away. The
+/// snapshot's trust is the view's (`fallback` before the store has one).
 async fn feed(
     hub: &crate::hub::Hub,
     interest: &Interest,
-    bundle: &pb::TrustBundle,
+    fallback: &pb::TrustBundle,
     tx: &mpsc::Sender<Result<pb::WatchUpdate, Status>>,
 ) {
     loop {
-        let (snapshot, mut rx) = hub.subscribe(|view| interest.snapshot(view, bundle));
+        let (snapshot, mut rx) = hub.subscribe(|view| {
+            let bundle = view.trust.as_ref().map(|t| t.to_pb());
+            interest.snapshot(view, bundle.as_ref().unwrap_or(fallback))
+        });
         if tx.send(Ok(snapshot)).await.is_err() {
             return;
         }
@@ -446,6 +480,8 @@ impl Interest {
             Change::EndpointDeleted(ep) if self.wants_endpoint(ep) => {
                 (Op::Delete, Item::Endpoint(pb::Endpoint::from(ep.as_ref())))
             }
+            // Every sidecar trusts the same roots.
+            Change::Trust(record) => (Op::Upsert, Item::TrustBundle(record.to_pb())),
             _ => return None,
         };
         Some(pb::Change {

@@ -24,8 +24,15 @@ impl IdentityService {
     }
 
     fn issue(&self, csr_der: &[u8], identity: &SpiffeId) -> Result<Issued, Status> {
-        self.plane
-            .ca
+        // A replica without the active issuer's key refuses rather than
+        // signing with another: the caller retries, another replica signs.
+        let signer = self.plane.trust.signer().map_err(|e| {
+            refused(
+                "no_signer",
+                Status::unavailable(format!("cannot issue certificates now: {e}")),
+            )
+        })?;
+        signer
             .certify(csr_der, identity, self.plane.cert_lifetime)
             .map_err(|e| refused("csr", csr_status(e)))
     }
@@ -42,10 +49,11 @@ impl IdentityService {
             chain_der: issued.chain_der.iter().map(|c| c.to_vec()).collect(),
             trust_bundle_der: self
                 .plane
-                .ca
-                .bundle_der()
+                .trust
+                .record()
+                .roots()
                 .iter()
-                .map(|c| c.to_vec())
+                .map(|r| r.der.to_vec())
                 .collect(),
             spiffe_id: identity.to_string(),
             not_after_unix: unix_secs(issued.not_after),
@@ -118,7 +126,7 @@ impl pb::identity_server::Identity for IdentityService {
         };
         let claims = self
             .plane
-            .ca
+            .trust
             .verify_token(&token, SystemTime::now())
             .map_err(|e| refused("token", token_status(e)))?;
         // Sign before consuming a one-time token, so a bad CSR does not burn it.

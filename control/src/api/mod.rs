@@ -2,7 +2,8 @@
 //!
 //! - [`identity`]: `Certify` (attestation + CSR → certificate) and `Renew`.
 //! - [`discovery`]: endpoint registration on leases, and the `Watch` push.
-//! - [`admin`]: apply/get/delete resources and list endpoints, for operators.
+//! - [`admin`]: apply/get/delete resources and list endpoints, for operators;
+//!   the trust calls live in [`trust`].
 //!
 //! Every handler takes the caller's identity from its client certificate
 //! ([`crate::server::ConnInfo`]), never from the request.
@@ -14,7 +15,6 @@ use std::time::Duration;
 use bulkhead_proto::SpiffeId;
 use tonic::{Request, Status};
 
-use crate::ca::Ca;
 use crate::hub::Hub;
 use crate::server::ConnInfo;
 use crate::store::{Store, StoreError};
@@ -22,6 +22,7 @@ use crate::store::{Store, StoreError};
 pub(crate) mod admin;
 pub(crate) mod discovery;
 pub(crate) mod identity;
+pub(crate) mod trust;
 
 /// Largest request the control plane decodes (YAML files for `apply` are
 /// the biggest legitimate ones).
@@ -30,7 +31,8 @@ pub(crate) const MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 /// Shared state of every service.
 pub struct ControlPlane {
     pub store: Arc<dyn Store>,
-    pub ca: Arc<Ca>,
+    /// The trust in force: the bundle, the issuer that signs, tokens.
+    pub trust: Arc<crate::trust::Trust>,
     pub hub: Arc<Hub>,
     /// Identities allowed to call the admin API.
     pub operators: BTreeSet<SpiffeId>,
@@ -47,7 +49,7 @@ pub struct ControlPlane {
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
-            .field("trust_domain", &self.ca.trust_domain())
+            .field("trust_domain", &self.trust.trust_domain())
             .field("operators", &self.operators)
             .field("cert_lifetime", &self.cert_lifetime)
             .field("lease_ttl", &self.lease_ttl)

@@ -3,13 +3,14 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use bulkhead_control::ca::Ca;
+use bulkhead_control::ca::IssuerFiles;
 use bulkhead_control::config::{ControlArgs, StoreKind};
 use bulkhead_control::k8s_api::ApiServer;
 use bulkhead_control::runtime::{self, CaBundleTarget, Settings, WebhookCertificate};
 use bulkhead_control::store::{EtcdConfig, EtcdStore, EtcdTls, MemoryStore, Store};
 use bulkhead_control::telemetry;
 use bulkhead_control::topology::Topology;
+use bulkhead_control::trust::{NEXT_ISSUER_CERT, NEXT_ISSUER_KEY, Trust, TrustFiles};
 use bulkhead_control::webhook::is_dns_subdomain;
 use bulkhead_proto::SpiffeId;
 
@@ -63,13 +64,8 @@ async fn run(args: ControlArgs) -> ExitCode {
             Err(e) => return usage_error(format!("--operators {op:?}: {e}")),
         }
     }
-    let ca = match Ca::load(
-        &args.issuer_cert,
-        &args.issuer_key,
-        &args.trust_bundle,
-        &args.trust_domain,
-    ) {
-        Ok(ca) => Arc::new(ca),
+    let trust = match Trust::load(&trust_files(&args)) {
+        Ok(trust) => Arc::new(trust),
         Err(e) => return usage_error(e),
     };
     let k8s = match (&args.k8s_jwks, &args.k8s_issuer) {
@@ -133,10 +129,18 @@ async fn run(args: ControlArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return usage_error(e),
     };
+    let replica = args.replica_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "bulkhead-control".to_owned())
+    });
     let settings = Settings {
         listen: args.listen,
         admin: args.admin,
-        ca,
+        trust,
+        replica,
         operators,
         cert_lifetime: args.cert_lifetime,
         lease_ttl: args.lease_ttl,
@@ -179,6 +183,37 @@ async fn run(args: ControlArgs) -> ExitCode {
             running.shutdown().await;
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// The issuer files (the next one beside the current one unless named)
+/// and the bundle the trust starts from.
+fn trust_files(args: &ControlArgs) -> TrustFiles {
+    let beside = |file: &std::path::Path, name: &str| file.with_file_name(name);
+    TrustFiles {
+        trust_domain: args.trust_domain.clone(),
+        bundle: args.trust_bundle.clone(),
+        issuers: vec![
+            IssuerFiles {
+                flag: "--issuer-cert",
+                cert: args.issuer_cert.clone(),
+                key: args.issuer_key.clone(),
+                optional: false,
+            },
+            IssuerFiles {
+                flag: "--next-issuer-cert",
+                cert: args
+                    .next_issuer_cert
+                    .clone()
+                    .unwrap_or_else(|| beside(&args.issuer_cert, NEXT_ISSUER_CERT)),
+                key: args
+                    .next_issuer_key
+                    .clone()
+                    .unwrap_or_else(|| beside(&args.issuer_key, NEXT_ISSUER_KEY)),
+                optional: true,
+            },
+        ],
+        reload: args.issuer_reload,
     }
 }
 
@@ -297,12 +332,13 @@ fn webhook_settings(
     if let Some(url) = &args.inject_control_url {
         injector.control_url = url.clone();
     }
-    let injector = bulkhead_control::webhook::Injector::new(injector)
+    // Checked now, so that bad settings are a usage error.
+    bulkhead_control::webhook::Injector::new(injector.clone())
         .map_err(|e| format!("webhook settings: {e}"))?;
     Ok(Some(runtime::WebhookSettings {
         listen,
         certificate,
-        injector: Arc::new(injector),
+        injector,
     }))
 }
 

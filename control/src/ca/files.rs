@@ -63,6 +63,18 @@ pub(super) fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), Ca
         .map_err(io_error(path))
 }
 
+/// Replaces `path` whole: `contents` go to a new file beside it (created
+/// with `mode`), which is then renamed over it, so that no reader sees half.
+pub(super) fn replace(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    // A leftover of an interrupted replace is ours to drop.
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, contents, mode)?;
+    std::fs::rename(&tmp, path).map_err(io_error(path))
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, CaError> {
     std::fs::read(path).map_err(io_error(path))
 }

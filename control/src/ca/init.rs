@@ -78,35 +78,13 @@ fn write_ca(
     operator: &SpiffeId,
     now: SystemTime,
 ) -> Result<(), CaError> {
-    let now_s = unix_secs(now);
-    let not_before = now_s.saturating_sub(CLOCK_SKEW.as_secs());
+    let root = make_root(trust_domain, "root", now)?;
+    files::write_new(&paths.root_key, &root.key.serialize_pem(), KEY_MODE)?;
+    files::write_new(&paths.root_cert, &root.cert.pem(), CERT_MODE)?;
+    files::write_new(&paths.bundle, &root.cert.pem(), CERT_MODE)?;
 
-    let root_key = KeyPair::generate()?;
-    let root_not_after = now_s + ROOT_LIFETIME.as_secs();
-    let mut root = ca_params(
-        trust_domain,
-        "root",
-        BasicConstraints::Unconstrained,
-        not_before,
-        root_not_after,
-    )?;
-    root.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
-    let root_cert = root.self_signed(&root_key)?;
-    files::write_new(&paths.root_key, &root_key.serialize_pem(), KEY_MODE)?;
-    files::write_new(&paths.root_cert, &root_cert.pem(), CERT_MODE)?;
-    files::write_new(&paths.bundle, &root_cert.pem(), CERT_MODE)?;
-
-    let issuer_key = KeyPair::generate()?;
-    // pathlen 0: the issuer signs workloads, never another CA.
-    let mut issuer = ca_params(
-        trust_domain,
-        "issuer",
-        BasicConstraints::Constrained(0),
-        not_before,
-        (now_s + ISSUER_LIFETIME.as_secs()).min(root_not_after),
-    )?;
-    issuer.use_authority_key_identifier_extension = true;
-    let issuer_cert = issuer.signed_by(&issuer_key, &Issuer::new(root, root_key))?;
+    let (issuer_cert, issuer_key) =
+        make_issuer(trust_domain, "issuer", &root.issuer, root.not_after, now)?;
     files::write_new(&paths.issuer_key, &issuer_key.serialize_pem(), KEY_MODE)?;
     files::write_new(&paths.issuer_cert, &issuer_cert.pem(), CERT_MODE)?;
 
@@ -118,7 +96,80 @@ fn write_ca(
         trust_domain,
         now,
     )?;
-    let operator_key = KeyPair::generate()?;
+    let (chain, key) = make_operator(&ca, operator, now)?;
+    files::write_new(&paths.operator_key, &key, KEY_MODE)?;
+    files::write_new(&paths.operator_cert, &chain, CERT_MODE)?;
+    Ok(())
+}
+
+/// A new self-signed root and what signs with it.
+pub(super) struct NewRoot {
+    pub(super) cert: rcgen::Certificate,
+    pub(super) key: KeyPair,
+    pub(super) issuer: Issuer<'static, KeyPair>,
+    /// Unix seconds.
+    pub(super) not_after: u64,
+}
+
+/// A root for `trust_domain` (URI SAN `spiffe://<td>`), ~10 years;
+/// `label` tells roots of one trust domain apart in its CN.
+pub(super) fn make_root(
+    trust_domain: &str,
+    label: &str,
+    now: SystemTime,
+) -> Result<NewRoot, CaError> {
+    let now_s = unix_secs(now);
+    let not_before = now_s.saturating_sub(CLOCK_SKEW.as_secs());
+    let key = KeyPair::generate()?;
+    let not_after = now_s + ROOT_LIFETIME.as_secs();
+    let mut params = ca_params(
+        trust_domain,
+        label,
+        BasicConstraints::Unconstrained,
+        not_before,
+        not_after,
+    )?;
+    params.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
+    let cert = params.self_signed(&key)?;
+    let issuer = Issuer::new(params, KeyPair::try_from(&key.serialize_der()[..])?);
+    Ok(NewRoot {
+        cert,
+        key,
+        issuer,
+        not_after,
+    })
+}
+
+/// An issuer (pathlen 0: it signs workloads, never another CA), ~1 year
+/// but never past its root; ECDSA P-256, as bootstrap tokens need.
+pub(super) fn make_issuer(
+    trust_domain: &str,
+    label: &str,
+    root: &Issuer<'_, KeyPair>,
+    root_not_after: u64,
+    now: SystemTime,
+) -> Result<(rcgen::Certificate, KeyPair), CaError> {
+    let now_s = unix_secs(now);
+    let key = KeyPair::generate()?;
+    let mut params = ca_params(
+        trust_domain,
+        label,
+        BasicConstraints::Constrained(0),
+        now_s.saturating_sub(CLOCK_SKEW.as_secs()),
+        (now_s + ISSUER_LIFETIME.as_secs()).min(root_not_after),
+    )?;
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, root)?;
+    Ok((cert, key))
+}
+
+/// An operator certificate from `ca`: the chain (leaf, issuer) and key, PEM.
+pub(super) fn make_operator(
+    ca: &Ca,
+    operator: &SpiffeId,
+    now: SystemTime,
+) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate()?;
     let leaf = Leaf {
         identity: operator,
         extra_sans: Vec::new(),
@@ -126,11 +177,9 @@ fn write_ca(
         key_encipherment: false,
         lifetime: OPERATOR_LIFETIME,
     };
-    let signed = ca.sign_leaf(&operator_key, leaf, now)?;
-    files::write_new(&paths.operator_key, &operator_key.serialize_pem(), KEY_MODE)?;
+    let signed = ca.sign_leaf(&key, leaf, now)?;
     let chain = ca.chain_with(signed.der);
-    files::write_new(&paths.operator_cert, &files::certs_pem(&chain), CERT_MODE)?;
-    Ok(())
+    Ok((files::certs_pem(&chain), key.serialize_pem()))
 }
 
 fn ca_params(

@@ -1,6 +1,8 @@
-//! The loaded issuer: the intermediate CA whose key the control plane reads from a
-//! file, checked once at load (is a CA, key matches, chains to the bundle, valid now)
-//! so that signing later cannot fail for a reason visible at startup.
+//! A loaded issuer: an intermediate CA whose key the control plane reads from a
+//! file, checked once at load (is a CA, key matches, valid now; for the issuer
+//! given at start also: chains to the trust bundle file) so that signing later
+//! cannot fail for a reason visible at load. A replica may hold several (see
+//! [`super::Keyring`]): the store's trust record says which one signs.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -29,7 +31,8 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     /// Issuer certificate first, then any further intermediates from its file.
     issuer_chain: Vec<CertificateDer<'static>>,
-    bundle: Vec<CertificateDer<'static>>,
+    /// SHA-256 of the issuer certificate: how the trust record names it.
+    fingerprint: String,
     /// Unix seconds; no leaf outlives its issuer.
     issuer_not_after: u64,
     /// The issuer's public key as an uncompressed P-256 point (verifies tokens).
@@ -80,16 +83,12 @@ impl Ca {
         now: SystemTime,
     ) -> Result<Self, CaError> {
         validate_trust_domain(trust_domain).map_err(CaError::TrustDomain)?;
+        // The chain first: a file out of order is refused as untrusted
+        // before its key is compared with the wrong certificate.
         let issuer_chain = files::read_certs(issuer_cert)?;
         let bundle = files::read_certs(trust_bundle)?;
-        let key_der = files::read_pkcs8_key(issuer_key)?;
-
         let chain = parse_certs(issuer_cert, &issuer_chain)?;
         let roots = parse_certs(trust_bundle, &bundle)?;
-        for (i, cert) in chain.iter().enumerate() {
-            check_is_ca(issuer_cert, i, cert)?;
-            check_valid_at(issuer_cert, cert, now)?;
-        }
         for (i, root) in roots.iter().enumerate() {
             check_is_ca(trust_bundle, i, root)?;
         }
@@ -101,6 +100,37 @@ impl Ca {
             &roots,
             &bundle,
         )?;
+        Self::load_issuer_at(issuer_cert, issuer_key, trust_domain, now)
+    }
+
+    /// Loads an issuer certificate (plus any intermediates after it in the
+    /// same file) and its PKCS#8 key without a trust bundle: for an issuer
+    /// whose root is not (yet) in the bundle file, such as the next one of
+    /// a root rotation. Whether it chains to the bundle in force is the
+    /// trust record's business.
+    pub fn load_issuer(
+        issuer_cert: &Path,
+        issuer_key: &Path,
+        trust_domain: &str,
+    ) -> Result<Self, CaError> {
+        Self::load_issuer_at(issuer_cert, issuer_key, trust_domain, SystemTime::now())
+    }
+
+    pub(super) fn load_issuer_at(
+        issuer_cert: &Path,
+        issuer_key: &Path,
+        trust_domain: &str,
+        now: SystemTime,
+    ) -> Result<Self, CaError> {
+        validate_trust_domain(trust_domain).map_err(CaError::TrustDomain)?;
+        let issuer_chain = files::read_certs(issuer_cert)?;
+        let key_der = files::read_pkcs8_key(issuer_key)?;
+
+        let chain = parse_certs(issuer_cert, &issuer_chain)?;
+        for (i, cert) in chain.iter().enumerate() {
+            check_is_ca(issuer_cert, i, cert)?;
+            check_valid_at(issuer_cert, cert, now)?;
+        }
 
         let issuer = &chain[0];
         let key = KeyPair::try_from(&key_der).map_err(|e| CaError::BadFile {
@@ -128,8 +158,8 @@ impl Ca {
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
             issuer: signer,
+            fingerprint: bulkhead_tls::fingerprint(&issuer_chain[0]),
             issuer_chain,
-            bundle,
             issuer_not_after,
             token_key,
         })
@@ -139,9 +169,9 @@ impl Ca {
         &self.trust_domain
     }
 
-    /// The trust bundle: every root a peer certificate may chain to.
-    pub fn bundle_der(&self) -> &[CertificateDer<'static>] {
-        &self.bundle
+    /// SHA-256 of the issuer certificate (lower-case hex).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The issuer certificate followed by any further intermediates; sent after

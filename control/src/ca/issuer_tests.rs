@@ -33,7 +33,10 @@ fn assert_names(err: &CaError, path: &Path) {
 fn loads_what_init_wrote() {
     let test = TestCa::new("example.org");
     assert_eq!(test.ca.trust_domain(), "example.org");
-    assert_eq!(test.ca.bundle_der(), certs_in(&test.files.bundle));
+    assert_eq!(
+        test.ca.fingerprint(),
+        bulkhead_tls::fingerprint(&certs_in(&test.files.issuer_cert)[0])
+    );
     assert_eq!(
         test.ca.issuer_chain_der(),
         certs_in(&test.files.issuer_cert)
@@ -102,8 +105,7 @@ fn accepts_a_bundle_of_several_roots() {
         .chain(certs_in(&ours.files.bundle))
         .collect();
     let bundle = write(tmp.path(), "bundle.crt", &certs_pem(&roots));
-    let ca = load(&ours.files.issuer_cert, &ours.files.issuer_key, &bundle).unwrap();
-    assert_eq!(ca.bundle_der().len(), 2);
+    load(&ours.files.issuer_cert, &ours.files.issuer_key, &bundle).unwrap();
 }
 
 #[test]

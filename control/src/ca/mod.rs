@@ -1,6 +1,8 @@
 //! The mesh's certificate authority: making a root and issuer (`init`), loading the
-//! issuer the control plane signs with (`issuer`), turning workload CSRs into leaf
-//! certificates (`csr`) and the bootstrap tokens workloads attest with ([`token`]).
+//! issuers a replica holds keys for (`issuer`, [`Keyring`]), the trust record every
+//! replica shares through the store ([`TrustRecord`]: roots, the issuer that signs,
+//! a root rotation's stage), turning workload CSRs into leaf certificates (`csr`)
+//! and the bootstrap tokens workloads attest with ([`token`]).
 //!
 //! Layout on disk, as written by [`init_ca`] (PEM everywhere, keys PKCS#8, keys 0600,
 //! directory 0700):
@@ -15,6 +17,9 @@
 //! | `operator.crt` | CLI client certificate (leaf + issuer), `ns/bulkhead/sa/operator` |
 //! | `operator.key` | its key                                                       |
 //!
+//! A root rotation adds `next-root.*` and `next-issuer.*` beside them
+//! ([`rotation_files`]); its stages are [`rotation`].
+//!
 //! All keys are ECDSA P-256. The issuer key must be P-256 because bootstrap tokens
 //! are ECDSA P-256 signatures made with it.
 
@@ -23,6 +28,10 @@ mod error;
 mod files;
 mod init;
 mod issuer;
+mod keyring;
+mod record;
+pub mod rotation;
+pub mod rotation_files;
 pub mod token;
 
 #[cfg(test)]
@@ -33,4 +42,6 @@ pub use self::error::CaError;
 pub use self::files::pem_block;
 pub use self::init::{CaFiles, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, init_ca};
 pub use self::issuer::Ca;
+pub use self::keyring::{IssuerFiles, Keyring};
+pub use self::record::{Cert, IssuerCert, MAX_ROOTS, RecordError, Rotation, Stage, TrustRecord};
 pub use self::token::{MAX_TOKEN_LEN, TokenClaims, TokenError, mint_token};

@@ -9,6 +9,25 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{Ca, CaFiles, init_ca};
 
+/// Two CAs of one trust domain, as a root rotation has: the old one and
+/// the new one.
+pub(super) struct TwoCas {
+    pub(super) old: CaFiles,
+    pub(super) new: CaFiles,
+    _dir: TempDir,
+}
+
+impl TwoCas {
+    pub(super) fn new(trust_domain: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            old: init_ca(trust_domain, &dir.path().join("old")).unwrap(),
+            new: init_ca(trust_domain, &dir.path().join("new")).unwrap(),
+            _dir: dir,
+        }
+    }
+}
+
 /// A CA made by `init_ca` in a temporary directory, loaded.
 pub(super) struct TestCa {
     pub(super) files: CaFiles,

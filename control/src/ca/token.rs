@@ -148,7 +148,7 @@ pub fn mint_token(
 
 /// Checks `token` against the issuer's public key (an uncompressed P-256 point)
 /// and trust domain. Error messages never quote the token: it is a credential.
-pub(super) fn verify(
+pub fn verify(
     token: &str,
     issuer_key: &[u8],
     trust_domain: &str,

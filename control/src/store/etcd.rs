@@ -366,6 +366,32 @@ impl Store for EtcdStore {
         Ok(resp.succeeded())
     }
 
+    async fn put_if(
+        &self,
+        key: &str,
+        expected: Revision,
+        value: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let full = self.full_key(key);
+        let put = TxnOp::put(full.clone(), value, None);
+        let resp = self
+            .request("put_if", Retry::IfUnapplied, || {
+                let mut kv = self.client.kv_client();
+                // A key that does not exist has mod revision 0.
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        full.clone(),
+                        CompareOp::Equal,
+                        expected,
+                    )])
+                    .and_then([put.clone()]);
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map_err(|f| f.into_store_error(None))?;
+        Ok(resp.succeeded())
+    }
+
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
         let full = self.full_key(key);
         let resp = self

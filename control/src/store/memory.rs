@@ -426,6 +426,26 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn put_if(
+        &self,
+        key: &str,
+        expected: Revision,
+        value: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        self.shared.write(|state| {
+            let current = state.keys.get(key).map_or(0, |kv| kv.mod_revision);
+            if current != expected {
+                return Ok(false);
+            }
+            let put = Op::Put {
+                key: key.to_owned(),
+                value,
+                lease: None,
+            };
+            state.apply(vec![put]).map(|_| true)
+        })
+    }
+
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
         self.shared.write(|state| {
             if !state.keys.contains_key(key) {

@@ -112,6 +112,18 @@ pub trait Store: Send + Sync + 'static {
         lease: Option<LeaseId>,
     ) -> Result<bool, StoreError>;
 
+    /// Writes `key` only if its mod revision is still `expected` (0: only
+    /// if it does not exist). `Ok(false)`: it changed meanwhile and nothing
+    /// was written. Atomic across replicas (a compare-and-swap): how a
+    /// read-check-write (a root rotation's stage) stays correct when two
+    /// replicas race.
+    async fn put_if(
+        &self,
+        key: &str,
+        expected: Revision,
+        value: Vec<u8>,
+    ) -> Result<bool, StoreError>;
+
     /// Deletes one key; returns the revision of the deletion, or `None` when
     /// the key did not exist.
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError>;

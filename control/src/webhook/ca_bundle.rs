@@ -13,8 +13,9 @@
 //! next check reads again. A merge patch would replace the whole webhooks
 //! list. RBAC: `get` and `patch` on that one object, nothing else.
 //!
-//! When: at start-up, after every renewal of the serving certificate, and
-//! every `--webhook-configuration-resync` (30 s) — `helm upgrade`
+//! When: at start-up, after every renewal of the serving certificate, at
+//! once when the trust bundle changes (a root rotation adds a root, or
+//! retires one), and every `--webhook-configuration-resync` (30 s) — `helm upgrade`
 //! re-renders the object and may blank the field; one cheap `GET` finds
 //! out. Errors are retried with backoff; every call is bounded in time.
 //! Several replicas may all do this: a patch is only sent when the field
@@ -26,6 +27,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bulkhead_process::Backoff;
+use bulkhead_tls::TrustBundle;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
@@ -201,7 +203,8 @@ pub struct CaBundleKeeper {
     /// The MutatingWebhookConfiguration's name (a DNS subdomain: it goes
     /// into a URL path).
     pub configuration: String,
-    pub want: WantedBundle,
+    /// The trust bundle in force: what the `caBundle` must hold.
+    pub bundle: watch::Receiver<TrustBundle>,
     pub resync: Duration,
 }
 
@@ -249,7 +252,8 @@ impl CaBundleKeeper {
             field: "(body)".into(),
             problem: format!("not JSON: {e}"),
         })?;
-        let plan = plan(&object, &self.want)?;
+        let want = WantedBundle::new(self.bundle.borrow().roots_der());
+        let plan = plan(&object, &want)?;
         let Some(patch) = plan.patch else {
             return Ok(Checked::Current);
         };
@@ -269,11 +273,13 @@ impl CaBundleKeeper {
         }
     }
 
-    /// Checks now, then after every bump of `renewed` and every `resync`;
-    /// failures are retried with backoff (1 s doubling to a minute).
-    pub async fn run(self, mut renewed: watch::Receiver<u64>) {
+    /// Checks now, then after every bump of `renewed`, every change of the
+    /// trust bundle and every `resync`; failures are retried with backoff
+    /// (1 s doubling to a minute).
+    pub async fn run(mut self, mut renewed: watch::Receiver<u64>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let mut renewals_open = true;
+        let mut bundles_open = true;
         loop {
             let wait = match self.check().await {
                 Ok(Checked::Current) => {
@@ -305,6 +311,12 @@ impl CaBundleKeeper {
                 changed = renewed.changed(), if renewals_open => {
                     // The renewal task is gone (shutdown): the timer alone.
                     renewals_open = changed.is_ok();
+                }
+                changed = self.bundle.changed(), if bundles_open => {
+                    bundles_open = changed.is_ok();
+                    if bundles_open {
+                        tracing::info!(configuration = %self.configuration, "the trust bundle changed: checking the webhook's caBundle");
+                    }
                 }
             }
         }

@@ -6,9 +6,10 @@
 //! in the webhook configuration's `caBundle`.
 //!
 //! It is renewed when [`bulkhead_process::renewal_delay`] says — at about
-//! 70 % of its lifetime, as sidecars renew theirs — by swapping it in
-//! a [`CertSlot`]: new handshakes get the new one, open connections keep
-//! theirs, nothing restarts.
+//! 70 % of its lifetime, as sidecars renew theirs — and at once when a root
+//! rotation activates another issuer (so that the old root can be retired),
+//! by swapping it in a [`CertSlot`]: new handshakes get the new one, open
+//! connections keep theirs, nothing restarts.
 //!
 //! A certificate given as files (bring your own, e.g. cert-manager's in a
 //! mounted Secret) is swapped the same way when the files change
@@ -26,11 +27,14 @@ use tokio::sync::watch;
 
 use crate::ca::Ca;
 use crate::runtime::control_identity;
+use crate::trust::Trust;
 
 /// A freshly issued serving certificate.
 pub struct ServingCert {
     pub key: Arc<CertifiedKey>,
     pub not_after: SystemTime,
+    /// Fingerprint of the issuer that signed it.
+    pub issuer: String,
 }
 
 impl std::fmt::Debug for ServingCert {
@@ -66,7 +70,21 @@ pub fn issue(ca: &Ca, dns_names: &[String], lifetime: Duration) -> Result<Servin
         .ok_or("the issued chain is empty")
         .and_then(|leaf| not_after(leaf).ok_or("the issued certificate does not parse"))?;
     let key = CertSlot::certified_key(chain, key).map_err(|e| e.to_string())?;
-    Ok(ServingCert { key, not_after })
+    Ok(ServingCert {
+        key,
+        not_after,
+        issuer: ca.fingerprint().to_owned(),
+    })
+}
+
+/// [`issue`] with the issuer in force.
+fn issue_now(
+    trust: &Trust,
+    dns_names: &[String],
+    lifetime: Duration,
+) -> Result<ServingCert, String> {
+    let signer = trust.signer().map_err(|e| e.to_string())?;
+    issue(&signer, dns_names, lifetime)
 }
 
 fn record_expiry(not_after: SystemTime) {
@@ -78,8 +96,12 @@ fn record_expiry(not_after: SystemTime) {
 
 /// Issues the first certificate (an issuer that cannot sign fails start-up
 /// there) and records its expiry.
-pub fn first(ca: &Ca, dns_names: &[String], lifetime: Duration) -> Result<ServingCert, String> {
-    let cert = issue(ca, dns_names, lifetime)?;
+pub fn first(
+    trust: &Trust,
+    dns_names: &[String],
+    lifetime: Duration,
+) -> Result<ServingCert, String> {
+    let cert = issue_now(trust, dns_names, lifetime)?;
     record_expiry(cert.not_after);
     tracing::info!(
         dns_names = ?dns_names,
@@ -89,30 +111,44 @@ pub fn first(ca: &Ca, dns_names: &[String], lifetime: Duration) -> Result<Servin
     Ok(cert)
 }
 
-/// Renews forever into `slot`; after each renewal bumps `renewed` (the
-/// `caBundle` keeper checks again). A failed issuance (the issuer expired)
-/// keeps the current certificate and retries with backoff.
+/// Renews forever into `slot`: when due, and when the trust record names
+/// another active issuer than the one that signed the served certificate;
+/// after each renewal bumps `renewed` (the `caBundle` keeper checks again).
+/// A failed issuance (the issuer expired, or its key is not here yet) keeps
+/// the current certificate and retries with backoff.
 pub async fn renew_forever(
-    ca: Arc<Ca>,
+    trust: Arc<Trust>,
     dns_names: Vec<String>,
     lifetime: Duration,
     slot: CertSlot,
-    mut not_after: SystemTime,
+    first: ServingCert,
     renewed: watch::Sender<u64>,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut records = trust.subscribe();
+    let mut keys = trust.keyring().subscribe();
+    let (mut not_after, mut signed_by) = (first.not_after, first.issuer);
     loop {
         let due = bulkhead_process::renewal_delay(not_after, SystemTime::now());
-        tokio::time::sleep(due).await;
+        let reason = tokio::select! {
+            () = tokio::time::sleep(due) => "due",
+            _ = records.changed() => "issuer",
+            _ = keys.changed() => "issuer",
+        };
+        if reason == "issuer" && trust.record().issuer().cert.fingerprint == signed_by {
+            continue;
+        }
         loop {
-            match issue(&ca, &dns_names, lifetime) {
+            match issue_now(&trust, &dns_names, lifetime) {
                 Ok(cert) => {
                     slot.set(cert.key);
-                    not_after = cert.not_after;
+                    (not_after, signed_by) = (cert.not_after, cert.issuer);
                     record_expiry(not_after);
                     renewed.send_modify(|n| *n += 1);
                     backoff.reset();
                     tracing::info!(
+                        reason,
+                        issuer = %signed_by,
                         not_after = %humantime::format_rfc3339_seconds(not_after),
                         "renewed the webhook's serving certificate"
                     );
@@ -273,20 +309,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn renewal_swaps_the_certificate_and_says_so() {
-        let test = test_ca();
-        let ca = Arc::new(test.ca);
+        let dir = tempfile::tempdir().unwrap();
+        crate::ca::init_ca("example.org", &dir.path().join("ca")).unwrap();
+        let files = crate::trust::TrustFiles::in_dir(&dir.path().join("ca"), "example.org");
+        let trust = Arc::new(Trust::load(&files).unwrap());
         let dns = names(&["bulkhead-control.bulkhead.svc"]);
         let lifetime = Duration::from_secs(120);
-        let first = first(&ca, &dns, lifetime).unwrap();
+        let first = first(&trust, &dns, lifetime).unwrap();
         let slot = CertSlot::empty();
         slot.set(first.key.clone());
+        let first_key = first.key.clone();
         let (renewed, mut told) = watch::channel(0);
         let task = tokio::spawn(renew_forever(
-            ca.clone(),
+            trust.clone(),
             dns,
             lifetime,
             slot.clone(),
-            first.not_after,
+            first,
             renewed,
         ));
         // Paused time advances to the renewal at once.
@@ -295,8 +334,8 @@ mod tests {
             .unwrap()
             .unwrap();
         let now = slot.get().unwrap();
-        assert_ne!(now.cert[0], first.key.cert[0], "a new certificate");
-        assert_eq!(now.cert[1], first.key.cert[1], "from the same issuer");
+        assert_ne!(now.cert[0], first_key.cert[0], "a new certificate");
+        assert_eq!(now.cert[1], first_key.cert[1], "from the same issuer");
         task.abort();
     }
 

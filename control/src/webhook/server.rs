@@ -54,7 +54,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
-    injector: Arc<Injector>,
+    injector: watch::Receiver<Arc<Injector>>,
     shutdown: impl Future,
 ) {
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -106,7 +106,7 @@ async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: TlsAcceptor,
-    injector: Arc<Injector>,
+    injector: watch::Receiver<Arc<Injector>>,
     mut drain: watch::Receiver<bool>,
 ) {
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
@@ -121,7 +121,8 @@ async fn connection(
         }
     };
     let service = hyper::service::service_fn(move |req| {
-        let injector = injector.clone();
+        // The injector in force now (it follows the trust bundle).
+        let injector = injector.borrow().clone();
         async move { Ok::<_, Infallible>(handle(req, &injector).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

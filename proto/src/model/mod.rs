@@ -1,6 +1,6 @@
 //! The shared model: the resources operators apply (`Service`, `AllowList`,
 //! `TrafficSplit`, `Rollout`), parsing and validating them, matching requests
-//! against allow-lists, and registry endpoints.
+//! against allow-lists, registry endpoints, and the trust sidecars are pushed.
 //!
 //! Everything here checks what it reads: a `Resource` or `Endpoint` value is
 //! always valid, and bad input is reported with its file, document, field
@@ -16,6 +16,7 @@ mod resource;
 mod rollout;
 mod service;
 mod traffic;
+mod trust;
 
 #[cfg(test)]
 mod test_support;
@@ -31,3 +32,4 @@ pub use resource::{API_VERSION, DEFAULT_NAMESPACE, Kind, Metadata, Resource, Unk
 pub use rollout::{Analysis, BadInterval, Interval, Rollout, RolloutSpec, Strategy};
 pub use service::{Protocol, Service, ServicePort, ServiceSpec, UnknownProtocol};
 pub use traffic::{Backend, HeaderMatch, HeaderRoute, TrafficSplit, TrafficSplitSpec};
+pub use trust::{MAX_ROOT_BYTES, MAX_TRUST_ROOTS, Trust, TrustError};

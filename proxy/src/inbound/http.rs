@@ -27,6 +27,7 @@ use crate::identity;
 use crate::limits::{self, ConnStreams, FrameMeter, IdleCheck, Limit};
 use crate::policy::{self, HttpRequestInfo, Verdict};
 use crate::telemetry::{Observed, RequestMetrics};
+use crate::trust;
 
 /// How long at most before the peer certificate's notAfter an inbound
 /// HTTP/2 connection is sent GOAWAY (half the pool's own margin).
@@ -44,6 +45,7 @@ pub(super) async fn serve(
     inbound: Arc<Inbound>,
     drain: Drain,
     expires: tokio::time::Instant,
+    mut untrusted: std::pin::Pin<Box<impl Future<Output = ()>>>,
 ) {
     let svc_inbound = inbound.clone();
     // One peer per connection: its metric labels are made once.
@@ -132,9 +134,25 @@ pub(super) async fn serve(
             limits::exceeded("inbound", Limit::IdleTimeout);
             tracing::debug!("idle connection closed");
         }
+        () = &mut untrusted => {
+            // The caller, pushed the same bundle, stops sending here
+            // meanwhile; what it already sent finishes.
+            let since = tokio::time::Instant::now();
+            until = until.min(since + trust::UNTRUSTED_CLOSE_AFTER);
+            tracing::info!("the trust bundle no longer trusts the peer: closing the connection");
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "inbound HTTP/2 connection ended");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep_until(since + trust::UNTRUSTED_GOAWAY_AFTER) => {}
+            }
+        }
     }
     // GOAWAY, let in-flight streams finish, but not past the peer
-    // certificate's notAfter.
+    // certificate's notAfter (or an untrusted peer's grace).
     conn.as_mut().graceful_shutdown();
     if tokio::time::timeout_at(until, conn).await.is_err() {
         tracing::info!("connection closed with streams still open");

@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 mod certs;
 mod inject;
 mod ops;
+mod rotate;
 mod settings;
 
 /// Exit codes (DESIGN.md, "Conventions users expect").
@@ -47,6 +48,7 @@ impl From<tonic::Status> for CliError {
             tonic::Code::Unauthenticated => "not authenticated",
             tonic::Code::InvalidArgument => "invalid input",
             tonic::Code::NotFound => "not found",
+            tonic::Code::FailedPrecondition => "refused",
             _ => "control plane error",
         };
         Self::failure(format!("{what}: {}", status.message()))
@@ -161,6 +163,60 @@ enum CaCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// The trust in force: roots, issuers and their expiry, a root
+    /// rotation's stage, how many registered endpoints hold certificates of
+    /// each root, and which issuer keys each control-plane replica holds.
+    #[command(
+        after_help = "Examples:\n  bulkheadctl ca status\n  bulkheadctl ca status -o json | jq .workloads"
+    )]
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Rotate the root in three stages, each a command of its own (run
+    /// again after an interruption, it picks up where it stopped).
+    #[command(subcommand, after_help = ROTATE_EXAMPLES)]
+    Rotate(RotateCommand),
+}
+
+const ROTATE_EXAMPLES: &str = "\
+Examples:
+  bulkheadctl ca rotate prepare --generate
+  bulkheadctl ca status            # every replica holds the next issuer's key?
+  bulkheadctl ca rotate activate --renew-within 60s
+  bulkheadctl ca status            # every workload on the new root?
+  bulkheadctl ca rotate retire";
+
+#[derive(Debug, Subcommand)]
+enum RotateCommand {
+    /// Stage 1: a new root joins the trust bundle beside the old one; its
+    /// issuer is written as next-issuer.crt/.key in the credentials
+    /// folder, with a new operator certificate and the two-root bundle.
+    Prepare {
+        /// Make the new root here (written as next-root.crt/.key: keep
+        /// the key offline).
+        #[arg(
+            long,
+            required_unless_present = "root_cert",
+            conflicts_with = "root_cert"
+        )]
+        generate: bool,
+        /// A new root made elsewhere; the new issuer is signed with --root-key.
+        #[arg(long, value_name = "FILE", requires = "root_key")]
+        root_cert: Option<PathBuf>,
+        /// The key of --root-cert (read, never copied).
+        #[arg(long, value_name = "FILE", requires = "root_cert")]
+        root_key: Option<PathBuf>,
+    },
+    /// Stage 2: replicas sign with the new issuer (refused while one lacks
+    /// its key); sidecars renew onto it within --renew-within, spread out.
+    Activate {
+        #[arg(long, default_value = "60s", value_parser = bulkhead_control::config::parse_duration)]
+        renew_within: std::time::Duration,
+    },
+    /// Stage 3: the old root leaves the bundle (refused, naming who, while
+    /// a registered endpoint still holds a certificate of it).
+    Retire,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +297,22 @@ async fn dispatch(cli: Cli) -> CliResult {
     )?;
     match cli.command {
         Command::Ca(CaCommand::Init { trust_domain, out }) => certs::ca_init(&trust_domain, &out),
+        Command::Ca(CaCommand::Status { output }) => rotate::status(&settings, output).await,
+        Command::Ca(CaCommand::Rotate(RotateCommand::Prepare {
+            generate: _,
+            root_cert,
+            root_key,
+        })) => {
+            let root = match (root_cert, root_key) {
+                (Some(cert), Some(key)) => rotate::NewRoot::Given { cert, key },
+                _ => rotate::NewRoot::Generate,
+            };
+            rotate::prepare(&settings, root).await
+        }
+        Command::Ca(CaCommand::Rotate(RotateCommand::Activate { renew_within })) => {
+            rotate::activate(&settings, renew_within).await
+        }
+        Command::Ca(CaCommand::Rotate(RotateCommand::Retire)) => rotate::retire(&settings).await,
         Command::Token(TokenCommand::Create {
             identity,
             ttl,
