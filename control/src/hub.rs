@@ -179,6 +179,8 @@ pub struct Hub {
     view: RwLock<View>,
     deltas: broadcast::Sender<Delta>,
     synced: watch::Sender<bool>,
+    /// The view's revision, for [`Hub::catch_up`].
+    revision: watch::Sender<Revision>,
     /// The view's trust record, for the replica's own TLS and signing.
     trust: watch::Sender<Option<Arc<TrustRecord>>>,
 }
@@ -205,6 +207,7 @@ impl Hub {
             view: RwLock::new(View::default()),
             deltas,
             synced,
+            revision: watch::Sender::new(0),
             trust: watch::Sender::new(None),
         }
     }
@@ -241,6 +244,32 @@ impl Hub {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// Waits until the view holds every write the store had made when this
+    /// was called (at most `bound`, then goes on with a warning): what a
+    /// caller wrote before asking is in what it is then sent (read your
+    /// writes, across replicas too). One store read, with no keys.
+    pub async fn catch_up(&self, store: &dyn Store, bound: Duration) {
+        // A prefix that holds nothing: only the store's revision comes back.
+        let target = match store.list(keys::SYNC_PROBE).await {
+            Ok((_, revision)) => revision,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the store's revision; serving the view as it is");
+                return;
+            }
+        };
+        let mut rx = self.revision.subscribe();
+        if tokio::time::timeout(bound, rx.wait_for(|r| *r >= target))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target,
+                have = *rx.borrow(),
+                "the view did not catch up with the store in time; serving it as it is"
+            );
+        }
+    }
+
     fn replace(&self, listing: Vec<crate::store::KeyValue>, revision: Revision) {
         let mut fresh = View {
             revision,
@@ -257,6 +286,7 @@ impl Hub {
             let _ = self.deltas.send(Delta::Resync);
         }
         self.synced.send_replace(true);
+        self.revision.send_replace(revision);
     }
 
     fn apply(&self, revision: Revision, events: &[Event]) {
@@ -272,6 +302,9 @@ impl Hub {
                 changes: Arc::new(changes),
             });
         }
+        // After the deltas: a Watch that waited for this revision
+        // subscribes with the view already holding it.
+        self.revision.send_replace(view.revision);
     }
 
     fn publish_trust(&self, record: Option<Arc<TrustRecord>>) {

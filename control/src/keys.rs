@@ -23,6 +23,8 @@ pub(crate) const TOKENS: &str = "tokens/";
 pub(crate) const TRUST: &str = "ca/trust";
 pub(crate) const SIGNERS: &str = "ca/signers/";
 pub(crate) const LEAVES: &str = "leaves/";
+/// Never written: listing it reads only the store's current revision.
+pub(crate) const SYNC_PROBE: &str = "sync-probe/";
 
 pub(crate) fn resource(kind: Kind, namespace: &str, name: &str) -> String {
     format!("{RESOURCES}{kind}/{namespace}/{name}")

@@ -20,6 +20,9 @@ use crate::keys;
 use crate::store::Op as StoreOp;
 use crate::trust::leaves::LeafNote;
 
+/// How long a Watch or lookup waits for this replica's view to hold the
+/// writes the store had made when it arrived.
+const CATCH_UP_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 /// Updates queued per subscriber before its stream applies backpressure.
 const SUBSCRIBER_QUEUE: usize = 16;
 /// Most services one Watch may name.
@@ -303,6 +306,11 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let identity = peer(&request)?;
         let interest = Interest::new(&identity, request.get_ref())?;
         self.plane.hub.wait_synced().await;
+        // What the caller (or anyone) wrote before asking is in the answer.
+        self.plane
+            .hub
+            .catch_up(self.plane.store.as_ref(), CATCH_UP_BOUND)
+            .await;
         // Until the store holds a trust record (it is seeded at start-up),
         // the one this replica started from.
         let bundle = self.plane.trust.record().to_pb();
@@ -330,6 +338,11 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             ))
         })?;
         self.plane.hub.wait_synced().await;
+        // What the caller (or anyone) wrote before asking is in the answer.
+        self.plane
+            .hub
+            .catch_up(self.plane.store.as_ref(), CATCH_UP_BOUND)
+            .await;
         let services: BTreeSet<String> = self
             .plane
             .hub
