@@ -405,13 +405,7 @@ mod tests {
     async fn a_trust_record_reaches_subscribers_and_a_bad_one_changes_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let files = crate::ca::init_ca("example.org", &tmp.path().join("ca")).unwrap();
-        let first = |p: &std::path::Path| {
-            bulkhead_tls::certs_from_pem(&std::fs::read(p).unwrap(), "c")
-                .unwrap()
-                .remove(0)
-        };
-        let record =
-            TrustRecord::new(vec![first(&files.root_cert)], first(&files.issuer_cert)).unwrap();
+        let record = crate::ca::test_support::trust_record(&files);
         let hub = Hub::new();
         let mut trust = hub.trust();
         let (_, mut deltas) = hub.subscribe(|_| ());

@@ -35,7 +35,7 @@ pub mod rotation_files;
 pub mod token;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use self::csr::{CsrError, Issued, MAX_CSR_LEN};
 pub use self::error::CaError;

@@ -1,8 +1,7 @@
 //! Tests of the trust record: its stages, its encoding, and what it refuses.
 
 use super::*;
-use crate::ca::CaFiles;
-use crate::ca::test_support::{TwoCas, certs_in};
+use crate::ca::test_support::{TwoCas, certs_in, trust_record as record};
 
 fn two_cas() -> TwoCas {
     TwoCas::new("example.org")
@@ -14,10 +13,6 @@ fn first(path: &std::path::Path) -> CertificateDer<'static> {
 
 fn cert(path: &std::path::Path) -> Cert {
     Cert::parse(first(path), "test").unwrap()
-}
-
-fn record(ca: &CaFiles) -> TrustRecord {
-    TrustRecord::new(certs_in(&ca.bundle), first(&ca.issuer_cert)).unwrap()
 }
 
 fn round_trip(r: &TrustRecord) {

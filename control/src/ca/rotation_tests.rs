@@ -13,7 +13,7 @@ fn first(path: &std::path::Path) -> Vec<u8> {
 }
 
 fn start(ca: &CaFiles) -> TrustRecord {
-    TrustRecord::new(certs_in(&ca.bundle), certs_in(&ca.issuer_cert).remove(0)).unwrap()
+    crate::ca::test_support::trust_record(ca)
 }
 
 fn written(step: Result<Step, RotationError>) -> TrustRecord {

@@ -58,7 +58,7 @@ impl TestCa {
     }
 }
 
-pub(super) fn certs_in(path: &Path) -> Vec<CertificateDer<'static>> {
+pub(crate) fn certs_in(path: &Path) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_file_iter(path)
         .unwrap()
         .collect::<Result<_, _>>()
@@ -69,4 +69,9 @@ pub(super) fn cert_of<'a>(der: &'a [u8]) -> X509Certificate<'a> {
     let (rest, cert) = X509Certificate::from_der(der).unwrap();
     assert!(rest.is_empty());
     cert
+}
+
+/// The trust record of the CA in `ca`: its bundle's roots, its issuer.
+pub(crate) fn trust_record(ca: &CaFiles) -> crate::ca::TrustRecord {
+    crate::ca::TrustRecord::new(certs_in(&ca.bundle), certs_in(&ca.issuer_cert).remove(0)).unwrap()
 }

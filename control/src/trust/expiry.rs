@@ -104,13 +104,7 @@ mod tests {
     fn gauges_name_each_root_and_warnings_start_thirty_days_ahead() {
         let tmp = tempfile::tempdir().unwrap();
         let files = init_ca("example.org", &tmp.path().join("ca")).unwrap();
-        let first = |p: &std::path::Path| {
-            bulkhead_tls::certs_from_pem(&std::fs::read(p).unwrap(), "c")
-                .unwrap()
-                .remove(0)
-        };
-        let record =
-            TrustRecord::new(vec![first(&files.root_cert)], first(&files.issuer_cert)).unwrap();
+        let record = crate::ca::test_support::trust_record(&files);
         let text = render(&record);
         let root = &record.roots()[0];
         assert!(
