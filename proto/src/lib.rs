@@ -4,6 +4,7 @@
 //! - [`identity`]: SPIFFE workload identities and reading them from certificates.
 //! - [`model`]: the resources operators apply (`Service`, `AllowList`,
 //!   `TrafficSplit`, `Rollout`), their validation, and registry endpoints.
+//! - [`stats`]: request measurements sidecars report (latency histograms).
 //!
 //! No I/O: nothing here listens, dials, stores or holds TLS state. Both the
 //! control plane and the sidecar build on it; TLS and the channel to the
@@ -12,6 +13,7 @@
 pub mod duration;
 pub mod identity;
 pub mod model;
+pub mod stats;
 
 /// Generated protobuf messages and gRPC clients/servers (package `bulkhead.v1`).
 #[allow(unreachable_pub, clippy::all, missing_docs)]

@@ -261,4 +261,28 @@ impl pb::admin_server::Admin for AdminService {
         self.authorize(&request, "rotate")?;
         Ok(Response::new(super::trust::retire(&self.plane).await?))
     }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::RolloutRequest>,
+    ) -> Result<Response<pb::RolloutState>, Status> {
+        self.authorize(&request, "rollout")?;
+        Err(Status::unimplemented("rollout status: not yet"))
+    }
+
+    async fn act_on_rollout(
+        &self,
+        request: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutState>, Status> {
+        self.authorize(&request, "rollout")?;
+        Err(Status::unimplemented("rollout actions: not yet"))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        self.authorize(&request, "stats")?;
+        Err(Status::unimplemented("stats: not yet"))
+    }
 }

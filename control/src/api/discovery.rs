@@ -157,6 +157,14 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchUpdate, Status>> + 
 
 #[tonic::async_trait]
 impl pb::discovery_server::Discovery for DiscoveryService {
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let _identity = peer(&request)?;
+        Err(Status::unimplemented("reports: not yet"))
+    }
+
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,

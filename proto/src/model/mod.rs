@@ -29,7 +29,10 @@ pub use error::{ValidationError, ValidationErrors};
 pub use matching::{BadPathPattern, BadPrincipal, PathPattern, Principal};
 pub use parse::{MAX_DOCUMENTS, MAX_FILE_BYTES, parse_documents};
 pub use resource::{API_VERSION, DEFAULT_NAMESPACE, Kind, Metadata, Resource, UnknownKind};
-pub use rollout::{Analysis, BadInterval, Interval, Rollout, RolloutSpec, Strategy};
+pub use rollout::{
+    Analysis, BadInterval, CompareToStable, DEFAULT_THRESHOLD, Interval, Rollout, RolloutSpec,
+    Step, Strategy,
+};
 pub use service::{Protocol, Service, ServicePort, ServiceSpec, UnknownProtocol};
-pub use traffic::{Backend, HeaderMatch, HeaderRoute, TrafficSplit, TrafficSplitSpec};
+pub use traffic::{Backend, HeaderMatch, HeaderRoute, Stickiness, TrafficSplit, TrafficSplitSpec};
 pub use trust::{MAX_ROOT_BYTES, MAX_TRUST_ROOTS, Trust, TrustError};

@@ -21,6 +21,60 @@ pub struct TrafficSplitSpec {
     pub backends: Vec<Backend>,
     /// Header routes, tried in order before the weights; `None` when absent.
     pub matches: Option<Vec<HeaderRoute>>,
+    /// How a caller keeps its version from one request to the next.
+    pub stickiness: Stickiness,
+}
+
+/// Whether the weighted choice is a fresh roll per request or fixed per
+/// caller. A sticky caller lands on the version its key hashes to for the
+/// weights in force: the same version on every request, while across many
+/// callers the shares still converge to the weights. As weights shift
+/// toward one version, callers only ever move onto it (a caller's point
+/// on the weight line stays put; the boundary moves).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Stickiness {
+    /// A random roll per request.
+    #[default]
+    None,
+    /// Keyed by the calling workload's SPIFFE ID.
+    Caller,
+    /// Keyed by the value of this request header (e.g. a user id); a
+    /// request without it rolls at random.
+    Header(String),
+}
+
+impl Stickiness {
+    /// As written in a document: `none`, `caller` or `header:<name>`.
+    pub fn to_text(&self) -> String {
+        match self {
+            Stickiness::None => "none".to_owned(),
+            Stickiness::Caller => "caller".to_owned(),
+            Stickiness::Header(name) => format!("header:{name}"),
+        }
+    }
+
+    /// Reads `none`, `caller` or `header:<name>` at `path`.
+    pub(crate) fn parse(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<Self> {
+        match raw {
+            "none" => Some(Stickiness::None),
+            "caller" => Some(Stickiness::Caller),
+            _ => match raw.strip_prefix("header:") {
+                Some(name) => {
+                    header_name(errs, path, name.to_ascii_lowercase()).map(Stickiness::Header)
+                }
+                None => {
+                    errs.push(
+                        path,
+                        format!(
+                            "expected none, caller or header:<name> (e.g. header:x-user-id), got {}",
+                            check::got(raw)
+                        ),
+                    );
+                    None
+                }
+            },
+        }
+    }
 }
 
 /// A version and its share: its weight over the sum of all weights.
@@ -66,6 +120,8 @@ pub(crate) struct RawTrafficSplitSpec {
     backends: Vec<RawBackend>,
     #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
     matches: Option<Vec<RawHeaderRoute>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stickiness: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -136,10 +192,15 @@ impl Spec for TrafficSplitSpec {
                 }
             }
         }
+        let stickiness = match &raw.stickiness {
+            None => Some(Stickiness::None),
+            Some(text) => Stickiness::parse(errs, "spec.stickiness", text),
+        };
         Some(TrafficSplitSpec {
             service: service?,
             backends: backends?,
             matches: matches?,
+            stickiness: stickiness?,
         })
     }
 
@@ -166,6 +227,7 @@ impl Spec for TrafficSplitSpec {
                     })
                     .collect()
             }),
+            stickiness: (self.stickiness != Stickiness::None).then(|| self.stickiness.to_text()),
         }
     }
 
@@ -282,6 +344,25 @@ spec:
     fn unquoted_numeric_versions_are_strings() {
         let t = split(&SPLIT.replace("version: v1,", "version: 1.0,"));
         assert_eq!(t.spec.backends[0].version, "1.0");
+    }
+
+    #[test]
+    fn stickiness() {
+        assert_eq!(split(SPLIT).spec.stickiness, Stickiness::None);
+        let t = split(&format!("{SPLIT}  stickiness: caller\n"));
+        assert_eq!(t.spec.stickiness, Stickiness::Caller);
+        let t = split(&format!("{SPLIT}  stickiness: header:X-User-Id\n"));
+        assert_eq!(t.spec.stickiness, Stickiness::Header("x-user-id".into()));
+        expect_error(
+            &format!("{SPLIT}  stickiness: user\n"),
+            "spec.stickiness",
+            "expected none, caller or header:<name>",
+        );
+        expect_error(
+            &format!("{SPLIT}  stickiness: 'header:'\n"),
+            "spec.stickiness",
+            "expected an HTTP header name",
+        );
     }
 
     #[test]

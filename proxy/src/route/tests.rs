@@ -31,6 +31,7 @@ fn split(backends: &[(&str, u32)], routes: &[(&str, &str, &str)]) -> TrafficSpli
                     })
                     .collect()
             }),
+            stickiness: Default::default(),
         },
     }
 }
