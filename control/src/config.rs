@@ -212,6 +212,11 @@ pub struct ControlArgs {
     #[arg(long, env = "BULKHEAD_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
 
+    /// TTL of the lease of the replica that drives rollouts: when it dies,
+    /// another replica takes over within this.
+    #[arg(long, env = "BULKHEAD_LEADER_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub leader_lease_ttl: Duration,
+
     /// DNS names for the control plane's own serving certificate, comma separated.
     #[arg(
         long,

@@ -13,6 +13,10 @@
 //! leaves/<namespace>/<service>/<ip>:<inbound-port>
 //!                                          the root and expiry of that endpoint's
 //!                                          current certificate (JSON, on its lease)
+//! rollouts/<namespace>/<name>             a Rollout's status (JSON, see rollout::status),
+//!                                          written by the leading replica
+//! rollout-commands/<namespace>/<name>/<id> an operator's command waiting for the leader
+//! leader/rollouts                          the replica that drives rollouts (on its lease)
 //! ```
 
 use bulkhead_proto::model::Kind;
@@ -23,6 +27,9 @@ pub(crate) const TOKENS: &str = "tokens/";
 pub(crate) const TRUST: &str = "ca/trust";
 pub(crate) const SIGNERS: &str = "ca/signers/";
 pub(crate) const LEAVES: &str = "leaves/";
+pub(crate) const ROLLOUTS: &str = "rollouts/";
+pub(crate) const ROLLOUT_COMMANDS: &str = "rollout-commands/";
+pub(crate) const ROLLOUT_LEADER: &str = "leader/rollouts";
 /// Never written: listing it reads only the store's current revision.
 pub(crate) const SYNC_PROBE: &str = "sync-probe/";
 
@@ -57,4 +64,13 @@ pub(crate) fn leaf_of(endpoint_key: &str) -> String {
 
 pub(crate) fn token(id: &str) -> String {
     format!("{TOKENS}{id}")
+}
+
+pub(crate) fn rollout_status(namespace: &str, name: &str) -> String {
+    format!("{ROLLOUTS}{namespace}/{name}")
+}
+
+/// Prefix of the commands queued for one rollout (ends with `/`).
+pub(crate) fn rollout_commands(namespace: &str, name: &str) -> String {
+    format!("{ROLLOUT_COMMANDS}{namespace}/{name}/")
 }

@@ -21,6 +21,8 @@ pub mod config;
 mod hub;
 pub mod k8s_api;
 mod keys;
+mod measure;
+pub mod rollout;
 pub mod runtime;
 mod server;
 pub mod store;

@@ -47,6 +47,8 @@ pub struct Settings {
     pub operators: Vec<SpiffeId>,
     pub cert_lifetime: Duration,
     pub lease_ttl: Duration,
+    /// TTL of the rollout leader's lease: takeover time when it dies.
+    pub leader_lease_ttl: Duration,
     pub dns_names: Vec<String>,
     /// Kubernetes service-account token verification, when configured.
     pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
@@ -371,6 +373,7 @@ pub async fn start(
         lease_ttl: settings.lease_ttl,
         k8s: settings.k8s.clone(),
         topology: settings.topology.clone(),
+        measurements: Arc::new(crate::measure::Measurements),
     });
 
     let mut tasks = vec![
@@ -398,6 +401,22 @@ pub async fn start(
                 metrics.run_upkeep();
             }
         }));
+    }
+    {
+        let (leading_tx, leading) = tokio::sync::watch::channel(false);
+        let replica = format!("{}-{:08x}", settings.replica, rand::random::<u32>());
+        tasks.push(tokio::spawn(crate::rollout::leader::campaign(
+            store.clone(),
+            replica.clone(),
+            settings.leader_lease_ttl,
+            leading_tx,
+        )));
+        let controller = crate::rollout::controller::Controller {
+            plane: plane.clone(),
+            replica,
+            leading,
+        };
+        tasks.push(tokio::spawn(controller.run()));
     }
     if let Some(k8s) = &settings.k8s {
         tasks.push(tokio::spawn(

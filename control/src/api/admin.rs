@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bulkhead_proto::SpiffeId;
 use bulkhead_proto::model::{self, Kind, Resource};
 use bulkhead_proto::pb;
 use prost::Message;
@@ -28,11 +29,12 @@ impl AdminService {
         Self { plane }
     }
 
-    fn authorize<T>(&self, request: &Request<T>, action: &'static str) -> Result<(), Status> {
+    /// The operator's identity, or PERMISSION_DENIED.
+    fn authorize<T>(&self, request: &Request<T>, action: &'static str) -> Result<SpiffeId, Status> {
         let identity = peer(request)?;
         if self.plane.operators.contains(&identity) {
             tracing::debug!(%identity, action, "operator call");
-            Ok(())
+            Ok(identity)
         } else {
             metrics::counter!("bulkhead_admin_denied_total", "action" => action).increment(1);
             tracing::warn!(%identity, action, "admin call by a non-operator refused");
@@ -267,15 +269,19 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RolloutRequest>,
     ) -> Result<Response<pb::RolloutState>, Status> {
         self.authorize(&request, "rollout")?;
-        Err(Status::unimplemented("rollout status: not yet"))
+        let req = request.into_inner();
+        let state = super::rollouts::get(&self.plane, &req.namespace, &req.name).await?;
+        Ok(Response::new(state))
     }
 
     async fn act_on_rollout(
         &self,
         request: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::RolloutState>, Status> {
-        self.authorize(&request, "rollout")?;
-        Err(Status::unimplemented("rollout actions: not yet"))
+        let by = self.authorize(&request, "rollout")?;
+        let state =
+            super::rollouts::act(&self.plane, &by.to_string(), request.into_inner()).await?;
+        Ok(Response::new(state))
     }
 
     async fn get_stats(

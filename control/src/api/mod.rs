@@ -22,6 +22,7 @@ use crate::store::{Store, StoreError};
 pub(crate) mod admin;
 pub(crate) mod discovery;
 pub(crate) mod identity;
+pub(crate) mod rollouts;
 pub(crate) mod trust;
 
 /// Largest request the control plane decodes (YAML files for `apply` are
@@ -44,6 +45,8 @@ pub struct ControlPlane {
     pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
     /// Node topology labels for registering endpoints' locality.
     pub topology: Option<Arc<crate::topology::Topology>>,
+    /// What sidecars report about their traffic (rollout gates, stats).
+    pub(crate) measurements: Arc<crate::measure::Measurements>,
 }
 
 impl std::fmt::Debug for ControlPlane {

@@ -144,6 +144,7 @@ async fn run(args: ControlArgs) -> ExitCode {
         operators,
         cert_lifetime: args.cert_lifetime,
         lease_ttl: args.lease_ttl,
+        leader_lease_ttl: args.leader_lease_ttl,
         dns_names: args.dns_names.clone(),
         k8s,
         topology,

@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 mod certs;
 mod inject;
 mod ops;
+mod rollout;
 mod rotate;
 mod settings;
 
@@ -84,7 +85,8 @@ Examples:
       --token \"$TOKEN\" --out ./cart-certs
   bulkheadctl --credentials ./ca apply -f shop.yaml
   bulkheadctl --credentials ./ca get allowlists -n shop -o yaml
-  bulkheadctl --credentials ./ca endpoints inventory -n shop";
+  bulkheadctl --credentials ./ca endpoints inventory -n shop
+  bulkheadctl --credentials ./ca rollout status inventory -n shop -w";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -134,6 +136,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Watch and steer progressive rollouts (Rollout resources).
+    #[command(subcommand, after_help = rollout::EXAMPLES)]
+    Rollout(rollout::RolloutCommand),
     /// Add the sidecar to manifests offline, as the webhook would (`-` for stdin).
     Inject {
         #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
@@ -363,6 +368,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             };
             ops::endpoints(&settings, filter, output).await
         }
+        Command::Rollout(command) => rollout::run(&settings, command).await,
         Command::Inject { file, options } => inject::run(&file, *options),
         Command::Completion { shell } => {
             clap_complete::generate(

@@ -13,7 +13,7 @@ use crate::{CliError, CliResult, Output};
 /// Largest file `apply` sends (the control plane refuses more anyway).
 const MAX_APPLY_BYTES: u64 = 1024 * 1024;
 
-fn client(settings: &Settings) -> Result<AdminClient<Channel>, CliError> {
+pub(crate) fn client(settings: &Settings) -> Result<AdminClient<Channel>, CliError> {
     let (bundle, slot) = settings.operator_identity()?;
     let channel = bulkhead_tls::channel(&settings.control, &bundle, Some(slot))
         .map_err(|e| CliError::usage(e.to_string()))?;
