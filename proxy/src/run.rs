@@ -32,6 +32,7 @@ use crate::inbound::{self, Inbound};
 use crate::limits::Pending;
 use crate::outbound::{self, MeshListeners, Outbound, Target};
 use crate::pool::Pool;
+use crate::route;
 use crate::state::{self, MeshState, StateCell};
 use crate::subscriptions::Subscriptions;
 use crate::telemetry::VersionCounters;
@@ -79,6 +80,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     // config, calls are refused (and counted) rather than left waiting in
     // a backlog.
     let outbound = Arc::new(Outbound {
+        caller: caller_key(&config, &bundle)?,
         locality: Arc::new(arc_swap::ArcSwap::from_pointee(config.locality.clone())),
         states: states.clone(),
         subscriptions: subscriptions.clone(),
@@ -367,6 +369,16 @@ async fn follow_endpoints(outbound: Arc<Outbound>) {
             outbound.pool.forget(&gone);
         }
     }
+}
+
+/// This workload's SPIFFE ID, as its certificate will name it
+/// ([`check_identity`] holds it to that), hashed for sticky splits: known
+/// before the certificate, so outbound can serve from the start.
+fn caller_key(config: &Config, bundle: &BundleSlot) -> Result<route::StickyKey, Exit> {
+    let td = bundle.trust_domain();
+    let id = bulkhead_proto::SpiffeId::new(&td, &config.namespace, &config.service_account)
+        .map_err(|e| Exit::Usage(format!("--namespace/--service-account: {e}")))?;
+    Ok(route::StickyKey::new(id.to_string().as_bytes()))
 }
 
 /// The certificate must name the workload the flags describe: a token for

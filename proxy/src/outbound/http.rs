@@ -324,7 +324,7 @@ async fn route_request(
     } else {
         let state = outbound.states.load();
         let split = state.view_at(route.id).and_then(|v| v.split.as_deref());
-        route::choose_with_fallback(split, req.headers(), rand::random(), |c| {
+        route::choose_with_fallback(split, req.headers(), outbound.caller, rand::random(), |c| {
             balancer.has_healthy(|e| c.accepts(&e.version))
         })
     };
