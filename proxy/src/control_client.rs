@@ -3,7 +3,8 @@
 //! fresh snapshot, re-opened wider when [`Subscriptions`] grow), and the
 //! endpoint registration kept alive on its lease (reporting the certificate
 //! served with, at registration and after each renewal, so operators see
-//! which root each endpoint is on).
+//! which root each endpoint is on), with this endpoint's inbound
+//! aggregates reported beside it ([`report`]).
 //!
 //! An outage changes nothing on the data path: the last state stays
 //! published and `bulkhead_control_plane_connected` drops to 0.
@@ -23,6 +24,12 @@ use tonic::transport::Channel;
 
 use crate::state::{EndpointKey, MeshState, ServiceKey, StateCell, Subscribed};
 use crate::subscriptions::Subscriptions;
+use crate::telemetry::VersionCounters;
+
+mod report;
+
+/// The registration's lease id, while it has one.
+type Lease = Arc<std::sync::Mutex<Option<i64>>>;
 
 /// Between reconnects: 200 ms doubling to 10 s, with jitter.
 fn reconnect_backoff() -> Backoff {
@@ -237,10 +244,12 @@ fn release_held(current: &mut MeshState, held: &mut Held) -> bool {
 pub(crate) struct Registration {
     channel: Channel,
     record: pb::Endpoint,
-    lease: Arc<std::sync::Mutex<Option<i64>>>,
+    lease: Lease,
     /// The app's readiness, as the control plane should record it.
     ready: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Reporting the inbound aggregates, while registered.
+    reporter: tokio::task::JoinHandle<()>,
 }
 
 impl Registration {
@@ -249,13 +258,15 @@ impl Registration {
     /// every later [`set_ready`](Self::set_ready) (only ready endpoints are
     /// sent to callers).
     /// `locality`: this sidecar's own, updated to what the control plane
-    /// records (zone and region from the Node's labels).
+    /// records (zone and region from the Node's labels). `served` is
+    /// reported while a lease is held.
     pub(crate) fn start(
         channel: Channel,
         record: pb::Endpoint,
         locality: Arc<ArcSwap<Locality>>,
         ready: bool,
         certificate: CertSlot,
+        served: Arc<VersionCounters>,
     ) -> Self {
         let lease = Arc::new(std::sync::Mutex::new(None));
         let (ready, ready_rx) = watch::channel(ready);
@@ -267,12 +278,19 @@ impl Registration {
             locality,
             certificate,
         ));
+        let reporter = tokio::spawn(report::report_forever(
+            channel.clone(),
+            record.clone(),
+            lease.clone(),
+            served,
+        ));
         Self {
             channel,
             record,
             lease,
             ready,
             task,
+            reporter,
         }
     }
 
@@ -285,6 +303,7 @@ impl Registration {
     /// Stops renewing and removes the record at once (graceful shutdown).
     pub(crate) async fn deregister(self) {
         self.task.abort();
+        self.reporter.abort();
         let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = lease {
             let mut client = DiscoveryClient::new(self.channel.clone());
@@ -316,7 +335,7 @@ fn leaf(slot: &CertSlot) -> Vec<u8> {
 async fn keep_registered(
     channel: Channel,
     mut record: pb::Endpoint,
-    lease: Arc<std::sync::Mutex<Option<i64>>>,
+    lease: Lease,
     mut ready: watch::Receiver<bool>,
     locality: Arc<ArcSwap<Locality>>,
     certificate: CertSlot,

@@ -6,9 +6,10 @@
 //! peer is authenticated and the request authorized; denials are logged,
 //! counted and marked. An extended CONNECT (an upgrade the caller's app
 //! asked for) takes the boxed branch in [`upgrade`], authorized by the
-//! same [`http::admit`]. A connection ends by the peer certificate's
-//! notAfter, and soon after a new trust bundle stops trusting it
-//! ([`crate::trust`]).
+//! same [`http::admit`]. Requests served count for this version's
+//! aggregates ([`VersionCounters`]). A connection ends by the peer
+//! certificate's notAfter, and soon after a new trust bundle stops trusting
+//! it ([`crate::trust`]).
 
 mod app;
 mod caller;
@@ -33,6 +34,7 @@ use crate::identity;
 use crate::limits::{self, Limit, Limits, Pending};
 use crate::policy::{self, Verdict};
 use crate::state::{ServiceId, ServiceKey, StateCell};
+use crate::telemetry::VersionCounters;
 use crate::trust;
 use crate::wire::{Payload, Preface};
 
@@ -73,6 +75,9 @@ pub(crate) struct Inbound {
     pub(crate) pending: Arc<Pending>,
     /// Opaque TCP streams idle this long either way are closed.
     pub(crate) tcp_idle_timeout: Duration,
+    /// This version's HTTP and gRPC aggregates, reported to the control
+    /// plane.
+    pub(crate) served: Arc<VersionCounters>,
 }
 
 /// What a service no AllowList targets has (shared: the deny path does not

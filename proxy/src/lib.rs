@@ -14,7 +14,8 @@
 //! [`control_client`] the [`state`]
 //! (subscribed to what [`subscriptions`] asks for, grown on demand);
 //! [`admin`] serves /metrics, /ready, /live, /config; [`dns`] answers mesh
-//! names; [`telemetry`] holds request metrics; [`http`] the plumbing both
+//! names; [`telemetry`] holds request metrics and this version's inbound
+//! aggregates (reported by [`control_client`]); [`http`] the plumbing both
 //! directions share; [`upgrade`] carries HTTP `Upgrade` (WebSocket) across.
 //!
 //! Public only what other crates use: [`cli::main`] (the binary, and the

@@ -8,8 +8,11 @@
 //!    [`RouteError::BadVersionPin`]: answer 400, never guess.
 //! 2. The first of the split's `match` routes whose header the request
 //!    carries.
-//! 3. The split's weights: backends with weight above 0, chosen by a random
-//!    roll.
+//! 3. The split's weights: backends with weight above 0, chosen by a roll
+//!    — random, or fixed by the split's `stickiness` ([`sticky`]): `caller`
+//!    keys it by the calling workload's SPIFFE ID (this sidecar's own,
+//!    [`StickyKey`]), `header:<name>` by that header's value (a request
+//!    without it rolls at random).
 //! 4. No split: [`VersionChoice::Any`].
 //!
 //! Nothing here keeps state: every request reads the split it is given, so a
@@ -22,6 +25,21 @@
 //! balancer. Pins and header routes are explicit requests for a version and
 //! never fall back: with no endpoint for them the caller answers 503.
 //!
+//! **Weights as a line.** A roll is a point on `0..total` (the sum of the
+//! weights): `⌊roll × total / 2⁶⁴⌋`. The backends are walked in the split's
+//! order, each taking the next `weight` of the line. A sticky key's point
+//! stays put while the weights change (as long as their sum does), and
+//! only the boundaries move. With two weighted backends — a rollout's
+//! stable and canary — that makes movement one-way whatever their order:
+//! as the canary's weight grows its part of the line grows and the
+//! stable's shrinks, so a caller only ever moves onto the canary, never
+//! off it (and back only when the weight goes back). With three or more,
+//! a point between two shrinking backends may move from one to the other.
+//! The order must stay the same from one split to the next: a writer that
+//! reorders the backends (sorting by weight, say, which flips at 50/50)
+//! reshuffles every sticky caller. A rollout's split lists the stable
+//! version first.
+//!
 //! ```ignore
 //! let choice = route::choose_with_fallback(split, req.headers(), rand::random(), |c| {
 //!     balancer.has_healthy(|e| c.accepts(&e.version))
@@ -29,6 +47,7 @@
 //! let pick = balancer.pick(&local, |e| choice.accepts(&e.version));
 //! ```
 
+mod sticky;
 mod version;
 
 #[cfg(test)]
@@ -36,9 +55,11 @@ mod tests;
 
 use std::fmt;
 
-use bulkhead_proto::model::{Backend, HeaderMatch, TrafficSplit};
+use bulkhead_proto::model::{Backend, HeaderMatch, Stickiness, TrafficSplit};
 use http::{HeaderMap, HeaderName};
 use semver::VersionReq;
+
+pub(crate) use self::sticky::StickyKey;
 
 /// The request header that pins a version.
 pub(crate) const VERSION_HEADER: HeaderName = HeaderName::from_static("x-bulkhead-version");
@@ -149,17 +170,19 @@ impl fmt::Display for VersionChoice {
 
 /// The version choice for a request, by the precedence in the module
 /// documentation, without fallback. `roll` is a uniformly random `u64`
-/// (`rand::random()`), used only for a weighted choice.
+/// (`rand::random()`), used only for a weighted choice that is not sticky.
 #[cfg(test)]
 pub(crate) fn choose(
     split: Option<&TrafficSplit>,
     headers: &HeaderMap,
     roll: u64,
 ) -> Result<VersionChoice, RouteError> {
-    choose_with_fallback(split, headers, roll, |_| true)
+    let caller = StickyKey::new(b"spiffe://cluster.local/ns/shop/sa/web");
+    choose_with_fallback(split, headers, caller, roll, |_| true)
 }
 
-/// Like [`choose`], but a weighted choice skips backends for which
+/// Like [`choose`], for a caller whose (own) identity is keyed `caller`;
+/// and a weighted choice skips backends for which
 /// `has_healthy` is false, sharing their weight among the others. If no
 /// backend is healthy it returns the rolled one, so that the balancer's panic
 /// mode still serves it. `has_healthy` is asked once for a healthy split,
@@ -167,6 +190,7 @@ pub(crate) fn choose(
 pub(crate) fn choose_with_fallback(
     split: Option<&TrafficSplit>,
     headers: &HeaderMap,
+    caller: StickyKey,
     roll: u64,
     has_healthy: impl FnMut(&VersionChoice) -> bool,
 ) -> Result<VersionChoice, RouteError> {
@@ -181,7 +205,19 @@ pub(crate) fn choose_with_fallback(
     if let Some(route) = routes.iter().find(|r| carries(headers, &r.header)) {
         return Ok(VersionChoice::Exact(route.version.clone()));
     }
+    let roll = sticky_roll(split, headers, caller).unwrap_or(roll);
     Ok(weighted(&spec.backends, roll, has_healthy))
+}
+
+/// The roll a sticky split fixes for this request; `None`: roll at random.
+fn sticky_roll(split: &TrafficSplit, headers: &HeaderMap, caller: StickyKey) -> Option<u64> {
+    let key = match &split.spec.stickiness {
+        Stickiness::None => return None,
+        Stickiness::Caller => caller,
+        // The model keeps the name lower-case, as HeaderMap wants it.
+        Stickiness::Header(name) => StickyKey::new(headers.get(name.as_str())?.as_bytes()),
+    };
+    Some(key.roll(&split.metadata.namespace, &split.spec.service))
 }
 
 /// The request's pin, if it has one.

@@ -1,10 +1,11 @@
 //! Assembling a sidecar. [`run`] reads as the table of contents: identity
 //! and state, then each listener from its own constructor (inbound,
 //! outbound, capture, admin, DNS), then registration (which follows the
-//! app's readiness) and shutdown. On SIGTERM: deregister, keep accepting
-//! inbound for `--deregister-delay`, drain inbound (stop accepting, HTTP/2
-//! GOAWAY, wait for in-flight work), keep serving the app's outbound calls
-//! until it has exited, then drain those — all within the grace period.
+//! app's readiness, and reports the inbound aggregates) and shutdown. On
+//! SIGTERM: deregister, keep accepting inbound for `--deregister-delay`,
+//! drain inbound (stop accepting, HTTP/2 GOAWAY, wait for in-flight work),
+//! keep serving the app's outbound calls until it has exited, then drain
+//! those — all within the grace period.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,8 +32,10 @@ use crate::inbound::{self, Inbound};
 use crate::limits::Pending;
 use crate::outbound::{self, MeshListeners, Outbound, Target};
 use crate::pool::Pool;
+use crate::route;
 use crate::state::{self, MeshState, StateCell};
 use crate::subscriptions::Subscriptions;
+use crate::telemetry::VersionCounters;
 use crate::{trust, wire};
 
 /// How often a draining sidecar looks whether its app has exited.
@@ -77,6 +80,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     // config, calls are refused (and counted) rather than left waiting in
     // a backlog.
     let outbound = Arc::new(Outbound {
+        caller: caller_key(&config, &bundle)?,
         locality: Arc::new(arc_swap::ArcSwap::from_pointee(config.locality.clone())),
         states: states.clone(),
         subscriptions: subscriptions.clone(),
@@ -150,7 +154,9 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         tokio::spawn(state::save_forever(states.clone(), dir.clone()));
     }
 
-    let inbound = inbound_side(&config, &bundle, &slot, &states, own_identity)?;
+    // Counted from the first request served; reported once registered.
+    let served = VersionCounters::new();
+    let inbound = inbound_side(&config, &bundle, &slot, &states, own_identity, &served)?;
     drain.spawn(inbound::serve(listeners.inbound, inbound, drain.clone()));
 
     let registered = Registered::default();
@@ -160,6 +166,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         admin,
         control,
         registered.clone(),
+        served,
     ));
     bulkhead_process::shutdown_signal().await;
     shut_down(&config, health, registered, [&drain, &outbound_drain]).await;
@@ -364,6 +371,16 @@ async fn follow_endpoints(outbound: Arc<Outbound>) {
     }
 }
 
+/// This workload's SPIFFE ID, as its certificate will name it
+/// ([`check_identity`] holds it to that), hashed for sticky splits: known
+/// before the certificate, so outbound can serve from the start.
+fn caller_key(config: &Config, bundle: &BundleSlot) -> Result<route::StickyKey, Exit> {
+    let td = bundle.trust_domain();
+    let id = bulkhead_proto::SpiffeId::new(&td, &config.namespace, &config.service_account)
+        .map_err(|e| Exit::Usage(format!("--namespace/--service-account: {e}")))?;
+    Ok(route::StickyKey::new(id.to_string().as_bytes()))
+}
+
 /// The certificate must name the workload the flags describe: a token for
 /// another service account (or namespace) is a misconfiguration to stop
 /// on, not an identity to serve under.
@@ -446,6 +463,7 @@ fn inbound_side(
     slot: &CertSlot,
     states: &StateCell,
     identity: bulkhead_proto::SpiffeId,
+    served: &Arc<VersionCounters>,
 ) -> Result<Arc<Inbound>, Exit> {
     let (app_http1, app_http2) = inbound::app_clients(&config.limits);
     let server_config = tls::server_config(bundle, slot.clone(), true, &[wire::ALPN])
@@ -470,6 +488,7 @@ fn inbound_side(
             config.limits.max_handshakes.max(1),
         )),
         pending: Pending::new(config.limits.max_pending_requests),
+        served: served.clone(),
     }))
 }
 
@@ -494,6 +513,7 @@ async fn follow_health(
     admin: Arc<Admin>,
     control: Channel,
     registered: Registered,
+    served: Arc<VersionCounters>,
 ) {
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -531,6 +551,7 @@ async fn follow_health(
                         admin.outbound.locality.clone(),
                         ready,
                         admin.slot.clone(),
+                        served.clone(),
                     ));
                 }
             }

@@ -12,7 +12,11 @@
 //! (bench/README.md). The holders of a [`RequestMetrics`] live as long as
 //! the labels stay true: an inbound HTTP/2 connection (one peer), a
 //! balancer slot (one endpoint as announced).
+//!
+//! Inbound requests also feed [`VersionCounters`] ([`report`]): this
+//! version's own aggregates, which the control plane gates rollouts on.
 
+mod report;
 mod stream;
 
 use std::sync::OnceLock;
@@ -21,6 +25,7 @@ use std::time::Duration;
 use http::StatusCode;
 use metrics::{Counter, Histogram, Label};
 
+pub(crate) use self::report::{Delta, Serving, Tally, VersionCounters};
 pub(crate) use self::stream::Observed;
 
 /// The status classes, in `status_class` label order.

@@ -7,6 +7,11 @@
 //! A stream its peer reset before it was first polled never reaches the
 //! app; past `--max-pending-requests` a request is answered 503
 //! `overloaded` without reaching it.
+//!
+//! Every request served feeds this version's aggregates
+//! ([`VersionCounters`](crate::telemetry::VersionCounters)) — except those
+//! the mesh refuses for the caller's own doing ([`Answer::Refused`]: a bad
+//! path, an AllowList denial), which say nothing about the version.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -73,17 +78,24 @@ pub(super) async fn serve(
             // was opened (rapid reset) ends here, before the app.
             tokio::task::yield_now().await;
             let started = tokio::time::Instant::now();
+            // In flight from here until the response stream ends, or this
+            // future is dropped (the caller reset the stream).
+            let serving = inbound.served.start();
             // The caller's deadline (grpc-timeout) holds here too:
             // the app's answer is cut when it runs out.
             let deadline = h::grpc_deadline(req.headers(), started);
-            let resp = match upgrade {
+            let answer = match upgrade {
                 None => request(req, &inbound, &caller, port, deadline).await,
                 Some(drain) => {
                     Box::pin(upgrade::request(req, &inbound, &caller, port, drain)).await
                 }
             };
             stream.answered();
-            let resp = Observed::wrap(resp, started, metrics, None, deadline);
+            let (resp, serving) = match answer {
+                Answer::Version(resp) => (resp, Some(serving)),
+                Answer::Refused(resp) => (*resp, None),
+            };
+            let resp = Observed::wrap(resp, started, metrics, None, deadline, serving);
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
@@ -159,17 +171,29 @@ pub(super) async fn serve(
     }
 }
 
+/// A response to an inbound request, and whose it is.
+pub(super) enum Answer {
+    /// The app's, or the sidecar's when the app could not give one: this
+    /// version's doing, counted in its aggregates.
+    Version(Response<Body>),
+    /// The mesh refused the request for the caller's own doing (an
+    /// ambiguous path, a target that does not parse, an AllowList denial,
+    /// a malformed upgrade): not counted for this version (boxed: the
+    /// path that serves stays small).
+    Refused(Box<Response<Body>>),
+}
+
 async fn request(
     mut req: Request<Incoming>,
     inbound: &Inbound,
     caller: &Caller,
     port: u16,
     deadline: Option<tokio::time::Instant>,
-) -> Response<Body> {
+) -> Answer {
     let grpc = h::is_grpc(req.headers());
     let protocol = match admit(&mut req, None, inbound, caller, port, grpc) {
         Ok(protocol) => protocol,
-        Err(refused) => return *refused,
+        Err(answer) => return *answer,
     };
     let http2 = protocol == Protocol::Grpc;
     if !http2 {
@@ -178,8 +202,8 @@ async fn request(
     let head_deadline = tokio::time::Instant::now() + inbound.request_timeout;
     let head_deadline = deadline.map_or(head_deadline, |d| d.min(head_deadline));
     match inbound.to_app(req, http2, head_deadline, grpc).await {
-        Ok(resp) => resp.map(|b| b.boxed()),
-        Err(failed) => failed,
+        Ok(resp) => Answer::Version(resp.map(|b| b.boxed())),
+        Err(failed) => Answer::Version(failed),
     }
 }
 
@@ -195,7 +219,8 @@ pub(super) fn admit(
     caller: &Caller,
     port: u16,
     grpc: bool,
-) -> Result<Protocol, Box<Response<Body>>> {
+) -> Result<Protocol, Box<Answer>> {
+    let refused = |resp| Box::new(Answer::Refused(Box::new(resp)));
     let peer = &caller.id;
     // The app sees exactly the path that was authorized: the request's own
     // when it was already normal (no copy), the normalized one otherwise.
@@ -211,7 +236,7 @@ pub(super) fn admit(
         Err(error) => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "inbound", "reason" => error.reason()).increment(1);
             tracing::info!(%peer, %error, "request refused: ambiguous path");
-            return Err(Box::new(h::mesh_response(
+            return Err(refused(h::mesh_response(
                 grpc,
                 StatusCode::BAD_REQUEST,
                 "bad-path",
@@ -228,7 +253,7 @@ pub(super) fn admit(
         )
     };
     let Some(path_and_query) = path_and_query else {
-        return Err(Box::new(bad_target()));
+        return Err(refused(bad_target()));
     };
     let method = method.unwrap_or(req.method());
     let current = inbound.current(port);
@@ -258,7 +283,7 @@ pub(super) fn admit(
             if let Ok(v) = HeaderValue::from_str(&label) {
                 resp.headers_mut().insert(h::MESH_DENIED, v);
             }
-            return Err(Box::new(resp));
+            return Err(refused(resp));
         }
         Verdict::AuditAllow => {
             metrics::counter!("bulkhead_authz_audit_total", "target" => inbound.service().to_owned(), "peer" => peer.to_string(), "rule" => decision.label()).increment(1);
@@ -267,12 +292,13 @@ pub(super) fn admit(
         Verdict::Allow => {}
     }
     let Some(app) = inbound.apps.for_port(port) else {
-        return Err(Box::new(h::mesh_response(
+        // This sidecar's own shortcoming: the version cannot serve.
+        return Err(Box::new(Answer::Version(h::mesh_response(
             grpc,
             StatusCode::SERVICE_UNAVAILABLE,
             "no-app",
             &format!("bulkhead: no app behind this sidecar for port {port} (--app PORT=ADDR)"),
-        )));
+        ))));
     };
     // HTTP/2 carries the caller's authority in the URI, HTTP/1.1 in Host.
     if !req.headers().contains_key(http::header::HOST)
@@ -288,7 +314,7 @@ pub(super) fn admit(
     target.authority = Some(app.authority.clone());
     target.path_and_query = Some(path_and_query);
     let Ok(uri) = Uri::from_parts(target) else {
-        return Err(Box::new(bad_target()));
+        return Err(refused(bad_target()));
     };
     *req.uri_mut() = uri;
     h::strip_hop_by_hop(req.headers_mut());

@@ -6,15 +6,14 @@
 //! then spliced in a task the drain tracks.
 
 use bulkhead_proto::model::Protocol;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use super::http::admit;
+use super::http::{Answer, admit};
 use super::{Caller, Inbound};
 use crate::drain::Drain;
-use crate::http::Body;
 use crate::upgrade::{self, UpgradeError};
 
 /// Whether a request from a caller's sidecar is an upgrade: an extended
@@ -29,18 +28,19 @@ pub(super) async fn request(
     caller: &Caller,
     port: u16,
     drain: Drain,
-) -> Response<Body> {
+) -> Answer {
+    let refused = |error: UpgradeError| Answer::Refused(Box::new(error.response("inbound")));
     let from_peer = hyper::upgrade::on(&mut req);
     let (mut head, body) = req.into_parts();
     let (method, protocol) = match upgrade::from_connect(&mut head) {
         Ok(upgrade) => upgrade,
-        Err(error) => return error.response("inbound"),
+        Err(error) => return refused(error),
     };
     let mut req = Request::from_parts(head, body);
     match admit(&mut req, Some(&method), inbound, caller, port, false) {
         Ok(Protocol::Http) => {}
-        Ok(_) => return UpgradeError::NotHttp(port).response("inbound"),
-        Err(refused) => return *refused,
+        Ok(_) => return refused(UpgradeError::NotHttp(port)),
+        Err(answer) => return *answer,
     }
     let (mut head, body) = req.into_parts();
     upgrade::to_app(&mut head, method, &protocol);
@@ -48,7 +48,7 @@ pub(super) async fn request(
     let req = Request::from_parts(head, body);
     let mut resp = match inbound.to_app(req, false, deadline, false).await {
         Ok(resp) => resp,
-        Err(failed) => return failed,
+        Err(failed) => return Answer::Version(failed),
     };
     let status = resp.status();
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -66,11 +66,11 @@ pub(super) async fn request(
             .in_current_span(),
         );
         let (head, _) = resp.into_parts();
-        upgrade::opened(head.headers)
+        Answer::Version(upgrade::opened(head.headers))
     } else if status.is_success() {
-        UpgradeError::Declined(status).response("inbound")
+        Answer::Version(UpgradeError::Declined(status).response("inbound"))
     } else {
         // The app's refusal (404, 426, ...) reaches the caller as it is.
-        resp.map(|b| b.boxed())
+        Answer::Version(resp.map(|b| b.boxed()))
     }
 }

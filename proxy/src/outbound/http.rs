@@ -262,7 +262,7 @@ fn bad_host(problem: &'static str, route: &HttpRoute) -> Response<Body> {
     );
     let started = Instant::now();
     let metrics = Arc::clone(&route.unattributed);
-    Observed::wrap(resp.map(Answer::Mesh), started, metrics, None, None).map(|b| b.boxed())
+    Observed::wrap(resp.map(Answer::Mesh), started, metrics, None, None, None).map(|b| b.boxed())
 }
 
 async fn request(req: Request<Incoming>, route: &HttpRoute, outbound: &Outbound) -> Response<Body> {
@@ -280,7 +280,7 @@ async fn request(req: Request<Incoming>, route: &HttpRoute, outbound: &Outbound)
         Some(Answered { metrics, pick }) => (metrics, pick),
         None => (Arc::clone(&route.unattributed), None),
     };
-    Observed::wrap(resp, started, metrics, pick, call_deadline).map(|b| b.boxed())
+    Observed::wrap(resp, started, metrics, pick, call_deadline, None).map(|b| b.boxed())
 }
 
 /// The endpoint that answered: its metrics, and (when its response is
@@ -324,7 +324,7 @@ async fn route_request(
     } else {
         let state = outbound.states.load();
         let split = state.view_at(route.id).and_then(|v| v.split.as_deref());
-        route::choose_with_fallback(split, req.headers(), rand::random(), |c| {
+        route::choose_with_fallback(split, req.headers(), outbound.caller, rand::random(), |c| {
             balancer.has_healthy(|e| c.accepts(&e.version))
         })
     };

@@ -36,6 +36,9 @@ use crate::subscriptions::Subscriptions;
 
 /// What the outbound side shares across listeners and connections.
 pub(crate) struct Outbound {
+    /// This workload's own SPIFFE ID, hashed once: what splits sticky by
+    /// caller key their choice on.
+    pub(crate) caller: crate::route::StickyKey,
     /// This sidecar's locality, as the flags say until the control plane
     /// records another (zone and region from the Node's labels).
     pub(crate) locality: Arc<ArcSwap<Locality>>,

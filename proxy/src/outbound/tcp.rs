@@ -32,8 +32,11 @@ pub(super) async fn stream(
             (service, route::VersionChoice::Any)
         } else {
             let split = state.view(key).and_then(|v| v.split.as_deref());
+            // No headers: a split sticky by header rolls at random here.
+            let headers = http::HeaderMap::new();
+            let random = rand::random();
             let choice =
-                route::choose_with_fallback(split, &http::HeaderMap::new(), rand::random(), |c| {
+                route::choose_with_fallback(split, &headers, outbound.caller, random, |c| {
                     service.balancer.has_healthy(|e| c.accepts(&e.version))
                 })
                 .unwrap_or(route::VersionChoice::Any);

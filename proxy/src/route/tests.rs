@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use bulkhead_proto::model::{HeaderRoute, Metadata, TrafficSplitSpec};
+use bulkhead_proto::model::{HeaderRoute, Metadata, Stickiness, TrafficSplitSpec};
 use http::HeaderValue;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -55,6 +55,15 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     map
 }
 
+/// The calling workload's key, as its sidecar makes it.
+fn web() -> StickyKey {
+    caller("spiffe://cluster.local/ns/shop/sa/web")
+}
+
+fn caller(id: &str) -> StickyKey {
+    StickyKey::new(id.as_bytes())
+}
+
 fn exact(version: &str) -> VersionChoice {
     VersionChoice::Exact(version.into())
 }
@@ -69,7 +78,8 @@ fn tally(
     let none = HeaderMap::new();
     let mut counts = HashMap::new();
     for _ in 0..n {
-        let choice = choose_with_fallback(Some(split), &none, rng.random(), &mut has_healthy);
+        let choice =
+            choose_with_fallback(Some(split), &none, web(), rng.random(), &mut has_healthy);
         *counts.entry(choice.unwrap().to_string()).or_default() += 1;
     }
     counts
@@ -262,11 +272,18 @@ fn fallback_never_leaves_the_split_nor_overrides_explicit_choices() {
     assert!(counts["v1"] > counts["v2"]);
     // Header routes and pins are kept even when unhealthy.
     let unhealthy = |_: &VersionChoice| false;
-    let routed = choose_with_fallback(Some(&split), &headers(&[("x-canary", "yes")]), 0, unhealthy);
+    let routed = choose_with_fallback(
+        Some(&split),
+        &headers(&[("x-canary", "yes")]),
+        web(),
+        0,
+        unhealthy,
+    );
     assert_eq!(routed, Ok(exact("v3")));
     let pinned = choose_with_fallback(
         Some(&split),
         &headers(&[("x-bulkhead-version", "v2")]),
+        web(),
         0,
         unhealthy,
     );
@@ -276,7 +293,7 @@ fn fallback_never_leaves_the_split_nor_overrides_explicit_choices() {
 #[test]
 fn healthy_split_asks_once() {
     let mut asked = 0;
-    let choice = choose_with_fallback(Some(&split_of_three()), &HeaderMap::new(), 0, |_| {
+    let choice = choose_with_fallback(Some(&split_of_three()), &HeaderMap::new(), web(), 0, |_| {
         asked += 1;
         true
     });
@@ -289,4 +306,139 @@ fn choices_display_as_written() {
     assert_eq!(exact("v2").to_string(), "v2");
     assert_eq!(VersionChoice::pin("3.1").unwrap().to_string(), "3.1");
     assert_eq!(VersionChoice::pin("^3").unwrap().to_string(), "^3");
+}
+
+/// `stable` then `canary`, sticky as `stickiness` says.
+fn rollout(canary: u32, stickiness: Stickiness) -> TrafficSplit {
+    let mut split = split(&[("stable", 100 - canary), ("canary", canary)], &[]);
+    split.spec.stickiness = stickiness;
+    split
+}
+
+/// The version `caller` lands on, with a random roll `roll` for whatever
+/// is not sticky.
+fn sticky_choice(
+    split: &TrafficSplit,
+    headers: &HeaderMap,
+    caller: StickyKey,
+    roll: u64,
+) -> String {
+    choose_with_fallback(Some(split), headers, caller, roll, |_| true)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_sticky_caller_keeps_its_version() {
+    let mut rng = SmallRng::seed_from_u64(7);
+    let none = HeaderMap::new();
+    let by_caller = rollout(50, Stickiness::Caller);
+    let by_user = rollout(50, Stickiness::Header("x-user".into()));
+    for id in 0..20 {
+        let me = caller(&format!("spiffe://cluster.local/ns/shop/sa/web-{id}"));
+        let user = headers(&[("X-User", &format!("user-{id}"))]);
+        let first = sticky_choice(&by_caller, &none, me, rng.random());
+        let first_user = sticky_choice(&by_user, &user, web(), rng.random());
+        for _ in 0..1000 {
+            assert_eq!(sticky_choice(&by_caller, &none, me, rng.random()), first);
+            assert_eq!(
+                sticky_choice(&by_user, &user, web(), rng.random()),
+                first_user
+            );
+        }
+    }
+}
+
+#[test]
+fn sticky_callers_split_as_the_weights_say() {
+    for (stickiness, canary) in [
+        (Stickiness::Caller, 10),
+        (Stickiness::Caller, 50),
+        (Stickiness::Header("x-user".into()), 30),
+    ] {
+        let split = rollout(canary, stickiness.clone());
+        let n = 10_000;
+        let on_canary = (0..n)
+            .filter(|i| {
+                let (me, user) = match &stickiness {
+                    Stickiness::Header(_) => (web(), headers(&[("x-user", &format!("{i}"))])),
+                    _ => (
+                        caller(&format!("spiffe://cluster.local/ns/shop/sa/w{i}")),
+                        HeaderMap::new(),
+                    ),
+                };
+                sticky_choice(&split, &user, me, 0) == "canary"
+            })
+            .count();
+        let share = on_canary as f64 / f64::from(n);
+        let want = f64::from(canary) / 100.0;
+        assert!(
+            (share - want).abs() <= 0.03,
+            "{stickiness:?} {canary}%: {share}"
+        );
+    }
+}
+
+#[test]
+fn as_the_canary_grows_callers_only_move_onto_it() {
+    let none = HeaderMap::new();
+    let callers: Vec<StickyKey> = (0..2000)
+        .map(|i| caller(&format!("spiffe://cluster.local/ns/app{i}/sa/web")))
+        .collect();
+    let mut on_canary = vec![false; callers.len()];
+    for canary in [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100] {
+        let split = rollout(canary, Stickiness::Caller);
+        let mut moved = 0;
+        for (me, was) in callers.iter().zip(on_canary.iter_mut()) {
+            let now = sticky_choice(&split, &none, *me, 0) == "canary";
+            assert!(now || !*was, "a caller left the canary at {canary}%");
+            moved += usize::from(now && !*was);
+            *was = now;
+        }
+        if canary > 0 && canary < 100 {
+            assert!(moved > 0, "someone moves onto the canary at {canary}%");
+        }
+    }
+    assert!(on_canary.iter().all(|c| *c));
+    // The same holds with the canary listed first.
+    let mut on_canary = vec![false; callers.len()];
+    for canary in [10, 50, 100] {
+        let mut split = split(&[("canary", canary), ("stable", 100 - canary)], &[]);
+        split.spec.stickiness = Stickiness::Caller;
+        for (me, was) in callers.iter().zip(on_canary.iter_mut()) {
+            let now = sticky_choice(&split, &none, *me, 0) == "canary";
+            assert!(now || !*was, "a caller left the canary at {canary}%");
+            *was = now;
+        }
+    }
+}
+
+#[test]
+fn without_the_sticky_header_the_roll_is_random() {
+    let split = rollout(50, Stickiness::Header("x-user".into()));
+    let mut rng = SmallRng::seed_from_u64(3);
+    let seen: std::collections::HashSet<String> = (0..200)
+        .map(|_| sticky_choice(&split, &HeaderMap::new(), web(), rng.random()))
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Not sticky at all: random too, whoever calls.
+    let split = rollout(50, Stickiness::None);
+    let seen: std::collections::HashSet<String> = (0..200)
+        .map(|_| sticky_choice(&split, &HeaderMap::new(), web(), rng.random()))
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[test]
+fn a_sticky_caller_whose_version_is_down_falls_back_and_returns() {
+    let split = rollout(50, Stickiness::Caller);
+    let none = HeaderMap::new();
+    let on_canary = (0..100)
+        .map(|i| caller(&format!("spiffe://cluster.local/ns/shop/sa/w{i}")))
+        .find(|me| sticky_choice(&split, &none, *me, 0) == "canary")
+        .expect("half the callers are on the canary");
+    let canary_down = |c: &VersionChoice| !c.accepts("canary");
+    let fallback = choose_with_fallback(Some(&split), &none, on_canary, 0, canary_down);
+    assert_eq!(fallback, Ok(exact("stable")));
+    assert_eq!(sticky_choice(&split, &none, on_canary, 0), "canary");
 }

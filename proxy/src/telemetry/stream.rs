@@ -4,7 +4,9 @@
 //! trailers-only), and only then is a long stream's duration known. The
 //! outbound side's [`Pick`] rides along, so the endpoint counts the stream
 //! as in flight (load for the balancer) until it ends, and its outcome
-//! feeds the latency estimate and outlier ejection then.
+//! feeds the latency estimate and outlier ejection then. The inbound
+//! side's [`Serving`] rides along the same way: the request is in flight
+//! for its version's aggregates until the stream ends.
 //!
 //! A `grpc-timeout` deadline is enforced here too: past it, the stream is
 //! cut (the upstream stream is reset by dropping it) and ended with
@@ -21,7 +23,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::{Classified, End, RequestMetrics};
+use super::{Classified, End, RequestMetrics, Serving};
 use crate::balance::{Outcome, Pick};
 use crate::http::is_grpc;
 
@@ -42,6 +44,8 @@ where
     /// latency estimate learns; a stream's length is not its latency).
     pick: Option<(Pick, Duration)>,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Inbound: the request, counted for this sidecar's version.
+    serving: Option<Serving>,
     recorded: bool,
 }
 
@@ -59,13 +63,15 @@ where
 {
     /// Wraps `resp`'s body. `started`: when the request arrived; `pick`:
     /// the endpoint that gave the response and its latency to the head;
-    /// `deadline`: when a `grpc-timeout` runs out.
+    /// `deadline`: when a `grpc-timeout` runs out; `serving`: an inbound
+    /// request to count for this version.
     pub(crate) fn wrap(
         resp: Response<B>,
         started: Instant,
         metrics: Arc<RequestMetrics>,
         pick: Option<(Pick, Duration)>,
         deadline: Option<Instant>,
+        serving: Option<Serving>,
     ) -> Response<Self> {
         let status = resp.status();
         let grpc = is_grpc(resp.headers()).then(|| grpc_status(resp.headers()).flatten());
@@ -77,6 +83,7 @@ where
             metrics,
             pick,
             deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            serving,
             recorded: false,
         })
     }
@@ -88,7 +95,11 @@ where
         self.inner = None;
         self.deadline = None;
         let how = Classified::new(self.status, self.grpc, end);
-        self.metrics.record(how, self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        self.metrics.record(how, elapsed);
+        if let Some(serving) = self.serving.take() {
+            serving.end(how, end, elapsed);
+        }
         if let Some((pick, latency)) = self.pick.take() {
             // A caller that left says nothing about the endpoint: the pick
             // is dropped (no longer in flight) without an outcome.

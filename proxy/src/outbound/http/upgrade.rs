@@ -37,7 +37,7 @@ pub(super) async fn request(
         Err(error) => {
             let resp = error.response("outbound").map(Answer::Mesh);
             let metrics = Arc::clone(&route.unattributed);
-            return Observed::wrap(resp, started, metrics, None, None).map(|b| b.boxed());
+            return Observed::wrap(resp, started, metrics, None, None, None).map(|b| b.boxed());
         }
     };
     route.service.budget.record_request(started);
@@ -92,5 +92,5 @@ pub(super) async fn request(
         // the app's client sees it as it came.
         resp
     };
-    Observed::wrap(resp, started, metrics, pick, None).map(|b| b.boxed())
+    Observed::wrap(resp, started, metrics, pick, None, None).map(|b| b.boxed())
 }
