@@ -13,6 +13,12 @@
 //! leaves/<namespace>/<service>/<ip>:<inbound-port>
 //!                                          the root and expiry of that endpoint's
 //!                                          current certificate (JSON, on its lease)
+//! stats/<unix-ms, 13 digits>-<replica>-<random>
+//!                                          what sidecars reported to one replica since
+//!                                          its previous flush, which happened at that
+//!                                          time (JSON, see measure::FlushRecord; on a
+//!                                          lease of the stats retention). Sorting by
+//!                                          key sorts by time: a window is one range read.
 //! ```
 
 use bulkhead_proto::model::Kind;
@@ -23,6 +29,7 @@ pub(crate) const TOKENS: &str = "tokens/";
 pub(crate) const TRUST: &str = "ca/trust";
 pub(crate) const SIGNERS: &str = "ca/signers/";
 pub(crate) const LEAVES: &str = "leaves/";
+pub(crate) const STATS: &str = "stats/";
 /// Never written: listing it reads only the store's current revision.
 pub(crate) const SYNC_PROBE: &str = "sync-probe/";
 
@@ -57,4 +64,17 @@ pub(crate) fn leaf_of(endpoint_key: &str) -> String {
 
 pub(crate) fn token(id: &str) -> String {
     format!("{TOKENS}{id}")
+}
+
+/// The flush of `replica` (name and random suffix) made at `unix_ms`.
+pub(crate) fn stats(unix_ms: i64, replica: &str) -> String {
+    format!("{}-{replica}", stats_at(unix_ms))
+}
+
+/// Where flushes made at `unix_ms` start: `stats_at(from)..stats_at(to)`
+/// is every flush made in [from, to).
+pub(crate) fn stats_at(unix_ms: i64) -> String {
+    // Zero-padded so that keys sort as times do (13 digits hold every
+    // millisecond until the year 2286).
+    format!("{STATS}{:013}", unix_ms.max(0))
 }

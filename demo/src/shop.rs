@@ -384,6 +384,8 @@ async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -
             operators: vec![],
             cert_lifetime: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(5),
+            report_interval: Duration::from_secs(5),
+            stats_retention: Duration::from_secs(15 * 60),
             dns_names: vec!["localhost".into()],
             k8s: None,
             topology: None,
