@@ -1,6 +1,7 @@
 //! The control plane's admin port (default 127.0.0.1:9990): `/metrics`
 //! (Prometheus text; the trust's expiry gauges are rendered from the trust
-//! in force), `/ready` (store reachable, state loaded, and a key for the
+//! in force, the per-version gauges and histograms from the reports this
+//! replica received), `/ready` (store reachable, state loaded, and a key for the
 //! issuer that signs: a replica that cannot sign takes no traffic), `/live`.
 
 use std::convert::Infallible;
@@ -30,6 +31,7 @@ pub(crate) struct AdminState {
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
     pub trust: Arc<crate::trust::Trust>,
+    pub measurements: Arc<crate::measure::Measurements>,
 }
 
 /// Serves the admin endpoints until the task is dropped.
@@ -74,6 +76,7 @@ async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full> {
         "/metrics" => {
             let mut body = state.metrics.render();
             body.push_str(&crate::trust::expiry::render(&state.trust.record()));
+            body.push_str(&state.measurements.render());
             let mut resp = text(StatusCode::OK, body);
             resp.headers_mut().insert(
                 "content-type",

@@ -217,6 +217,17 @@ pub struct ControlArgs {
     #[arg(long, env = "BULKHEAD_LEADER_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub leader_lease_ttl: Duration,
 
+    /// How often sidecars report their endpoint's traffic (requests,
+    /// failures, latency, in flight), at least 500ms. Rollout gates and the
+    /// per-version metrics see traffic this late at most.
+    #[arg(long, env = "BULKHEAD_REPORT_INTERVAL", default_value = "5s", value_parser = parse_report_interval)]
+    pub report_interval: Duration,
+
+    /// How long what sidecars report stays in the store, at least 1m: the
+    /// longest window rollout gates and `bulkheadctl stat` can look back.
+    #[arg(long, env = "BULKHEAD_STATS_RETENTION", default_value = "15m", value_parser = parse_stats_retention)]
+    pub stats_retention: Duration,
+
     /// DNS names for the control plane's own serving certificate, comma separated.
     #[arg(
         long,
@@ -292,6 +303,22 @@ pub struct ControlArgs {
     pub log_level: String,
 }
 
+fn at_least(text: &str, min: Duration, min_text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < min {
+        return Err(format!("must be at least {min_text}"));
+    }
+    Ok(d)
+}
+
+fn parse_report_interval(text: &str) -> Result<Duration, String> {
+    at_least(text, crate::measure::MIN_REPORT_INTERVAL, "500ms")
+}
+
+fn parse_stats_retention(text: &str) -> Result<Duration, String> {
+    at_least(text, crate::measure::MIN_RETENTION, "1m")
+}
+
 const EXAMPLES: &str = "\
 Examples:
   bulkheadctl ca init --trust-domain cluster.local --out ./ca
@@ -336,6 +363,8 @@ mod tests {
         assert_eq!(a.namespace, "bulkhead");
         assert!(a.node_topology);
         assert_eq!(a.issuer_reload, Duration::from_secs(10));
+        assert_eq!(a.report_interval, Duration::from_secs(5));
+        assert_eq!(a.stats_retention, Duration::from_secs(15 * 60));
         assert_eq!(
             a.next_issuer_cert, None,
             "beside --issuer-cert unless given"
@@ -394,6 +423,13 @@ mod tests {
         assert_eq!(a.operators.len(), 2);
         assert_eq!(a.lease_ttl, Duration::from_secs(5));
         assert!(parse(&["--lease-ttl", "0s"]).is_err());
+        let a = parse(&["--report-interval", "500ms", "--stats-retention", "1h"]).unwrap();
+        assert_eq!(a.report_interval, Duration::from_millis(500));
+        assert_eq!(a.stats_retention, Duration::from_secs(3600));
+        let e = parse(&["--report-interval", "100ms"]).unwrap_err();
+        assert!(e.to_string().contains("at least 500ms"), "{e}");
+        let e = parse(&["--stats-retention", "30s"]).unwrap_err();
+        assert!(e.to_string().contains("at least 1m"), "{e}");
         assert!(parse(&["--listen", "nonsense"]).is_err());
         assert!(parse(&["--store", "zookeeper"]).is_err());
     }

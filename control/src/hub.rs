@@ -103,6 +103,16 @@ impl View {
     }
 
     fn apply(&mut self, event: &Event) -> Option<Change> {
+        // Every replica flushes reports every second; they concern no
+        // subscriber, so they are dropped before anything is decoded or
+        // looked up.
+        let key = match event {
+            Event::Put(kv) => kv.key.as_str(),
+            Event::Delete { key, .. } => key.as_str(),
+        };
+        if key.starts_with(keys::STATS) {
+            return None;
+        }
         match event {
             Event::Put(kv) => {
                 if kv.key.starts_with(keys::RESOURCES) {
@@ -485,5 +495,33 @@ mod tests {
         ));
         assert!(view.endpoints.is_empty());
         assert!(at(&view, "198.18.0.1").is_empty());
+    }
+
+    #[test]
+    fn stats_flushes_change_nothing_and_reach_no_subscriber() {
+        let hub = Hub::new();
+        let (_, mut deltas) = hub.subscribe(|_| ());
+        let flush = keys::stats(1_700_000_000_000, "cp-0-0000abcd");
+        hub.apply(
+            2,
+            &[Event::Put(KeyValue {
+                key: flush.clone(),
+                value: b"{\"series\":[]}".to_vec(),
+                create_revision: 2,
+                mod_revision: 2,
+                lease: 7,
+            })],
+        );
+        hub.apply(
+            3,
+            &[Event::Delete {
+                key: flush,
+                revision: 3,
+            }],
+        );
+        assert!(deltas.try_recv().is_err(), "no delta for stats keys");
+        let view = hub.read();
+        assert_eq!(view.revision, 3, "the view still follows the revision");
+        assert!(view.resources.is_empty() && view.endpoints.is_empty());
     }
 }

@@ -17,6 +17,12 @@
 //!                                          written by the leading replica
 //! rollout-commands/<namespace>/<name>/<id> an operator's command waiting for the leader
 //! leader/rollouts                          the replica that drives rollouts (on its lease)
+//! stats/<unix-ms, 13 digits>-<replica>-<random>
+//!                                          what sidecars reported to one replica since
+//!                                          its previous flush, which happened at that
+//!                                          time (JSON, see measure::FlushRecord; on a
+//!                                          lease of the stats retention). Sorting by
+//!                                          key sorts by time: a window is one range read.
 //! ```
 
 use bulkhead_proto::model::Kind;
@@ -30,6 +36,7 @@ pub(crate) const LEAVES: &str = "leaves/";
 pub(crate) const ROLLOUTS: &str = "rollouts/";
 pub(crate) const ROLLOUT_COMMANDS: &str = "rollout-commands/";
 pub(crate) const ROLLOUT_LEADER: &str = "leader/rollouts";
+pub(crate) const STATS: &str = "stats/";
 /// Never written: listing it reads only the store's current revision.
 pub(crate) const SYNC_PROBE: &str = "sync-probe/";
 
@@ -73,4 +80,17 @@ pub(crate) fn rollout_status(namespace: &str, name: &str) -> String {
 /// Prefix of the commands queued for one rollout (ends with `/`).
 pub(crate) fn rollout_commands(namespace: &str, name: &str) -> String {
     format!("{ROLLOUT_COMMANDS}{namespace}/{name}/")
+}
+
+/// The flush of `replica` (name and random suffix) made at `unix_ms`.
+pub(crate) fn stats(unix_ms: i64, replica: &str) -> String {
+    format!("{}-{replica}", stats_at(unix_ms))
+}
+
+/// Where flushes made at `unix_ms` start: `stats_at(from)..stats_at(to)`
+/// is every flush made in [from, to).
+pub(crate) fn stats_at(unix_ms: i64) -> String {
+    // Zero-padded so that keys sort as times do (13 digits hold every
+    // millisecond until the year 2286).
+    format!("{STATS}{:013}", unix_ms.max(0))
 }

@@ -6,7 +6,9 @@
 //! → it reads or writes the [`store`]; a [`hub`] per replica watches the store
 //! once and pushes changes to every sidecar's Watch stream. The [`trust`] a
 //! replica acts on (roots, the issuer that signs) follows the store's trust
-//! record, which [`ca`] defines.
+//! record, which [`ca`] defines. What sidecars report about their traffic
+//! is added up, shared through the store and read back over windows by
+//! [`measure`].
 //!
 //! Beside it: the admission [`webhook`] (sidecar injection, on its own
 //! listener, with a certificate it can make and renew itself), and the one
@@ -21,7 +23,7 @@ pub mod config;
 mod hub;
 pub mod k8s_api;
 mod keys;
-mod measure;
+pub(crate) mod measure;
 pub mod rollout;
 pub mod runtime;
 mod server;

@@ -49,6 +49,10 @@ pub struct Settings {
     pub lease_ttl: Duration,
     /// TTL of the rollout leader's lease: takeover time when it dies.
     pub leader_lease_ttl: Duration,
+    /// How often sidecars report their traffic (`--report-interval`).
+    pub report_interval: Duration,
+    /// How long reports stay in the store (`--stats-retention`).
+    pub stats_retention: Duration,
     pub dns_names: Vec<String>,
     /// Kubernetes service-account token verification, when configured.
     pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
@@ -364,6 +368,14 @@ pub async fn start(
     let hub = Arc::new(Hub::new());
     let mut operators: BTreeSet<SpiffeId> = settings.operators.into_iter().collect();
     operators.insert(builtin_operator(&td));
+    let measurements = Arc::new(crate::measure::Measurements::new(
+        store.clone(),
+        crate::measure::MeasureSettings {
+            report_interval: settings.report_interval,
+            retention: settings.stats_retention,
+        },
+        &settings.replica,
+    ));
     let plane = Arc::new(ControlPlane {
         store: store.clone(),
         trust: trust.clone(),
@@ -373,7 +385,7 @@ pub async fn start(
         lease_ttl: settings.lease_ttl,
         k8s: settings.k8s.clone(),
         topology: settings.topology.clone(),
-        measurements: Arc::new(crate::measure::Measurements),
+        measurements: measurements.clone(),
     });
 
     let mut tasks = vec![
@@ -390,6 +402,7 @@ pub async fn start(
             settings.replica.clone(),
         )),
         tokio::spawn(crate::trust::expiry::warn_forever(trust.clone())),
+        tokio::spawn(measurements.clone().flush_forever()),
     ];
     // Fold histogram samples in even when nobody scrapes /metrics.
     {
@@ -430,6 +443,7 @@ pub async fn start(
             store: store.clone(),
             hub: hub.clone(),
             trust: trust.clone(),
+            measurements,
         },
     )));
     tasks.push(tokio::spawn(keep_serving_cert(

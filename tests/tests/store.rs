@@ -153,6 +153,25 @@ mod checks {
         store.health().await.unwrap();
     }
 
+    pub(crate) async fn range_is_half_open_and_sorted(store: &dyn Store) {
+        let rev = store
+            .txn(vec![
+                put("t/0003", b"3"),
+                put("t/0001-a", b"1"),
+                put("t/0002-b", b"2"),
+                put("u", b"x"),
+            ])
+            .await
+            .unwrap();
+        let (kvs, revision) = store.range("t/0001", "t/0003").await.unwrap();
+        assert_eq!((keys(&kvs), revision), (vec!["t/0001-a", "t/0002-b"], rev));
+        assert_eq!(keys(&store.range("t/", "v").await.unwrap().0).len(), 4);
+        for (from, to) in [("t/0001", "t/0001"), ("t/9", "t/0")] {
+            let (kvs, revision) = store.range(from, to).await.unwrap();
+            assert_eq!((kvs.len(), revision), (0, rev), "{from}..{to}");
+        }
+    }
+
     pub(crate) async fn txn_is_all_or_nothing(store: &dyn Store) {
         let before = store.txn(vec![put("keep", b"0")]).await.unwrap();
         let err = store
@@ -384,6 +403,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     put_get_list_delete,
+    range_is_half_open_and_sorted,
     txn_is_all_or_nothing,
     create_only_if_absent,
     put_if_swaps_only_the_revision_it_read,

@@ -1,5 +1,5 @@
 //! `Admin` service: what operators (`bulkheadctl`) may do — apply, get and
-//! delete resources, list endpoints. Callers must present a certificate whose
+//! delete resources, list endpoints, read per-version stats. Callers must present a certificate whose
 //! identity is one of the control plane's operators.
 
 use std::sync::Arc;
@@ -18,6 +18,12 @@ use crate::store::Op;
 /// transaction, and etcd refuses transactions of more than 128 operations
 /// (its default `--max-txn-ops`).
 pub(crate) const MAX_APPLY_CHANGES: usize = 128;
+
+/// `GetStats` window when none is asked for.
+const DEFAULT_STATS_WINDOW_MS: u32 = 30_000;
+/// Longest `GetStats` window (reports older than `--stats-retention` are
+/// gone from the store anyway).
+const MAX_STATS_WINDOW_MS: u32 = 3_600_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct AdminService {
@@ -289,6 +295,48 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         self.authorize(&request, "stats")?;
-        Err(Status::unimplemented("stats: not yet"))
+        let req = request.into_inner();
+        validate_optional_name("namespace", &req.namespace)?;
+        validate_optional_name("service", &req.service)?;
+        let window_ms = match req.window_ms {
+            0 => DEFAULT_STATS_WINDOW_MS,
+            n if n > MAX_STATS_WINDOW_MS => {
+                return Err(Status::invalid_argument(format!(
+                    "StatsRequest.window_ms {n} is over one hour ({MAX_STATS_WINDOW_MS}); ask for a shorter window"
+                )));
+            }
+            n => n,
+        };
+        // Ends where every replica's flushes are sure to be readable: a
+        // window ending now would miss the last second of other replicas.
+        let measurements = &self.plane.measurements;
+        let to = now_unix_ms() - measurements.settle().as_millis() as i64;
+        let from = to - i64::from(window_ms);
+        let namespace = (!req.namespace.is_empty()).then_some(req.namespace.as_str());
+        let service = (!req.service.is_empty()).then_some(req.service.as_str());
+        let services = measurements
+            .all(namespace, service, from, to)
+            .await
+            .map_err(store_status)?;
+        let mut versions = Vec::new();
+        for ((namespace, service), window) in services {
+            for (version, v) in window.versions {
+                versions.push(pb::VersionStats {
+                    namespace: namespace.clone(),
+                    service: service.clone(),
+                    version,
+                    requests: v.requests,
+                    failures: v.failures,
+                    latency_counts: v.latency.counts().to_vec(),
+                    in_flight: v.in_flight,
+                    reporters: u32::try_from(v.reporters.len()).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        Ok(Response::new(pb::StatsResponse {
+            from_unix_ms: from,
+            to_unix_ms: to,
+            versions,
+        }))
     }
 }

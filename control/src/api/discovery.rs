@@ -1,5 +1,6 @@
-//! `Discovery` service: endpoint registration on store leases, and the
-//! `Watch` stream that pushes each sidecar what concerns it.
+//! `Discovery` service: endpoint registration on store leases, the
+//! `Watch` stream that pushes each sidecar what concerns it, and the
+//! sidecars' traffic reports ([`report`]).
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -19,6 +20,8 @@ use crate::hub::{Change, Delta, View};
 use crate::keys;
 use crate::store::Op as StoreOp;
 use crate::trust::leaves::LeafNote;
+
+mod report;
 
 /// How long a Watch or lookup waits for this replica's view to hold the
 /// writes the store had made when it arrived.
@@ -161,8 +164,9 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
-        let _identity = peer(&request)?;
-        Err(Status::unimplemented("reports: not yet"))
+        let identity = peer(&request)?;
+        let response = self.accept_report(&identity, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn register(

@@ -45,8 +45,8 @@ pub struct ControlPlane {
     pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
     /// Node topology labels for registering endpoints' locality.
     pub topology: Option<Arc<crate::topology::Topology>>,
-    /// What sidecars report about their traffic (rollout gates, stats).
-    pub(crate) measurements: Arc<crate::measure::Measurements>,
+    /// What sidecars report, shared with the other replicas.
+    pub measurements: Arc<crate::measure::Measurements>,
 }
 
 impl std::fmt::Debug for ControlPlane {

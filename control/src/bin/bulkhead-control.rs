@@ -145,6 +145,8 @@ async fn run(args: ControlArgs) -> ExitCode {
         cert_lifetime: args.cert_lifetime,
         lease_ttl: args.lease_ttl,
         leader_lease_ttl: args.leader_lease_ttl,
+        report_interval: args.report_interval,
+        stats_retention: args.stats_retention,
         dns_names: args.dns_names.clone(),
         k8s,
         topology,

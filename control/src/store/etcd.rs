@@ -247,6 +247,46 @@ impl EtcdStore {
         })
     }
 
+    /// Every key in [`start`, `end`) (full keys), paged, read at one
+    /// revision.
+    async fn read_range(
+        &self,
+        mut start: Vec<u8>,
+        end: Vec<u8>,
+    ) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let mut revision = 0;
+        let mut out = Vec::new();
+        loop {
+            // Later pages read at the first page's revision: one consistent snapshot.
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let resp = self
+                .request("list", Retry::Idempotent, || {
+                    let mut kv = self.client.kv_client();
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { kv.get(start, Some(options)).await }
+                })
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                out.push(self.to_key_value(kv)?);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((out, revision)),
+            }
+        }
+    }
+
     /// The cluster's current revision (a quorum read).
     async fn current_revision(&self) -> Result<Revision, Failure> {
         let resp = self
@@ -280,38 +320,21 @@ impl Store for EtcdStore {
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let full = self.full_key(prefix);
         let end = prefix_end(full.as_bytes());
-        let mut start = full.into_bytes();
-        let mut revision = 0;
-        let mut out = Vec::new();
-        loop {
-            // Later pages read at the first page's revision: one consistent snapshot.
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_PAGE);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            let resp = self
-                .request("list", Retry::Idempotent, || {
-                    let mut kv = self.client.kv_client();
-                    let (start, options) = (start.clone(), options.clone());
-                    async move { kv.get(start, Some(options)).await }
-                })
-                .await?;
-            if revision == 0 {
-                revision = resp.header().map_or(0, |h| h.revision());
-            }
-            for kv in resp.kvs() {
-                out.push(self.to_key_value(kv)?);
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => return Ok((out, revision)),
-            }
+        self.read_range(full.into_bytes(), end).await
+    }
+
+    async fn range(
+        &self,
+        from_key: &str,
+        to_key: &str,
+    ) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        if from_key >= to_key {
+            // An empty range; not sent, since etcd gives some ends (`\0`)
+            // meanings of their own.
+            return Ok((Vec::new(), self.current_revision().await?));
         }
+        let (from, to) = (self.full_key(from_key), self.full_key(to_key));
+        self.read_range(from.into_bytes(), to.into_bytes()).await
     }
 
     async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {

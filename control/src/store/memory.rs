@@ -3,6 +3,7 @@
 //! timer, and watches served from a bounded history.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -403,6 +404,23 @@ impl Store for MemoryStore {
         Ok((kvs, state.revision))
     }
 
+    async fn range(
+        &self,
+        from_key: &str,
+        to_key: &str,
+    ) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        let state = self.state();
+        if from_key >= to_key {
+            return Ok((Vec::new(), state.revision));
+        }
+        let kvs = state
+            .keys
+            .range::<str, _>((Bound::Included(from_key), Bound::Excluded(to_key)))
+            .map(|(_, kv)| kv.clone())
+            .collect();
+        Ok((kvs, state.revision))
+    }
+
     async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
         self.shared.write(|state| state.apply(ops))
     }
@@ -574,6 +592,35 @@ mod tests {
         );
         assert_eq!(store.delete("zz").await.unwrap(), None);
         assert_eq!(store.delete("a").await.unwrap(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_range_is_half_open_and_sorted() {
+        let store = MemoryStore::new();
+        let rev = store
+            .txn(vec![
+                put("stats/0000000002000-b", "2"),
+                put("stats/0000000001000-a", "1"),
+                put("stats/0000000003000-a", "3"),
+                put("statz", "x"),
+            ])
+            .await
+            .unwrap();
+        let keys = |kvs: Vec<KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+        let (kvs, revision) = store
+            .range("stats/0000000001000", "stats/0000000003000")
+            .await
+            .unwrap();
+        assert_eq!(revision, rev);
+        assert_eq!(
+            keys(kvs),
+            ["stats/0000000001000-a", "stats/0000000002000-b"]
+        );
+        // Empty and backwards ranges read nothing (and do not panic).
+        for (from, to) in [("stats/1", "stats/1"), ("stats/9", "stats/0")] {
+            let (kvs, revision) = store.range(from, to).await.unwrap();
+            assert_eq!((kvs.len(), revision), (0, rev));
+        }
     }
 
     #[tokio::test(start_paused = true)]

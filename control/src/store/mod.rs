@@ -99,6 +99,15 @@ pub trait Store: Send + Sync + 'static {
     /// was read at.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError>;
 
+    /// Every key in [`from_key`, `to_key`), sorted by key, and the revision
+    /// the read was made at: for keys that sort by time (`stats/<unix ms>-...`),
+    /// a time window. Empty when `from_key >= to_key`.
+    async fn range(
+        &self,
+        from_key: &str,
+        to_key: &str,
+    ) -> Result<(Vec<KeyValue>, Revision), StoreError>;
+
     /// Applies every op atomically (all or nothing); returns the revision
     /// after the write.
     async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError>;
