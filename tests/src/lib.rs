@@ -14,6 +14,7 @@
 //!   clients) and a sidecar's memory and descriptors.
 //! - [`netns`]: network-namespace "nodes" and "pods" for capture tests.
 //! - [`prom`]: the one Prometheus text reader.
+//! - [`rollout`]: Rollout documents, canary apps that fail on purpose, status reads.
 //! - [`rotation`]: a second root, the trust record, what sidecars trust.
 //! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS, bearer token;
 //!   GET, and JSON Patch of the objects it holds).
@@ -31,6 +32,7 @@ pub mod mesh;
 pub mod netns;
 pub mod prom;
 pub mod proxy;
+pub mod rollout;
 pub mod rotation;
 pub mod security;
 pub mod shop;
