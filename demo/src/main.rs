@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+mod rollouts;
 mod shop;
 
 /// Why the demo stopped early, for the user: one line.

@@ -8,8 +8,11 @@
 //! process (this binary re-executed as `bulkhead-demo sidecar run ...`, the
 //! sidecar's own code linked in), with its own certificate from a one-time token. The demo
 //! drives traffic, including a call the allow-list forbids (web → inventory),
-//! and prints a live table. On exit every sidecar gets SIGTERM, the control
-//! plane stops and the temporary folder is removed.
+//! and prints a live table. Then two releases of inventory run on their own
+//! ([`crate::rollouts`]): 3.1.0 promoted step by step, and 3.2.0 (a sidecar
+//! in front of an app that fails one request in eight, idle until then)
+//! rolled back. On exit every sidecar gets SIGTERM, the control plane stops
+//! and the temporary folder is removed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -131,11 +134,11 @@ fn apps_stop() -> &'static tokio::sync::watch::Sender<bool> {
     STOP.get_or_init(|| tokio::sync::watch::channel(false).0)
 }
 
-/// An in-process app: `handler(path)` gives the reply body.
+/// An in-process app: `handler(path)` gives the reply's status and body.
 async fn app<F, Fut>(handler: F) -> Result<SocketAddr, DemoError>
 where
     F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = String> + Send + 'static,
+    Fut: std::future::Future<Output = (http::StatusCode, String)> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -159,10 +162,10 @@ where
                 let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let handler = handler.clone();
                     async move {
-                        let body = handler(req.uri().path().to_owned()).await;
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
+                        let (status, body) = handler(req.uri().path().to_owned()).await;
+                        let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+                        *resp.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -385,7 +388,8 @@ async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -
             cert_lifetime: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(5),
             leader_lease_ttl: Duration::from_secs(10),
-            report_interval: Duration::from_secs(5),
+            // Rollouts in the demo take seconds per step: report often.
+            report_interval: Duration::from_secs(1),
             stats_retention: Duration::from_secs(15 * 60),
             dns_names: vec!["localhost".into()],
             k8s: None,
@@ -420,7 +424,8 @@ async fn shop(
     step("bulkheadctl apply -f examples/shop.yaml (as the operator, over mTLS)");
     let channel = bulkhead_tls::channel(url, &bundle, Some(operator))
         .map_err(|e| fail("channel")(e.to_string()))?;
-    let applied = AdminClient::new(channel)
+    let mut admin = AdminClient::new(channel);
+    let applied = admin
         .apply(pb::ApplyRequest {
             source: "examples/shop.yaml".into(),
             yaml: SHOP.into(),
@@ -441,10 +446,39 @@ async fn shop(
     let cart_upstreams: Arc<Mutex<BTreeMap<String, SocketAddr>>> = Arc::default();
     let board: Shared = Arc::default();
     let inventory = |version: &'static str| {
-        move |_path: String| async move { format!("inventory version={version} stock=17") }
+        move |_path: String| async move {
+            (
+                http::StatusCode::OK,
+                format!("inventory version={version} stock=17"),
+            )
+        }
+    };
+    let bad_inventory = {
+        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        move |_path: String| {
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            async move {
+                if n.is_multiple_of(8) {
+                    (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "inventory version=3.2.0 error=database".to_owned(),
+                    )
+                } else {
+                    (
+                        http::StatusCode::OK,
+                        "inventory version=3.2.0 stock=17".to_owned(),
+                    )
+                }
+            }
+        }
     };
     let pricing = |node: &'static str| {
-        move |_path: String| async move { format!("pricing node={node} price=9.99") }
+        move |_path: String| async move {
+            (
+                http::StatusCode::OK,
+                format!("pricing node={node} price=9.99"),
+            )
+        }
     };
     let cart_app = {
         let upstreams = cart_upstreams.clone();
@@ -480,7 +514,7 @@ async fn shop(
                     record(&board, "cart → pricing", t.elapsed(), status, node);
                     parts.push(body);
                 }
-                parts.join("; ")
+                (http::StatusCode::OK, parts.join("; "))
             }
         }
     };
@@ -498,6 +532,16 @@ async fn shop(
             version: "3.1.0",
             node: "node-2",
             app: Some(app(inventory("3.1.0")).await?),
+            protocol: "http",
+            upstreams: &[],
+        },
+        // A bad build: one request in eight fails. No traffic reaches it
+        // until a rollout gives it some.
+        SidecarPlan {
+            service: "inventory",
+            version: "3.2.0",
+            node: "node-2",
+            app: Some(app(bad_inventory).await?),
             protocol: "http",
             upstreams: &[],
         },
@@ -641,8 +685,18 @@ async fn shop(
         .await;
         print_table(&board, &admins).await;
     }
+    step("rollout inventory 3.0.0 -> 3.1.0: steps of 3s, gated on what the sidecars report");
+    let released = crate::rollouts::release(&mut admin, "3.0.0", "3.1.0", "Promoted").await;
+    if released.is_ok() {
+        step("rollout inventory 3.1.0 -> 3.2.0, a build that fails one request in eight");
+    }
+    let released = match released {
+        Ok(()) => crate::rollouts::release(&mut admin, "3.1.0", "3.2.0", "Failed").await,
+        failed => failed,
+    };
+    print_table(&board, &admins).await;
     driver.abort();
-    Ok(())
+    released
 }
 
 async fn print_table(board: &Shared, admins: &[(String, SocketAddr)]) {

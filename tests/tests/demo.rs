@@ -1,6 +1,7 @@
 //! The README's first command: `bulkhead-demo` runs the shop with real
-//! sidecar processes, shows the split, locality and denials, and leaves
-//! nothing behind.
+//! sidecar processes, shows the split, locality and denials, runs a
+//! rollout that is promoted and one that is rolled back, and leaves nothing
+//! behind.
 
 use std::process::Command;
 
@@ -38,6 +39,12 @@ fn the_demo_runs_the_shop_and_cleans_up() {
     assert!(
         forbidden.contains("0.0%"),
         "the forbidden call never succeeds: {forbidden}"
+    );
+    // The releases: a good version promoted, a bad one rolled back on its own.
+    assert!(stdout.contains("promoted: 3.1.0 is now stable"), "{stdout}");
+    assert!(
+        stdout.contains("rolled back after 1 failed interval") && stdout.contains("minSuccessRate"),
+        "{stdout}"
     );
     assert!(stdout.contains("done: nothing left running"), "{stdout}");
     // No sidecar outlived the demo.
