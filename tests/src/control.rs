@@ -260,14 +260,22 @@ impl TestCa {
 
     /// Runs `bulkheadctl` with this CA's credentials against `control`.
     pub fn ctl_at(&self, control: &str, args: &[&str]) -> Output {
-        Command::new(bin("bulkheadctl"))
+        self.ctl_command(control, args)
+            .output()
+            .expect("run bulkheadctl")
+    }
+
+    /// `bulkheadctl ARGS` as the operator against `control`, not started
+    /// yet (for commands that run a while, like `-w`).
+    pub fn ctl_command(&self, control: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("bulkheadctl"));
+        command
             .env("BULKHEAD_CONTROL", control)
             .env("BULKHEAD_CREDENTIALS", &self.path)
             .env("XDG_CONFIG_HOME", &self.path) // never read the developer's own config
             .env("NO_COLOR", "1")
-            .args(args)
-            .output()
-            .expect("run bulkheadctl")
+            .args(args);
+        command
     }
 }
 

@@ -24,7 +24,13 @@ struct Shop {
 }
 
 async fn shop_with(stable_app: &App, canary_app: &App, grpc: bool) -> Shop {
-    let mesh = shop::on_etcd(FAST_REPORTS).await;
+    shop_with_flags(stable_app, canary_app, grpc, &[]).await
+}
+
+async fn shop_with_flags(stable_app: &App, canary_app: &App, grpc: bool, extra: &[&str]) -> Shop {
+    let mut flags = FAST_REPORTS.to_vec();
+    flags.extend_from_slice(extra);
+    let mesh = shop::on_etcd(&flags).await;
     if grpc {
         mesh.apply(GRPC_INVENTORY).await;
     }
@@ -80,6 +86,26 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
             "  strategy: canary\n  steps: [20, 50]\n  interval: 3s\n  threshold: 2\n{GATES}"
         )))
         .await;
+    // A script following it: one JSON line per change, exit 0 once promoted.
+    let watcher = s
+        .mesh
+        .ca
+        .ctl_command(
+            &s.mesh.cp.url(),
+            &[
+                "rollout",
+                "status",
+                "inventory",
+                "-n",
+                "shop",
+                "-w",
+                "-o",
+                "json",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("bulkheadctl rollout status -w");
     let at_50 = until_status(
         &s.mesh.cp,
         &s.mesh.ca,
@@ -133,6 +159,17 @@ async fn a_healthy_canary_is_promoted_through_every_step() {
     }
     until_split(&s.web, 0, 100, Duration::from_secs(10)).await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    let watched = blocking(|| watcher.wait_with_output()).expect("watcher");
+    assert!(watched.status.success(), "{watched:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&watched.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(lines.len() >= 3, "{lines:?}");
+    assert_eq!(
+        lines.last().map(|l| phase(l).to_owned()),
+        Some("Promoted".into())
+    );
     // Counted on the control plane.
     let metrics = s.mesh.cp.metrics();
     assert!(
@@ -511,4 +548,129 @@ async fn a_grpc_canary_failing_by_grpc_status_is_rolled_back() {
         );
     }
     let _ = (&s.stable, &s.canary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_analyses_pinned_requests_then_switches_at_once() {
+    let (stable_app, canary_app) = (
+        App::http("inventory", STABLE).await,
+        App::http("inventory", CANARY).await,
+    );
+    let s = shop_with(&stable_app, &canary_app, false).await;
+    s.mesh
+        .apply(&rollout(
+            "  strategy: blue-green\n  interval: 3s\n  analysis: {minRequests: 20, minSuccessRate: 0.99}\n",
+        ))
+        .await;
+    until_split(&s.web, 100, 0, Duration::from_secs(20)).await;
+    let addr = s.web.upstream("inventory");
+    // While it is analysed, only pinned requests reach the canary.
+    let unpinned = calls(addr, 100, 2, &[]).await;
+    assert_eq!(
+        unpinned.count(STABLE),
+        100,
+        "{:?} {:?}",
+        unpinned.versions,
+        unpinned.failures
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinned = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let started = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                tally.merge(calls(addr, 4, 2, &[("x-bulkhead-version", CANARY)]).await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tally
+        })
+    };
+    let done = until_status(
+        &s.mesh.cp,
+        &s.mesh.ca,
+        "the switch",
+        Duration::from_secs(40),
+        |st| phase(st) == "Promoted" || phase(st) == "Failed",
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(phase(&done), "Promoted", "{done}");
+    assert_eq!(done["intervals"][0]["verdict"], "passed", "{done}");
+    assert_eq!(
+        done["intervals"][0]["canaryWeight"], 0,
+        "judged on pinned traffic: {done}"
+    );
+    // All traffic switches in one write.
+    until_split(&s.web, 0, 100, Duration::from_secs(10)).await;
+    let after = calls(addr, 100, 2, &[]).await;
+    assert_eq!(after.count(CANARY), 100, "{:?}", after.versions);
+    let pinned = pinned.await.expect("pinned calls");
+    assert!(pinned.failures.is_empty(), "{:?}", pinned.failures);
+    assert_eq!(pinned.count(STABLE), 0, "{:?}", pinned.versions);
+    let _ = (&s.stable, &s.canary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_stops_reporting_freezes_the_rollout() {
+    let (stable_app, canary_app) = (
+        App::http("inventory", STABLE).await,
+        App::http("inventory", CANARY).await,
+    );
+    // Registrations outlive the freeze, so the silent endpoint is still
+    // one the rollout expects to hear from.
+    let s = shop_with_flags(&stable_app, &canary_app, false, &["--lease-ttl", "60s"]).await;
+    // No traffic and a high bar: every interval is insufficient data until
+    // the canary goes silent.
+    s.mesh
+        .apply(&rollout(
+            "  strategy: canary\n  steps: [20, 50]\n  interval: 3s\n  threshold: 1\n  analysis: {minRequests: 100000, minSuccessRate: 0.5}\n",
+        ))
+        .await;
+    until_split(&s.web, 80, 20, Duration::from_secs(20)).await;
+    // The canary's sidecar freezes (as a stalled pod would): no reports,
+    // no answers, its registration still alive for a while.
+    let pid = s.canary.pid().expect("canary pid").to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let frozen = until_status(
+        &s.mesh.cp,
+        &s.mesh.ca,
+        "the freeze",
+        Duration::from_secs(20),
+        |st| {
+            st["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("measurements incomplete")
+        },
+    )
+    .await;
+    signal("-CONT");
+    assert_eq!(frozen["step"].as_u64(), Some(0), "{frozen}");
+    assert_ne!(phase(&frozen), "Failed", "{frozen}");
+    assert!(
+        frozen["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(CANARY),
+        "names the silent endpoint: {frozen}"
+    );
+    assert!(
+        frozen["intervals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|i| i["verdict"] != "failed"),
+        "unknown is not counted as bad: {frozen}"
+    );
+    let _ = (&s.stable, &s.web);
 }
