@@ -29,7 +29,7 @@ mod pending;
 mod tests;
 mod window;
 
-pub(crate) use pending::Report;
+pub(crate) use pending::{CallerPart, Report};
 pub(crate) use window::ServiceWindow;
 pub(crate) use window::VersionWindow;
 

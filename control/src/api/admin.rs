@@ -330,6 +330,18 @@ impl pb::admin_server::Admin for AdminService {
                     latency_counts: v.latency.counts().to_vec(),
                     in_flight: v.in_flight,
                     reporters: u32::try_from(v.reporters.len()).unwrap_or(u32::MAX),
+                    mesh_errors: v.mesh_errors,
+                    callers: v
+                        .callers
+                        .into_iter()
+                        .map(|(caller, part)| pb::CallerCounts {
+                            caller,
+                            requests: part.requests,
+                            failures: part.failures,
+                            mesh_errors: part.mesh_errors,
+                            latency_counts: part.latency.counts().to_vec(),
+                        })
+                        .collect(),
                 });
             }
         }

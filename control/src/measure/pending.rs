@@ -14,6 +14,31 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MAX_SERIES: usize = 1024;
 /// Most reporting endpoints one flush holds, over all series.
 pub(crate) const MAX_REPORTERS: usize = 4096;
+/// Most (version, caller) parts one flush holds, over all series; later
+/// callers count in their version's totals only.
+pub(crate) const MAX_CALLERS: usize = 4096;
+/// Largest flush written with its callers' parts: beyond, a flush keeps
+/// the totals only, so it stays under etcd's request limit (the test
+/// `the_largest_flush_fits_in_one_etcd_request` bounds the rest).
+pub(crate) const MAX_FLUSH_BYTES: usize = 1024 * 1024;
+
+/// One caller's part of a version's traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CallerPart {
+    pub requests: u64,
+    pub failures: u64,
+    pub mesh_errors: u64,
+    pub latency: LatencyHistogram,
+}
+
+impl CallerPart {
+    fn add(&mut self, other: &CallerPart) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.failures = self.failures.saturating_add(other.failures);
+        self.mesh_errors = self.mesh_errors.saturating_add(other.mesh_errors);
+        self.latency.merge(&other.latency);
+    }
+}
 
 /// One accepted report, as the Report handler checked it.
 #[derive(Clone, Debug, Default)]
@@ -29,6 +54,10 @@ pub(crate) struct Report {
     pub failures: u64,
     pub latency: LatencyHistogram,
     pub in_flight: u32,
+    /// Of the failures, those the mesh answered itself.
+    pub mesh_errors: u64,
+    /// By caller SPIFFE ID: who called this version.
+    pub callers: Vec<(String, CallerPart)>,
 }
 
 /// One version of one service.
@@ -67,6 +96,27 @@ pub(crate) struct SeriesRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency: Vec<u64>,
     pub reporters: Vec<ReporterRecord>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mesh_errors: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<CallerRecord>,
+}
+
+/// One caller's part of a series in a flush.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CallerRecord {
+    /// Its SPIFFE ID.
+    pub caller: String,
+    pub requests: u64,
+    pub failures: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mesh_errors: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One endpoint's part of a series in a flush.
@@ -110,6 +160,8 @@ impl Dropped {
 struct SeriesSums {
     requests: u64,
     failures: u64,
+    mesh_errors: u64,
+    callers: BTreeMap<String, CallerPart>,
     latency: LatencyHistogram,
     /// Endpoint → (covered ms, latest in flight).
     reporters: BTreeMap<String, (u64, u32)>,
@@ -120,6 +172,7 @@ struct SeriesSums {
 pub(crate) struct Pending {
     series: BTreeMap<SeriesKey, SeriesSums>,
     reporters: usize,
+    callers: usize,
 }
 
 impl Pending {
@@ -143,7 +196,23 @@ impl Pending {
         let sums = self.series.entry(key).or_default();
         sums.requests = sums.requests.saturating_add(report.requests);
         sums.failures = sums.failures.saturating_add(report.failures);
+        sums.mesh_errors = sums.mesh_errors.saturating_add(report.mesh_errors);
         sums.latency.merge(&report.latency);
+        let mut dropped = 0u64;
+        for (caller, part) in &report.callers {
+            match sums.callers.get_mut(caller) {
+                Some(sum) => sum.add(part),
+                None if self.callers < MAX_CALLERS => {
+                    self.callers += 1;
+                    sums.callers.insert(caller.clone(), part.clone());
+                }
+                None => dropped += 1,
+            }
+        }
+        if dropped > 0 {
+            metrics::counter!("bulkhead_reports_dropped_total", "reason" => "too_many_callers")
+                .increment(dropped);
+        }
         let entry = sums.reporters.entry(report.reporter.clone()).or_default();
         entry.0 = entry.0.saturating_add(report.covered_ms);
         // Added in the order received: the last one is the latest.
@@ -155,7 +224,8 @@ impl Pending {
     pub(crate) fn take(&mut self) -> FlushRecord {
         let series = std::mem::take(&mut self.series);
         self.reporters = 0;
-        FlushRecord {
+        self.callers = 0;
+        let mut record = FlushRecord {
             series: series
                 .into_iter()
                 .map(|(key, sums)| SeriesRecord {
@@ -174,8 +244,31 @@ impl Pending {
                             in_flight,
                         })
                         .collect(),
+                    mesh_errors: sums.mesh_errors,
+                    callers: sums
+                        .callers
+                        .into_iter()
+                        .map(|(caller, part)| CallerRecord {
+                            caller,
+                            requests: part.requests,
+                            failures: part.failures,
+                            mesh_errors: part.mesh_errors,
+                            latency: part.latency.counts().to_vec(),
+                        })
+                        .collect(),
                 })
                 .collect(),
+        };
+        if record.encode().len() > MAX_FLUSH_BYTES {
+            // Who called whom is the part that can go: the totals gate
+            // rollouts and must not.
+            let parts: usize = record.series.iter().map(|s| s.callers.len()).sum();
+            metrics::counter!("bulkhead_reports_dropped_total", "reason" => "flush_too_large")
+                .increment(parts as u64);
+            for s in &mut record.series {
+                s.callers.clear();
+            }
         }
+        record
     }
 }

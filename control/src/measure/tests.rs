@@ -33,6 +33,8 @@ fn report(version: &str, reporter: &str, requests: u64, in_flight: u32) -> Repor
         failures: requests / 10,
         latency,
         in_flight,
+        mesh_errors: 0,
+        callers: Vec::new(),
     }
 }
 
@@ -80,6 +82,8 @@ fn pending_adds_counts_and_keeps_each_endpoints_latest_in_flight() {
                     in_flight: 2,
                 },
             ],
+            mesh_errors: 0,
+            callers: Vec::new(),
         }
     );
     assert_eq!(FlushRecord::decode(&record.encode()).unwrap(), record);
@@ -135,6 +139,8 @@ fn the_largest_flush_fits_in_one_etcd_request() {
                         in_flight: u32::MAX,
                     })
                     .collect(),
+                mesh_errors: u64::MAX,
+                callers: Vec::new(),
             })
             .collect(),
     };
@@ -417,4 +423,51 @@ fn metric_series_are_bounded() {
     local
         .record(&report("9.9.9", "198.18.0.1:4143", 1, 0), later, 15_000)
         .unwrap();
+}
+
+#[test]
+fn callers_and_mesh_errors_add_up_and_a_flush_too_large_keeps_the_totals() {
+    use super::pending::{CallerPart, Pending};
+    let mut latency = LatencyHistogram::default();
+    latency.record(8.0);
+    let part = |n| CallerPart {
+        requests: n,
+        failures: 1,
+        mesh_errors: 1,
+        latency: latency.clone(),
+    };
+    let web = "spiffe://cluster.local/ns/shop/sa/web".to_owned();
+    let mut r = report("3.1.0", "198.18.0.1:4143", 10, 0);
+    r.mesh_errors = 1;
+    r.callers = vec![(web.clone(), part(4))];
+    let mut pending = Pending::default();
+    pending.add(&r).unwrap();
+    pending.add(&r).unwrap();
+    let record = pending.take();
+    let s = &record.series[0];
+    assert_eq!((s.mesh_errors, s.callers.len()), (2, 1));
+    assert_eq!((s.callers[0].requests, s.callers[0].failures), (8, 2));
+    let windows = super::window::add_up([record.clone(), record], Default::default(), 10_000);
+    let v = &windows[&("shop".to_owned(), "inventory".to_owned())].versions["3.1.0"];
+    assert_eq!((v.mesh_errors, v.callers[&web].requests), (4, 16));
+    assert_eq!(v.callers[&web].latency.total(), 4);
+    // Far more callers than fit in one write: the totals stay.
+    let mut pending = Pending::default();
+    for i in 0..3000 {
+        let mut r = report(
+            "3.1.0",
+            &format!("198.18.{}.{}:4143", i / 250, i % 250),
+            10,
+            0,
+        );
+        r.callers = vec![(
+            format!("spiffe://cluster.local/ns/{}/sa/{}", "n".repeat(300), i),
+            part(1),
+        )];
+        pending.add(&r).unwrap();
+    }
+    let record = pending.take();
+    assert!(record.series[0].callers.is_empty());
+    assert_eq!(record.series[0].requests, 30_000);
+    assert!(record.encode().len() < 1536 * 1024);
 }

@@ -26,6 +26,10 @@ pub(crate) struct VersionWindow {
     /// milliseconds of covered time its reports in the window add up to
     /// (clamped to the window's length).
     pub reporters: BTreeMap<String, u64>,
+    /// Of the failures, those the mesh answered itself.
+    pub mesh_errors: u64,
+    /// By caller SPIFFE ID: the edges into this version.
+    pub callers: BTreeMap<String, super::pending::CallerPart>,
 }
 
 /// Which services a window is read for.
@@ -66,6 +70,16 @@ pub(crate) fn add_up(
                 .or_default();
             window.requests = window.requests.saturating_add(s.requests);
             window.failures = window.failures.saturating_add(s.failures);
+            window.mesh_errors = window.mesh_errors.saturating_add(s.mesh_errors);
+            for c in s.callers {
+                let part = window.callers.entry(c.caller).or_default();
+                part.requests = part.requests.saturating_add(c.requests);
+                part.failures = part.failures.saturating_add(c.failures);
+                part.mesh_errors = part.mesh_errors.saturating_add(c.mesh_errors);
+                if let Ok(latency) = LatencyHistogram::from_counts(&c.latency) {
+                    part.latency.merge(&latency);
+                }
+            }
             // Written by a replica after the same check the handler makes;
             // a record of another bucket layout adds no latency.
             if let Ok(latency) = LatencyHistogram::from_counts(&s.latency) {

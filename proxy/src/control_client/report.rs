@@ -123,6 +123,8 @@ impl Reports {
             failures: delta.failures,
             latency_counts: delta.latency_counts(),
             in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
+            mesh_errors: delta.mesh_errors,
+            callers: delta.caller_counts(),
         };
         (request, Taken { delta, at: now })
     }
@@ -202,7 +204,7 @@ mod tests {
     fn serve(counters: &Arc<VersionCounters>, status: u16) {
         let how = Classified::new(StatusCode::from_u16(status).unwrap(), None, End::Complete);
         counters
-            .start()
+            .start(None)
             .end(how, End::Complete, Duration::from_millis(3));
     }
 
@@ -217,7 +219,7 @@ mod tests {
         let counters = VersionCounters::new();
         let mut reports = Reports::new(&counters);
         serve(&counters, 500);
-        let _busy = counters.start();
+        let _busy = counters.start(None);
         tokio::time::advance(Duration::from_secs(5)).await;
         let (first, _) = reports.next(&counters, registration(1), Instant::now());
         assert_eq!((first.requests, first.failures, first.in_flight), (1, 1, 1));

@@ -53,12 +53,15 @@ pub(super) async fn serve(
     mut untrusted: std::pin::Pin<Box<impl Future<Output = ()>>>,
 ) {
     let svc_inbound = inbound.clone();
-    // One peer per connection: its metric labels are made once.
+    // One peer per connection: its metric labels are made once, and its
+    // part of this version's traffic (who calls whom) is looked up once.
+    let caller_id = caller.id.to_string();
+    let caller_counts = inbound.served.caller(&caller_id);
     let metrics = Arc::new(RequestMetrics::new(
         "inbound",
         inbound.service(),
         inbound.version.as_str(),
-        caller.id.to_string(),
+        caller_id,
     ));
     let caller = Arc::new(caller);
     let streams = Arc::new(ConnStreams::new("inbound"));
@@ -69,6 +72,7 @@ pub(super) async fn serve(
         let inbound = svc_inbound.clone();
         let caller = caller.clone();
         let metrics = metrics.clone();
+        let caller_counts = caller_counts.clone();
         let stream = svc_streams.start();
         // A method comparison is all an ordinary request pays.
         let upgrade = upgrade::is_upgrade(&req).then(|| upgrades.clone());
@@ -80,7 +84,7 @@ pub(super) async fn serve(
             let started = tokio::time::Instant::now();
             // In flight from here until the response stream ends, or this
             // future is dropped (the caller reset the stream).
-            let serving = inbound.served.start();
+            let serving = inbound.served.start(caller_counts.as_ref());
             // The caller's deadline (grpc-timeout) holds here too:
             // the app's answer is cut when it runs out.
             let deadline = h::grpc_deadline(req.headers(), started);

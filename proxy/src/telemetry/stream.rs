@@ -75,6 +75,8 @@ where
     ) -> Response<Self> {
         let status = resp.status();
         let grpc = is_grpc(resp.headers()).then(|| grpc_status(resp.headers()).flatten());
+        let by_mesh = resp.headers().contains_key(crate::http::MESH_ERROR);
+        let serving = serving.map(|s| s.mesh_error(by_mesh));
         resp.map(|inner| Self {
             inner: Some(inner),
             status,

@@ -15,7 +15,7 @@ use tonic::Status;
 
 use super::DiscoveryService;
 use crate::keys;
-use crate::measure::Report;
+use crate::measure::{CallerPart, Report};
 
 /// Longest time one report may cover (a sidecar that could not report for
 /// longer drops what is older).
@@ -39,6 +39,7 @@ impl DiscoveryService {
             ));
         };
         let latency = check(&req)?;
+        let callers = callers(&req)?;
         let version = self.reporting_version(identity, registration).await?;
         let measurements = &self.plane.measurements;
         measurements.record(&Report {
@@ -51,6 +52,8 @@ impl DiscoveryService {
             failures: req.failures,
             latency,
             in_flight: req.in_flight,
+            mesh_errors: req.mesh_errors,
+            callers,
         });
         metrics::counter!("bulkhead_reports_total").increment(1);
         Ok(pb::ReportResponse {
@@ -89,6 +92,51 @@ impl DiscoveryService {
     }
 }
 
+/// Most callers one report may name (the sidecar counts at most 256 apart).
+const MAX_CALLERS: usize = 256;
+
+/// The report's callers, checked: SPIFFE IDs, each part within the totals.
+fn callers(req: &pb::ReportRequest) -> Result<Vec<(String, CallerPart)>, Status> {
+    if req.callers.len() > MAX_CALLERS {
+        return Err(Status::invalid_argument(format!(
+            "ReportRequest.callers: {} callers, at most {MAX_CALLERS}",
+            req.callers.len()
+        )));
+    }
+    let mut sum = 0u64;
+    let mut parts = Vec::with_capacity(req.callers.len());
+    for (i, c) in req.callers.iter().enumerate() {
+        let field = format!("ReportRequest.callers[{i}]");
+        c.caller.parse::<SpiffeId>().map_err(|e| {
+            Status::invalid_argument(format!("{field}.caller: expected a SPIFFE ID: {e}"))
+        })?;
+        let latency = LatencyHistogram::from_counts(&c.latency_counts)
+            .map_err(|e| Status::invalid_argument(format!("{field}.latency_counts: {e}")))?;
+        if c.failures > c.requests || c.mesh_errors > c.failures || latency.total() > c.requests {
+            return Err(Status::invalid_argument(format!(
+                "{field}: failures, mesh errors and latency counts must each be within its requests"
+            )));
+        }
+        sum = sum.saturating_add(c.requests);
+        parts.push((
+            c.caller.clone(),
+            CallerPart {
+                requests: c.requests,
+                failures: c.failures,
+                mesh_errors: c.mesh_errors,
+                latency,
+            },
+        ));
+    }
+    if sum > req.requests {
+        return Err(Status::invalid_argument(format!(
+            "ReportRequest.callers add up to {sum} requests, more than the report's {}",
+            req.requests
+        )));
+    }
+    Ok(parts)
+}
+
 /// The report's counts, checked: each INVALID_ARGUMENT says which field
 /// and what was expected.
 fn check(req: &pb::ReportRequest) -> Result<LatencyHistogram, Status> {
@@ -123,6 +171,12 @@ fn check(req: &pb::ReportRequest) -> Result<LatencyHistogram, Status> {
             req.requests
         )));
     }
+    if req.mesh_errors > req.failures {
+        return Err(Status::invalid_argument(format!(
+            "ReportRequest.mesh_errors {} is more than its failures {}",
+            req.mesh_errors, req.failures
+        )));
+    }
     if req.in_flight > MAX_IN_FLIGHT {
         return Err(Status::invalid_argument(format!(
             "ReportRequest.in_flight {} is more than {MAX_IN_FLIGHT}",
@@ -144,6 +198,7 @@ mod tests {
             failures,
             latency_counts: latency,
             in_flight: 3,
+            ..Default::default()
         }
     }
 
@@ -168,5 +223,45 @@ mod tests {
         let mut busy = report(1, 0, vec![]);
         busy.in_flight = MAX_IN_FLIGHT + 1;
         refused(busy, "in_flight");
+    }
+
+    #[test]
+    fn callers_are_checked() {
+        let caller = |id: &str, requests: u64, failures: u64| pb::CallerCounts {
+            caller: id.into(),
+            requests,
+            failures,
+            ..Default::default()
+        };
+        let web = "spiffe://cluster.local/ns/shop/sa/web";
+        let mut req = report(10, 1, vec![]);
+        req.callers = vec![
+            caller(web, 6, 1),
+            caller("spiffe://cluster.local/ns/shop/sa/cart", 4, 0),
+        ];
+        let parts = callers(&req).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].1.requests, 6);
+        req.callers = vec![caller(web, 11, 0)];
+        assert!(
+            callers(&req)
+                .unwrap_err()
+                .message()
+                .contains("more than the report's 10")
+        );
+        req.callers = vec![caller("web", 1, 0)];
+        assert!(
+            callers(&req)
+                .unwrap_err()
+                .message()
+                .contains("callers[0].caller")
+        );
+        req.callers = vec![caller(web, 1, 2)];
+        assert!(callers(&req).is_err());
+        req.callers = (0..=MAX_CALLERS).map(|_| caller(web, 0, 0)).collect();
+        assert!(callers(&req).is_err());
+        let mut req = report(10, 1, vec![]);
+        req.mesh_errors = 2;
+        assert!(check(&req).unwrap_err().message().contains("mesh_errors"));
     }
 }

@@ -13,6 +13,7 @@ mod ops;
 mod rollout;
 mod rotate;
 mod settings;
+mod stat;
 
 /// Exit codes (DESIGN.md, "Conventions users expect").
 const FAILURE: u8 = 1;
@@ -133,6 +134,29 @@ enum Command {
         /// Also list endpoints whose app is not ready (READY false).
         #[arg(long)]
         all: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Golden metrics per service and version (requests per second,
+    /// success rate, p50/p95/p99, mesh errors), from what sidecars report;
+    /// with --from/--to, who calls whom.
+    #[command(after_help = stat::EXAMPLES)]
+    Stat {
+        service: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// How far back to average.
+        #[arg(long, default_value = "10s", value_parser = bulkhead_control::config::parse_duration)]
+        window: std::time::Duration,
+        /// Only calls from this caller (ns/sa, sa in -n, or a SPIFFE ID); shows edges.
+        #[arg(long, value_name = "CALLER")]
+        from: Option<String>,
+        /// Only calls to this service (name in -n, or ns/name); shows edges.
+        #[arg(long, value_name = "SERVICE")]
+        to: Option<String>,
+        /// Refresh every two seconds.
+        #[arg(short = 'w', long)]
+        watch: bool,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -369,6 +393,26 @@ async fn dispatch(cli: Cli) -> CliResult {
             ops::endpoints(&settings, filter, output).await
         }
         Command::Rollout(command) => rollout::run(&settings, command).await,
+        Command::Stat {
+            service,
+            namespace,
+            window,
+            from,
+            to,
+            watch,
+            output,
+        } => {
+            let args = stat::StatArgs {
+                service: service.as_deref(),
+                namespace: namespace.as_deref(),
+                window,
+                from: from.as_deref(),
+                to: to.as_deref(),
+                watch,
+                output,
+            };
+            stat::run(&settings, args).await
+        }
         Command::Inject { file, options } => inject::run(&file, *options),
         Command::Completion { shell } => {
             clap_complete::generate(
