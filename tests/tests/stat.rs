@@ -84,6 +84,29 @@ async fn stat_matches_a_known_load_and_shows_who_calls_whom() {
     assert_eq!(from_web.len(), 2, "{from_web:?}");
     assert!(stat(&mesh, &["--from", "shop/cart", "--window", "1m"]).is_empty());
 
+    // The same reports feed the control plane's per-version metrics (what
+    // an autoscaler reads for one version's Deployment).
+    let metrics = mesh.cp.metrics();
+    let labels = [
+        ("namespace", "shop"),
+        ("service", "inventory"),
+        ("version", CANARY),
+    ];
+    let count = bulkhead_tests::prom::metric(
+        &metrics,
+        "bulkhead_version_request_duration_seconds_count",
+        &labels,
+    );
+    assert_eq!(count, 400.0, "{metrics}");
+    assert!(
+        bulkhead_tests::prom::metric_if_any(
+            &metrics,
+            "bulkhead_version_requests_per_second",
+            &labels
+        )
+        .is_some(),
+        "{metrics}"
+    );
     // The table for people, and its usage errors.
     let out = blocking(|| {
         mesh.cp
