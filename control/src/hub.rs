@@ -22,6 +22,10 @@ use crate::ca::TrustRecord;
 use crate::keys;
 use crate::store::{Event, Revision, Store, StoreError};
 
+mod watchers;
+
+pub(crate) use watchers::Watchers;
+
 /// How many deltas a slow subscriber may fall behind before it resyncs.
 const DELTA_BUFFER: usize = 1024;
 
@@ -193,6 +197,8 @@ pub struct Hub {
     revision: watch::Sender<Revision>,
     /// The view's trust record, for the replica's own TLS and signing.
     trust: watch::Sender<Option<Arc<TrustRecord>>>,
+    /// The subscribers, and whether each has been sent what concerns it.
+    watchers: Arc<Watchers>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -219,7 +225,13 @@ impl Hub {
             synced,
             revision: watch::Sender::new(0),
             trust: watch::Sender::new(None),
+            watchers: Arc::default(),
         }
+    }
+
+    /// The subscribers fed from this view.
+    pub(crate) fn watchers(&self) -> &Arc<Watchers> {
+        &self.watchers
     }
 
     /// The trust record as the store holds it (None until it holds one),
@@ -292,6 +304,7 @@ impl Hub {
         let had_state = self.is_synced();
         *view = fresh;
         self.publish_trust(view.trust.clone());
+        self.watchers.published(revision);
         if had_state {
             let _ = self.deltas.send(Delta::Resync);
         }
@@ -307,6 +320,7 @@ impl Hub {
             self.publish_trust(view.trust.clone());
         }
         if !changes.is_empty() {
+            self.watchers.published(view.revision);
             let _ = self.deltas.send(Delta::Changes {
                 revision: view.revision,
                 changes: Arc::new(changes),

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::api::health::WebhookServing;
 use crate::api::{self, ControlPlane};
 use crate::hub::Hub;
 use crate::k8s_api::ApiServer;
@@ -211,16 +212,22 @@ async fn keep_serving_cert(
     }
 }
 
+/// The webhook's TLS config, what it serves (for `bulkheadctl check`),
+/// and the tasks that keep the certificate current (not yet spawned).
+type WebhookTls = (
+    Arc<rustls::ServerConfig>,
+    WebhookServing,
+    Vec<BoxFuture<'static, ()>>,
+);
+
 /// The webhook's TLS config, and for a self-managed certificate the tasks
 /// that renew it and keep the webhook configuration's `caBundle` current
 /// (not yet spawned). The first certificate is issued here, so that an
 /// issuer that cannot sign stops start-up.
-fn webhook_tls(
-    trust: &Arc<Trust>,
-    certificate: WebhookCertificate,
-) -> Result<(Arc<rustls::ServerConfig>, Vec<BoxFuture<'static, ()>>), String> {
+fn webhook_tls(trust: &Arc<Trust>, certificate: WebhookCertificate) -> Result<WebhookTls, String> {
     use crate::webhook::certificate;
     let slot = CertSlot::empty();
+    let self_managed = matches!(certificate, WebhookCertificate::SelfManaged { .. });
     let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
     match certificate {
         WebhookCertificate::Files { cert, key } => {
@@ -264,9 +271,13 @@ fn webhook_tls(
             }
         }
     }
+    let serving = WebhookServing {
+        slot: slot.clone(),
+        self_managed,
+    };
     let config =
         crate::webhook::server_config(Arc::new(slot)).map_err(|e| format!("webhook TLS: {e}"))?;
-    Ok((Arc::new(config), tasks))
+    Ok((Arc::new(config), serving, tasks))
 }
 
 /// The injector, rebuilt whenever the trust bundle changes when it hands
@@ -328,9 +339,11 @@ pub async fn start(
 ) -> Result<Running, String> {
     let trust = settings.trust.clone();
     let td = trust.trust_domain().to_owned();
+    let mut webhook_serving = None;
     let webhook = match settings.webhook.take() {
         Some(w) => {
-            let (tls, mut tasks) = webhook_tls(&trust, w.certificate)?;
+            let (tls, serving, mut tasks) = webhook_tls(&trust, w.certificate)?;
+            webhook_serving = Some(serving);
             let (injector, follow) = injectors(&trust, w.injector)?;
             tasks.extend(follow);
             Some((w.listen, tls, injector, tasks))
@@ -386,6 +399,8 @@ pub async fn start(
         k8s: settings.k8s.clone(),
         topology: settings.topology.clone(),
         measurements: measurements.clone(),
+        replica: settings.replica.clone(),
+        webhook: webhook_serving,
     });
 
     let mut tasks = vec![

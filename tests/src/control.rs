@@ -258,6 +258,53 @@ impl TestCa {
             .to_owned()
     }
 
+    /// Replaces the issuer with one of the same key that expires `left`
+    /// from now (signed by the same root), in issuer.crt and in the chain
+    /// of operator.crt: what a CA whose issuer nobody renewed looks like.
+    pub fn shorten_issuer(&self, left: Duration) {
+        let read = |name: &str| std::fs::read_to_string(self.file(name)).expect(name);
+        // Names written as `ca init` writes them (UTF8String): a name
+        // parsed back from the PEM may be encoded otherwise, and names
+        // are compared byte for byte when chains are built.
+        let name = |role: &str| {
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(rcgen::DnType::OrganizationName, "Bulkhead");
+            dn.push(
+                rcgen::DnType::CommonName,
+                format!("Bulkhead {role} CA {}", self.trust_domain),
+            );
+            dn
+        };
+        let mut root_params = rcgen::CertificateParams::default();
+        root_params.distinguished_name = name("root");
+        root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root_key = rcgen::KeyPair::from_pem(&read("root.key")).expect("root key");
+        let root = rcgen::Issuer::new(root_params, root_key);
+        let key = rcgen::KeyPair::from_pem(&read("issuer.key")).expect("issuer key");
+        let mut params = rcgen::CertificateParams::default();
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = (now + left).into();
+        // The same name as `ca init`'s issuer: the operator's certificate
+        // names its issuer by it.
+        params.distinguished_name = name("issuer");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let issuer = params.signed_by(&key, &root).expect("sign issuer");
+        std::fs::write(self.file("issuer.crt"), issuer.pem()).expect("write issuer.crt");
+        let operator = read("operator.crt");
+        let leaf_end = operator
+            .find("-----END CERTIFICATE-----")
+            .expect("operator leaf")
+            + "-----END CERTIFICATE-----\n".len();
+        let chain = format!("{}{}", &operator[..leaf_end], issuer.pem());
+        std::fs::write(self.file("operator.crt"), chain).expect("write operator.crt");
+    }
+
     /// Runs `bulkheadctl` with this CA's credentials against `control`.
     pub fn ctl_at(&self, control: &str, args: &[&str]) -> Output {
         self.ctl_command(control, args)

@@ -290,6 +290,14 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(state))
     }
 
+    async fn get_health(
+        &self,
+        request: Request<pb::GetHealthRequest>,
+    ) -> Result<Response<pb::Health>, Status> {
+        self.authorize(&request, "health")?;
+        Ok(Response::new(super::health::health(&self.plane).await?))
+    }
+
     async fn get_stats(
         &self,
         request: Request<pb::StatsRequest>,

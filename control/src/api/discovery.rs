@@ -377,20 +377,25 @@ async fn feed(
     fallback: &pb::TrustBundle,
     tx: &mpsc::Sender<Result<pb::WatchUpdate, Status>>,
 ) {
+    // What `bulkheadctl check` counts: is it sent what concerns it?
+    let watcher = hub.watchers().join();
     loop {
         let (snapshot, mut rx) = hub.subscribe(|view| {
             let bundle = view.trust.as_ref().map(|t| t.to_pb());
             interest.snapshot(view, bundle.as_ref().unwrap_or(fallback))
         });
+        let revision = snapshot.revision;
         if tx.send(Ok(snapshot)).await.is_err() {
             return;
         }
+        watcher.handled(revision);
         loop {
             match rx.recv().await {
                 Ok(Delta::Changes { revision, changes }) => {
                     let changes: Vec<pb::Change> =
                         changes.iter().filter_map(|c| interest.change(c)).collect();
                     if changes.is_empty() {
+                        watcher.handled(revision);
                         continue;
                     }
                     let update = pb::WatchUpdate {
@@ -401,6 +406,7 @@ async fn feed(
                     if tx.send(Ok(update)).await.is_err() {
                         return;
                     }
+                    watcher.handled(revision);
                 }
                 // Fell behind, or the view was rebuilt: start over with a
                 // fresh snapshot rather than buffering without bound.

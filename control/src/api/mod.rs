@@ -3,7 +3,7 @@
 //! - [`identity`]: `Certify` (attestation + CSR → certificate) and `Renew`.
 //! - [`discovery`]: endpoint registration on leases, and the `Watch` push.
 //! - [`admin`]: apply/get/delete resources and list endpoints, for operators;
-//!   the trust calls live in [`trust`].
+//!   the trust calls live in [`trust`], the preflight's in [`health`].
 //!
 //! Every handler takes the caller's identity from its client certificate
 //! ([`crate::server::ConnInfo`]), never from the request.
@@ -21,6 +21,7 @@ use crate::store::{Store, StoreError};
 
 pub(crate) mod admin;
 pub(crate) mod discovery;
+pub(crate) mod health;
 pub(crate) mod identity;
 pub(crate) mod rollouts;
 pub(crate) mod trust;
@@ -47,6 +48,10 @@ pub struct ControlPlane {
     pub topology: Option<Arc<crate::topology::Topology>>,
     /// What sidecars report, shared with the other replicas.
     pub measurements: Arc<crate::measure::Measurements>,
+    /// This replica's name (`--replica-name`).
+    pub replica: String,
+    /// The admission webhook, when this replica serves it.
+    pub webhook: Option<health::WebhookServing>,
 }
 
 impl std::fmt::Debug for ControlPlane {

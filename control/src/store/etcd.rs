@@ -31,7 +31,7 @@ use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{Instrument, debug, warn};
 
-use super::{Event, KeyValue, LeaseId, Op, Revision, Store, StoreError, WatchBatch};
+use super::{Event, KeyValue, LeaseId, MemberHealth, Op, Revision, Store, StoreError, WatchBatch};
 
 /// Batches buffered between a watch task and its consumer.
 const WATCH_BUFFER: usize = 64;
@@ -101,6 +101,8 @@ impl Default for EtcdConfig {
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// How members are dialled: also for asking each one on its own.
+    options: ConnectOptions,
     prefix: String,
     request_timeout: Duration,
 }
@@ -159,13 +161,14 @@ impl EtcdStore {
         };
         let client = timeout(
             config.connect_timeout,
-            Client::connect(&config.endpoints, Some(options)),
+            Client::connect(&config.endpoints, Some(options.clone())),
         )
         .await
         .map_err(|_| StoreError::Unavailable("etcd client setup timed out".into()))?
         .map_err(|e| StoreError::Other(format!("etcd endpoints {:?}: {e}", config.endpoints)))?;
         let store = Self {
             client,
+            options,
             prefix,
             request_timeout: config.request_timeout,
         };
@@ -495,6 +498,15 @@ impl Store for EtcdStore {
     async fn health(&self) -> Result<(), StoreError> {
         self.current_revision().await?;
         Ok(())
+    }
+
+    async fn members(&self) -> Result<Vec<MemberHealth>, StoreError> {
+        let members = self
+            .request("member_list", Retry::Idempotent, || {
+                super::etcd_members::members(&self.client, &self.options)
+            })
+            .await?;
+        Ok(members)
     }
 }
 

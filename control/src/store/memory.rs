@@ -533,6 +533,14 @@ impl Store for MemoryStore {
     async fn health(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn members(&self) -> Result<Vec<super::MemberHealth>, StoreError> {
+        Ok(vec![super::MemberHealth {
+            name: "memory".to_owned(),
+            url: String::new(),
+            state: Ok("embedded in this replica (state is lost when it stops)".to_owned()),
+        }])
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 
 mod etcd;
+mod etcd_members;
 mod memory;
 
 pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
@@ -161,4 +162,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness probe for `/ready`.
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// Each member of the store and whether it answers on its own (asked
+    /// one by one, not through the balanced client): what `bulkheadctl
+    /// check` shows. Err only when the membership cannot be read at all.
+    async fn members(&self) -> Result<Vec<MemberHealth>, StoreError>;
+}
+
+/// One store member as [`Store::members`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberHealth {
+    pub name: String,
+    /// Its client URL (empty for the embedded store).
+    pub url: String,
+    /// `Ok`: what it reports (version, leader); `Err`: why it is not healthy.
+    pub state: Result<String, String>,
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod certs;
+mod check;
 mod inject;
 mod ops;
 mod rollout;
@@ -80,6 +81,7 @@ pub(crate) struct Cli {
 
 const EXAMPLES: &str = "\
 Examples:
+  bulkheadctl --credentials ./ca check
   bulkheadctl ca init --trust-domain cluster.local --out ./ca
   bulkheadctl --credentials ./ca token create --identity shop/cart --ttl 1h --once
   bulkheadctl cert request --control https://127.0.0.1:8443 --trust-bundle ./ca/bundle.crt \\
@@ -169,6 +171,13 @@ enum Command {
         file: String,
         #[command(flatten)]
         options: Box<inject::InjectArgs>,
+    },
+    /// Preflight: is everything the mesh rests on healthy? One line each
+    /// (ok, warn or fail, with what to do); exit 0 only if none failed.
+    #[command(after_help = check::EXAMPLES)]
+    Check {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Print a shell completion script.
     Completion { shell: clap_complete::Shell },
@@ -414,6 +423,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             stat::run(&settings, args).await
         }
         Command::Inject { file, options } => inject::run(&file, *options),
+        Command::Check { output } => check::run(&settings, output).await,
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,

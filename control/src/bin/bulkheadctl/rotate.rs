@@ -26,11 +26,11 @@ pub(crate) fn client(settings: &Settings) -> Result<AdminClient<Channel>, CliErr
     Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn from_unix(secs: i64) -> SystemTime {
+pub(crate) fn from_unix(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
