@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod certs;
+mod explain;
 mod inject;
 mod ops;
 mod rollout;
@@ -15,7 +16,7 @@ mod rotate;
 mod settings;
 
 /// Exit codes (DESIGN.md, "Conventions users expect").
-const FAILURE: u8 = 1;
+pub(crate) const FAILURE: u8 = 1;
 const USAGE: u8 = 2;
 
 /// An error for the user: a message and the exit code that goes with it.
@@ -30,6 +31,15 @@ impl CliError {
         Self {
             message: message.into(),
             code: FAILURE,
+        }
+    }
+
+    /// Exit with `code` and no message: the output already said it all
+    /// (`explain` printing a denial).
+    pub(crate) fn quiet(code: u8) -> Self {
+        Self {
+            message: String::new(),
+            code,
         }
     }
 
@@ -86,7 +96,8 @@ Examples:
   bulkheadctl --credentials ./ca apply -f shop.yaml
   bulkheadctl --credentials ./ca get allowlists -n shop -o yaml
   bulkheadctl --credentials ./ca endpoints inventory -n shop
-  bulkheadctl --credentials ./ca rollout status inventory -n shop -w";
+  bulkheadctl --credentials ./ca rollout status inventory -n shop -w
+  bulkheadctl --credentials ./ca explain --from shop/web --to shop/inventory --path /v1/stock/x";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -139,6 +150,11 @@ enum Command {
     /// Watch and steer progressive rollouts (Rollout resources).
     #[command(subcommand, after_help = rollout::EXAMPLES)]
     Rollout(rollout::RolloutCommand),
+    /// Can A call B, and why: allowed, denied or audit-only, the rule that
+    /// allows or the closest rules and the field each fails (the sidecar's
+    /// own decision code). With --to alone, who may call it, on what.
+    #[command(after_help = explain::EXAMPLES)]
+    Explain(Box<explain::ExplainArgs>),
     /// Add the sidecar to manifests offline, as the webhook would (`-` for stdin).
     Inject {
         #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
@@ -288,7 +304,9 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bulkheadctl: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("bulkheadctl: {}", e.message);
+            }
             ExitCode::from(e.code)
         }
     }
@@ -369,6 +387,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             ops::endpoints(&settings, filter, output).await
         }
         Command::Rollout(command) => rollout::run(&settings, command).await,
+        Command::Explain(args) => explain::run(&settings, *args).await,
         Command::Inject { file, options } => inject::run(&file, *options),
         Command::Completion { shell } => {
             clap_complete::generate(
