@@ -4,6 +4,8 @@
 //! - [`identity`]: SPIFFE workload identities and reading them from certificates.
 //! - [`model`]: the resources operators apply (`Service`, `AllowList`,
 //!   `TrafficSplit`, `Rollout`), their validation, and registry endpoints.
+//! - [`policy`]: allow-list decisions and path normalization, exactly as the
+//!   sidecar applies them, and their explanation for `bulkheadctl explain`.
 //! - [`stats`]: request measurements sidecars report (latency histograms).
 //!
 //! No I/O: nothing here listens, dials, stores or holds TLS state. Both the
@@ -13,6 +15,7 @@
 pub mod duration;
 pub mod identity;
 pub mod model;
+pub mod policy;
 pub mod stats;
 
 /// Generated protobuf messages and gRPC clients/servers (package `bulkhead.v1`).

@@ -98,7 +98,9 @@ impl AllowList {
 }
 
 impl AllowRule {
-    /// Whether this rule (of an allow-list in `namespace`) allows the request.
+    /// Whether this rule (of an allow-list in `namespace`) allows the request:
+    /// every field's predicate below holds. `bulkhead_proto::policy::explain`
+    /// reports the same predicates one by one.
     pub fn matches(
         &self,
         peer: &SpiffeId,
@@ -108,35 +110,50 @@ impl AllowRule {
         normalized_path: Option<&str>,
         trust_domain: &str,
     ) -> bool {
-        let from = self
-            .from
+        self.matches_peer(peer, namespace, trust_domain)
+            && self.matches_port(port)
+            && match (&self.http, method, normalized_path) {
+                (None, _, _) => true,
+                (Some(http), Some(method), Some(path)) => {
+                    http.matches_method(method) && http.matches_path(path)
+                }
+                (Some(_), _, _) => false,
+            }
+    }
+
+    /// `from`: any one of the callers names `peer`.
+    pub fn matches_peer(&self, peer: &SpiffeId, namespace: &str, trust_domain: &str) -> bool {
+        self.from
             .iter()
-            .any(|p| p.matches(peer, namespace, trust_domain));
-        let port = self
-            .ports
+            .any(|p| p.matches(peer, namespace, trust_domain))
+    }
+
+    /// `ports`: absent, or lists the declared port.
+    pub fn matches_port(&self, port: u16) -> bool {
+        self.ports
             .as_ref()
-            .is_none_or(|ports| ports.contains(&port));
-        let http = match (&self.http, method, normalized_path) {
-            (None, _, _) => true,
-            (Some(http), Some(method), Some(path)) => http.matches(method, path),
-            (Some(_), _, _) => false,
-        };
-        from && port && http
+            .is_none_or(|ports| ports.contains(&port))
     }
 }
 
 impl HttpMatch {
     /// Methods compare exactly: HTTP methods are case-sensitive.
     pub fn matches(&self, method: &str, normalized_path: &str) -> bool {
-        let method_ok = self
-            .methods
+        self.matches_method(method) && self.matches_path(normalized_path)
+    }
+
+    /// `methods`: absent, or names `method` exactly.
+    pub fn matches_method(&self, method: &str) -> bool {
+        self.methods
             .as_ref()
-            .is_none_or(|methods| methods.iter().any(|m| m == method));
-        let path_ok = self
-            .paths
+            .is_none_or(|methods| methods.iter().any(|m| m == method))
+    }
+
+    /// `paths`: absent, or one pattern matches the normalized path.
+    pub fn matches_path(&self, normalized_path: &str) -> bool {
+        self.paths
             .as_ref()
-            .is_none_or(|paths| paths.iter().any(|p| p.matches(normalized_path)));
-        method_ok && path_ok
+            .is_none_or(|paths| paths.iter().any(|p| p.matches(normalized_path)))
     }
 }
 

@@ -1,9 +1,9 @@
-//! Fuzzes `policy::normalize_path`, which sees every inbound request path
-//! before the allow-list does. Any accepted path must be canonical: what the
-//! allow-list matched is exactly what the app receives, and normalizing it
-//! again changes nothing. The unit test
-//! `policy::path::tests::invariants_hold_on_pseudo_random_paths` checks the
-//! same invariants on stable, in CI.
+//! Fuzzes `normalize_path` (`bulkhead_proto::policy`, re-exported by the
+//! proxy), which sees every inbound request path before the allow-list
+//! does. Any accepted path must be canonical: what the allow-list matched is
+//! exactly what the app receives, and normalizing it again changes nothing.
+//! The unit test `policy::path::tests::invariants_hold_on_pseudo_random_paths`
+//! in `bulkhead-proto` checks the same invariants on stable, in CI.
 
 #![no_main]
 

@@ -49,7 +49,10 @@ pub(crate) fn ca_init(trust_domain: &str, out: &Path) -> CliResult {
     Ok(())
 }
 
-fn trust_domain_for(settings: &Settings, explicit: Option<String>) -> Result<String, CliError> {
+pub(crate) fn trust_domain_for(
+    settings: &Settings,
+    explicit: Option<String>,
+) -> Result<String, CliError> {
     if let Some(td) = explicit {
         return Ok(td);
     }

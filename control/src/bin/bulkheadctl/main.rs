@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod certs;
 mod check;
+mod explain;
 mod inject;
 mod ops;
 mod rollout;
@@ -17,7 +18,7 @@ mod settings;
 mod stat;
 
 /// Exit codes (DESIGN.md, "Conventions users expect").
-const FAILURE: u8 = 1;
+pub(crate) const FAILURE: u8 = 1;
 const USAGE: u8 = 2;
 
 /// An error for the user: a message and the exit code that goes with it.
@@ -32,6 +33,15 @@ impl CliError {
         Self {
             message: message.into(),
             code: FAILURE,
+        }
+    }
+
+    /// Exit with `code` and no message: the output already said it all
+    /// (`explain` printing a denial).
+    pub(crate) fn quiet(code: u8) -> Self {
+        Self {
+            message: String::new(),
+            code,
         }
     }
 
@@ -89,7 +99,8 @@ Examples:
   bulkheadctl --credentials ./ca apply -f shop.yaml
   bulkheadctl --credentials ./ca get allowlists -n shop -o yaml
   bulkheadctl --credentials ./ca endpoints inventory -n shop
-  bulkheadctl --credentials ./ca rollout status inventory -n shop -w";
+  bulkheadctl --credentials ./ca rollout status inventory -n shop -w
+  bulkheadctl --credentials ./ca explain --from shop/web --to shop/inventory --path /v1/stock/x";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -165,6 +176,11 @@ enum Command {
     /// Watch and steer progressive rollouts (Rollout resources).
     #[command(subcommand, after_help = rollout::EXAMPLES)]
     Rollout(rollout::RolloutCommand),
+    /// Can A call B, and why: allowed, denied or audit-only, the rule that
+    /// allows or the closest rules and the field each fails (the sidecar's
+    /// own decision code). With --to alone, who may call it, on what.
+    #[command(after_help = explain::EXAMPLES)]
+    Explain(Box<explain::ExplainArgs>),
     /// Add the sidecar to manifests offline, as the webhook would (`-` for stdin).
     Inject {
         #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
@@ -321,7 +337,9 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bulkheadctl: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("bulkheadctl: {}", e.message);
+            }
             ExitCode::from(e.code)
         }
     }
@@ -422,6 +440,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             };
             stat::run(&settings, args).await
         }
+        Command::Explain(args) => explain::run(&settings, *args).await,
         Command::Inject { file, options } => inject::run(&file, *options),
         Command::Check { output } => check::run(&settings, output).await,
         Command::Completion { shell } => {

@@ -20,7 +20,7 @@ pub(crate) fn client(settings: &Settings) -> Result<AdminClient<Channel>, CliErr
     Ok(AdminClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
 }
 
-fn read_input(file: &str) -> Result<String, CliError> {
+pub(crate) fn read_input(file: &str) -> Result<String, CliError> {
     let mut text = String::new();
     let result = if file == "-" {
         std::io::stdin()
@@ -63,7 +63,7 @@ pub(crate) async fn apply(settings: &Settings, file: &str, dry_run: bool) -> Cli
     Ok(())
 }
 
-fn parse_resources(resources: &[pb::Resource]) -> Result<Vec<Resource>, CliError> {
+pub(crate) fn parse_resources(resources: &[pb::Resource]) -> Result<Vec<Resource>, CliError> {
     resources
         .iter()
         .map(|r| {
@@ -252,7 +252,7 @@ pub(crate) async fn endpoints(
     Ok(())
 }
 
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

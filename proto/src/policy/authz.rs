@@ -4,8 +4,8 @@
 use std::borrow::Borrow;
 use std::fmt;
 
-use bulkhead_proto::SpiffeId;
-use bulkhead_proto::model::{AllowList, Mode};
+use crate::identity::SpiffeId;
+use crate::model::{AllowList, Mode};
 
 /// The HTTP side of a request, for rules with an `http` match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +105,18 @@ pub fn authorize<'a, L: Borrow<AllowList>>(
             };
         }
     }
-    let (verdict, reason) = if lists.is_empty() {
+    let (verdict, reason) = unmatched(lists);
+    Decision {
+        verdict,
+        rule: None,
+        reason,
+    }
+}
+
+/// What happens to a request no rule allows, by the modes of the lists
+/// targeting the service (the [module docs](super) say why).
+pub(super) fn unmatched<L: Borrow<AllowList>>(lists: &[L]) -> (Verdict, &'static str) {
+    if lists.is_empty() {
         (Verdict::Deny, Decision::NO_ALLOWLIST)
     } else if lists
         .iter()
@@ -114,24 +125,19 @@ pub fn authorize<'a, L: Borrow<AllowList>>(
         (Verdict::Deny, Decision::NO_MATCHING_RULE)
     } else {
         (Verdict::AuditAllow, Decision::AUDIT_NO_MATCHING_RULE)
-    };
-    Decision {
-        verdict,
-        rule: None,
-        reason,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use bulkhead_proto::model::{Resource, parse_documents};
+pub(super) mod tests {
+    use crate::model::{Resource, parse_documents};
 
     use super::*;
 
-    const TD: &str = "cluster.local";
+    pub(in crate::policy) const TD: &str = "cluster.local";
 
     /// An AllowList named `name` in namespace `shop` targeting `inventory`.
-    fn list(name: &str, mode: &str, rules: &str) -> AllowList {
+    pub(in crate::policy) fn list(name: &str, mode: &str, rules: &str) -> AllowList {
         let yaml = format!(
             "apiVersion: bulkhead.dev/v1\nkind: AllowList\n\
              metadata: {{name: {name}, namespace: shop}}\n\
@@ -146,7 +152,7 @@ mod tests {
         }
     }
 
-    fn peer(ns: &str, sa: &str) -> SpiffeId {
+    pub(in crate::policy) fn peer(ns: &str, sa: &str) -> SpiffeId {
         SpiffeId::new(TD, ns, sa).unwrap()
     }
 
