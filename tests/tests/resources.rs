@@ -409,17 +409,19 @@ fn delete_removes_a_resource_and_a_missing_one_is_not_found() {
     let mesh = Mesh::start(&[]);
     mesh.apply(&shop_yaml());
 
-    let deleted = mesh.ctl_ok(&["delete", "trafficsplit", "inventory", "-n", "shop"]);
+    // (Not the TrafficSplit: the shop's running Rollout owns it, and puts
+    // it back.)
+    let deleted = mesh.ctl_ok(&["delete", "allowlist", "inventory-readers", "-n", "shop"]);
     assert!(deleted.stdout.contains("deleted"), "{}", deleted.stdout);
     let mut remaining = shop();
-    remaining.remove("trafficsplit/shop/inventory");
+    remaining.remove("allowlist/shop/inventory-readers");
     assert_eq!(mesh.stored(), remaining);
 
-    let gone = mesh.ctl(&["get", "trafficsplit", "inventory", "-n", "shop"]);
+    let gone = mesh.ctl(&["get", "allowlist", "inventory-readers", "-n", "shop"]);
     assert_one_line_error(&gone, 1, &["not found"]);
 
-    let again = mesh.ctl(&["delete", "trafficsplit", "inventory", "-n", "shop"]);
-    assert_one_line_error(&again, 1, &["not found", "shop/inventory"]);
+    let again = mesh.ctl(&["delete", "allowlist", "inventory-readers", "-n", "shop"]);
+    assert_one_line_error(&again, 1, &["not found", "shop/inventory-readers"]);
     let never = mesh.ctl(&["delete", "service", "ghost", "-n", "shop"]);
     assert_one_line_error(&never, 1, &["not found", "shop/ghost"]);
     assert_eq!(mesh.stored(), remaining, "failed deletes change nothing");

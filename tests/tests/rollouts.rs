@@ -333,7 +333,7 @@ async fn an_operator_promotes_past_a_pause_and_aborts() {
     assert!(out.status.success(), "{out:?}");
     let aborted = status(&s.mesh.cp, &s.mesh.ca, "inventory").expect("status");
     assert_eq!(phase(&aborted), "Aborted");
-    let split = ctl(&[
+    let written = ctl(&[
         "get",
         "trafficsplit",
         "inventory",
@@ -342,11 +342,11 @@ async fn an_operator_promotes_past_a_pause_and_aborts() {
         "-o",
         "json",
     ]);
-    let split = String::from_utf8_lossy(&split.stdout);
+    let written = String::from_utf8_lossy(&written.stdout);
     assert!(
-        split.contains(&format!("\"version\":\"{STABLE}\",\"weight\":100"))
-            || split.contains("\"weight\": 100"),
-        "{split}"
+        written.contains(&format!("\"version\":\"{STABLE}\",\"weight\":100"))
+            || written.contains("\"weight\": 100"),
+        "{written}"
     );
     until_split(&s.web, 100, 0, Duration::from_secs(5)).await;
     // A second abort is refused with the reason; retry starts over.
@@ -377,6 +377,23 @@ async fn an_operator_promotes_past_a_pause_and_aborts() {
     assert!(
         table.contains("Promoted") && table.contains("promote --full"),
         "{table}"
+    );
+    // Over: the split is the operator's again, and an edit of it stays.
+    until_status(
+        &s.mesh.cp,
+        &s.mesh.ca,
+        "the split released",
+        Duration::from_secs(10),
+        |st| st["splitReleased"] == true,
+    )
+    .await;
+    s.mesh.apply(&split(90, 10)).await;
+    until_split(&s.web, 90, 10, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        shop::split_weights(&s.web).and_then(|w| w.get(STABLE).copied()),
+        Some(90),
+        "the ended rollout left the operator's split alone"
     );
     let _ = (&s.stable, &s.canary);
 }

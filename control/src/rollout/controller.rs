@@ -6,7 +6,10 @@
 //!
 //! The status is written before the split: a leader that dies between the
 //! two leaves a status its successor reconciles the split to, so no step
-//! is repeated or skipped. Both writes are compare-and-swap on the key's
+//! is repeated or skipped. While a rollout runs it owns the split (an edit
+//! or delete is undone at the next tick); once it has ended and its last
+//! split is written (`splitReleased` in the status), the split is the
+//! operator's again. Both writes are compare-and-swap on the key's
 //! store revision: a write based on a stale read fails and is retried from
 //! a fresh read at the next tick, so two writers (a stalled old leader and
 //! a new one, or an operator's `apply`) cannot flap a split.
@@ -195,6 +198,14 @@ impl Controller {
             log_interval(ns, name, judged);
         }
         machine::tick(&mut status, spec, judged, at);
+        if status.split_released && previous.as_ref() == Some(&status) {
+            // Over, and its last split written: the split is the
+            // operator's to change or delete now.
+            for key in done_commands {
+                self.plane.store.delete(&key).await?;
+            }
+            return Ok(());
+        }
         if previous.as_ref() != Some(&status) {
             let json = serde_json::to_vec(&status)
                 .map_err(|e| StoreError::Other(format!("rollout status: {e}")))?;
@@ -220,7 +231,32 @@ impl Controller {
         for key in done_commands {
             self.plane.store.delete(&key).await?;
         }
-        self.reconcile_split(rollout, &status).await
+        let in_line = self.reconcile_split(rollout, &status).await?;
+        if in_line && status.phase.is_terminal() {
+            self.release_split(status_key, status).await?;
+        }
+        Ok(())
+    }
+
+    /// Notes that an ended rollout's last split is written: from now on
+    /// the split is the operator's (a compare-and-swap again; a lost race
+    /// is retried at the next tick).
+    async fn release_split(
+        &self,
+        status_key: &str,
+        mut status: RolloutStatus,
+    ) -> Result<(), StoreError> {
+        let Some(stored) = self.plane.store.get(status_key).await? else {
+            return Ok(());
+        };
+        status.split_released = true;
+        let json = serde_json::to_vec(&status)
+            .map_err(|e| StoreError::Other(format!("rollout status: {e}")))?;
+        self.plane
+            .store
+            .put_if(status_key, stored.mod_revision, json)
+            .await?;
+        Ok(())
     }
 
     /// Measures `[from, to)` for the canary (and stable), or says why the
@@ -322,12 +358,13 @@ impl Controller {
         ))
     }
 
-    /// Makes the service's TrafficSplit carry the status's weights.
+    /// Makes the service's TrafficSplit carry the status's weights;
+    /// `true` when it does (it did already, or the write went through).
     async fn reconcile_split(
         &self,
         rollout: &Rollout,
         status: &RolloutStatus,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let spec = &rollout.spec;
         let ns = rollout.metadata.namespace.as_str();
         // The split that already governs the service, else one named after it.
@@ -360,7 +397,7 @@ impl Controller {
         });
         let desired = desired_split(rollout, status, current_split.as_ref(), &name);
         if current_split.as_ref().map(|ts| &ts.spec) == Some(&desired.spec) {
-            return Ok(());
+            return Ok(true);
         }
         let json = Resource::TrafficSplit(desired.clone()).to_json();
         let expected = current.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -377,10 +414,11 @@ impl Controller {
                 .map(|b| format!("{}={}", b.version, b.weight))
                 .collect();
             tracing::info!(namespace = ns, rollout = rollout.metadata.name.as_str(), split = %name, weights = %weights.join(" "), "rollout: traffic split written");
+            Ok(true)
         } else {
             tracing::debug!(namespace = ns, split = %name, "traffic split changed meanwhile; reading again");
+            Ok(false)
         }
-        Ok(())
     }
 }
 

@@ -121,6 +121,7 @@ pub fn start(spec: &RolloutSpec, generation: &str, at: Moment<'_>) -> RolloutSta
         resume_phase: None,
         last_action: None,
         transitions: Vec::new(),
+        split_released: false,
         updated_unix_ms: at.now_unix_ms,
     };
     enter_step(&mut status, spec, at);

@@ -81,6 +81,11 @@ pub struct RolloutStatus {
     /// Every phase, step or weight change, newest last (bounded).
     #[serde(default)]
     pub transitions: Vec<Transition>,
+    /// Once the rollout has ended: its last TrafficSplit is written, and
+    /// the split is the operator's again (the controller no longer keeps
+    /// it in line).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub split_released: bool,
     pub updated_unix_ms: i64,
 }
 
@@ -234,6 +239,7 @@ mod tests {
             resume_phase: None,
             last_action: None,
             transitions: vec![],
+            split_released: false,
             updated_unix_ms: 0,
         };
         let json: serde_json::Value = serde_json::to_value(&status).unwrap();
