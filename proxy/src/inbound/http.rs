@@ -88,6 +88,7 @@ pub(super) async fn serve(
             // The caller's deadline (grpc-timeout) holds here too:
             // the app's answer is cut when it runs out.
             let deadline = h::grpc_deadline(req.headers(), started);
+            let head = req.method() == Method::HEAD;
             let answer = match upgrade {
                 None => request(req, &inbound, &caller, port, deadline).await,
                 Some(drain) => {
@@ -95,10 +96,16 @@ pub(super) async fn serve(
                 }
             };
             stream.answered();
-            let (resp, serving) = match answer {
+            let (mut resp, serving) = match answer {
                 Answer::Version(resp) => (resp, Some(serving)),
                 Answer::Refused(resp) => (*resp, None),
             };
+            if head {
+                // A response to HEAD has no body (RFC 9110 §9.3.2); over
+                // HTTP/2 DATA frames would be a protocol error, and the
+                // mesh's own answers (403, 502, ...) carry a text body.
+                resp = resp.map(|_| h::empty());
+            }
             let resp = Observed::wrap(resp, started, metrics, None, deadline, serving);
             Ok::<_, std::convert::Infallible>(resp)
         }
