@@ -20,6 +20,8 @@ mod api;
 pub mod attest;
 pub mod ca;
 pub mod config;
+pub mod dashboard;
+pub mod golden;
 mod hub;
 pub mod k8s_api;
 mod keys;
