@@ -27,9 +27,15 @@ pub(crate) async fn run(settings: &Settings, address: IpAddr, port: u16, open: b
         .await
         .map_err(|e| CliError::failure(e.to_string()))?;
     let url = dashboard.url();
-    println!("Dashboard: {url}");
-    println!(
-        "(talking to {} as the operator; Ctrl-C stops it)",
+    // Scripts read this line (and may close the pipe after it): never
+    // let a closed stdout end the server.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "Dashboard: {url}").and_then(|()| out.flush());
+    }
+    eprintln!(
+        "bulkheadctl: dashboard talking to {} as the operator; Ctrl-C stops it",
         settings.control
     );
     if open {
