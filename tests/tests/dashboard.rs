@@ -288,3 +288,56 @@ async fn the_dashboard_shows_the_mesh_and_steers_a_rollout_in_a_real_browser() {
     });
     let _ = (load, &stable, &canary);
 }
+
+/// 200 services in four namespaces: every one drawn, grouped by
+/// namespace, and the Filter narrows them to the few asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_services_stay_legible_and_filterable() {
+    let mesh = Mesh::memory("cluster.local", "", &[]).await;
+    // One apply per namespace: an apply changes at most 128 resources.
+    for ns in ["team-a", "team-b", "team-c", "team-d"] {
+        let mut yaml = String::new();
+        for i in 0..50 {
+            yaml.push_str(&format!(
+                "apiVersion: bulkhead.dev/v1\nkind: Service\nmetadata: {{name: svc-{i:03}, namespace: {ns}}}\n\
+                 spec:\n  ports: [{{port: 8080, protocol: http}}]\n---\n"
+            ));
+        }
+        mesh.apply(&yaml).await;
+    }
+    let dashboard = blocking(|| DashboardProcess::start(&mesh));
+    let browser = blocking(|| Browser::start(&shots()));
+    blocking(|| {
+        browser.goto(&format!("{}#/topology", dashboard.url));
+        browser.wait("all 200 services drawn", WAIT, |b| {
+            (b.count("a.node") == 200).then_some(())
+        });
+        let bands = browser.texts(".ns-label");
+        assert_eq!(
+            bands,
+            [
+                "namespace team-a",
+                "namespace team-b",
+                "namespace team-c",
+                "namespace team-d"
+            ]
+        );
+        browser.screenshot("7-topology-200-services");
+        browser
+            .type_into("#filter", "team-b/svc-01")
+            .expect("type into Filter");
+        browser.wait("the filter to keep ten", WAIT, |b| {
+            (b.count("a.node") == 10).then_some(())
+        });
+        let names = browser.texts("a.node .name");
+        assert!(names.iter().all(|n| n.starts_with("svc-01")), "{names:?}");
+        browser.screenshot("8-topology-filtered");
+        // The Services view honours the same filter.
+        browser
+            .click(r#"nav a[data-view="services"]"#)
+            .expect("Services");
+        browser.wait("the services list filtered", WAIT, |b| {
+            (b.count("table.services tbody tr") == 10).then_some(())
+        });
+    });
+}
