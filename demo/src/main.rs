@@ -7,6 +7,10 @@
 //! `bulkhead-demo sidecar ...`, which is exactly `bulkhead-proxy ...` — so
 //! the one `cargo run` builds everything the demo needs, while the control
 //! plane's own crate never depends on the data plane's.
+//!
+//! `--dashboard` serves the web dashboard (`bulkhead_control::dashboard`,
+//! the same server as `bulkheadctl dashboard`, which cannot run the demo
+//! since it never links the proxy) on the demo's mesh, as its operator.
 
 use std::process::ExitCode;
 use std::time::Duration;
