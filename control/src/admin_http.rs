@@ -37,14 +37,7 @@ pub(crate) struct AdminState {
 /// Serves the admin endpoints until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
     loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(error) => {
-                tracing::warn!(%error, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (tcp, _) = accept_next(&listener, "admin").await;
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -57,6 +50,23 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
             // hold a connection.
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
         });
+    }
+}
+
+/// The next connection; a failed accept (descriptors exhausted, say) is
+/// logged and retried after a pause rather than ending the listener.
+pub(crate) async fn accept_next(
+    listener: &TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(a) => return a,
+            Err(error) => {
+                tracing::warn!(%error, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 

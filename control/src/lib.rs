@@ -14,12 +14,19 @@
 //! listener, with a certificate it can make and renew itself), and the one
 //! Kubernetes API-server client, [`k8s_api`], which reads Nodes
 //! ([`topology`]) and keeps the webhook configuration's `caBundle`.
+//!
+//! For operators: the golden metrics rows ([`golden`]) that `bulkheadctl
+//! stat` prints, and the web [`dashboard`] (`bulkheadctl dashboard`, the
+//! demo's `--dashboard`), a loopback server that reads the admin API as
+//! the operator.
 
 mod admin_http;
 mod api;
 pub mod attest;
 pub mod ca;
 pub mod config;
+pub mod dashboard;
+pub mod golden;
 mod hub;
 pub mod k8s_api;
 mod keys;

@@ -7,6 +7,10 @@
 //! `bulkhead-demo sidecar ...`, which is exactly `bulkhead-proxy ...` — so
 //! the one `cargo run` builds everything the demo needs, while the control
 //! plane's own crate never depends on the data plane's.
+//!
+//! `--dashboard` serves the web dashboard (`bulkhead_control::dashboard`,
+//! the same server as `bulkheadctl dashboard`, which cannot run the demo
+//! since it never links the proxy) on the demo's mesh, as its operator.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,12 +37,16 @@ pub(crate) type DemoResult = Result<(), DemoError>;
     name = "bulkhead-demo",
     version,
     about = "Run the Bulkhead mesh demo on loopback (embedded store, real sidecars)",
-    after_help = "Example:\n  bulkhead-demo --duration 60s"
+    after_help = "Examples:\n  bulkhead-demo --duration 60s\n  bulkhead-demo --dashboard        # then open http://127.0.0.1:50750/"
 )]
 struct Cli {
     /// How long to run in all.
     #[arg(long, value_parser = bulkhead_process::parse_duration, default_value = "15s")]
     duration: Duration,
+    /// Also serve the web dashboard on 127.0.0.1:PORT (0: any free port;
+    /// the URL is printed) and keep the shop running until Ctrl-C.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "50750")]
+    dashboard: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -68,7 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(shop::run(cli.duration)) {
+    match runtime.block_on(shop::run(cli.duration, cli.dashboard)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(DemoError(message)) => {
             eprintln!("bulkhead-demo: {message}");

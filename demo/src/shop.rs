@@ -319,13 +319,13 @@ fn metric_sum(text: &str, name: &str, want: &[&str]) -> f64 {
         .sum()
 }
 
-pub(crate) async fn run(duration: Duration) -> DemoResult {
+pub(crate) async fn run(duration: Duration, dashboard: Option<u16>) -> DemoResult {
     let dir = std::env::temp_dir().join(format!("bulkhead-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| fail("temp dir")(e.to_string()))?;
     let mut sidecars = Vec::new();
     let result = tokio::select! {
-        r = scenario(&dir, duration, &mut sidecars) => r,
+        r = scenario(&dir, duration, dashboard, &mut sidecars) => r,
         _ = tokio::signal::ctrl_c() => {
             println!("\n== interrupted: stopping");
             Ok(())
@@ -363,7 +363,12 @@ pub(crate) async fn run(duration: Duration) -> DemoResult {
     result
 }
 
-async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -> DemoResult {
+async fn scenario(
+    dir: &Path,
+    duration: Duration,
+    dashboard: Option<u16>,
+    sidecars: &mut Vec<Sidecar>,
+) -> DemoResult {
     let started = Instant::now();
     let ca_dir = dir.join("ca");
     step("bulkheadctl ca init: root, issuer, trust bundle, operator certificate");
@@ -402,7 +407,12 @@ async fn scenario(dir: &Path, duration: Duration, sidecars: &mut Vec<Sidecar>) -
     .await
     .map_err(fail("start control plane"))?;
     let url = format!("https://{}", running.grpc_addr);
-    let result = shop(&url, &files, &issuer_key, dir, duration, started, sidecars).await;
+    let show = Show {
+        duration,
+        started,
+        dashboard,
+    };
+    let result = shop(&url, &files, &issuer_key, dir, show, sidecars).await;
     running.shutdown().await;
     result
 }
@@ -413,10 +423,14 @@ async fn shop(
     files: &ca::CaFiles,
     issuer_key: &str,
     dir: &Path,
-    duration: Duration,
-    started: Instant,
+    show: Show,
     sidecars: &mut Vec<Sidecar>,
 ) -> DemoResult {
+    let Show {
+        duration,
+        started,
+        dashboard,
+    } = show;
     let bundle_pem = std::fs::read(&files.bundle).map_err(|e| fail("bundle")(e.to_string()))?;
     let bundle = TrustBundle::from_pem(&bundle_pem, "bundle.crt", "cluster.local")
         .map_err(|e| fail("bundle")(e.to_string()))?;
@@ -425,6 +439,12 @@ async fn shop(
     let channel = bulkhead_tls::channel(url, &bundle, Some(operator))
         .map_err(|e| fail("channel")(e.to_string()))?;
     let mut admin = AdminClient::new(channel);
+    // The dashboard reads the mesh as the operator, like `bulkheadctl
+    // dashboard` (which cannot run the demo: it never links the proxy).
+    let _dashboard = match dashboard {
+        Some(port) => Some(start_dashboard(port, admin.clone()).await?),
+        None => None,
+    };
     let applied = admin
         .apply(pb::ApplyRequest {
             source: "examples/shop.yaml".into(),
@@ -695,8 +715,42 @@ async fn shop(
         failed => failed,
     };
     print_table(&board, &admins).await;
+    if dashboard.is_some() && released.is_ok() {
+        step("the shop keeps running for the dashboard: Ctrl-C stops the demo");
+        std::future::pending::<()>().await;
+    }
     driver.abort();
     released
+}
+
+/// How long the show runs, and whether a dashboard watches it.
+struct Show {
+    duration: Duration,
+    started: Instant,
+    dashboard: Option<u16>,
+}
+
+/// Aborts the dashboard's task when the demo ends.
+struct DashboardTask(tokio::task::JoinHandle<()>);
+
+impl Drop for DashboardTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn start_dashboard(
+    port: u16,
+    admin: AdminClient<tonic::transport::Channel>,
+) -> Result<DashboardTask, DemoError> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let dashboard = bulkhead_control::dashboard::Dashboard::bind(address, admin)
+        .await
+        .map_err(|e| fail("dashboard")(e.to_string()))?;
+    step(&format!("Dashboard: {}", dashboard.url()));
+    Ok(DashboardTask(tokio::spawn(
+        dashboard.serve(std::future::pending()),
+    )))
 }
 
 async fn print_table(board: &Shared, admins: &[(String, SocketAddr)]) {

@@ -143,11 +143,28 @@ pub fn http_request(
     path: &str,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    http_exchange(addr, method, path, &[], body, Duration::from_secs(5))
+}
+
+/// As [`http_request`], with extra request headers (a `Host` given here
+/// replaces the one from `addr`) and a bound on the whole exchange.
+pub fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     use http_body_util::{BodyExt, Full};
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Full::new(bytes::Bytes::from(body.to_owned())))
         .map_err(std::io::Error::other)?;
     std::thread::scope(|scope| {
@@ -180,7 +197,7 @@ pub fn http_request(
                             String::from_utf8_lossy(&body).into_owned(),
                         ))
                     };
-                    tokio::time::timeout(Duration::from_secs(5), exchange)
+                    tokio::time::timeout(timeout, exchange)
                         .await
                         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
                 })

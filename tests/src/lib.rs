@@ -16,6 +16,7 @@
 //! - [`prom`]: the one Prometheus text reader.
 //! - [`rollout`]: Rollout documents, canary apps that fail on purpose, status reads.
 //! - [`rotation`]: a second root, the trust record, what sidecars trust.
+//! - [`browser`]: headless Chromium over WebDriver, for the dashboard.
 //! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS, bearer token;
 //!   GET, and JSON Patch of the objects it holds).
 //!
@@ -25,6 +26,7 @@
 pub mod admission;
 pub mod apiserver;
 pub mod attack;
+pub mod browser;
 pub mod certify;
 pub mod control;
 pub mod etcd;

@@ -11,5 +11,6 @@ pub mod judge;
 pub(crate) mod leader;
 pub mod machine;
 pub mod status;
+pub mod view;
 
 pub use status::{Phase, RolloutStatus};

@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod certs;
 mod check;
+mod dashboard;
 mod explain;
 mod inject;
 mod ops;
@@ -181,6 +182,20 @@ enum Command {
     /// own decision code). With --to alone, who may call it, on what.
     #[command(after_help = explain::EXAMPLES)]
     Explain(Box<explain::ExplainArgs>),
+    /// The web dashboard on 127.0.0.1: topology, services, rollouts (with
+    /// promote, pause and abort), live, as this operator.
+    #[command(after_help = dashboard::EXAMPLES)]
+    Dashboard {
+        /// Port on the loopback address (0: any free port; the URL is printed).
+        #[arg(long, default_value_t = bulkhead_control::dashboard::DEFAULT_PORT)]
+        port: u16,
+        /// Loopback address to listen on (anything else is refused).
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+        /// Do not open a browser.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Add the sidecar to manifests offline, as the webhook would (`-` for stdin).
     Inject {
         #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
@@ -441,6 +456,11 @@ async fn dispatch(cli: Cli) -> CliResult {
             stat::run(&settings, args).await
         }
         Command::Explain(args) => explain::run(&settings, *args).await,
+        Command::Dashboard {
+            port,
+            address,
+            no_open,
+        } => dashboard::run(&settings, address, port, !no_open).await,
         Command::Inject { file, options } => inject::run(&file, *options),
         Command::Check { output } => check::run(&settings, output).await,
         Command::Completion { shell } => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bulkhead_control::rollout::status::{IntervalReport, Verdict};
 use bulkhead_control::rollout::{Phase, RolloutStatus};
-use bulkhead_proto::model::{Resource, Rollout, Step, Strategy};
+use bulkhead_proto::model::Rollout;
 use bulkhead_proto::pb;
 use clap::Subcommand;
 
@@ -113,30 +113,7 @@ pub(crate) async fn run(settings: &Settings, command: RolloutCommand) -> CliResu
 }
 
 fn decode(state: &pb::RolloutState) -> Result<(Rollout, Option<RolloutStatus>), CliError> {
-    let resource = state
-        .rollout
-        .as_ref()
-        .ok_or_else(|| CliError::failure("control plane sent no rollout"))?;
-    let rollout = match Resource::try_from(resource) {
-        Ok(Resource::Rollout(r)) => r,
-        Ok(other) => {
-            return Err(CliError::failure(format!(
-                "control plane sent a {} for a rollout",
-                other.kind()
-            )));
-        }
-        Err(e) => {
-            return Err(CliError::failure(format!(
-                "control plane sent a bad rollout: {e}"
-            )));
-        }
-    };
-    if state.status_json.is_empty() {
-        return Ok((rollout, None));
-    }
-    let status = serde_json::from_str(&state.status_json)
-        .map_err(|e| CliError::failure(format!("control plane sent a bad rollout status: {e}")))?;
-    Ok((rollout, Some(status)))
+    bulkhead_control::rollout::view::decode(state).map_err(CliError::failure)
 }
 
 /// How long `status` waits for a just-applied rollout's first status.
@@ -229,20 +206,7 @@ pub(crate) fn paint(text: &str, code: &str, on: bool) -> String {
 
 /// The steps as a progress bar: done, current (with its phase), to come.
 fn progress(rollout: &Rollout, status: &RolloutStatus, colour: bool) -> String {
-    let mut plan: Vec<String> = match rollout.spec.strategy {
-        Strategy::BlueGreen => vec!["analyse pinned".into()],
-        Strategy::Canary => rollout
-            .spec
-            .plan()
-            .iter()
-            .map(|s| match s {
-                Step::Weight(w) => format!("{w}%"),
-                Step::Pause(None) => "pause".into(),
-                Step::Pause(Some(d)) => format!("pause {d}"),
-            })
-            .collect(),
-    };
-    plan.push("100%".into());
+    let plan = bulkhead_control::rollout::view::step_labels(rollout);
     let current = status.step as usize;
     let failed = matches!(status.phase, Phase::Failed | Phase::Aborted);
     let parts: Vec<String> = plan

@@ -7,10 +7,8 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use bulkhead_proto::SpiffeId;
+use bulkhead_control::golden::{self, GoldenRow as Row, short_caller as short};
 use bulkhead_proto::pb;
-use bulkhead_proto::stats::LatencyHistogram;
-use serde::Serialize;
 
 use crate::settings::Settings;
 use crate::{CliError, CliResult, Output};
@@ -36,61 +34,6 @@ Examples:
   bulkheadctl stat --from shop/web -o json      # what web calls
   bulkheadctl stat -n shop -w";
 
-/// One row: a version, or (with `from`) one caller's edge into it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Row {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    from: Option<String>,
-    namespace: String,
-    service: String,
-    version: String,
-    rps: f64,
-    success_rate: Option<f64>,
-    p50_ms: Option<f64>,
-    p95_ms: Option<f64>,
-    p99_ms: Option<f64>,
-    requests: u64,
-    failures: u64,
-    mesh_errors: u64,
-}
-
-impl Row {
-    fn new(
-        from: Option<String>,
-        v: &pb::VersionStats,
-        counts: (u64, u64, u64, &[u64]),
-        seconds: f64,
-    ) -> Self {
-        let (requests, failures, mesh_errors, latency) = counts;
-        let latency = LatencyHistogram::from_counts(latency).unwrap_or_default();
-        let round = |x: f64, places: i32| (x * 10f64.powi(places)).round() / 10f64.powi(places);
-        Self {
-            from,
-            namespace: v.namespace.clone(),
-            service: v.service.clone(),
-            version: v.version.clone(),
-            rps: round(requests as f64 / seconds, 2),
-            success_rate: (requests > 0)
-                .then(|| round(1.0 - failures.min(requests) as f64 / requests as f64, 4)),
-            p50_ms: latency.quantile(0.50).map(|q| round(q, 2)),
-            p95_ms: latency.quantile(0.95).map(|q| round(q, 2)),
-            p99_ms: latency.quantile(0.99).map(|q| round(q, 2)),
-            requests,
-            failures,
-            mesh_errors,
-        }
-    }
-}
-
-/// A caller as `ns/sa` when it is a SPIFFE ID of the mesh's shape.
-fn short(caller: &str) -> String {
-    caller
-        .parse::<SpiffeId>()
-        .map(|id| format!("{}/{}", id.namespace(), id.service_account()))
-        .unwrap_or_else(|_| caller.to_owned())
-}
-
 /// Whether `caller` (a SPIFFE ID) is what `--from` names.
 fn caller_matches(wanted: &str, caller: &str, namespace: Option<&str>) -> bool {
     if wanted.starts_with("spiffe://") {
@@ -104,37 +47,13 @@ fn caller_matches(wanted: &str, caller: &str, namespace: Option<&str>) -> bool {
 }
 
 fn rows(args: &StatArgs<'_>, resp: &pb::StatsResponse) -> Vec<Row> {
-    let seconds = ((resp.to_unix_ms - resp.from_unix_ms) as f64 / 1000.0).max(0.001);
-    let mut rows = Vec::new();
-    for v in &resp.versions {
-        let totals = (
-            v.requests,
-            v.failures,
-            v.mesh_errors,
-            v.latency_counts.as_slice(),
-        );
-        match args.from {
-            None if args.to.is_none() => rows.push(Row::new(None, v, totals, seconds)),
-            _ => {
-                for c in &v.callers {
-                    if args
-                        .from
-                        .is_some_and(|f| !caller_matches(f, &c.caller, args.namespace))
-                    {
-                        continue;
-                    }
-                    let counts = (
-                        c.requests,
-                        c.failures,
-                        c.mesh_errors,
-                        c.latency_counts.as_slice(),
-                    );
-                    rows.push(Row::new(Some(short(&c.caller)), v, counts, seconds));
-                }
-            }
-        }
+    match args.from {
+        None if args.to.is_none() => golden::version_rows(resp),
+        _ => golden::edge_rows(resp, |caller| {
+            args.from
+                .is_none_or(|f| caller_matches(f, caller, args.namespace))
+        }),
     }
-    rows
 }
 
 /// The service and namespace to ask for: `--to ns/name` wins, then the
@@ -256,6 +175,7 @@ fn table(rows: &[Row], window: Duration, wide: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulkhead_proto::stats::LatencyHistogram;
 
     #[test]
     fn callers_match_as_operators_write_them() {
