@@ -47,6 +47,8 @@ pub struct ControlPlane {
     pub topology: Option<Arc<crate::topology::Topology>>,
     /// What sidecars report, shared with the other replicas.
     pub measurements: Arc<crate::measure::Measurements>,
+    /// The mesh event stream's writer.
+    pub events: Arc<crate::events::Events>,
 }
 
 impl std::fmt::Debug for ControlPlane {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod certs;
+mod events;
 mod inject;
 mod ops;
 mod rollout;
@@ -86,7 +87,8 @@ Examples:
   bulkheadctl --credentials ./ca apply -f shop.yaml
   bulkheadctl --credentials ./ca get allowlists -n shop -o yaml
   bulkheadctl --credentials ./ca endpoints inventory -n shop
-  bulkheadctl --credentials ./ca rollout status inventory -n shop -w";
+  bulkheadctl --credentials ./ca rollout status inventory -n shop -w
+  bulkheadctl --credentials ./ca events -n shop --since 10m -w";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -139,6 +141,12 @@ enum Command {
     /// Watch and steer progressive rollouts (Rollout resources).
     #[command(subcommand, after_help = rollout::EXAMPLES)]
     Rollout(rollout::RolloutCommand),
+    /// What happened in the mesh: registrations, expiries, ejections,
+    /// certificates, applies, rollout steps, denials. `-o json` prints one
+    /// CloudEvent per line; `-w` follows, resuming by itself after a
+    /// disconnect.
+    #[command(after_help = events::EXAMPLES)]
+    Events(events::EventsArgs),
     /// Add the sidecar to manifests offline, as the webhook would (`-` for stdin).
     Inject {
         #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
@@ -369,6 +377,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             ops::endpoints(&settings, filter, output).await
         }
         Command::Rollout(command) => rollout::run(&settings, command).await,
+        Command::Events(args) => events::run(&settings, args).await,
         Command::Inject { file, options } => inject::run(&file, *options),
         Command::Completion { shell } => {
             clap_complete::generate(

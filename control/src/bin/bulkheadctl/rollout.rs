@@ -215,11 +215,11 @@ async fn status(
 }
 
 /// Colour only on a terminal, and never with NO_COLOR set.
-fn colour() -> bool {
+pub(crate) fn colour() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn paint(text: &str, code: &str, on: bool) -> String {
+pub(crate) fn paint(text: &str, code: &str, on: bool) -> String {
     if on {
         format!("\x1b[{code}m{text}\x1b[0m")
     } else {
