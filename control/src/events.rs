@@ -7,9 +7,12 @@
 //!   invented. What has no write of its own (a refused certificate, an
 //!   expired lease, what sidecars publish) is written alone ([`upkeep`]).
 //! - Keyed by time, `events/<unix-ms, 13 digits>-<replica>-<n>`: a `--since`
-//!   is one range read. The CloudEvent `id` is the key's mod revision, so
-//!   it is unique and increasing mesh-wide and a repeat is recognisable;
-//!   it is not stored in the value (which cannot know it) but set on read.
+//!   is one range read. The CloudEvent `id` is derived from the key's mod
+//!   revision: `revision × 1000 + n`, n the event's place among those one
+//!   transaction wrote (in key order, which is the order they were made),
+//!   so it is unique and increasing mesh-wide and a repeat is
+//!   recognisable; it is not stored in the value (which cannot know it)
+//!   but set on read ([`number`]).
 //! - Bounded: every key is on a lease of the retention (plus margin), and
 //!   the replica that leads rollouts deletes what is older than the
 //!   retention or beyond the count bound, oldest first, noting the newest
@@ -54,6 +57,45 @@ pub(crate) const LOST: &str = "dev.bulkhead.events.lost";
 /// The types a sidecar may publish (`Discovery.PublishEvents`).
 pub(crate) const SIDECAR_TYPES: [&str; 3] = [ENDPOINT_EJECTED, ENDPOINT_READMITTED, AUTHZ_DENIED];
 
+/// A CloudEvent id as a number (see the module docs).
+pub(crate) type EventId = i64;
+
+/// Events one transaction may write (etcd allows 128 operations).
+const IDS_PER_REVISION: i64 = 1000;
+
+/// The id of the `n`th event written at `revision`.
+pub(crate) fn event_id(revision: Revision, n: usize) -> EventId {
+    revision.saturating_mul(IDS_PER_REVISION).saturating_add(
+        i64::try_from(n)
+            .unwrap_or(i64::MAX)
+            .min(IDS_PER_REVISION - 1),
+    )
+}
+
+/// The last id an event written at `revision` can have.
+pub(crate) fn last_id_of(revision: Revision) -> EventId {
+    event_id(revision, usize::MAX)
+}
+
+/// Stored events with their ids: sorted by (revision, key), numbered
+/// within each revision.
+pub(crate) fn number(mut kvs: Vec<&KeyValue>) -> Vec<(EventId, &KeyValue)> {
+    kvs.sort_by(|a, b| (a.mod_revision, &a.key).cmp(&(b.mod_revision, &b.key)));
+    let mut out = Vec::with_capacity(kvs.len());
+    let mut n = 0;
+    let mut last = None;
+    for kv in kvs {
+        n = if last == Some(kv.mod_revision) {
+            n + 1
+        } else {
+            0
+        };
+        last = Some(kv.mod_revision);
+        out.push((event_id(kv.mod_revision, n), kv));
+    }
+    out
+}
+
 /// Retention of the event stream (validated at the edge).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventSettings {
@@ -94,10 +136,10 @@ pub(crate) struct CloudEvent {
 }
 
 impl CloudEvent {
-    /// Parses a stored event and gives it its id (the key's mod revision).
-    pub(crate) fn from_kv(kv: &KeyValue) -> Option<Self> {
+    /// Parses a stored event and gives it its id.
+    pub(crate) fn from_kv(kv: &KeyValue, id: EventId) -> Option<Self> {
         let mut event: Self = serde_json::from_slice(&kv.value).ok()?;
-        event.id = kv.mod_revision.to_string();
+        event.id = id.to_string();
         Some(event)
     }
 
@@ -394,8 +436,8 @@ mod tests {
         let (kvs, _) = store.list(keys::EVENTS).await.unwrap();
         assert_eq!(kvs.len(), 1);
         assert!(!String::from_utf8_lossy(&kvs[0].value).contains("\"id\""));
-        let event = CloudEvent::from_kv(&kvs[0]).unwrap();
-        assert_eq!(event.id, revision.to_string());
+        let event = CloudEvent::from_kv(&kvs[0], event_id(revision, 0)).unwrap();
+        assert_eq!(event.id, (revision * 1000).to_string());
         assert_eq!(event.kind, RESOURCE_APPLIED);
         assert_eq!(event.specversion, "1.0");
         assert_eq!(event.namespace, "shop");

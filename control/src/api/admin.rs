@@ -1,5 +1,7 @@
 //! `Admin` service: what operators (`bulkheadctl`) may do — apply, get and
-//! delete resources, list endpoints, read per-version stats. Callers must present a certificate whose
+//! delete resources, list endpoints, read per-version stats, follow the
+//! mesh event stream (`WatchEvents`, see [`crate::events`]). Callers must
+//! present a certificate whose
 //! identity is one of the control plane's operators.
 
 use std::pin::Pin;
@@ -82,13 +84,13 @@ pub(crate) fn events_query(req: pb::WatchEventsRequest) -> Result<feed::Query, S
             "type filter {bad:?}: expected a type such as dev.bulkhead.endpoint.expired or a prefix such as endpoint"
         )));
     }
-    if req.after_revision < 0 || req.since_unix_ms < 0 {
+    if req.after_id < 0 || req.since_unix_ms < 0 {
         return Err(Status::invalid_argument(
-            "after_revision and since_unix_ms cannot be negative",
+            "after_id and since_unix_ms cannot be negative",
         ));
     }
     Ok(feed::Query {
-        after_revision: req.after_revision,
+        after_id: req.after_id,
         since_unix_ms: req.since_unix_ms,
         namespace: (!req.namespace.is_empty()).then_some(req.namespace),
         types: req.types,
@@ -109,7 +111,7 @@ fn event_stream(store: Arc<dyn crate::store::Store>, query: feed::Query) -> Even
     });
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|d| {
         Ok(pb::MeshEvent {
-            revision: d.revision,
+            id: d.id,
             r#type: d.kind,
             namespace: d.namespace,
             cloudevent_json: d.json,

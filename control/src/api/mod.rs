@@ -2,7 +2,8 @@
 //!
 //! - [`identity`]: `Certify` (attestation + CSR → certificate) and `Renew`.
 //! - [`discovery`]: endpoint registration on leases, and the `Watch` push.
-//! - [`admin`]: apply/get/delete resources and list endpoints, for operators;
+//! - [`admin`]: apply/get/delete resources, list endpoints and follow the
+//!   event stream, for operators;
 //!   the trust calls live in [`trust`].
 //!
 //! Every handler takes the caller's identity from its client certificate

@@ -1,6 +1,6 @@
 //! One consumer's view of the event stream (gRPC `WatchEvents` and
-//! `GET /v1/events` both use it): the kept events after a revision or a
-//! time, in revision order, then new ones as they are written.
+//! `GET /v1/events` both use it): the kept events after an id or a time,
+//! in id order, then new ones as they are written.
 //!
 //! The backlog is a range read by time, never the store's watch history
 //! (which etcd compaction removes): so a consumer resuming from an old id
@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{CloudEvent, Horizon, LOST, rfc3339, type_matches};
+use super::{CloudEvent, EventId, Horizon, LOST, last_id_of, number, rfc3339, type_matches};
 use crate::keys;
 use crate::store::{Event, Revision, Store, StoreError};
 
@@ -27,13 +27,13 @@ const CLOCK_SKEW: i64 = 60_000;
 /// A consumer that does not take an event for this long is disconnected
 /// rather than buffered for.
 pub(crate) const SLOW_CONSUMER: Duration = Duration::from_secs(30);
-/// Without a revision or a time: the last hour.
+/// Without an id or a time: the last hour.
 pub(crate) const DEFAULT_LOOKBACK_MS: i64 = 3_600_000;
 
 /// What a consumer asks for.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Query {
-    pub after_revision: Revision,
+    pub after_id: EventId,
     pub since_unix_ms: i64,
     pub namespace: Option<String>,
     pub types: Vec<String>,
@@ -43,8 +43,8 @@ pub(crate) struct Query {
 /// One event as sent.
 #[derive(Clone, Debug)]
 pub(crate) struct Delivered {
-    /// The id as a number (for a LOST marker: the revision to resume after).
-    pub revision: Revision,
+    /// The id as a number (for a LOST marker: the id to resume after).
+    pub id: EventId,
     pub kind: String,
     pub namespace: String,
     pub json: String,
@@ -66,8 +66,8 @@ pub(crate) enum FeedError {
 struct Cursor<'a> {
     query: &'a Query,
     tx: &'a mpsc::Sender<Delivered>,
-    /// The highest revision sent (or asked to start after).
-    after: Revision,
+    /// The highest id sent (or asked to start after).
+    after: EventId,
     /// The time (key ms) of the last event sent.
     last_ms: i64,
 }
@@ -82,17 +82,12 @@ impl Cursor<'_> {
     }
 
     /// Sends a kept event if it is new to the consumer and passes its filters.
-    async fn offer(
-        &mut self,
-        key: &str,
-        event: CloudEvent,
-        revision: Revision,
-    ) -> Result<(), FeedError> {
+    async fn offer(&mut self, key: &str, event: CloudEvent, id: EventId) -> Result<(), FeedError> {
         let at = keys::event_time(key).unwrap_or(0);
-        if revision <= self.after || at < self.query.since_unix_ms {
+        if id <= self.after || at < self.query.since_unix_ms {
             return Ok(());
         }
-        self.after = revision;
+        self.after = id;
         self.last_ms = self.last_ms.max(at);
         if !type_matches(&self.query.types, &event.kind)
             || self
@@ -104,7 +99,7 @@ impl Cursor<'_> {
             return Ok(());
         }
         self.send(Delivered {
-            revision,
+            id,
             kind: event.kind.clone(),
             namespace: event.namespace.clone(),
             json: event.to_json(),
@@ -114,8 +109,9 @@ impl Cursor<'_> {
 
     /// Says what retention deleted, if the consumer asked for any of it.
     async fn announce_losses(&mut self, horizon: Horizon) -> Result<(), FeedError> {
+        let lost_through = last_id_of(horizon.revision);
         let lost = if self.after > 0 {
-            self.after < horizon.revision
+            self.after < lost_through
         } else {
             horizon.revision > 0 && self.query.since_unix_ms <= horizon.unix_ms
         };
@@ -123,17 +119,17 @@ impl Cursor<'_> {
             return Ok(());
         }
         let data = serde_json::json!({
-            "afterRevision": self.after,
+            "afterId": self.after,
             "since": rfc3339(self.query.since_unix_ms),
-            "lostThroughRevision": horizon.revision,
+            "lostThroughId": lost_through,
             "lostBefore": rfc3339(horizon.unix_ms),
             "reason": "retention",
         });
-        self.after = self.after.max(horizon.revision);
-        self.send(lost_marker(horizon.revision, data)).await
+        self.after = self.after.max(lost_through);
+        self.send(lost_marker(lost_through, data)).await
     }
 
-    /// The kept events after the cursor, in revision order; returns the
+    /// The kept events after the cursor, in id order; returns the
     /// revision the read was made at.
     async fn backlog(&mut self, store: &dyn Store) -> Result<Revision, FeedError> {
         let horizon = Horizon::read(store).await?;
@@ -148,24 +144,24 @@ impl Cursor<'_> {
         let (kvs, read_at) = store
             .range(&keys::events_at(from - CLOCK_SKEW), &keys::events_end())
             .await?;
-        let mut kept: Vec<_> = kvs
+        let fresh = kvs
             .iter()
-            .filter(|kv| kv.mod_revision > self.after)
-            .filter_map(|kv| Some((kv.mod_revision, kv.key.as_str(), CloudEvent::from_kv(kv)?)))
+            .filter(|kv| last_id_of(kv.mod_revision) > self.after)
             .collect();
-        kept.sort_by_key(|(revision, ..)| *revision);
-        for (revision, key, event) in kept {
-            self.offer(key, event, revision).await?;
+        for (id, kv) in number(fresh) {
+            if let Some(event) = CloudEvent::from_kv(kv, id) {
+                self.offer(&kv.key, event, id).await?;
+            }
         }
         Ok(read_at)
     }
 }
 
-/// A LOST marker: `revision` is where the consumer may resume after.
-fn lost_marker(revision: Revision, data: serde_json::Value) -> Delivered {
+/// A LOST marker: `id` is where the consumer may resume after.
+fn lost_marker(id: EventId, data: serde_json::Value) -> Delivered {
     let event = CloudEvent {
         specversion: "1.0".to_owned(),
-        id: format!("lost-{revision}"),
+        id: format!("lost-{id}"),
         source: "/bulkhead-control".to_owned(),
         kind: LOST.to_owned(),
         subject: String::new(),
@@ -175,7 +171,7 @@ fn lost_marker(revision: Revision, data: serde_json::Value) -> Delivered {
         data,
     };
     Delivered {
-        revision,
+        id,
         kind: LOST.to_owned(),
         namespace: String::new(),
         json: event.to_json(),
@@ -189,11 +185,11 @@ pub(crate) async fn run(
     mut query: Query,
     tx: mpsc::Sender<Delivered>,
 ) -> Result<(), FeedError> {
-    if query.after_revision == 0 && query.since_unix_ms == 0 {
+    if query.after_id == 0 && query.since_unix_ms == 0 {
         query.since_unix_ms = super::now_ms() - DEFAULT_LOOKBACK_MS;
     }
     let mut cursor = Cursor {
-        after: query.after_revision.max(0),
+        after: query.after_id.max(0),
         query: &query,
         tx: &tx,
         last_ms: 0,
@@ -211,11 +207,17 @@ pub(crate) async fn run(
             };
             match batch {
                 Some(Ok(batch)) => {
-                    for event in batch.events {
-                        if let Event::Put(kv) = event
-                            && let Some(cloud) = CloudEvent::from_kv(&kv)
-                        {
-                            cursor.offer(&kv.key, cloud, kv.mod_revision).await?;
+                    let puts = batch
+                        .events
+                        .iter()
+                        .filter_map(|e| match e {
+                            Event::Put(kv) => Some(kv),
+                            Event::Delete { .. } => None,
+                        })
+                        .collect();
+                    for (id, kv) in number(puts) {
+                        if let Some(event) = CloudEvent::from_kv(kv, id) {
+                            cursor.offer(&kv.key, event, id).await?;
                         }
                     }
                 }
@@ -237,7 +239,52 @@ pub(crate) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{RESOURCE_APPLIED, test_support, upkeep};
+    use crate::events::{RESOURCE_APPLIED, event_id, test_support, upkeep};
+
+    fn ids(revisions: &[Revision]) -> Vec<EventId> {
+        revisions.iter().map(|r| event_id(*r, 0)).collect()
+    }
+
+    #[tokio::test]
+    async fn events_of_one_transaction_get_ids_in_the_order_they_were_made() {
+        let (store, _, events) = test_support::events();
+        let batch = (0..3)
+            .map(|i| {
+                crate::events::NewEvent::new(
+                    RESOURCE_APPLIED,
+                    "shop",
+                    format!("s{i}"),
+                    serde_json::json!({}),
+                )
+            })
+            .collect();
+        let revision = events.write(batch).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let query = Query {
+            since_unix_ms: 1,
+            ..Query::default()
+        };
+        run(store.clone(), query.clone(), tx).await.unwrap();
+        let got = drain(&mut rx, 3).await;
+        assert_eq!(
+            got.iter().map(|d| d.id).collect::<Vec<_>>(),
+            (0..3).map(|n| event_id(revision, n)).collect::<Vec<_>>()
+        );
+        assert!(got[2].json.contains("\"subject\":\"s2\""));
+        // Resuming inside the transaction: the rest of it.
+        let (tx, mut rx) = mpsc::channel(8);
+        run(
+            store.clone(),
+            Query {
+                after_id: got[0].id,
+                ..query
+            },
+            tx,
+        )
+        .await
+        .unwrap();
+        assert_eq!(drain(&mut rx, 2).await[0].id, got[1].id);
+    }
 
     async fn drain(rx: &mut mpsc::Receiver<Delivered>, n: usize) -> Vec<Delivered> {
         let mut out = Vec::new();
@@ -259,19 +306,19 @@ mod tests {
         // Resume after the 4th: the 6 after it, in order, then live ones.
         let (tx, mut rx) = mpsc::channel(4);
         let query = Query {
-            after_revision: first[3],
+            after_id: event_id(first[3], 0),
             follow: true,
             ..Query::default()
         };
         let task = tokio::spawn(run(store.clone(), query, tx));
         let got = drain(&mut rx, 6).await;
         assert_eq!(
-            got.iter().map(|d| d.revision).collect::<Vec<_>>(),
-            first[4..]
+            got.iter().map(|d| d.id).collect::<Vec<_>>(),
+            ids(&first[4..])
         );
         let live = test_support::write(&events, 3).await;
         let got = drain(&mut rx, 3).await;
-        assert_eq!(got.iter().map(|d| d.revision).collect::<Vec<_>>(), live);
+        assert_eq!(got.iter().map(|d| d.id).collect::<Vec<_>>(), ids(&live));
         drop(rx);
         assert!(matches!(task.await.unwrap(), Err(FeedError::Gone)));
 
@@ -282,14 +329,14 @@ mod tests {
             .unwrap();
         let (tx, mut rx) = mpsc::channel(200);
         let query = Query {
-            after_revision: first[3],
+            after_id: event_id(first[3], 0),
             ..Query::default()
         };
         run(store.clone(), query, tx).await.unwrap();
         let got = drain(&mut rx, 101).await;
         assert_eq!(got[0].kind, LOST);
         assert!(got[1..].iter().all(|d| d.kind == RESOURCE_APPLIED));
-        assert!(got[1..].windows(2).all(|w| w[0].revision < w[1].revision));
+        assert!(got[1..].windows(2).all(|w| w[0].id < w[1].id));
         assert!(rx.try_recv().is_err());
     }
 }

@@ -69,7 +69,7 @@ pub(crate) async fn serve<B>(
         Ok(q) => q,
         Err(message) => return Ok(plain(http::StatusCode::BAD_REQUEST, message)),
     };
-    tracing::debug!(%peer, after = query.after_revision, "event stream (SSE) opened");
+    tracing::debug!(%peer, after = query.after_id, "event stream (SSE) opened");
     let (tx, rx) = mpsc::channel(QUEUE);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let store = plane.store.clone();
@@ -105,7 +105,7 @@ fn frames(
         |(mut rx, mut done, mut heartbeat)| async move {
             let text = tokio::select! {
                 event = rx.recv() => match event {
-                    Some(d) => format!("id: {}\nevent: {}\ndata: {}\n\n", d.revision, d.kind, d.json),
+                    Some(d) => format!("id: {}\nevent: {}\ndata: {}\n\n", d.id, d.kind, d.json),
                     None => {
                         let result = done.take()?.await;
                         match result {
@@ -128,7 +128,7 @@ fn parse<B>(request: &http::Request<B>) -> Result<feed::Query, String> {
         ..feed::Query::default()
     };
     if let Some(id) = request.headers().get("last-event-id") {
-        query.after_revision = id
+        query.after_id = id
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
@@ -142,8 +142,8 @@ fn parse<B>(request: &http::Request<B>) -> Result<feed::Query, String> {
     for pair in text.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
-            "after" if query.after_revision == 0 => {
-                query.after_revision = value
+            "after" if query.after_id == 0 => {
+                query.after_id = value
                     .parse::<i64>()
                     .ok()
                     .filter(|n| *n >= 0)
@@ -191,13 +191,13 @@ mod tests {
             Some("42"),
         ))
         .unwrap();
-        assert_eq!(q.after_revision, 42);
+        assert_eq!(q.after_id, 42);
         assert_eq!(q.namespace.as_deref(), Some("shop"));
         assert_eq!(q.types, ["endpoint"]);
         assert_eq!(
             parse(&request("/v1/events?after=7", None))
                 .unwrap()
-                .after_revision,
+                .after_id,
             7
         );
         assert!(parse(&request("/v1/events", Some("x"))).is_err());

@@ -56,7 +56,7 @@ pub(crate) async fn run(settings: &Settings, args: EventsArgs) -> CliResult {
     let mut backoff = Duration::from_millis(200);
     loop {
         let request = pb::WatchEventsRequest {
-            after_revision: after,
+            after_id: after,
             since_unix_ms: if after > 0 { 0 } else { since_ms.max(1) },
             namespace: args.namespace.clone().unwrap_or_default(),
             types: args.types.clone(),
@@ -66,7 +66,7 @@ pub(crate) async fn run(settings: &Settings, args: EventsArgs) -> CliResult {
         let result = async {
             let mut stream = client.watch_events(request).await?.into_inner();
             while let Some(event) = stream.message().await? {
-                after = after.max(event.revision);
+                after = after.max(event.id);
                 printer.print(&event).map_err(Interrupted::Output)?;
                 backoff = Duration::from_millis(200);
             }
