@@ -205,6 +205,8 @@ pub struct Events {
     /// retention (as `measure` does for `stats/`).
     lease: Mutex<Option<(LeaseId, tokio::time::Instant)>>,
     pub(crate) refusals: upkeep::Refusals,
+    /// What sidecars published, against their budget.
+    pub(crate) publishers: upkeep::Publishers,
 }
 
 impl std::fmt::Debug for Events {
@@ -230,6 +232,7 @@ impl Events {
             sequence: AtomicU64::new(0),
             lease: Mutex::new(None),
             refusals: upkeep::Refusals::default(),
+            publishers: upkeep::Publishers::default(),
         }
     }
 

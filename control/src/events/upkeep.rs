@@ -23,6 +23,45 @@ const TRIM_PERIOD: Duration = Duration::from_secs(5);
 /// Events deleted per transaction (etcd allows 128 operations).
 const TRIM_BATCH: usize = 100;
 
+/// Sidecar events one identity may publish per [`PUBLISH_WINDOW`] (to one
+/// replica): far above what ejections and 10 s denial windows make, low
+/// enough that a compromised sidecar cannot push everyone else's events
+/// out of the retention.
+const PUBLISH_BUDGET: u32 = 300;
+const PUBLISH_WINDOW: Duration = Duration::from_secs(10);
+/// Identities tracked per window (beyond: all share one budget).
+const MAX_PUBLISHERS: usize = 4096;
+
+/// What each sidecar identity has published in the current window.
+#[derive(Debug, Default)]
+pub(crate) struct Publishers {
+    window: Mutex<(Option<tokio::time::Instant>, HashMap<String, u32>)>,
+}
+
+impl Publishers {
+    /// How many of `wanted` events `identity` may still publish now.
+    pub(crate) fn allow(&self, identity: &str, wanted: usize) -> usize {
+        let now = tokio::time::Instant::now();
+        let mut guard = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (started, used) = &mut *guard;
+        if started.is_none_or(|s| now.duration_since(s) >= PUBLISH_WINDOW) {
+            *started = Some(now);
+            used.clear();
+        }
+        let key = if used.len() >= MAX_PUBLISHERS && !used.contains_key(identity) {
+            String::new()
+        } else {
+            identity.to_owned()
+        };
+        let spent = used.entry(key).or_default();
+        let allowed = PUBLISH_BUDGET
+            .saturating_sub(*spent)
+            .min(u32::try_from(wanted).unwrap_or(u32::MAX));
+        *spent += allowed;
+        allowed as usize
+    }
+}
+
 /// Certificate refusals in the current window.
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
@@ -274,6 +313,17 @@ mod tests {
             Horizon::read(store.as_ref()).await.unwrap().revision,
             revisions[129]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sidecar_publishes_within_a_budget_per_window() {
+        let publishers = Publishers::default();
+        assert_eq!(publishers.allow("a", 100), 100);
+        assert_eq!(publishers.allow("a", 250), 200);
+        assert_eq!(publishers.allow("a", 1), 0);
+        assert_eq!(publishers.allow("b", 1), 1, "each identity its own");
+        tokio::time::advance(PUBLISH_WINDOW).await;
+        assert_eq!(publishers.allow("a", 1), 1, "a new window");
     }
 
     #[test]

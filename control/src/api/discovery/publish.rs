@@ -1,7 +1,8 @@
 //! `Discovery.PublishEvents`: what a sidecar saw (ejections, readmissions,
 //! aggregated denials), checked and written to the event stream. The
 //! source and namespace come from the caller's certificate; the type must
-//! be one sidecars may publish; sizes are bounded.
+//! be one sidecars may publish; sizes and each identity's rate are bounded
+//! (see [`crate::events::upkeep::Publishers`]).
 
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::pb;
@@ -49,6 +50,14 @@ impl DiscoveryService {
                     tracing::debug!(%identity, reason = why, "sidecar event refused");
                 }
             }
+        }
+        let allowed = self.plane.events.publishers.allow(&source, accepted.len());
+        if allowed < accepted.len() {
+            let over = (accepted.len() - allowed) as u64;
+            metrics::counter!("bulkhead_sidecar_events_refused_total", "reason" => "rate")
+                .increment(over);
+            tracing::debug!(%identity, over, "sidecar over its event budget; events dropped");
+            accepted.truncate(allowed);
         }
         let count = accepted.len() as u32;
         if !accepted.is_empty() {
