@@ -4,8 +4,7 @@
 //! endpoint registration kept alive on its lease (reporting the certificate
 //! served with, at registration and after each renewal, so operators see
 //! which root each endpoint is on), with this endpoint's inbound
-//! aggregates reported beside it ([`report`]) and what it saw published
-//! to the event stream ([`crate::events`]).
+//! aggregates reported beside it ([`report`]).
 //!
 //! An outage changes nothing on the data path: the last state stays
 //! published and `bulkhead_control_plane_connected` drops to 0.
@@ -279,8 +278,6 @@ impl Registration {
             locality,
             certificate,
         ));
-        // Ejections and denials ride the same channel (bounded, batched).
-        crate::events::start(channel.clone());
         let reporter = tokio::spawn(report::report_forever(
             channel.clone(),
             record.clone(),
