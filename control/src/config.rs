@@ -228,6 +228,16 @@ pub struct ControlArgs {
     #[arg(long, env = "BULKHEAD_STATS_RETENTION", default_value = "15m", value_parser = parse_stats_retention)]
     pub stats_retention: Duration,
 
+    /// How long mesh events stay in the store, at least 1m (`bulkheadctl
+    /// events`, `WatchEvents`, `GET /v1/events` can look back this far).
+    #[arg(long, env = "BULKHEAD_EVENTS_RETENTION", default_value = "26h", value_parser = parse_events_retention)]
+    pub events_retention: Duration,
+
+    /// Most mesh events kept in the store, at least 100: beyond it the
+    /// oldest are deleted (consumers behind are told what they lost).
+    #[arg(long, env = "BULKHEAD_EVENTS_MAX", default_value = "100000", value_parser = clap::value_parser!(u64).range(100..))]
+    pub events_max: u64,
+
     /// DNS names for the control plane's own serving certificate, comma separated.
     #[arg(
         long,
@@ -317,6 +327,10 @@ fn parse_report_interval(text: &str) -> Result<Duration, String> {
 
 fn parse_stats_retention(text: &str) -> Result<Duration, String> {
     at_least(text, crate::measure::MIN_RETENTION, "1m")
+}
+
+fn parse_events_retention(text: &str) -> Result<Duration, String> {
+    at_least(text, crate::events::MIN_RETENTION, "1m")
 }
 
 const EXAMPLES: &str = "\
@@ -428,6 +442,11 @@ mod tests {
         assert_eq!(a.stats_retention, Duration::from_secs(3600));
         let e = parse(&["--report-interval", "100ms"]).unwrap_err();
         assert!(e.to_string().contains("at least 500ms"), "{e}");
+        let a = parse(&["--events-retention", "2h", "--events-max", "500"]).unwrap();
+        assert_eq!(a.events_retention, Duration::from_secs(7200));
+        assert_eq!(a.events_max, 500);
+        assert!(parse(&["--events-max", "5"]).is_err());
+        assert!(parse(&["--events-retention", "5s"]).is_err());
         let e = parse(&["--stats-retention", "30s"]).unwrap_err();
         assert!(e.to_string().contains("at least 1m"), "{e}");
         assert!(parse(&["--listen", "nonsense"]).is_err());

@@ -19,6 +19,7 @@ use prost::Message;
 use tokio::sync::{broadcast, watch};
 
 use crate::ca::TrustRecord;
+use crate::events::upkeep::Unexplained;
 use crate::keys;
 use crate::store::{Event, Revision, Store, StoreError};
 
@@ -28,6 +29,8 @@ pub(crate) use watchers::Watchers;
 
 /// How many deltas a slow subscriber may fall behind before it resyncs.
 const DELTA_BUFFER: usize = 1024;
+/// Batches of unexplained endpoint deletions kept for a slow reader.
+const DELETION_BUFFER: usize = 256;
 
 /// One change to the view. Deletions carry the object that was removed, so
 /// subscribers can tell whether it concerned them.
@@ -114,7 +117,7 @@ impl View {
             Event::Put(kv) => kv.key.as_str(),
             Event::Delete { key, .. } => key.as_str(),
         };
-        if key.starts_with(keys::STATS) {
+        if key.starts_with(keys::STATS) || key.starts_with(keys::EVENTS) {
             return None;
         }
         match event {
@@ -199,6 +202,8 @@ pub struct Hub {
     trust: watch::Sender<Option<Arc<TrustRecord>>>,
     /// The subscribers, and whether each has been sent what concerns it.
     watchers: Arc<Watchers>,
+    /// Endpoint deletions no event explains (lease expiries).
+    unexplained: broadcast::Sender<Arc<Vec<Unexplained>>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -226,6 +231,7 @@ impl Hub {
             revision: watch::Sender::new(0),
             trust: watch::Sender::new(None),
             watchers: Arc::default(),
+            unexplained: broadcast::channel(DELETION_BUFFER).0,
         }
     }
 
@@ -238,6 +244,13 @@ impl Hub {
     /// told of every change.
     pub fn trust(&self) -> watch::Receiver<Option<Arc<TrustRecord>>> {
         self.trust.subscribe()
+    }
+
+    /// Every endpoint deletion seen from now on that no event written in
+    /// the same transaction explains (a deregistration writes one; a lease
+    /// expiry cannot).
+    pub(crate) fn unexplained_deletions(&self) -> broadcast::Receiver<Arc<Vec<Unexplained>>> {
+        self.unexplained.subscribe()
     }
 
     /// Read access to the current view.
@@ -313,6 +326,7 @@ impl Hub {
     }
 
     fn apply(&self, revision: Revision, events: &[Event]) {
+        self.note_unexplained(events);
         let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
         let changes: Vec<Change> = events.iter().filter_map(|e| view.apply(e)).collect();
         view.revision = view.revision.max(revision);
@@ -329,6 +343,36 @@ impl Hub {
         // After the deltas: a Watch that waited for this revision
         // subscribes with the view already holding it.
         self.revision.send_replace(view.revision);
+    }
+
+    fn note_unexplained(&self, events: &[Event]) {
+        if self.unexplained.receiver_count() == 0 {
+            return;
+        }
+        let explained: BTreeSet<Revision> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Put(kv) if kv.key.starts_with(keys::EVENTS) => Some(kv.mod_revision),
+                _ => None,
+            })
+            .collect();
+        let gone: Vec<Unexplained> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delete { key, revision }
+                    if key.starts_with(keys::ENDPOINTS) && !explained.contains(revision) =>
+                {
+                    Some(Unexplained {
+                        key: key.clone(),
+                        revision: *revision,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if !gone.is_empty() {
+            let _ = self.unexplained.send(Arc::new(gone));
+        }
     }
 
     fn publish_trust(&self, record: Option<Arc<TrustRecord>>) {

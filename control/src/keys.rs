@@ -23,6 +23,12 @@
 //!                                          time (JSON, see measure::FlushRecord; on a
 //!                                          lease of the stats retention). Sorting by
 //!                                          key sorts by time: a window is one range read.
+//! events/<unix-ms, 13 digits>-<replica>-<random>-<n, 10 digits>
+//!                                          one mesh event, a CloudEvent without its id
+//!                                          (JSON, see events; the id is the key's mod
+//!                                          revision), on a lease of the events retention
+//! events-horizon                           the newest revision and time of an event the
+//!                                          retention deleted (JSON, see events::Horizon)
 //! ```
 
 use bulkhead_proto::model::Kind;
@@ -37,6 +43,8 @@ pub(crate) const ROLLOUTS: &str = "rollouts/";
 pub(crate) const ROLLOUT_COMMANDS: &str = "rollout-commands/";
 pub(crate) const ROLLOUT_LEADER: &str = "leader/rollouts";
 pub(crate) const STATS: &str = "stats/";
+pub(crate) const EVENTS: &str = "events/";
+pub(crate) const EVENTS_HORIZON: &str = "events-horizon";
 /// Never written: listing it reads only the store's current revision.
 pub(crate) const SYNC_PROBE: &str = "sync-probe/";
 
@@ -93,4 +101,26 @@ pub(crate) fn stats_at(unix_ms: i64) -> String {
     // Zero-padded so that keys sort as times do (13 digits hold every
     // millisecond until the year 2286).
     format!("{STATS}{:013}", unix_ms.max(0))
+}
+
+/// Event number `n` of `replica` (name and random suffix), written at `unix_ms`.
+pub(crate) fn event(unix_ms: i64, replica: &str, n: u64) -> String {
+    // Zero-padded: one replica's events of the same millisecond sort
+    // in the order they were made.
+    format!("{}-{replica}-{n:010}", events_at(unix_ms))
+}
+
+/// Where events written at `unix_ms` start (as [`stats_at`]).
+pub(crate) fn events_at(unix_ms: i64) -> String {
+    format!("{EVENTS}{:013}", unix_ms.max(0))
+}
+
+/// Past every event key.
+pub(crate) fn events_end() -> String {
+    format!("{EVENTS}~")
+}
+
+/// The time (unix ms) an event key was written at.
+pub(crate) fn event_time(key: &str) -> Option<i64> {
+    key.strip_prefix(EVENTS)?.get(..13)?.parse().ok()
 }

@@ -8,7 +8,8 @@
 //! replica acts on (roots, the issuer that signs) follows the store's trust
 //! record, which [`ca`] defines. What sidecars report about their traffic
 //! is added up, shared through the store and read back over windows by
-//! [`measure`].
+//! [`measure`]. Everything that happens is an event in the store's
+//! [`events`] stream, which operators and programs follow.
 //!
 //! Beside it: the admission [`webhook`] (sidecar injection, on its own
 //! listener, with a certificate it can make and renew itself), and the one
@@ -26,6 +27,7 @@ pub mod attest;
 pub mod ca;
 pub mod config;
 pub mod dashboard;
+pub mod events;
 pub mod golden;
 mod hub;
 pub mod k8s_api;

@@ -54,6 +54,9 @@ pub struct Settings {
     pub report_interval: Duration,
     /// How long reports stay in the store (`--stats-retention`).
     pub stats_retention: Duration,
+    /// How long and how many mesh events are kept (`--events-retention`,
+    /// `--events-max`).
+    pub events: crate::events::EventSettings,
     pub dns_names: Vec<String>,
     /// Kubernetes service-account token verification, when configured.
     pub k8s: Option<Arc<crate::attest::K8sVerifier>>,
@@ -358,8 +361,13 @@ pub async fn start(
     };
     let (key, signed_by) = serving_cert(&trust, &names)?;
     slot.set(key);
-    let server_config = tls::server_config(trust.bundle(), slot.clone(), false, &[tls::ALPN_H2])
-        .map_err(|e| e.to_string())?;
+    let server_config = tls::server_config(
+        trust.bundle(),
+        slot.clone(),
+        false,
+        &[tls::ALPN_H2, b"http/1.1"],
+    )
+    .map_err(|e| e.to_string())?;
 
     let grpc_listener = TcpListener::bind(settings.listen)
         .await
@@ -389,6 +397,11 @@ pub async fn start(
         },
         &settings.replica,
     ));
+    let events = Arc::new(crate::events::Events::new(
+        store.clone(),
+        settings.events,
+        &settings.replica,
+    ));
     let plane = Arc::new(ControlPlane {
         store: store.clone(),
         trust: trust.clone(),
@@ -401,6 +414,7 @@ pub async fn start(
         measurements: measurements.clone(),
         replica: settings.replica.clone(),
         webhook: webhook_serving,
+        events: events.clone(),
     });
 
     let mut tasks = vec![
@@ -418,6 +432,7 @@ pub async fn start(
         )),
         tokio::spawn(crate::trust::expiry::warn_forever(trust.clone())),
         tokio::spawn(measurements.clone().flush_forever()),
+        tokio::spawn(crate::events::upkeep::refusals_forever(events.clone())),
     ];
     // Fold histogram samples in even when nobody scrapes /metrics.
     {
@@ -438,6 +453,17 @@ pub async fn start(
             replica.clone(),
             settings.leader_lease_ttl,
             leading_tx,
+        )));
+        // Written once, by the replica that leads: expiries and the trim.
+        tasks.push(tokio::spawn(crate::events::upkeep::expiries_forever(
+            events.clone(),
+            hub.unexplained_deletions(),
+            leading.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::events::upkeep::trim_forever(
+            events.clone(),
+            store.clone(),
+            leading.clone(),
         )));
         let controller = crate::rollout::controller::Controller {
             plane: plane.clone(),
@@ -490,25 +516,37 @@ pub async fn start(
     );
     let mut shutdown_rx = shutdown_rx;
     let max = api::MAX_REQUEST_BYTES;
+    // The gRPC services, and beside them on the same TLS listener the
+    // event stream as Server-Sent Events (for web pages).
+    let routes = tonic::service::Routes::new(
+        IdentityServer::new(api::identity::IdentityService::new(plane.clone()))
+            .max_decoding_message_size(max),
+    )
+    .add_service(
+        DiscoveryServer::new(api::discovery::DiscoveryService::new(plane.clone()))
+            .max_decoding_message_size(max),
+    )
+    .add_service(
+        AdminServer::new(api::admin::AdminService::new(plane.clone()))
+            .max_decoding_message_size(max),
+    )
+    .into_axum_router()
+    .route_service(crate::events::sse::PATH, {
+        let plane = plane.clone();
+        tower::service_fn(move |request: http::Request<_>| {
+            crate::events::sse::serve(plane.clone(), request)
+        })
+    });
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(256))
+        // A browser's EventSource may speak HTTP/1.1.
+        .accept_http1(true)
         // Bounds the time to a response (for Watch: to the stream's start,
         // not its length); store calls have their own, shorter limits.
         .timeout(Duration::from_secs(30))
-        .add_service(
-            IdentityServer::new(api::identity::IdentityService::new(plane.clone()))
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            DiscoveryServer::new(api::discovery::DiscoveryService::new(plane.clone()))
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            AdminServer::new(api::admin::AdminService::new(plane.clone()))
-                .max_decoding_message_size(max),
-        );
+        .add_routes(tonic::service::Routes::from(routes));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         ReceiverStream::new(incoming),
         async move {

@@ -396,6 +396,7 @@ async fn scenario(
             // Rollouts in the demo take seconds per step: report often.
             report_interval: Duration::from_secs(1),
             stats_retention: Duration::from_secs(15 * 60),
+            events: Default::default(),
             dns_names: vec!["localhost".into()],
             k8s: None,
             topology: None,

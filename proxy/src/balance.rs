@@ -386,9 +386,22 @@ impl Inner {
         stats
             .ejected_until_ns
             .store(self.nanos(until), Ordering::Relaxed);
+        let seconds = (until - now).as_secs_f64();
         tracing::info!(
-            service = %self.service, %address, port, seconds = (until - now).as_secs_f64(),
+            service = %self.service, %address, port, seconds,
             "ejected endpoint after consecutive failures",
+        );
+        // Rare (once per streak, under the ejection lock): not the data path.
+        crate::events::emit(
+            crate::events::ENDPOINT_EJECTED,
+            format!("{}/{address}:{port}", self.service),
+            serde_json::json!({
+                "service": self.service,
+                "address": address.to_string(),
+                "inboundPort": port,
+                "ejectedForSeconds": seconds,
+                "reason": "consecutive_failures",
+            }),
         );
     }
 }

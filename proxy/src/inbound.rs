@@ -262,7 +262,10 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, inbound: Arc<Inbound>, d
     }
 }
 
-fn deny_log(peer: &SpiffeId, target: &str, label: &str, port: u16, what: &str) {
+/// Counts, logs and reports (aggregated, see [`crate::events`]) one
+/// denied request; `path` is the normalized HTTP path (empty for TCP).
+fn deny_log(peer: &SpiffeId, target: &str, label: &str, port: u16, what: &str, path: &str) {
+    crate::events::denied(peer, target, label, path);
     metrics::counter!("bulkhead_authz_denied_total", "direction" => "inbound", "target" => target.to_owned(), "peer" => peer.to_string(), "rule" => label.to_owned()).increment(1);
     tracing::info!(%peer, target, port, rule = label, request = what, "denied by allow-list");
 }
@@ -285,7 +288,7 @@ async fn tcp_stream(
     );
     match decision.verdict {
         Verdict::Deny => {
-            deny_log(&peer, inbound.service(), &decision.label(), port, "tcp");
+            deny_log(&peer, inbound.service(), &decision.label(), port, "tcp", "");
             return;
         }
         Verdict::AuditAllow => {

@@ -15,7 +15,9 @@
 //! (subscribed to what [`subscriptions`] asks for, grown on demand);
 //! [`admin`] serves /metrics, /ready, /live, /config; [`dns`] answers mesh
 //! names; [`telemetry`] holds request metrics and this version's inbound
-//! aggregates (reported by [`control_client`]); [`http`] the plumbing both
+//! aggregates (reported by [`control_client`]); [`events`] what this
+//! sidecar tells the mesh event stream (ejections, aggregated denials),
+//! never blocking the data path; [`http`] the plumbing both
 //! directions share; [`upgrade`] carries HTTP `Upgrade` (WebSocket) across.
 //!
 //! Public only what other crates use: [`cli::main`] (the binary, and the
@@ -31,6 +33,7 @@ mod config;
 mod control_client;
 mod dns;
 mod drain;
+mod events;
 #[doc(hidden)]
 pub mod fuzz;
 mod http;

@@ -515,6 +515,9 @@ async fn follow_health(
     registered: Registered,
     served: Arc<VersionCounters>,
 ) {
+    // What this sidecar sees (ejections, denials) goes to the event stream
+    // over the same channel from the start, registered or not yet.
+    crate::events::start(control.clone());
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Failed checks in a row; whether the app is taken as ready; whether

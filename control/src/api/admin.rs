@@ -1,16 +1,21 @@
 //! `Admin` service: what operators (`bulkheadctl`) may do — apply, get and
-//! delete resources, list endpoints, read per-version stats. Callers must present a certificate whose
+//! delete resources, list endpoints, read per-version stats, follow the
+//! mesh event stream (`WatchEvents`, see [`crate::events`]). Callers must
+//! present a certificate whose
 //! identity is one of the control plane's operators.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bulkhead_proto::SpiffeId;
 use bulkhead_proto::model::{self, Kind, Resource};
 use bulkhead_proto::pb;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{ControlPlane, now_unix_ms, peer, store_status};
+use crate::events::{self, NewEvent, feed};
 use crate::keys;
 use crate::store::Op;
 
@@ -51,6 +56,79 @@ impl AdminService {
     }
 }
 
+/// Most type filters one request may carry.
+const MAX_TYPE_FILTERS: usize = 32;
+/// Events queued per consumer (it is disconnected when it takes none for
+/// a while, see events::feed).
+const EVENT_QUEUE: usize = 64;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::MeshEvent, Status>> + Send>>;
+
+/// The feed's query from a request, checked.
+pub(crate) fn events_query(req: pb::WatchEventsRequest) -> Result<feed::Query, Status> {
+    validate_optional_name("namespace", &req.namespace)?;
+    if req.types.len() > MAX_TYPE_FILTERS {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_TYPE_FILTERS} type filters, got {}",
+            req.types.len()
+        )));
+    }
+    if let Some(bad) = req.types.iter().find(|t| {
+        t.is_empty()
+            || t.len() > 128
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    }) {
+        return Err(Status::invalid_argument(format!(
+            "type filter {bad:?}: expected a type such as dev.bulkhead.endpoint.expired or a prefix such as endpoint"
+        )));
+    }
+    if req.after_id < 0 || req.since_unix_ms < 0 {
+        return Err(Status::invalid_argument(
+            "after_id and since_unix_ms cannot be negative",
+        ));
+    }
+    Ok(feed::Query {
+        after_id: req.after_id,
+        since_unix_ms: req.since_unix_ms,
+        namespace: (!req.namespace.is_empty()).then_some(req.namespace),
+        types: req.types,
+        follow: req.follow,
+    })
+}
+
+/// Runs the feed for one consumer; the stream ends with the feed's error
+/// as a status (a slow consumer is told why it was cut off).
+fn event_stream(store: Arc<dyn crate::store::Store>, query: feed::Query) -> EventStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        metrics::gauge!("bulkhead_event_consumers").increment(1.0);
+        let result = feed::run(store, query, tx).await;
+        metrics::gauge!("bulkhead_event_consumers").decrement(1.0);
+        let _ = done_tx.send(result);
+    });
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|d| {
+        Ok(pb::MeshEvent {
+            id: d.id,
+            r#type: d.kind,
+            namespace: d.namespace,
+            cloudevent_json: d.json,
+        })
+    });
+    let end = futures::stream::once(done_rx).filter_map(|result| async move {
+        match result {
+            Ok(Err(feed::FeedError::Store(error))) => Some(Err(store_status(error))),
+            Ok(Err(feed::FeedError::TooSlow)) => Some(Err(Status::resource_exhausted(
+                feed::FeedError::TooSlow.to_string(),
+            ))),
+            _ => None,
+        }
+    });
+    Box::pin(events.chain(end))
+}
+
 fn parse_kind(kind: &str) -> Result<Kind, Status> {
     kind.parse::<Kind>().map_err(|_| {
         Status::invalid_argument(format!(
@@ -65,6 +143,57 @@ fn validate_optional_name(what: &'static str, value: &str) -> Result<(), Status>
     }
     bulkhead_proto::identity::validate_name(what, value)
         .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// One `resource.applied` per changed resource when they fit in the
+/// transaction beside the changes (`room` operations left); otherwise one
+/// for the whole apply, naming the first resources.
+fn applied_events(
+    results: &[pb::ApplyResult],
+    by: &SpiffeId,
+    source: &str,
+    room: usize,
+) -> Vec<NewEvent> {
+    let changed: Vec<&pb::ApplyResult> = results
+        .iter()
+        .filter(|r| r.outcome != "unchanged")
+        .collect();
+    if changed.len() <= room {
+        return changed
+            .iter()
+            .map(|r| {
+                NewEvent::new(
+                    events::RESOURCE_APPLIED,
+                    &r.namespace,
+                    format!("{}/{}/{}", r.kind, r.namespace, r.name),
+                    serde_json::json!({
+                        "kind": r.kind,
+                        "namespace": r.namespace,
+                        "name": r.name,
+                        "outcome": r.outcome,
+                        "by": by.to_string(),
+                        "source": source,
+                    }),
+                )
+            })
+            .collect();
+    }
+    let names: Vec<String> = changed
+        .iter()
+        .take(MAX_APPLY_CHANGES)
+        .map(|r| format!("{}/{}/{}", r.kind, r.namespace, r.name))
+        .collect();
+    vec![NewEvent::new(
+        events::RESOURCE_APPLIED,
+        "",
+        source.to_owned(),
+        serde_json::json!({
+            "count": changed.len(),
+            "resources": names,
+            "by": by.to_string(),
+            "source": source,
+        }),
+    )]
 }
 
 fn to_pb(res: &Resource) -> pb::Resource {
@@ -82,7 +211,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        self.authorize(&request, "apply")?;
+        let by = self.authorize(&request, "apply")?;
         let req = request.into_inner();
         let source = if req.source.is_empty() {
             "-"
@@ -124,8 +253,26 @@ impl pb::admin_server::Admin for AdminService {
         }
         let mut revision = 0;
         if !req.dry_run && !ops.is_empty() {
-            // All documents or none.
-            revision = self.plane.store.txn(ops).await.map_err(store_status)?;
+            let room = MAX_APPLY_CHANGES - ops.len();
+            let mut events = applied_events(&results, &by, source, room);
+            // Only a full-size apply leaves no room: its one event follows.
+            let after = if events.len() > room {
+                std::mem::take(&mut events)
+            } else {
+                Vec::new()
+            };
+            // All documents or none, with the events that say so.
+            revision = self
+                .plane
+                .events
+                .txn_with(ops, events)
+                .await
+                .map_err(store_status)?;
+            if !after.is_empty()
+                && let Err(error) = self.plane.events.write(after).await
+            {
+                tracing::warn!(%error, "applied, but the event saying so could not be written");
+            }
             for r in &results {
                 tracing::info!(kind = %r.kind, namespace = %r.namespace, name = %r.name, outcome = %r.outcome, "applied");
             }
@@ -179,7 +326,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.authorize(&request, "delete")?;
+        let by = self.authorize(&request, "delete")?;
         let req = request.into_inner();
         let kind = parse_kind(&req.kind)?;
         let ns = if req.namespace.is_empty() {
@@ -193,16 +340,38 @@ impl pb::admin_server::Admin for AdminService {
             return Err(Status::invalid_argument("delete needs a resource name"));
         }
         let key = keys::resource(kind, ns, &req.name);
-        match self.plane.store.delete(&key).await.map_err(store_status)? {
-            Some(revision) => {
-                tracing::info!(%kind, namespace = ns, name = %req.name, "deleted");
-                Ok(Response::new(pb::DeleteResponse { revision }))
-            }
-            None => Err(Status::not_found(format!(
+        if self
+            .plane
+            .store
+            .get(&key)
+            .await
+            .map_err(store_status)?
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
                 "{kind} {ns}/{} not found",
                 req.name
-            ))),
+            )));
         }
+        let event = NewEvent::new(
+            events::RESOURCE_DELETED,
+            ns,
+            format!("{kind}/{ns}/{}", req.name),
+            serde_json::json!({
+                "kind": kind.to_string(),
+                "namespace": ns,
+                "name": req.name,
+                "by": by.to_string(),
+            }),
+        );
+        let revision = self
+            .plane
+            .events
+            .txn_with(vec![Op::Delete { key }], vec![event])
+            .await
+            .map_err(store_status)?;
+        tracing::info!(%kind, namespace = ns, name = %req.name, "deleted");
+        Ok(Response::new(pb::DeleteResponse { revision }))
     }
 
     async fn list_endpoints(
@@ -296,6 +465,17 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::Health>, Status> {
         self.authorize(&request, "health")?;
         Ok(Response::new(super::health::health(&self.plane).await?))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.authorize(&request, "events")?;
+        let query = events_query(request.into_inner())?;
+        Ok(Response::new(event_stream(self.plane.store.clone(), query)))
     }
 
     async fn get_stats(

@@ -1,6 +1,7 @@
 //! `Discovery` service: endpoint registration on store leases, the
 //! `Watch` stream that pushes each sidecar what concerns it, and the
-//! sidecars' traffic reports ([`report`]).
+//! sidecars' traffic reports ([`report`]) and the events they saw
+//! ([`publish`]).
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -16,11 +17,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{ControlPlane, now_unix_ms, peer, store_status};
+use crate::events::{self, NewEvent};
 use crate::hub::{Change, Delta, View};
 use crate::keys;
 use crate::store::Op as StoreOp;
 use crate::trust::leaves::LeafNote;
 
+mod publish;
 mod report;
 
 /// How long a Watch or lookup waits for this replica's view to hold the
@@ -169,6 +172,15 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         Ok(Response::new(response))
     }
 
+    async fn publish_events(
+        &self,
+        request: Request<pb::PublishEventsRequest>,
+    ) -> Result<Response<pb::PublishEventsResponse>, Status> {
+        let identity = peer(&request)?;
+        let response = self.accept_events(&identity, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
@@ -208,12 +220,34 @@ impl pb::discovery_server::Discovery for DiscoveryService {
                 lease: Some(lease),
             });
         }
+        let event = NewEvent::new(
+            events::ENDPOINT_REGISTERED,
+            &endpoint.namespace,
+            key.strip_prefix(keys::ENDPOINTS).unwrap_or(&key).to_owned(),
+            serde_json::json!({
+                "namespace": endpoint.namespace,
+                "service": endpoint.service,
+                "version": endpoint.version,
+                "address": address,
+                "inboundPort": endpoint.inbound_port,
+                "identity": identity.to_string(),
+                "ready": endpoint.ready,
+                "node": endpoint.locality.node,
+                "zone": endpoint.locality.zone,
+                "region": endpoint.locality.region,
+            }),
+        );
         ops.push(StoreOp::Put {
             key,
             value: record,
             lease: Some(lease),
         });
-        let revision = self.plane.store.txn(ops).await.map_err(store_status)?;
+        let revision = self
+            .plane
+            .events
+            .txn_with(ops, vec![event])
+            .await
+            .map_err(store_status)?;
         tracing::info!(%identity, service = %endpoint.service, namespace = %endpoint.namespace,
             %address, version = %endpoint.version, ready = endpoint.ready, lease = format!("{lease:x}"), "registered endpoint");
         Ok(Response::new(pb::RegisterResponse {
@@ -266,8 +300,15 @@ impl pb::discovery_server::Discovery for DiscoveryService {
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let identity = peer(&request)?;
         let req = request.into_inner();
-        let (key, _) = self.owned_registration(&identity, &req).await?;
-        self.plane.store.delete(&key).await.map_err(store_status)?;
+        let (key, record) = self.owned_registration(&identity, &req).await?;
+        let event = endpoint_event(events::ENDPOINT_DEREGISTERED, &key, &record);
+        // The event in the delete's transaction: an endpoint deletion
+        // without one is a lease expiry (events::upkeep).
+        self.plane
+            .events
+            .txn_with(vec![StoreOp::Delete { key: key.clone() }], vec![event])
+            .await
+            .map_err(store_status)?;
         self.plane
             .store
             .revoke(req.lease_id)
@@ -296,13 +337,22 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         // On the same lease: an expired one fails the put (NOT_FOUND, so
         // the sidecar registers again) rather than leaving a record no
         // lease holds.
+        let kind = if req.ready {
+            events::ENDPOINT_READY
+        } else {
+            events::ENDPOINT_UNREADY
+        };
+        let event = endpoint_event(kind, &key, &record);
         self.plane
-            .store
-            .txn(vec![StoreOp::Put {
-                key: key.clone(),
-                value: record.encode_to_vec(),
-                lease: Some(registration.lease_id),
-            }])
+            .events
+            .txn_with(
+                vec![StoreOp::Put {
+                    key: key.clone(),
+                    value: record.encode_to_vec(),
+                    lease: Some(registration.lease_id),
+                }],
+                vec![event],
+            )
             .await
             .map_err(store_status)?;
         tracing::info!(%identity, %key, ready = req.ready, "endpoint readiness changed");
@@ -554,6 +604,23 @@ impl Interest {
             changes,
         }
     }
+}
+
+/// An event about the registration stored at `key`.
+fn endpoint_event(kind: &'static str, key: &str, record: &pb::Endpoint) -> NewEvent {
+    NewEvent::new(
+        kind,
+        &record.namespace,
+        key.strip_prefix(keys::ENDPOINTS).unwrap_or(key).to_owned(),
+        serde_json::json!({
+            "namespace": record.namespace,
+            "service": record.service,
+            "version": record.version,
+            "address": record.address,
+            "inboundPort": record.inbound_port,
+            "identity": record.identity,
+        }),
+    )
 }
 
 fn resource_item(res: &Resource, with_body: bool) -> Item {

@@ -2,8 +2,9 @@
 //!
 //! - [`identity`]: `Certify` (attestation + CSR → certificate) and `Renew`.
 //! - [`discovery`]: endpoint registration on leases, and the `Watch` push.
-//! - [`admin`]: apply/get/delete resources and list endpoints, for operators;
-//!   the trust calls live in [`trust`], the preflight's in [`health`].
+//! - [`admin`]: apply/get/delete resources, list endpoints and follow the
+//!   event stream, for operators; the trust calls live in [`trust`], the
+//!   preflight's in [`health`].
 //!
 //! Every handler takes the caller's identity from its client certificate
 //! ([`crate::server::ConnInfo`]), never from the request.
@@ -52,6 +53,8 @@ pub struct ControlPlane {
     pub replica: String,
     /// The admission webhook, when this replica serves it.
     pub webhook: Option<health::WebhookServing>,
+    /// The mesh event stream's writer.
+    pub events: Arc<crate::events::Events>,
 }
 
 impl std::fmt::Debug for ControlPlane {

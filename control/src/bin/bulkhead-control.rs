@@ -147,6 +147,10 @@ async fn run(args: ControlArgs) -> ExitCode {
         leader_lease_ttl: args.leader_lease_ttl,
         report_interval: args.report_interval,
         stats_retention: args.stats_retention,
+        events: bulkhead_control::events::EventSettings {
+            retention: args.events_retention,
+            max: args.events_max,
+        },
         dns_names: args.dns_names.clone(),
         k8s,
         topology,

@@ -27,9 +27,10 @@ use super::judge::{self, Interval};
 use super::machine::{self, Command, Judged, Moment};
 use super::status::{Phase, RolloutStatus};
 use crate::api::{ControlPlane, now_unix_ms};
+use crate::events::{self, NewEvent};
 use crate::keys;
 use crate::measure::VersionWindow;
-use crate::store::{KeyValue, StoreError};
+use crate::store::{KeyValue, Op, StoreError};
 
 /// How often the leader looks at every rollout: `abort` takes effect
 /// within this (plus a store round trip).
@@ -209,12 +210,30 @@ impl Controller {
         if previous.as_ref() != Some(&status) {
             let json = serde_json::to_vec(&status)
                 .map_err(|e| StoreError::Other(format!("rollout status: {e}")))?;
-            if !self
+            let events = status
+                .transitions
+                .iter()
+                .skip(transitions_before)
+                .map(|t| transition_event(ns, name, t))
+                .collect::<Vec<_>>();
+            let mut ops = vec![Op::Put {
+                key: status_key.to_owned(),
+                value: json,
+                lease: None,
+            }];
+            for event in events {
+                ops.push(self.plane.events.op(event).await?);
+            }
+            // The status and the events of its transitions: both or neither.
+            let written = self
                 .plane
                 .store
-                .put_if(status_key, expected_revision, json)
-                .await?
-            {
+                .txn_if(status_key, expected_revision, ops)
+                .await;
+            if let Err(error) = &written {
+                self.plane.events.lease_failed(error);
+            }
+            if !written? {
                 tracing::debug!(
                     namespace = ns,
                     rollout = name,
@@ -479,6 +498,24 @@ fn desired_split(
             stickiness,
         },
     }
+}
+
+/// `dev.bulkhead.rollout.step`: one transition of a rollout.
+fn transition_event(ns: &str, name: &str, t: &super::status::Transition) -> NewEvent {
+    NewEvent::new(
+        events::ROLLOUT_STEP,
+        ns,
+        format!("Rollout/{ns}/{name}"),
+        serde_json::json!({
+            "namespace": ns,
+            "rollout": name,
+            "phase": t.phase.as_str(),
+            "step": t.step,
+            "canaryWeight": t.canary_weight,
+            "reason": t.reason,
+            "replica": t.replica,
+        }),
+    )
 }
 
 fn log_interval(ns: &str, name: &str, judged: &Judged) {

@@ -290,6 +290,26 @@ impl EtcdStore {
         }
     }
 
+    /// A transaction's writes, and a lease to name if one is not found.
+    fn txn_ops(&self, ops: Vec<Op>) -> (Vec<TxnOp>, Option<LeaseId>) {
+        let lease_hint = ops.iter().find_map(|op| match op {
+            Op::Put { lease, .. } => *lease,
+            Op::Delete { .. } => None,
+        });
+        let txn_ops = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put { key, value, lease } => TxnOp::put(
+                    self.full_key(&key),
+                    value,
+                    lease.map(|id| PutOptions::new().with_lease(id)),
+                ),
+                Op::Delete { key } => TxnOp::delete(self.full_key(&key), None),
+            })
+            .collect();
+        (txn_ops, lease_hint)
+    }
+
     /// The cluster's current revision (a quorum read).
     async fn current_revision(&self) -> Result<Revision, Failure> {
         let resp = self
@@ -340,22 +360,47 @@ impl Store for EtcdStore {
         self.read_range(from.into_bytes(), to.into_bytes()).await
     }
 
-    async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
-        let lease_hint = ops.iter().find_map(|op| match op {
-            Op::Put { lease, .. } => *lease,
-            Op::Delete { .. } => None,
-        });
-        let txn_ops: Vec<TxnOp> = ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Put { key, value, lease } => TxnOp::put(
-                    self.full_key(&key),
-                    value,
-                    lease.map(|id| PutOptions::new().with_lease(id)),
-                ),
-                Op::Delete { key } => TxnOp::delete(self.full_key(&key), None),
+    async fn range_first(
+        &self,
+        from_key: &str,
+        to_key: &str,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        if from_key >= to_key || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (from, to) = (self.full_key(from_key), self.full_key(to_key));
+        let options = GetOptions::new()
+            .with_range(to)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let resp = self
+            .request("range", Retry::Idempotent, || {
+                let mut kv = self.client.kv_client();
+                let (from, options) = (from.clone(), options.clone());
+                async move { kv.get(from, Some(options)).await }
             })
-            .collect();
+            .await?;
+        resp.kvs().iter().map(|kv| self.to_key_value(kv)).collect()
+    }
+
+    async fn count(&self, from_key: &str, to_key: &str) -> Result<u64, StoreError> {
+        if from_key >= to_key {
+            return Ok(0);
+        }
+        let (from, to) = (self.full_key(from_key), self.full_key(to_key));
+        let options = GetOptions::new().with_range(to).with_count_only();
+        let resp = self
+            .request("count", Retry::Idempotent, || {
+                let mut kv = self.client.kv_client();
+                let (from, options) = (from.clone(), options.clone());
+                async move { kv.get(from, Some(options)).await }
+            })
+            .await?;
+        Ok(u64::try_from(resp.count()).unwrap_or(0))
+    }
+
+    async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        let (txn_ops, lease_hint) = self.txn_ops(ops);
         let resp = self
             .request("txn", Retry::IfUnapplied, || {
                 let mut kv = self.client.kv_client();
@@ -392,16 +437,16 @@ impl Store for EtcdStore {
         Ok(resp.succeeded())
     }
 
-    async fn put_if(
+    async fn txn_if(
         &self,
         key: &str,
         expected: Revision,
-        value: Vec<u8>,
+        ops: Vec<Op>,
     ) -> Result<bool, StoreError> {
         let full = self.full_key(key);
-        let put = TxnOp::put(full.clone(), value, None);
+        let (txn_ops, lease_hint) = self.txn_ops(ops);
         let resp = self
-            .request("put_if", Retry::IfUnapplied, || {
+            .request("txn_if", Retry::IfUnapplied, || {
                 let mut kv = self.client.kv_client();
                 // A key that does not exist has mod revision 0.
                 let txn = Txn::new()
@@ -410,11 +455,11 @@ impl Store for EtcdStore {
                         CompareOp::Equal,
                         expected,
                     )])
-                    .and_then([put.clone()]);
+                    .and_then(txn_ops.clone());
                 async move { kv.txn(txn).await }
             })
             .await
-            .map_err(|f| f.into_store_error(None))?;
+            .map_err(|f| f.into_store_error(lease_hint))?;
         Ok(resp.succeeded())
     }
 

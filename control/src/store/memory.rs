@@ -421,6 +421,35 @@ impl Store for MemoryStore {
         Ok((kvs, state.revision))
     }
 
+    async fn range_first(
+        &self,
+        from_key: &str,
+        to_key: &str,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let state = self.state();
+        if from_key >= to_key {
+            return Ok(Vec::new());
+        }
+        Ok(state
+            .keys
+            .range::<str, _>((Bound::Included(from_key), Bound::Excluded(to_key)))
+            .take(limit)
+            .map(|(_, kv)| kv.clone())
+            .collect())
+    }
+
+    async fn count(&self, from_key: &str, to_key: &str) -> Result<u64, StoreError> {
+        let state = self.state();
+        if from_key >= to_key {
+            return Ok(0);
+        }
+        Ok(state
+            .keys
+            .range::<str, _>((Bound::Included(from_key), Bound::Excluded(to_key)))
+            .count() as u64)
+    }
+
     async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
         self.shared.write(|state| state.apply(ops))
     }
@@ -444,23 +473,18 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn put_if(
+    async fn txn_if(
         &self,
         key: &str,
         expected: Revision,
-        value: Vec<u8>,
+        ops: Vec<Op>,
     ) -> Result<bool, StoreError> {
         self.shared.write(|state| {
             let current = state.keys.get(key).map_or(0, |kv| kv.mod_revision);
             if current != expected {
                 return Ok(false);
             }
-            let put = Op::Put {
-                key: key.to_owned(),
-                value,
-                lease: None,
-            };
-            state.apply(vec![put]).map(|_| true)
+            state.apply(ops).map(|_| true)
         })
     }
 

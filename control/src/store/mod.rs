@@ -109,6 +109,18 @@ pub trait Store: Send + Sync + 'static {
         to_key: &str,
     ) -> Result<(Vec<KeyValue>, Revision), StoreError>;
 
+    /// The first `limit` keys in [`from_key`, `to_key`), sorted by key: the
+    /// oldest of keys that sort by time, without reading them all.
+    async fn range_first(
+        &self,
+        from_key: &str,
+        to_key: &str,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// How many keys are in [`from_key`, `to_key`) (no values are read).
+    async fn count(&self, from_key: &str, to_key: &str) -> Result<u64, StoreError>;
+
     /// Applies every op atomically (all or nothing); returns the revision
     /// after the write.
     async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StoreError>;
@@ -132,7 +144,21 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         expected: Revision,
         value: Vec<u8>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let put = Op::Put {
+            key: key.to_owned(),
+            value,
+            lease: None,
+        };
+        self.txn_if(key, expected, vec![put]).await
+    }
+
+    /// Applies `ops` atomically only if `key`'s mod revision is still
+    /// `expected` (0: it does not exist). `Ok(false)`: it changed and
+    /// nothing was written. [`Store::put_if`] with more writes riding along
+    /// (the events that describe the change).
+    async fn txn_if(&self, key: &str, expected: Revision, ops: Vec<Op>)
+    -> Result<bool, StoreError>;
 
     /// Deletes one key; returns the revision of the deletion, or `None` when
     /// the key did not exist.

@@ -281,7 +281,14 @@ pub(super) fn admit(
     match decision.verdict {
         Verdict::Deny => {
             let label = decision.label();
-            deny_log(peer, inbound.service(), &label, port, method.as_str());
+            deny_log(
+                peer,
+                inbound.service(),
+                &label,
+                port,
+                method.as_str(),
+                path_and_query.path(),
+            );
             let mut resp = h::mesh_response(
                 grpc,
                 StatusCode::FORBIDDEN,

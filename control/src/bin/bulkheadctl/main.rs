@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 mod certs;
 mod check;
 mod dashboard;
+mod events;
 mod explain;
 mod inject;
 mod ops;
@@ -101,7 +102,8 @@ Examples:
   bulkheadctl --credentials ./ca get allowlists -n shop -o yaml
   bulkheadctl --credentials ./ca endpoints inventory -n shop
   bulkheadctl --credentials ./ca rollout status inventory -n shop -w
-  bulkheadctl --credentials ./ca explain --from shop/web --to shop/inventory --path /v1/stock/x";
+  bulkheadctl --credentials ./ca explain --from shop/web --to shop/inventory --path /v1/stock/x
+  bulkheadctl --credentials ./ca events -n shop --since 10m -w";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -196,6 +198,12 @@ enum Command {
         #[arg(long)]
         no_open: bool,
     },
+    /// What happened in the mesh: registrations, expiries, ejections,
+    /// certificates, applies, rollout steps, denials. `-o json` prints one
+    /// CloudEvent per line; `-w` follows, resuming by itself after a
+    /// disconnect.
+    #[command(after_help = events::EXAMPLES)]
+    Events(events::EventsArgs),
     /// Add the sidecar to manifests offline, as the webhook would (`-` for stdin).
     Inject {
         #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
@@ -461,6 +469,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             address,
             no_open,
         } => dashboard::run(&settings, address, port, !no_open).await,
+        Command::Events(args) => events::run(&settings, args).await,
         Command::Inject { file, options } => inject::run(&file, *options),
         Command::Check { output } => check::run(&settings, output).await,
         Command::Completion { shell } => {
