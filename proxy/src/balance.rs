@@ -237,9 +237,13 @@ impl Balancer {
                 continue;
             }
             let tier = LocalityTier::between(local, &slot.endpoint.locality);
-            let sample = if slot.stats.is_ejected(now_ns) {
+            let until = slot.stats.ejected_until_ns.load(Ordering::Relaxed);
+            let sample = if until > now_ns {
                 &mut ejected
             } else {
+                if until != 0 {
+                    inner.readmitted(slot, until);
+                }
                 &mut healthy
             };
             sample.offer(tier, index, &inner.rng);
@@ -359,6 +363,32 @@ impl Inner {
         if streak_ended {
             self.eject(slot, now);
         }
+    }
+
+    /// An ejection that ran out (`until`): said once, by the pick that
+    /// sees it first (one compare-and-swap per ejection; every other pick
+    /// pays only the load it already made).
+    fn readmitted(&self, slot: &Slot, until: u64) {
+        if slot
+            .stats
+            .ejected_until_ns
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let address = slot.endpoint.address;
+        let port = slot.endpoint.inbound_port;
+        tracing::info!(service = %self.service, %address, port, "ejected endpoint readmitted");
+        crate::events::emit(
+            crate::events::ENDPOINT_READMITTED,
+            format!("{}/{address}:{port}", self.service),
+            serde_json::json!({
+                "service": self.service,
+                "address": address.to_string(),
+                "inboundPort": port,
+            }),
+        );
     }
 
     /// Ejects `slot` unless that would put too much of the service out; the

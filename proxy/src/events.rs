@@ -38,6 +38,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_PATH: usize = 128;
 
 pub(crate) const ENDPOINT_EJECTED: &str = "dev.bulkhead.endpoint.ejected";
+pub(crate) const ENDPOINT_READMITTED: &str = "dev.bulkhead.endpoint.readmitted";
 pub(crate) const AUTHZ_DENIED: &str = "dev.bulkhead.authz.denied";
 
 struct Sinks {

@@ -542,4 +542,35 @@ async fn sidecars_report_ejections_and_a_denial_flood_as_a_bounded_number_of_eve
             .is_some_and(|p| p.starts_with('/')),
         "{from_web}"
     );
+
+    // Once the ejection has run out, web's next pick readmits the endpoint
+    // and says so, once.
+    let ejected_for = ejected[0]["data"]["ejectedForSeconds"]
+        .as_f64()
+        .unwrap_or(30.0);
+    let limit = Duration::from_secs_f64(ejected_for) + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + limit;
+    let readmitted = loop {
+        let _ = conn.get("/probe", &[]).await;
+        let seen = events(&mesh, &["--type", "endpoint.readmitted", "--since", "10m"]);
+        if !seen.is_empty() {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no readmission within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(readmitted.len(), 1, "{readmitted:?}");
+    assert_eq!(
+        readmitted[0]["source"], "spiffe://cluster.local/ns/shop/sa/web",
+        "{}",
+        readmitted[0]
+    );
+    assert_eq!(
+        readmitted[0]["data"]["service"], "inventory",
+        "{}",
+        readmitted[0]
+    );
 }
