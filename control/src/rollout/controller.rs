@@ -81,6 +81,12 @@ impl Controller {
     }
 
     async fn once(&self) -> Result<(), StoreError> {
+        // A replica that leads before its view is loaded would see no
+        // Rollout at all, and clear every status below as an orphan: the
+        // rollouts would start over.
+        if !self.plane.hub.is_synced() {
+            return Ok(());
+        }
         let rollouts: Vec<Rollout> = {
             let view = self.plane.hub.read();
             view.resources
