@@ -46,6 +46,17 @@ async fn shop_with_flags(stable_app: &App, canary_app: &App, grpc: bool, extra: 
     }
 }
 
+/// The shop with plain apps behind both versions (kept alive by the
+/// caller holding the returned apps).
+async fn healthy_shop(extra: &[&str]) -> (Shop, [App; 2]) {
+    let apps = [
+        App::http("inventory", STABLE).await,
+        App::http("inventory", CANARY).await,
+    ];
+    let shop = shop_with_flags(&apps[0], &apps[1], false, extra).await;
+    (shop, apps)
+}
+
 /// Steady load from web to inventory for the length of a rollout.
 fn load(web: &Sidecar) -> Load {
     Load::start_bounded(
@@ -74,11 +85,7 @@ const GATES: &str = "  analysis:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_is_promoted_through_every_step() {
-    let (stable_app, canary_app) = (
-        App::http("inventory", STABLE).await,
-        App::http("inventory", CANARY).await,
-    );
-    let s = shop_with(&stable_app, &canary_app, false).await;
+    let (s, _apps) = healthy_shop(&[]).await;
     let load = load(&s.web);
     load.until_more(100, "traffic before the rollout").await;
     s.mesh
@@ -241,11 +248,7 @@ async fn a_canary_failing_5_percent_is_rolled_back_and_stable_callers_see_no_err
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_without_traffic_is_insufficient_data_then_fails_at_its_deadline() {
-    let (stable_app, canary_app) = (
-        App::http("inventory", STABLE).await,
-        App::http("inventory", CANARY).await,
-    );
-    let s = shop_with(&stable_app, &canary_app, false).await;
+    let (s, _apps) = healthy_shop(&[]).await;
     // No load at all: the canary gets no requests.
     s.mesh
         .apply(&rollout(&format!(
@@ -284,11 +287,7 @@ async fn a_canary_without_traffic_is_insufficient_data_then_fails_at_its_deadlin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_promotes_past_a_pause_and_aborts() {
-    let (stable_app, canary_app) = (
-        App::http("inventory", STABLE).await,
-        App::http("inventory", CANARY).await,
-    );
-    let s = shop_with(&stable_app, &canary_app, false).await;
+    let (s, _apps) = healthy_shop(&[]).await;
     s.mesh
         .apply(&rollout(
             "  strategy: canary\n  steps: [10, pause, 40, 60]\n  interval: 2s\n",
@@ -400,11 +399,7 @@ async fn an_operator_promotes_past_a_pause_and_aborts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_callers_stay_on_one_version() {
-    let (stable_app, canary_app) = (
-        App::http("inventory", STABLE).await,
-        App::http("inventory", CANARY).await,
-    );
-    let s = shop_with(&stable_app, &canary_app, false).await;
+    let (s, _apps) = healthy_shop(&[]).await;
     // Held at 50 % (the interval outlasts the test).
     s.mesh
         .apply(&rollout(
@@ -569,11 +564,7 @@ async fn a_grpc_canary_failing_by_grpc_status_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_analyses_pinned_requests_then_switches_at_once() {
-    let (stable_app, canary_app) = (
-        App::http("inventory", STABLE).await,
-        App::http("inventory", CANARY).await,
-    );
-    let s = shop_with(&stable_app, &canary_app, false).await;
+    let (s, _apps) = healthy_shop(&[]).await;
     s.mesh
         .apply(&rollout(
             "  strategy: blue-green\n  interval: 3s\n  analysis: {minRequests: 20, minSuccessRate: 0.99}\n",
@@ -632,13 +623,9 @@ async fn blue_green_analyses_pinned_requests_then_switches_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_stops_reporting_freezes_the_rollout() {
-    let (stable_app, canary_app) = (
-        App::http("inventory", STABLE).await,
-        App::http("inventory", CANARY).await,
-    );
     // Registrations outlive the freeze, so the silent endpoint is still
     // one the rollout expects to hear from.
-    let s = shop_with_flags(&stable_app, &canary_app, false, &["--lease-ttl", "60s"]).await;
+    let (s, _apps) = healthy_shop(&["--lease-ttl", "60s"]).await;
     // No traffic and a high bar: every interval is insufficient data until
     // the canary goes silent.
     s.mesh
