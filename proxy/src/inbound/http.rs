@@ -84,7 +84,7 @@ pub(super) async fn serve(
             let started = tokio::time::Instant::now();
             // In flight from here until the response stream ends, or this
             // future is dropped (the caller reset the stream).
-            let serving = inbound.served.start(caller_counts.as_ref());
+            let serving = inbound.served.start(caller_counts);
             // The caller's deadline (grpc-timeout) holds here too:
             // the app's answer is cut when it runs out.
             let deadline = h::grpc_deadline(req.headers(), started);

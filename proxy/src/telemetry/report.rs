@@ -154,11 +154,11 @@ impl VersionCounters {
 
     /// Counts a request in flight from now until the guard is dropped;
     /// `caller`: the connection's [`VersionCounters::caller`].
-    pub(crate) fn start(self: &Arc<Self>, caller: Option<&Arc<Counts>>) -> Serving {
+    pub(crate) fn start(self: &Arc<Self>, caller: Option<Arc<Counts>>) -> Serving {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Serving {
             counters: Arc::clone(self),
-            caller: caller.cloned(),
+            caller,
             mesh_error: false,
         }
     }
@@ -461,19 +461,19 @@ mod tests {
         let web = counters.caller("spiffe://cluster.local/ns/shop/sa/web");
         let cart = counters.caller("spiffe://cluster.local/ns/shop/sa/cart");
         for _ in 0..3 {
-            counters.start(web.as_ref()).end(
+            counters.start(web.clone()).end(
                 http(200, End::Complete),
                 End::Complete,
                 Duration::from_millis(2),
             );
         }
-        counters.start(cart.as_ref()).mesh_error(true).end(
+        counters.start(cart.clone()).mesh_error(true).end(
             http(503, End::Complete),
             End::Complete,
             Duration::from_millis(2),
         );
         // A 200 the mesh passed on is no mesh error.
-        counters.start(cart.as_ref()).mesh_error(true).end(
+        counters.start(cart.clone()).mesh_error(true).end(
             http(200, End::Complete),
             End::Complete,
             Duration::from_millis(2),
@@ -498,7 +498,7 @@ mod tests {
         );
         baseline.advance(&delta);
         // Only callers with something new are reported.
-        counters.start(web.as_ref()).end(
+        counters.start(web.clone()).end(
             http(200, End::Complete),
             End::Complete,
             Duration::from_millis(2),
