@@ -381,6 +381,7 @@ async fn watch(ch: Channel, services: Vec<String>, tx: mpsc::UnboundedSender<Eve
             services,
             own_service: String::new(),
             directory: false,
+            ..Default::default()
         })
         .await
     {
@@ -589,6 +590,7 @@ async fn endpoints(
                 services: vec!["fanout".into()],
                 own_service: String::new(),
                 directory: false,
+                ..Default::default()
             })
             .await;
         let t0 = Instant::now();

@@ -61,6 +61,8 @@ pub(crate) struct Subscriptions {
     /// Directory plus demand (DNS or capture on); else `fixed` only.
     on_demand: bool,
     own_service: String,
+    /// The Gateway resource served (`bulkhead-proxy gateway`); empty for a sidecar.
+    gateway: String,
     wanted: Mutex<BTreeSet<ServiceKey>>,
     wake: Notify,
     channel: OnceLock<Channel>,
@@ -86,12 +88,19 @@ impl Subscriptions {
             fixed,
             on_demand,
             own_service,
+            gateway: String::new(),
             wanted: Mutex::new(wanted),
             wake: Notify::new(),
             channel: OnceLock::new(),
             negative: Mutex::default(),
             lookups: Semaphore::new(MAX_LOOKUPS),
         }
+    }
+
+    /// Also asks for the Gateway resource `name` (in the workload's namespace).
+    pub(crate) fn with_gateway(mut self, name: &str) -> Self {
+        self.gateway = name.to_owned();
+        self
     }
 
     /// The control plane to look addresses up on, once there is one.
@@ -117,6 +126,7 @@ impl Subscriptions {
             services,
             own_service: self.own_service.clone(),
             directory: self.on_demand,
+            gateway: self.gateway.clone(),
         };
         (request, subscribed)
     }

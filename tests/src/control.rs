@@ -604,6 +604,7 @@ impl Watcher {
             services: services.iter().map(|s| s.to_string()).collect(),
             own_service: own_service.to_owned(),
             directory: false,
+            ..Default::default()
         };
         Self::start_with(cp, ca, workload, request).await
     }

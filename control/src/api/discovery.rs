@@ -476,6 +476,8 @@ struct Interest {
     own_service: Option<String>,
     /// Every Service resource too (the directory for DNS and capture).
     directory: bool,
+    /// The Gateway (in `namespace`) this client serves.
+    gateway: Option<String>,
 }
 
 impl Interest {
@@ -510,11 +512,19 @@ impl Interest {
                 .map_err(|e| Status::invalid_argument(format!("WatchRequest.own_service: {e}")))?;
             Some(req.own_service.clone())
         };
+        let gateway = if req.gateway.is_empty() {
+            None
+        } else {
+            bulkhead_proto::identity::validate_name("gateway", &req.gateway)
+                .map_err(|e| Status::invalid_argument(format!("WatchRequest.gateway: {e}")))?;
+            Some(req.gateway.clone())
+        };
         Ok(Self {
             namespace,
             services,
             own_service,
             directory: req.directory,
+            gateway,
         })
     }
 
@@ -540,6 +550,9 @@ impl Interest {
             // Rollouts drive TrafficSplits on the control plane; sidecars
             // only need the splits.
             Resource::Rollout(_) => false,
+            Resource::Gateway(g) => {
+                ns == self.namespace && self.gateway.as_deref() == Some(g.metadata.name.as_str())
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! The shared model: the resources operators apply (`Service`, `AllowList`,
-//! `TrafficSplit`, `Rollout`), parsing and validating them, matching requests
+//! `TrafficSplit`, `Rollout`, `Gateway`), parsing and validating them, matching requests
 //! against allow-lists, registry endpoints, and the trust sidecars are pushed.
 //!
 //! Everything here checks what it reads: a `Resource` or `Endpoint` value is
@@ -10,6 +10,7 @@ mod allowlist;
 mod check;
 mod endpoint;
 mod error;
+mod gateway;
 mod matching;
 mod parse;
 mod resource;
@@ -26,6 +27,10 @@ mod tests;
 pub use allowlist::{AllowList, AllowListSpec, AllowRule, HttpMatch, Mode};
 pub use endpoint::{Endpoint, EndpointError, Locality};
 pub use error::{ValidationError, ValidationErrors};
+pub use gateway::{
+    Aggregate, AggregateBackend, ClaimToHeader, DEFAULT_AGGREGATE_TIMEOUT, Gateway, GatewayRoute,
+    GatewaySpec, JwksSource, JwtProvider, Require, RouteAuth, RouteTarget, ServiceRef,
+};
 pub use matching::{BadPathPattern, BadPrincipal, PathPattern, Principal};
 pub use parse::{MAX_DOCUMENTS, MAX_FILE_BYTES, parse_documents};
 pub use resource::{API_VERSION, DEFAULT_NAMESPACE, Kind, Metadata, Resource, UnknownKind};

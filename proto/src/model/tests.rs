@@ -6,7 +6,7 @@ use crate::model::test_support::parse_one;
 use crate::pb;
 
 /// One document of each kind, with every optional field present.
-const FULL: [&str; 4] = [
+const FULL: [&str; 5] = [
     "apiVersion: bulkhead.dev/v1
 kind: Service
 metadata: {name: inventory, namespace: shop}
@@ -47,15 +47,46 @@ spec:
   interval: 1m30s
   analysis: {minSuccessRate: 0.995, maxP99LatencyMs: 300, minRequests: 50}
 ",
+    "apiVersion: bulkhead.dev/v1
+kind: Gateway
+metadata: {name: public, namespace: shop}
+spec:
+  jwt:
+  - name: users
+    issuer: https://id.shop.example
+    audiences: [shop-web]
+    jwksUri: https://id.shop.example/.well-known/jwks.json
+    claimToHeaders: [{claim: sub, header: x-user-id}]
+    forwardToken: false
+  - name: staff
+    issuer: https://staff.example
+    audiences: [ops]
+    jwks: '{\"keys\": [{\"kty\": \"OKP\", \"crv\": \"Ed25519\", \"x\": \"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"}]}'
+    forwardToken: true
+  routes:
+  - pathPrefix: /api/cart
+    service: cart
+    port: 8080
+    auth: {jwt: users, require: always}
+  - pathPrefix: /api/product/
+    host: shop.example
+    auth: {jwt: users, require: if-present}
+    aggregate:
+      timeout: 2s
+      backends:
+      - {key: product, service: catalog, path: \"/v1/products/{rest}\", required: true}
+      - {key: stock, service: stock/inventory, path: \"/v1/stock/{rest}\", required: false, timeout: 300ms}
+",
 ];
 
 /// The same kinds with only required fields.
-const MINIMAL: [&str; 4] = [
+const MINIMAL: [&str; 5] = [
     "apiVersion: bulkhead.dev/v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80, protocol: tcp}]}\n",
     "apiVersion: bulkhead.dev/v1\nkind: AllowList\nmetadata: {name: a}\nspec: {target: a, rules: [{from: [b]}]}\n",
     "apiVersion: bulkhead.dev/v1\nkind: TrafficSplit\nmetadata: {name: a}\nspec: {service: a, backends: [{version: v1, weight: 1}]}\n",
     "apiVersion: bulkhead.dev/v1\nkind: Rollout\nmetadata: {name: a}\n\
      spec: {service: a, stable: v1, canary: v2, strategy: blue-green, interval: 10m}\n",
+    "apiVersion: bulkhead.dev/v1\nkind: Gateway\nmetadata: {name: a}\nspec: {routes: [{pathPrefix: /, service: a}]}\n",
 ];
 
 #[test]
@@ -181,7 +212,7 @@ fn collects_every_error_across_documents() {
             "shop.yaml: document 3 (TrafficSplit default/a): spec.backends[0].weight: \
              expected a weight 0-4294967295, got -1",
             "shop.yaml: document 4: kind: expected one of Service, AllowList, TrafficSplit, \
-             Rollout, got \"Rollot\"",
+             Rollout, Gateway, got \"Rollot\"",
         ]
     );
 }

@@ -318,5 +318,18 @@ fn summary(r: &Resource) -> String {
             ro.spec.canary,
             ro.spec.interval.as_str()
         ),
+        Resource::Gateway(g) => {
+            let routes: Vec<&str> = g
+                .spec
+                .routes
+                .iter()
+                .map(|r| r.path_prefix.as_str())
+                .collect();
+            format!(
+                "routes={} jwt={}",
+                routes.join(","),
+                g.spec.jwt.as_ref().map_or(0, Vec::len)
+            )
+        }
     }
 }
