@@ -16,8 +16,24 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let args = match cli.command {
-        Command::Run(args) => args,
+    let (args, gateway) = match cli.command {
+        Command::Run(args) => (args, None),
+        Command::Gateway(gw) => {
+            let check_only = gw.run.check_config;
+            match gw.into_config() {
+                Ok((gateway, config)) if !check_only => {
+                    return launch(config, Some(gateway));
+                }
+                Ok((_, config)) => {
+                    println!("{:#}", config.to_json());
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => {
+                    eprintln!("bulkhead-proxy gateway: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Command::InitIptables(init) => {
             return match crate::capture::init_iptables(&init) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -40,6 +56,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         println!("{:#}", config.to_json());
         return ExitCode::SUCCESS;
     }
+    launch(config, gateway)
+}
+
+/// Logs, metrics and the runtime, then the sidecar (or the gateway) until
+/// it ends.
+fn launch(config: Config, gateway: Option<crate::gateway::GatewayConfig>) -> ExitCode {
     init_logs(config.log_format, &config.log_level);
     bulkhead_tls::install_default_provider();
     tracing::debug!(?config, "effective configuration");
@@ -70,7 +92,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run::run(config, metrics)) {
+    let ran = match gateway {
+        None => runtime.block_on(run::run(config, metrics)),
+        Some(gateway) => runtime.block_on(crate::gateway::run(gateway, config, metrics)),
+    };
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(Exit::Usage(e)) => {
             eprintln!("bulkhead-proxy: {e}");

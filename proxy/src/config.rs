@@ -25,6 +25,8 @@ pub(crate) enum Command {
     Run(Box<RunArgs>),
     /// Install transparent capture in this network namespace (the pod's init container).
     InitIptables(crate::capture::InitArgs),
+    /// Run an API gateway: outside HTTP in, routed into the mesh by a Gateway resource.
+    Gateway(Box<crate::gateway::GatewayArgs>),
 }
 
 const EXAMPLES: &str = "\
@@ -78,9 +80,10 @@ pub(crate) struct RunArgs {
     pub trust_domain: Option<String>,
     #[arg(long, env = "BULKHEAD_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// The service this workload serves.
+    /// The service this workload serves (required for `run`; a gateway's
+    /// is `gateway-<name>`).
     #[arg(long, env = "BULKHEAD_SERVICE")]
-    pub service: String,
+    pub service: Option<String>,
     /// The workload's version (registered; TrafficSplits route by it).
     #[arg(long, env = "BULKHEAD_VERSION", default_value = "0.0.0")]
     pub version: String,
@@ -503,11 +506,12 @@ impl Config {
     /// Checks every value; an error names the flag.
     pub(crate) fn from_args(a: RunArgs) -> Result<Self, String> {
         validate_name("namespace", &a.namespace).map_err(|e| format!("--namespace: {e}"))?;
-        validate_name("service", &a.service).map_err(|e| format!("--service: {e}"))?;
-        let service_account = a
-            .service_account
+        let service = a
+            .service
             .clone()
-            .unwrap_or_else(|| a.service.clone());
+            .ok_or("--service: required: the service this workload serves")?;
+        validate_name("service", &service).map_err(|e| format!("--service: {e}"))?;
+        let service_account = a.service_account.clone().unwrap_or_else(|| service.clone());
         validate_name("service account", &service_account)
             .map_err(|e| format!("--service-account: {e}"))?;
         bulkhead_process::check_log_filter(&a.log_level)
@@ -573,7 +577,7 @@ impl Config {
             attestation: a.attestation,
             trust_domain: a.trust_domain,
             namespace: a.namespace,
-            service: a.service,
+            service,
             version: a.version,
             service_account,
             app,

@@ -6,6 +6,9 @@
 //! sidecar, [`wire`] preface) → inbound there: [`inbound`] (TLS, identity)
 //! → [`policy`] (AllowList, path) → app.
 //!
+//! At the edge: [`gateway`] (`bulkhead-proxy gateway`) takes outside HTTP,
+//! authenticates end users and sends requests the same outbound way.
+//!
 //! Around it: [`run`] assembles the sidecar from [`config`]; every
 //! listener runs [`accept`]'s loop, holds to [`limits`] (connections,
 //! handshakes, head size and time, streams, resets, pending requests) and
@@ -36,6 +39,7 @@ mod drain;
 mod events;
 #[doc(hidden)]
 pub mod fuzz;
+mod gateway;
 mod http;
 mod identity;
 mod inbound;

@@ -50,46 +50,126 @@ pub(crate) enum Exit {
     Failure(String),
 }
 
+/// What every workload that calls into the mesh holds — a sidecar, or a
+/// gateway: the trust bundle in force, its certificate, the mesh state
+/// pushed to it and the outbound side that routes calls over it.
+#[derive(Clone)]
+pub(crate) struct MeshClient {
+    pub(crate) bundle: BundleSlot,
+    pub(crate) slot: CertSlot,
+    pub(crate) states: StateCell,
+    pub(crate) subscriptions: Arc<Subscriptions>,
+    pub(crate) outbound: Arc<Outbound>,
+}
+
+impl MeshClient {
+    /// The bundle from the flags (or the state dir's newer one), the saved
+    /// state, and an outbound side that serves from the start: before the
+    /// first certificate and config, calls are refused (and counted) rather
+    /// than left waiting in a backlog. `subscriptions` says what to ask the
+    /// control plane for, given the restored state.
+    pub(crate) fn new(
+        config: &Config,
+        subscriptions: impl FnOnce(&MeshState) -> Subscriptions,
+    ) -> Result<Self, Exit> {
+        let bundle = BundleSlot::new(trust_bundle(config)?);
+        if let Some(dir) = &config.state_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Exit::Usage(format!("--state-dir {}: {e}", dir.display())))?;
+        }
+        let saved = saved_state(config);
+        // The last bundle pushed is newer than the one the flags name (a root
+        // may have been added, or retired, since the pod was made).
+        if let Some(trust) = &saved.trust {
+            trust::apply(&bundle, trust);
+        }
+        let slot = CertSlot::empty();
+        let states = StateCell::new(saved);
+        let subscriptions = Arc::new(subscriptions(&states.load()));
+        let outbound = Arc::new(Outbound {
+            caller: caller_key(config, &bundle)?,
+            locality: Arc::new(arc_swap::ArcSwap::from_pointee(config.locality.clone())),
+            states: states.clone(),
+            subscriptions: subscriptions.clone(),
+            pool: Pool::new(bundle.clone(), slot.clone(), config.limits.clone()),
+            balancers: outbound::Balancers::default(),
+            request_timeout: config.request_timeout,
+            tcp_idle_timeout: config.tcp_idle_timeout,
+            limits: config.limits.clone(),
+        });
+        Ok(Self {
+            bundle,
+            slot,
+            states,
+            subscriptions,
+            outbound,
+        })
+    }
+
+    /// Joins the mesh: follows endpoints and trust, gets the first
+    /// certificate (and keeps it renewed), then watches the control plane
+    /// for what [`Subscriptions`] asks. Returns the identity the
+    /// certificate names and the channel to the control plane.
+    pub(crate) async fn join(
+        self,
+        config: &Config,
+    ) -> Result<(bulkhead_proto::SpiffeId, Channel), Exit> {
+        let Self {
+            bundle,
+            slot,
+            states,
+            subscriptions,
+            outbound,
+        } = self;
+        tokio::spawn(follow_endpoints(outbound.clone()));
+        tokio::spawn(trust::follow(states.clone(), bundle.clone(), move |b| {
+            outbound.pool.retire_untrusted(b)
+        }));
+        let issued = first_certificate(config, &bundle, &slot).await?;
+        check_identity(config, &issued.id)?;
+        let own_identity = issued.id.clone();
+        let control = bulkhead_tls::channel(&config.control, &bundle, Some(slot.clone()))
+            .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
+        tokio::spawn(identity::renew_forever(
+            control.clone(),
+            slot.clone(),
+            issued,
+            bundle.trust_domain(),
+            config.state_dir.clone(),
+            states.clone(),
+        ));
+        subscriptions.connect(control.clone());
+        tokio::spawn(control_client::watch_forever(
+            control.clone(),
+            subscriptions,
+            states.clone(),
+        ));
+        if let Some(dir) = &config.state_dir {
+            tokio::spawn(state::save_forever(states.clone(), dir.clone()));
+        }
+        Ok((own_identity, control))
+    }
+}
+
 pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(), Exit> {
     keep_metrics_bounded(metrics.clone());
-    let bundle = BundleSlot::new(trust_bundle(&config)?);
-    if let Some(dir) = &config.state_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Exit::Usage(format!("--state-dir {}: {e}", dir.display())))?;
-    }
-    let saved = saved_state(&config);
-    // The last bundle pushed is newer than the one the flags name (a root
-    // may have been added, or retired, since the pod was made).
-    if let Some(trust) = &saved.trust {
-        trust::apply(&bundle, trust);
-    }
+    let mesh = MeshClient::new(&config, |restored| subscriptions(&config, restored))?;
     // Every port is bound first, so a clash is reported at once.
     let listeners = Listeners::bind(&config).await?;
     let addresses = listeners.addresses()?;
-
-    let slot = CertSlot::empty();
-    let states = StateCell::new(saved);
-    let subscriptions = Arc::new(subscriptions(&config, &states.load()));
+    let MeshClient {
+        bundle,
+        slot,
+        states,
+        outbound,
+        ..
+    } = mesh.clone();
     // Two phases on SIGTERM: inbound (and admin's readiness) drains first;
     // the app-facing side keeps serving while the app may still be
     // finishing work that calls its upstreams.
     let drain = Drain::new();
     let outbound_drain = Drain::new();
 
-    // Outbound serves from the start: before the first certificate and
-    // config, calls are refused (and counted) rather than left waiting in
-    // a backlog.
-    let outbound = Arc::new(Outbound {
-        caller: caller_key(&config, &bundle)?,
-        locality: Arc::new(arc_swap::ArcSwap::from_pointee(config.locality.clone())),
-        states: states.clone(),
-        subscriptions: subscriptions.clone(),
-        pool: Pool::new(bundle.clone(), slot.clone(), config.limits.clone()),
-        balancers: outbound::Balancers::default(),
-        request_timeout: config.request_timeout,
-        tcp_idle_timeout: config.tcp_idle_timeout,
-        limits: config.limits.clone(),
-    });
     let admin = Arc::new(Admin {
         metrics,
         slot: slot.clone(),
@@ -123,36 +203,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
     if let Some(path) = &config.addresses_file {
         write_addresses(path, &addresses, &dns)?;
     }
-    tokio::spawn(follow_endpoints(outbound.clone()));
-    {
-        let outbound = outbound.clone();
-        tokio::spawn(trust::follow(states.clone(), bundle.clone(), move |b| {
-            outbound.pool.retire_untrusted(b)
-        }));
-    }
-
-    let issued = first_certificate(&config, &bundle, &slot).await?;
-    check_identity(&config, &issued.id)?;
-    let own_identity = issued.id.clone();
-    let control = bulkhead_tls::channel(&config.control, &bundle, Some(slot.clone()))
-        .map_err(|e| Exit::Usage(format!("--control: {e}")))?;
-    tokio::spawn(identity::renew_forever(
-        control.clone(),
-        slot.clone(),
-        issued,
-        bundle.trust_domain(),
-        config.state_dir.clone(),
-        states.clone(),
-    ));
-    subscriptions.connect(control.clone());
-    tokio::spawn(control_client::watch_forever(
-        control.clone(),
-        subscriptions,
-        states.clone(),
-    ));
-    if let Some(dir) = &config.state_dir {
-        tokio::spawn(state::save_forever(states.clone(), dir.clone()));
-    }
+    let (own_identity, control) = mesh.join(&config).await?;
 
     // Counted from the first request served; reported once registered.
     let served = VersionCounters::new();
@@ -267,7 +318,7 @@ impl Listeners {
     }
 }
 
-async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
+pub(crate) async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Exit::Usage(format!("{flag} {addr}: cannot listen: {e}")))
@@ -278,7 +329,7 @@ async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, Exit> {
 /// runs on a blocking thread: folding thousands of samples on the thread
 /// that serves traffic would stall every request behind it (recording
 /// stays lock-free meanwhile).
-fn keep_metrics_bounded(metrics: PrometheusHandle) {
+pub(crate) fn keep_metrics_bounded(metrics: PrometheusHandle) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -177,6 +177,11 @@ impl MeshState {
         self.resources.values()
     }
 
+    /// One resource by its key (`Kind/namespace/name`).
+    pub(crate) fn resource(&self, key: &str) -> Option<&Arc<Resource>> {
+        self.resources.get(key)
+    }
+
     /// Every known service with its view.
     pub(crate) fn views(&self) -> impl Iterator<Item = (&ServiceKey, &Arc<ServiceView>)> {
         self.ids

@@ -12,6 +12,8 @@
 //! - [`admission`]: AdmissionReview fixtures and the webhook listener.
 //! - [`attack`]: hand-written attackers (raw HTTP/2 frames, slow and idle
 //!   clients) and a sidecar's memory and descriptors.
+//! - [`gateway`]: end-user tokens signed with each algorithm, forged ones,
+//!   and a JWKS server that rotates or stops.
 //! - [`netns`]: network-namespace "nodes" and "pods" for capture tests.
 //! - [`prom`]: the one Prometheus text reader.
 //! - [`rollout`]: Rollout documents, canary apps that fail on purpose, status reads.
@@ -30,6 +32,7 @@ pub mod browser;
 pub mod certify;
 pub mod control;
 pub mod etcd;
+pub mod gateway;
 pub mod mesh;
 pub mod netns;
 pub mod prom;

@@ -161,6 +161,8 @@ pub struct SidecarSpec {
     /// Environment for the process, beyond `NO_COLOR`: what the injector
     /// passes only that way (e.g. `BULKHEAD_APP_PROBES`).
     pub env: Vec<(String, String)>,
+    /// `bulkhead-proxy gateway --gateway NAME` instead of `run`.
+    pub gateway: Option<String>,
 }
 
 impl SidecarSpec {
@@ -177,6 +179,17 @@ impl SidecarSpec {
             region: "region-1".into(),
             extra: vec![],
             env: vec![],
+            gateway: None,
+        }
+    }
+
+    /// The gateway serving the Gateway resource `name` in `namespace`, as
+    /// the workload `gateway-<name>`; its outside listener is
+    /// [`Sidecar::listen`].
+    pub fn gateway(namespace: &str, name: &str) -> Self {
+        Self {
+            gateway: Some(name.into()),
+            ..Self::new(namespace, &format!("gateway-{name}"), "0.0.0")
         }
     }
 
@@ -232,6 +245,8 @@ pub struct Sidecar {
     pub upstreams: Vec<(String, SocketAddr)>,
     /// The mesh DNS server's addresses, when `--dns` was given.
     pub dns: Vec<SocketAddr>,
+    /// A gateway's outside listener (`--listen`).
+    pub listen: Option<SocketAddr>,
     /// Every flag but the listen addresses, which [`Sidecar::spawn`] adds.
     args: Vec<String>,
     dir: tempfile::TempDir,
@@ -277,8 +292,17 @@ impl Sidecar {
         let (inbound, admin) = (any, any);
         let upstreams: Vec<(String, SocketAddr)> =
             spec.upstreams.iter().map(|t| (t.clone(), any)).collect();
-        let mut args: Vec<String> = vec![
-            "run".into(),
+        let mut args: Vec<String> = match &spec.gateway {
+            None => vec!["run".into()],
+            Some(name) => vec![
+                "gateway".into(),
+                "--gateway".into(),
+                name.clone(),
+                "--listen".into(),
+                any.to_string(),
+            ],
+        };
+        let common: Vec<String> = vec![
             "--control".into(),
             cp.url(),
             "--trust-bundle".into(),
@@ -304,6 +328,7 @@ impl Sidecar {
             "--log-level".into(),
             "info,bulkhead_proxy=debug".into(),
         ];
+        args.extend(common);
         if let Some(app) = spec.app {
             args.extend(["--app".into(), app.to_string()]);
         }
@@ -315,6 +340,7 @@ impl Sidecar {
             admin,
             upstreams,
             dns: Vec::new(),
+            listen: None,
             args,
             dir,
         };
@@ -405,7 +431,12 @@ impl Sidecar {
         let bound = read_addresses("bulkhead-proxy", &addresses, &mut child, &|| {
             std::fs::read_to_string(&log_path).unwrap_or_default()
         });
-        self.inbound = address(&bound, "inbound");
+        // A gateway has no inbound side; it reports its outside listener.
+        if bound.get("listen").is_some() {
+            self.listen = Some(address(&bound, "listen"));
+        } else {
+            self.inbound = address(&bound, "inbound");
+        }
         self.admin = address(&bound, "admin");
         self.dns = bound["dns"]
             .as_array()

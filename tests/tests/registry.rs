@@ -440,6 +440,7 @@ async fn watch_needs_a_mesh_identity_and_bounded_requests() {
             services: vec!["*".into()],
             own_service: String::new(),
             directory: false,
+            ..Default::default()
         })
         .await
         .expect_err("no client cert");
@@ -451,6 +452,7 @@ async fn watch_needs_a_mesh_identity_and_bounded_requests() {
             services: vec!["Not_A_Name".into()],
             own_service: String::new(),
             directory: false,
+            ..Default::default()
         })
         .await
         .expect_err("bad service name");
@@ -460,6 +462,7 @@ async fn watch_needs_a_mesh_identity_and_bounded_requests() {
             services: (0..2000).map(|i| format!("s{i}")).collect(),
             own_service: String::new(),
             directory: false,
+            ..Default::default()
         })
         .await
         .expect_err("too many services");
@@ -505,6 +508,7 @@ spec:
         services: services.iter().map(|s| s.to_string()).collect(),
         own_service: String::new(),
         directory: true,
+        ..Default::default()
     };
 
     // Named nothing: both Services, no endpoints, no split.

@@ -265,7 +265,23 @@ fn bad_host(problem: &'static str, route: &HttpRoute) -> Response<Body> {
     Observed::wrap(resp.map(Answer::Mesh), started, metrics, None, None, None).map(|b| b.boxed())
 }
 
-async fn request(req: Request<Incoming>, route: &HttpRoute, outbound: &Outbound) -> Response<Body> {
+/// A request body the outbound sends on: the app's own, or (from the
+/// gateway's aggregates) one the mesh made.
+pub(crate) trait SendBody:
+    hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Sync + 'static
+{
+}
+
+impl<B> SendBody for B where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Sync + 'static
+{
+}
+
+pub(super) async fn request<B: SendBody>(
+    req: Request<B>,
+    route: &HttpRoute,
+    outbound: &Outbound,
+) -> Response<Body> {
     let started = Instant::now();
     let grpc = h::is_grpc(req.headers());
     // A gRPC call's own deadline bounds the whole call (head and stream);
@@ -308,8 +324,8 @@ enum SendError {
     Timeout,
 }
 
-async fn route_request(
-    req: Request<Incoming>,
+async fn route_request<B: SendBody>(
+    req: Request<B>,
     route: &HttpRoute,
     outbound: &Outbound,
     grpc: bool,

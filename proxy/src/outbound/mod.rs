@@ -14,6 +14,7 @@ mod mesh_names;
 mod retry;
 mod tcp;
 
+pub(crate) use self::http::SendBody;
 pub(crate) use self::retry::retryable;
 
 use std::net::SocketAddr;
@@ -89,6 +90,14 @@ impl Target {
         Self {
             pin: Some(SocketAddr::new(endpoint.address, endpoint.inbound_port)),
             ..Self::new(key, Some(port))
+        }
+    }
+
+    /// `key` (on `port`, or its only port) as a gateway route reaches it.
+    pub(crate) fn gateway(key: ServiceKey, port: Option<u16>) -> Self {
+        Self {
+            listener: "gateway",
+            ..Self::new(key, port)
         }
     }
 
@@ -181,6 +190,53 @@ pub(crate) async fn connection(
         Err((reason, why)) => {
             metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => reason).increment(1);
             tracing::warn!(service = %target.key.1, reason, %why, "refusing connection");
+        }
+    }
+}
+
+/// One HTTP request to `target` on the mesh path, from a workload that is
+/// not an app behind a listener (the gateway): subscribe if need be, find
+/// the declared port, then route it as an app's request is routed (split,
+/// pin, locality, retries, mTLS). A target the mesh cannot reach over HTTP
+/// is answered by the mesh (503 unknown, 502 not HTTP).
+pub(crate) async fn send<B: SendBody>(
+    target: &Target,
+    req: ::http::Request<B>,
+    outbound: &Outbound,
+) -> ::http::Response<crate::http::Body> {
+    if !target.subscribed.load(Ordering::Relaxed)
+        && outbound
+            .subscriptions
+            .ensure(&outbound.states, &target.key)
+            .await
+    {
+        target.subscribed.store(true, Ordering::Relaxed);
+    }
+    let route = {
+        let state = outbound.states.load();
+        match target.resolve(&state) {
+            Err(why) => Err((
+                ::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unknown-service",
+                why,
+            )),
+            Ok((_, Protocol::Tcp)) => Err((
+                ::http::StatusCode::BAD_GATEWAY,
+                "not-http",
+                format!("{}/{} is a TCP port", target.key.0, target.key.1),
+            )),
+            Ok((port, _)) => target
+                .routes
+                .get(target.listener, &target.key, port, None, outbound, &state)
+                .map_err(|why| (::http::StatusCode::BAD_GATEWAY, "bad-target", why)),
+        }
+    };
+    match route {
+        Ok(route) => self::http::request(req, &route, outbound).await,
+        Err((status, reason, why)) => {
+            metrics::counter!("bulkhead_mesh_errors_total", "direction" => "outbound", "reason" => reason).increment(1);
+            tracing::warn!(service = %target.key.1, reason, %why, "gateway request refused");
+            crate::http::mesh_response(false, status, reason, &format!("bulkhead: {why}"))
         }
     }
 }

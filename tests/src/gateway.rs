@@ -1,0 +1,228 @@
+//! The API gateway's test support: end-user tokens signed here with each
+//! algorithm the gateway accepts (and forged ones it must refuse), and a
+//! JWKS server that can rotate its keys or stop answering.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use serde_json::{Value, json};
+
+use crate::proxy::App;
+
+/// An RSA key for RS256 (ring cannot make one; generated once with
+/// `openssl genpkey -algorithm RSA`, PKCS#1 DER).
+const RSA_PKCS1: &[u8] = include_bytes!("../fixtures/jwt-rsa-2048.der");
+
+/// A token issuer's signing key.
+pub struct Signer {
+    pub kid: String,
+    key: SigningKey,
+}
+
+enum SigningKey {
+    Es256(EcdsaKeyPair),
+    Rs256(RsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+}
+
+impl Signer {
+    /// A fresh P-256 key.
+    pub fn es256(kid: &str) -> Self {
+        let rng = SystemRandom::new();
+        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("P-256 key");
+        let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("P-256 key");
+        Self {
+            kid: kid.into(),
+            key: SigningKey::Es256(key),
+        }
+    }
+
+    /// The fixture RSA key.
+    pub fn rs256(kid: &str) -> Self {
+        Self {
+            kid: kid.into(),
+            key: SigningKey::Rs256(RsaKeyPair::from_der(RSA_PKCS1).expect("RSA fixture")),
+        }
+    }
+
+    /// A fresh Ed25519 key.
+    pub fn ed25519(kid: &str) -> Self {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("Ed25519 key");
+        Self {
+            kid: kid.into(),
+            key: SigningKey::EdDsa(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key")),
+        }
+    }
+
+    pub fn alg(&self) -> &'static str {
+        match self.key {
+            SigningKey::Es256(_) => "ES256",
+            SigningKey::Rs256(_) => "RS256",
+            SigningKey::EdDsa(_) => "EdDSA",
+        }
+    }
+
+    /// The public key as a JSON Web Key.
+    pub fn jwk(&self) -> Value {
+        match &self.key {
+            SigningKey::Es256(k) => {
+                // Uncompressed point: 0x04 || x || y.
+                let point = k.public_key().as_ref();
+                json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig",
+                       "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65])})
+            }
+            SigningKey::Rs256(k) => {
+                let c = signature::RsaPublicKeyComponents::<Vec<u8>>::from(k.public());
+                json!({"kty": "RSA", "kid": self.kid, "alg": "RS256",
+                       "n": B64.encode(&c.n), "e": B64.encode(&c.e)})
+            }
+            SigningKey::EdDsa(k) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "kid": self.kid,
+                       "x": B64.encode(k.public_key().as_ref())})
+            }
+        }
+    }
+
+    /// A token with these claims, signed by this key.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_with_header(
+            &json!({"alg": self.alg(), "typ": "JWT", "kid": self.kid}),
+            claims,
+        )
+    }
+
+    /// A token with this header (which may lie about the key or algorithm).
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let message = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let rng = SystemRandom::new();
+        let sig = match &self.key {
+            SigningKey::Es256(k) => k
+                .sign(&rng, message.as_bytes())
+                .expect("sign")
+                .as_ref()
+                .to_vec(),
+            SigningKey::Rs256(k) => {
+                let mut sig = vec![0; k.public().modulus_len()];
+                k.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    message.as_bytes(),
+                    &mut sig,
+                )
+                .expect("sign");
+                sig
+            }
+            SigningKey::EdDsa(k) => k.sign(message.as_bytes()).as_ref().to_vec(),
+        };
+        format!("{message}.{}", B64.encode(sig))
+    }
+
+    /// The public key's bytes (for RSA, PKCS#1 DER): what a key-confusion
+    /// attacker uses as an HMAC secret.
+    pub fn public_bytes(&self) -> Vec<u8> {
+        match &self.key {
+            SigningKey::Es256(k) => k.public_key().as_ref().to_vec(),
+            SigningKey::Rs256(k) => k.public().as_ref().to_vec(),
+            SigningKey::EdDsa(k) => k.public_key().as_ref().to_vec(),
+        }
+    }
+}
+
+/// A JWKS of these keys.
+pub fn jwks(signers: &[&Signer]) -> Value {
+    json!({"keys": signers.iter().map(|s| s.jwk()).collect::<Vec<_>>()})
+}
+
+/// An HS256 token made with `secret` (the key-confusion attempt).
+pub fn hs256(secret: &[u8], kid: &str, claims: &Value) -> String {
+    let header = json!({"alg": "HS256", "typ": "JWT", "kid": kid});
+    let message = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, message.as_bytes());
+    format!("{message}.{}", B64.encode(tag.as_ref()))
+}
+
+/// An `alg: none` token (with a dummy signature part, as attackers send).
+pub fn unsigned(claims: &Value) -> String {
+    let header = json!({"alg": "none", "typ": "JWT"});
+    format!(
+        "{}.{}.AAAA",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    )
+}
+
+/// Seconds since the epoch, `offset` from now.
+pub fn at(offset: i64) -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    i64::try_from(now).unwrap_or(i64::MAX) + offset
+}
+
+/// Claims valid for ten minutes from `iss` for `aud`, plus `extra`.
+pub fn claims(iss: &str, aud: &str, extra: Value) -> Value {
+    let mut c = json!({"iss": iss, "aud": aud, "sub": "user-1", "iat": at(0), "exp": at(600)});
+    if let (Some(c), Value::Object(extra)) = (c.as_object_mut(), extra) {
+        c.extend(extra);
+    }
+    c
+}
+
+/// An HTTP server of a JWKS: its document can be replaced (a rotation),
+/// and it can stop answering (an outage). Counts its fetches.
+pub struct JwksServer {
+    pub app: App,
+    document: Arc<Mutex<Value>>,
+}
+
+impl JwksServer {
+    pub async fn start(document: Value) -> Self {
+        let doc = Arc::new(Mutex::new(document));
+        let served = doc.clone();
+        let app = App::http_with(move |_req: Request<Incoming>| {
+            let body = served.lock().unwrap().to_string();
+            async move {
+                Response::builder()
+                    .header("content-type", "application/json")
+                    // Below the gateway's 30 s floor: it must clamp.
+                    .header("cache-control", "public, max-age=1")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap()
+            }
+        })
+        .await;
+        Self { app, document: doc }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.app.addr)
+    }
+
+    pub fn rotate(&self, document: Value) {
+        *self.document.lock().unwrap() = document;
+    }
+
+    /// How many times the JWKS was fetched.
+    pub fn fetches(&self) -> u64 {
+        self.app.seen()
+    }
+}

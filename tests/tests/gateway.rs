@@ -1,0 +1,600 @@
+//! The API gateway end to end (issue 14): the real `bulkhead-proxy
+//! gateway` in front of real sidecars and apps, a real control plane, end
+//! users with tokens signed here with each accepted algorithm (and forged
+//! ones), a JWKS server that rotates and stops, and aggregates with a slow
+//! and a failing part.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bulkhead_tests::control::{wait_for_async, *};
+use bulkhead_tests::gateway::*;
+use bulkhead_tests::mesh::Mesh;
+use bulkhead_tests::prom;
+use bulkhead_tests::proxy::*;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+const ISSUER: &str = "https://id.shop.test";
+const PARTNER_ISSUER: &str = "https://partners.test";
+
+/// Services behind the gateway: each allows the gateway's identity only.
+const SERVICES: &str = "
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {ports: [{port: 8080, protocol: http}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: AllowList
+metadata: {name: cart, namespace: shop}
+spec: {target: cart, rules: [{from: [gateway-public]}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {ports: [{port: 8080, protocol: http}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: AllowList
+metadata: {name: catalog, namespace: shop}
+spec: {target: catalog, rules: [{from: [gateway-public]}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {name: inventory, namespace: shop}
+spec: {ports: [{port: 8080, protocol: http}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: AllowList
+metadata: {name: inventory, namespace: shop}
+spec: {target: inventory, rules: [{from: [gateway-public]}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {name: broken, namespace: shop}
+spec: {ports: [{port: 8080, protocol: http}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: AllowList
+metadata: {name: broken, namespace: shop}
+spec: {target: broken, rules: [{from: [gateway-public]}]}
+";
+
+/// The Gateway: `users` keys from a JWKS server, `partners` from another
+/// (the one that stops), `staff` inline, `gone` from a server that never
+/// answered.
+fn gateway_yaml(users: &str, partners: &str, staff: &Value, gone: &str) -> String {
+    format!(
+        "
+apiVersion: bulkhead.dev/v1
+kind: Gateway
+metadata: {{name: public, namespace: shop}}
+spec:
+  jwt:
+  - name: users
+    issuer: {ISSUER}
+    audiences: [shop-web]
+    jwksUri: {users}
+    claimToHeaders: [{{claim: sub, header: x-user-id}}]
+    forwardToken: false
+  - name: partners
+    issuer: {PARTNER_ISSUER}
+    audiences: [shop-api]
+    jwksUri: {partners}
+  - name: staff
+    issuer: https://staff.test
+    audiences: [ops]
+    jwks: '{staff}'
+    forwardToken: true
+  - name: gone
+    issuer: https://gone.test
+    audiences: [x]
+    jwksUri: {gone}
+  routes:
+  - pathPrefix: /api/cart
+    service: cart
+    port: 8080
+    auth: {{jwt: users, require: always}}
+  - pathPrefix: /api/open
+    service: cart
+  - pathPrefix: /api/maybe
+    service: shop/cart
+    auth: {{jwt: users, require: if-present}}
+  - pathPrefix: /api/partner
+    service: cart
+    auth: {{jwt: partners}}
+  - pathPrefix: /api/staff
+    service: cart
+    auth: {{jwt: staff, require: always}}
+  - pathPrefix: /api/gone
+    service: cart
+    auth: {{jwt: gone, require: always}}
+  - pathPrefix: /api/product/
+    aggregate:
+      timeout: 2s
+      backends:
+      - {{key: product, service: catalog, path: \"/v1/products/{{rest}}\", required: true}}
+      - {{key: stock, service: inventory, path: \"/v1/stock/{{rest}}\", required: false, timeout: 300ms}}
+  - pathPrefix: /api/broken
+    aggregate:
+      backends:
+      - {{key: product, service: catalog, path: \"/v1/products/{{rest}}\", required: false}}
+      - {{key: bad, service: broken, path: /fail}}
+"
+    )
+}
+
+/// An app that answers with what it saw: its name, the path and the
+/// headers a test looks at.
+async fn mirror(name: &'static str) -> App {
+    App::http_with(move |req: Request<Incoming>| {
+        let header = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let body = json!({
+            "service": name,
+            "path": req.uri().path_and_query().map(|p| p.as_str()),
+            "x-user-id": header("x-user-id"),
+            "authorization": header("authorization"),
+            "x-forwarded-proto": header("x-forwarded-proto"),
+            "peer": header("x-bulkhead-peer-identity"),
+        });
+        async move { Response::new(Full::new(Bytes::from(body.to_string()))) }
+    })
+    .await
+}
+
+/// The catalog: a product object with more members than clients ask for.
+async fn catalog() -> App {
+    App::http_with(|req: Request<Incoming>| {
+        let path = req.uri().path_and_query().map(|p| p.to_string());
+        async move {
+            let body = json!({"name": "lamp", "price": 12, "internal": "x", "path": path});
+            Response::new(Full::new(Bytes::from(body.to_string())))
+        }
+    })
+    .await
+}
+
+/// Inventory that answers after the aggregate's part timeout.
+async fn slow_inventory() -> App {
+    App::http_with(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Response::new(Full::new(Bytes::from_static(b"{\"count\": 3}")))
+    })
+    .await
+}
+
+/// A backend that always fails.
+async fn failing() -> App {
+    App::http_with(|_req: Request<Incoming>| async {
+        Response::builder()
+            .status(500)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    })
+    .await
+}
+
+/// Everything the scenarios share: the mesh, its apps and sidecars, the
+/// JWKS servers and keys, and the gateway.
+struct Shop {
+    _apps: Vec<App>,
+    _sidecars: Vec<Sidecar>,
+    gateway: Sidecar,
+    users: JwksServer,
+    partners: JwksServer,
+    es: Signer,
+    rs: Signer,
+    ed: Signer,
+    partner: Signer,
+    staff: Signer,
+    _mesh: Mesh,
+}
+
+impl Shop {
+    async fn start() -> Self {
+        let mesh = Mesh::memory("gateway.test", SERVICES, &[]).await;
+        let (es, rs, ed) = (
+            Signer::es256("k-es"),
+            Signer::rs256("k-rs"),
+            Signer::ed25519("k-ed"),
+        );
+        let users = JwksServer::start(jwks(&[&es, &rs, &ed])).await;
+        let partner = Signer::es256("p1");
+        let partners = JwksServer::start(jwks(&[&partner])).await;
+        let staff = Signer::ed25519("s1");
+        let gone = format!("http://127.0.0.1:{}/jwks", free_port());
+        mesh.apply(&gateway_yaml(
+            &users.uri(),
+            &partners.uri(),
+            &jwks(&[&staff]),
+            &gone,
+        ))
+        .await;
+        let apps = vec![
+            mirror("cart").await,
+            catalog().await,
+            slow_inventory().await,
+            failing().await,
+        ];
+        let mut sidecars = Vec::new();
+        for (service, app) in ["cart", "catalog", "inventory", "broken"].iter().zip(&apps) {
+            sidecars.push(mesh.sidecar(SidecarSpec::new("shop", service, "1.0.0").app(app)));
+        }
+        let gateway = mesh.sidecar(SidecarSpec::gateway("shop", "public"));
+        let shop = Self {
+            _apps: apps,
+            _sidecars: sidecars,
+            gateway,
+            users,
+            partners,
+            es,
+            rs,
+            ed,
+            partner,
+            staff,
+            _mesh: mesh,
+        };
+        // Routes and endpoints (registered a moment after each sidecar is
+        // ready) reach the gateway a moment after it is ready: wait until
+        // every app has answered through it (the slow one by timing out).
+        let reached = [
+            ("/api/open", "service"),
+            ("/api/product/1", "_status.stock"),
+            ("/api/broken/1", "status"),
+        ];
+        for (path, member) in reached {
+            wait_for_async(&format!("the gateway to reach {path}"), WAIT, || async {
+                let r = shop.get(path, &[]).await.ok()?;
+                let seen: Value = serde_json::from_str(&r.body).ok()?;
+                let value = member.split('.').fold(&seen, |v, k| &v[k]);
+                matches!(value, Value::String(s) if s != "error")
+                    .then_some(())
+                    .or_else(|| (value == 500).then_some(()))
+            })
+            .await;
+        }
+        shop
+    }
+
+    fn listen(&self) -> SocketAddr {
+        self.gateway.listen.expect("the gateway's --listen")
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        call(self.listen(), "GET", path, headers).await
+    }
+
+    /// GET with `Authorization: Bearer <token>`.
+    async fn get_as(&self, path: &str, token: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.get(path, &[("authorization", &auth)])
+            .await
+            .expect("gateway answers")
+    }
+
+    fn user(&self, extra: Value) -> Value {
+        claims(ISSUER, "shop-web", extra)
+    }
+}
+
+fn body(reply: &Reply) -> Value {
+    serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {}", reply.body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_whole_segments_and_nothing_else_is_reachable() {
+    let shop = Shop::start().await;
+    let open = shop.get("/api/open/x?q=1", &[]).await.unwrap();
+    assert_eq!(open.status, 200, "{}", open.body);
+    let seen = body(&open);
+    // Forwarded unchanged, over mTLS as the gateway's own identity.
+    assert_eq!(seen["path"], "/api/open/x?q=1");
+    assert_eq!(
+        seen["peer"],
+        "spiffe://gateway.test/ns/shop/sa/gateway-public"
+    );
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    for unknown in ["/api/openX", "/api", "/", "/nothing/here"] {
+        let r = shop.get(unknown, &[]).await.unwrap();
+        assert_eq!(r.status, 404, "{unknown}: {}", r.body);
+        assert_eq!(r.headers["x-bulkhead-error"], "no-route");
+    }
+    // A path servers could read differently is refused, never routed.
+    let r = shop
+        .get("/api/open/%2e%2e/%2e%2e/admin%2F", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Outside clients cannot pass for the mesh or for a verified user.
+    let token = shop.es.sign(&shop.user(json!({})));
+    let spoof = format!("Bearer {token}");
+    let r = shop
+        .get(
+            "/api/cart",
+            &[
+                ("authorization", &spoof),
+                ("x-user-id", "admin"),
+                (
+                    "x-bulkhead-peer-identity",
+                    "spiffe://gateway.test/ns/shop/sa/admin",
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = body(&r);
+    assert_eq!(
+        seen["x-user-id"], "user-1",
+        "the claim, not the client's copy"
+    );
+    assert_eq!(seen["authorization"], Value::Null, "token stripped");
+    assert_eq!(
+        seen["peer"],
+        "spiffe://gateway.test/ns/shop/sa/gateway-public"
+    );
+    let r = shop
+        .get("/api/open", &[("x-user-id", "admin")])
+        .await
+        .unwrap();
+    assert_eq!(
+        body(&r)["x-user-id"],
+        Value::Null,
+        "stripped on every route"
+    );
+    assert!(
+        shop.gateway
+            .metric("bulkhead_gateway_requests_total", &[("route", "/api/open")])
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_users_are_authenticated_with_each_algorithm_and_forgeries_refused() {
+    let shop = Shop::start().await;
+    for signer in [&shop.es, &shop.rs, &shop.ed] {
+        let r = shop
+            .get_as("/api/cart", &signer.sign(&shop.user(json!({}))))
+            .await;
+        assert_eq!(r.status, 200, "{}: {}", signer.alg(), r.body);
+    }
+    // Within the 60 s clock skew.
+    let late = shop.user(json!({"exp": at(-30)}));
+    assert_eq!(
+        shop.get_as("/api/cart", &shop.es.sign(&late)).await.status,
+        200
+    );
+
+    let refused = [
+        (
+            "expired",
+            shop.es.sign(&shop.user(json!({"exp": at(-120)}))),
+        ),
+        (
+            "not yet valid",
+            shop.es.sign(&shop.user(json!({"nbf": at(300)}))),
+        ),
+        ("no exp", {
+            let mut c = shop.user(json!({}));
+            c.as_object_mut().unwrap().remove("exp");
+            shop.es.sign(&c)
+        }),
+        (
+            "wrong audience",
+            shop.es.sign(&claims(ISSUER, "other-app", json!({}))),
+        ),
+        (
+            "wrong issuer",
+            shop.es
+                .sign(&claims("https://evil.test", "shop-web", json!({}))),
+        ),
+        ("alg none", unsigned(&shop.user(json!({})))),
+        (
+            "HS256 with the RSA public key as secret",
+            hs256(&shop.rs.public_bytes(), "k-rs", &shop.user(json!({}))),
+        ),
+        (
+            "signed by an unknown key",
+            Signer::es256("k-es").sign(&shop.user(json!({}))),
+        ),
+        (
+            "ES256 header on an RSA key's kid",
+            shop.es.sign_with_header(
+                &json!({"alg": "ES256", "kid": "k-rs"}),
+                &shop.user(json!({})),
+            ),
+        ),
+    ];
+    for (what, token) in &refused {
+        let r = shop.get_as("/api/cart", token).await;
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        assert!(
+            r.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"),
+            "{what}"
+        );
+    }
+    // Missing where required: 401 with the challenge.
+    let r = shop.get("/api/cart", &[]).await.unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    // Any malformed Authorization is a 401, even where a token is optional.
+    for bad in ["Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c.d"] {
+        for path in ["/api/cart", "/api/maybe"] {
+            let r = shop.get(path, &[("authorization", bad)]).await.unwrap();
+            assert_eq!(r.status, 401, "{path} {bad}: {}", r.body);
+        }
+    }
+    // if-present: none is fine, a bad one is not.
+    assert_eq!(shop.get("/api/maybe", &[]).await.unwrap().status, 200);
+    assert_eq!(shop.get_as("/api/maybe", &refused[0].1).await.status, 401);
+    // Inline keys, and a provider that forwards the token.
+    let staff = shop
+        .staff
+        .sign(&claims("https://staff.test", "ops", json!({})));
+    let r = shop.get_as("/api/staff", &staff).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(body(&r)["authorization"], format!("Bearer {staff}"));
+    // An issuer whose keys were never fetched: 503, never allow.
+    let r = shop
+        .get_as(
+            "/api/gone",
+            &shop.es.sign(&claims("https://gone.test", "x", json!({}))),
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_and_survive_an_outage_of_the_jwks_server() {
+    let shop = Shop::start().await;
+    // Rotation: a new kid is fetched when first seen.
+    let fresh = Signer::rs256("k-new");
+    let token = fresh.sign(&shop.user(json!({})));
+    let before = shop.users.fetches();
+    shop.users.rotate(jwks(&[&shop.es, &fresh]));
+    let r = shop.get_as("/api/cart", &token).await;
+    assert_eq!(r.status, 200, "the new kid after a refetch: {}", r.body);
+    assert!(shop.users.fetches() > before);
+    // Another unknown kid within 30 s does not fetch again.
+    let fetched = shop.users.fetches();
+    let stranger = Signer::es256("k-stranger").sign(&shop.user(json!({})));
+    assert_eq!(shop.get_as("/api/cart", &stranger).await.status, 401);
+    assert_eq!(
+        shop.users.fetches(),
+        fetched,
+        "at most one kid refetch per 30 s"
+    );
+
+    // Outage: the last good keys keep working.
+    let partner_claims = claims(PARTNER_ISSUER, "shop-api", json!({}));
+    let ok = shop.partner.sign(&partner_claims);
+    assert_eq!(shop.get_as("/api/partner", &ok).await.status, 200);
+    shop.partners.app.stop();
+    let unknown = Signer::es256("p2").sign(&partner_claims);
+    assert_eq!(shop.get_as("/api/partner", &unknown).await.status, 401);
+    let errors = wait_for_async("a failed JWKS fetch to be counted", WAIT, || async {
+        let n = shop.gateway.metric(
+            "bulkhead_gateway_jwks_fetch_total",
+            &[("provider", "partners"), ("result", "error")],
+        );
+        (n >= 1.0).then_some(n)
+    })
+    .await;
+    assert!(errors >= 1.0);
+    assert_eq!(
+        shop.get_as("/api/partner", &ok).await.status,
+        200,
+        "last good keys kept"
+    );
+    let text = shop.gateway.metrics();
+    assert!(
+        prom::metric_if_any(
+            &text,
+            "bulkhead_gateway_jwks_fetch_total",
+            &[("provider", "users"), ("result", "ok")]
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_merge_parts_and_say_which_failed() {
+    let shop = Shop::start().await;
+    let r = shop
+        .get("/api/product/42?fields=name,price", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.headers["x-bulkhead-partial"], "stock");
+    assert_eq!(
+        body(&r),
+        json!({
+            "product": {"name": "lamp", "price": 12},
+            "stock": null,
+            "_status": {"product": 200, "stock": "timeout"},
+        })
+    );
+    // Without fields, the whole object, and the path template and query
+    // reached the backend.
+    let r = shop.get("/api/product/42?lang=en", &[]).await.unwrap();
+    let product = &body(&r)["product"];
+    assert_eq!(product["path"], "/v1/products/42?lang=en");
+    assert_eq!(product["internal"], "x");
+    // A required part that fails: 502 naming it.
+    let r = shop.get("/api/broken/1", &[]).await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    let failed = body(&r);
+    assert_eq!(failed["key"], "bad");
+    assert_eq!(failed["status"], 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_resource_is_applied_as_written_and_checked() {
+    let mesh = Mesh::memory("gateway.test", "", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &good,
+        gateway_yaml(
+            "https://id.shop.example/.well-known/jwks.json",
+            "http://idp.shop:8080/jwks",
+            &jwks(&[&Signer::ed25519("s")]),
+            "http://gone:1/jwks",
+        ),
+    )
+    .unwrap();
+    let out = mesh
+        .cp
+        .ctl(&mesh.ca, &["apply", "-f", good.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mesh
+        .cp
+        .ctl(&mesh.ca, &["get", "gateway", "-n", "shop", "-o", "json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/v1/products/{rest}"), "{text}");
+
+    let bad = dir.path().join("bad.yaml");
+    let doc = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace(
+            "{jwt: staff, require: always}",
+            "{jwt: admins, require: always}",
+        )
+        .replace("key: bad,", "key: product,");
+    std::fs::write(&bad, doc).unwrap();
+    let out = mesh
+        .cp
+        .ctl(&mesh.ca, &["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.routes[4].auth.jwt: unknown provider \"admins\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("two backends map to \"product\""),
+        "{stderr}"
+    );
+}
