@@ -56,5 +56,5 @@ mod explain;
 mod path;
 
 pub use authz::{Decision, HttpRequestInfo, RuleRef, Verdict, authorize};
-pub use explain::{Call, Explanation, Field, Mismatch, RuleCheck, explain};
+pub use explain::{Call, Explanation, Field, Mismatch, RuleCheck, explain, explain_with_claims};
 pub use path::{MAX_PATH_LEN, MAX_PATH_SEGMENTS, PathError, assert_normalized, normalize_path};

@@ -23,12 +23,62 @@ pub(crate) const PEER_IDENTITY: &str = "x-bulkhead-peer-identity";
 /// so apps written for them work unchanged.
 pub(crate) const CLIENT_CERT: &str = "x-forwarded-client-cert";
 
+/// Set by a gateway on requests it sends into the mesh: the end user's
+/// verified token claims (base64url of their JSON). The callee's sidecar
+/// reads it only from a caller whose mTLS identity is a gateway's
+/// (service account `gateway-*`), and removes it before the app.
+pub(crate) const CLAIMS: &str = "x-bulkhead-claims";
+
+/// Longest claims header a gateway sends or a sidecar reads.
+const MAX_CLAIMS_BYTES: usize = 8 * 1024;
+
+/// A request extension only the gateway sets: the claims header the
+/// outbound writes after removing whatever the request carried.
+#[derive(Clone, Debug)]
+pub(crate) struct VerifiedClaims(pub(crate) HeaderValue);
+
+impl VerifiedClaims {
+    /// `None` when the claims are too large to pass on (rules requiring
+    /// claims then deny, rather than see a partial set).
+    pub(crate) fn encode(claims: &bulkhead_proto::model::Claims) -> Option<Self> {
+        use base64::Engine;
+        let json = serde_json::to_vec(claims).ok()?;
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        if text.len() > MAX_CLAIMS_BYTES {
+            return None;
+        }
+        HeaderValue::from_str(&text).ok().map(Self)
+    }
+}
+
+/// The end user's claims a request carries, trusted only from a gateway:
+/// `None` from any other caller, or when absent or malformed.
+pub(crate) fn gateway_claims(
+    peer: &bulkhead_proto::SpiffeId,
+    headers: &HeaderMap,
+) -> Option<bulkhead_proto::model::Claims> {
+    use base64::Engine;
+    if !peer.service_account().starts_with("gateway-") {
+        return None;
+    }
+    let value = headers.get(CLAIMS)?.as_bytes();
+    if value.len() > MAX_CLAIMS_BYTES {
+        return None;
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
 /// Removes what an app could send to pass for someone else: the identity
-/// headers the callee's sidecar sets. (The caller's sidecar strips them
-/// too; the callee's removes them whatever arrives.)
+/// headers the callee's sidecar sets, and end-user claims only a gateway
+/// may send. (The caller's sidecar strips them too; the callee's removes
+/// them whatever arrives.)
 pub(crate) fn strip_identity_claims(headers: &mut HeaderMap) {
     headers.remove(CLIENT_CERT);
     headers.remove(PEER_IDENTITY);
+    headers.remove(CLAIMS);
 }
 
 /// What the callee's sidecar removes before its app sees a request: the
@@ -345,6 +395,31 @@ mod tests {
         );
         strip_mesh_headers(&mut h);
         assert_eq!(names(&h), ["x-request-id"]);
+    }
+
+    #[test]
+    fn claims_are_read_from_gateways_only() {
+        let claims = serde_json::json!({"scope": "orders:write", "sub": "u-1"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let header = VerifiedClaims::encode(&claims).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(CLAIMS, header.0);
+        let id = |sa: &str| bulkhead_proto::SpiffeId::new("cluster.local", "shop", sa).unwrap();
+        assert_eq!(gateway_claims(&id("gateway-public"), &h), Some(claims));
+        assert_eq!(gateway_claims(&id("web"), &h), None, "not a gateway");
+        assert_eq!(gateway_claims(&id("my-gateway"), &h), None);
+        h.insert(CLAIMS, HeaderValue::from_static("not base64 json!"));
+        assert_eq!(gateway_claims(&id("gateway-public"), &h), None);
+        assert_eq!(
+            gateway_claims(&id("gateway-public"), &HeaderMap::new()),
+            None
+        );
+        // Apps behind a sidecar cannot send them on.
+        h.insert(CLAIMS, HeaderValue::from_static("e30"));
+        strip_identity_claims(&mut h);
+        assert!(h.get(CLAIMS).is_none());
     }
 
     #[test]

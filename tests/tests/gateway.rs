@@ -65,6 +65,20 @@ apiVersion: bulkhead.dev/v1
 kind: AllowList
 metadata: {name: broken, namespace: shop}
 spec: {target: broken, rules: [{from: [gateway-public]}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: Service
+metadata: {name: orders, namespace: shop}
+spec: {ports: [{port: 8080, protocol: http}]}
+---
+apiVersion: bulkhead.dev/v1
+kind: AllowList
+metadata: {name: orders, namespace: shop}
+spec:
+  target: orders
+  rules:
+  - {from: [gateway-public], claims: {scope: orders:write}}
+  - {from: [web], claims: {scope: orders:write}}
 ";
 
 /// The Gateway: `users` keys from a JWKS server, `partners` from another
@@ -116,6 +130,9 @@ spec:
   - pathPrefix: /api/gone
     service: cart
     auth: {{jwt: gone, require: always}}
+  - pathPrefix: /api/orders
+    service: orders
+    auth: {{jwt: users, require: if-present}}
   - pathPrefix: /api/product/
     aggregate:
       timeout: 2s
@@ -227,9 +244,11 @@ impl Shop {
             catalog().await,
             slow_inventory().await,
             failing().await,
+            mirror("orders").await,
         ];
         let mut sidecars = Vec::new();
-        for (service, app) in ["cart", "catalog", "inventory", "broken"].iter().zip(&apps) {
+        let services = ["cart", "catalog", "inventory", "broken", "orders"];
+        for (service, app) in services.iter().zip(&apps) {
             sidecars.push(mesh.sidecar(SidecarSpec::new("shop", service, "1.0.0").app(app)));
         }
         let gateway = mesh.sidecar(SidecarSpec::gateway("shop", "public"));
@@ -597,4 +616,86 @@ async fn the_gateway_resource_is_applied_as_written_and_checked() {
         stderr.contains("two backends map to \"product\""),
         "{stderr}"
     );
+    // `explain` reads claims rules with the sidecar's own code.
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, SERVICES).unwrap();
+    let explain = |claims: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "-f",
+            policy.to_str().unwrap(),
+            "--from",
+            "shop/gateway-public",
+            "--to",
+            "shop/orders",
+            "--method",
+            "POST",
+            "--path",
+            "/orders",
+        ];
+        for c in claims {
+            args.extend(["--claim", c]);
+        }
+        mesh.cp.ctl(&mesh.ca, &args)
+    };
+    let out = explain(&["scope=orders:read", "scope=orders:write"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = explain(&["scope=orders:read"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("scope: orders:write"), "{text}");
+    assert_eq!(explain(&[]).status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlists_require_end_user_claims_only_a_gateway_can_carry() {
+    let shop = Shop::start().await;
+    let with_scope = |scope: Value| shop.es.sign(&shop.user(json!({"scope": scope})));
+    let r = shop
+        .get_as(
+            "/api/orders",
+            &with_scope(json!("orders:read orders:write")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(body(&r)["service"], "orders");
+    let r = shop
+        .get_as("/api/orders", &with_scope(json!(["orders:write"])))
+        .await;
+    assert_eq!(r.status, 200, "a list claim: {}", r.body);
+    let r = shop
+        .get_as("/api/orders", &with_scope(json!("orders:read")))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.headers["x-bulkhead-error"], "denied");
+    // No token (the route lets it through), no claims: the rule cannot match.
+    let r = shop.get("/api/orders", &[]).await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // Another caller's claims are its own say-so: its sidecar removes them
+    // (and the target's believes them from gateways only).
+    let web = shop
+        ._mesh
+        .sidecar(SidecarSpec::new("shop", "web", "1.0.0").upstream("orders"));
+    use base64::Engine;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"scope": "orders:write"}).to_string());
+    let r = wait_for_async("web's sidecar to reach orders", WAIT, || async {
+        let r = call(
+            web.upstream("orders"),
+            "GET",
+            "/orders",
+            &[("x-bulkhead-claims", &forged)],
+        )
+        .await
+        .ok()?;
+        (r.status != 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
 }

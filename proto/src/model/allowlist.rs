@@ -2,6 +2,8 @@
 //! which methods and paths. Allow-lists only allow; with none matching, a
 //! meshed service accepts nothing.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::identity::SpiffeId;
@@ -56,6 +58,42 @@ pub struct AllowRule {
     pub ports: Option<Vec<u16>>,
     /// Present: only HTTP/gRPC requests can match (never opaque TCP).
     pub http: Option<HttpMatch>,
+    /// End-user claims a gateway verified: every one must hold (see
+    /// [`ClaimMatch`]). Present: only requests that came through a gateway
+    /// with a verified token can match.
+    pub claims: Option<Vec<ClaimMatch>>,
+}
+
+/// The verified claims of an end user's token, as a gateway passed them on.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// `claim: value` in a rule: the claim must equal `value`, or be a list
+/// with an element equal to it, or a space-separated string (OAuth
+/// `scope`) with a word equal to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimMatch {
+    pub name: String,
+    pub value: String,
+}
+
+impl ClaimMatch {
+    pub fn matches(&self, claims: &Claims) -> bool {
+        let wanted = self.value.as_str();
+        let scalar = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s == wanted || s.split(' ').any(|w| w == wanted),
+            serde_json::Value::Bool(b) => b.to_string() == wanted,
+            serde_json::Value::Number(n) => n.to_string() == wanted,
+            _ => false,
+        };
+        match claims.get(&self.name) {
+            Some(serde_json::Value::Array(items)) => items.iter().any(|item| {
+                matches!(item, serde_json::Value::String(s) if s == wanted)
+                    || (!item.is_string() && scalar(item))
+            }),
+            Some(value) => scalar(value),
+            None => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +122,20 @@ impl AllowList {
         normalized_path: Option<&str>,
         trust_domain: &str,
     ) -> Option<usize> {
+        self.allows_with_claims(peer, port, method, normalized_path, None, trust_domain)
+    }
+
+    /// [`allows`](Self::allows), for a request that may carry an end
+    /// user's verified `claims` (from a gateway).
+    pub fn allows_with_claims(
+        &self,
+        peer: &SpiffeId,
+        port: u16,
+        method: Option<&str>,
+        normalized_path: Option<&str>,
+        claims: Option<&Claims>,
+        trust_domain: &str,
+    ) -> Option<usize> {
         self.spec.rules.iter().position(|rule| {
             rule.matches(
                 peer,
@@ -92,7 +144,7 @@ impl AllowList {
                 method,
                 normalized_path,
                 trust_domain,
-            )
+            ) && rule.matches_claims(claims)
         })
     }
 }
@@ -126,6 +178,15 @@ impl AllowRule {
         self.from
             .iter()
             .any(|p| p.matches(peer, namespace, trust_domain))
+    }
+
+    /// `claims`: absent, or every one holds for the request's verified claims.
+    pub fn matches_claims(&self, claims: Option<&Claims>) -> bool {
+        match (&self.claims, claims) {
+            (None, _) => true,
+            (Some(wanted), Some(claims)) => wanted.iter().all(|c| c.matches(claims)),
+            (Some(_), None) => false,
+        }
     }
 
     /// `ports`: absent, or lists the declared port.
@@ -174,6 +235,8 @@ struct RawAllowRule {
     ports: Option<Vec<i64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     http: Option<RawHttpMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -216,6 +279,12 @@ impl Spec for AllowListSpec {
                         .ports
                         .as_ref()
                         .map(|ports| ports.iter().copied().map(i64::from).collect()),
+                    claims: rule.claims.as_ref().map(|claims| {
+                        claims
+                            .iter()
+                            .map(|c| (c.name.clone(), c.value.clone()))
+                            .collect()
+                    }),
                     http: rule.http.as_ref().map(|http| RawHttpMatch {
                         methods: http.methods.clone(),
                         paths: http
@@ -246,10 +315,53 @@ fn rule(errs: &mut FieldErrors, path: &str, raw: RawAllowRule) -> Option<AllowRu
         None => Some(None),
         Some(http) => http_match(errs, &format!("{path}.http"), http).map(Some),
     };
+    let claims = match raw.claims {
+        None => Some(None),
+        Some(claims) => claim_matches(errs, &format!("{path}.claims"), claims).map(Some),
+    };
     Some(AllowRule {
         from: from?,
         ports: ports?,
         http: http?,
+        claims: claims?,
+    })
+}
+
+/// Most claims one rule may require.
+const MAX_CLAIMS: usize = 16;
+
+fn claim_matches(
+    errs: &mut FieldErrors,
+    path: &str,
+    raw: BTreeMap<String, String>,
+) -> Option<Vec<ClaimMatch>> {
+    if raw.is_empty() || raw.len() > MAX_CLAIMS {
+        errs.push(
+            path,
+            format!(
+                "expected 1-{MAX_CLAIMS} claims (claim: value); leave the field out instead of {{}}"
+            ),
+        );
+        return None;
+    }
+    let mut ok = true;
+    for (name, value) in &raw {
+        let bad = |s: &str| s.is_empty() || s.len() > 256 || s.chars().any(char::is_control);
+        if bad(name) || bad(value) || value.contains(' ') {
+            errs.push(
+                format!("{path}.{name}"),
+                format!(
+                    "expected a claim name and one value (1-256 characters, no spaces or control characters), got {}",
+                    check::got(value)
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| {
+        raw.into_iter()
+            .map(|(name, value)| ClaimMatch { name, value })
+            .collect()
     })
 }
 

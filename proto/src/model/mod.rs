@@ -24,7 +24,7 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 
-pub use allowlist::{AllowList, AllowListSpec, AllowRule, HttpMatch, Mode};
+pub use allowlist::{AllowList, AllowListSpec, AllowRule, ClaimMatch, Claims, HttpMatch, Mode};
 pub use endpoint::{Endpoint, EndpointError, Locality};
 pub use error::{ValidationError, ValidationErrors};
 pub use gateway::{

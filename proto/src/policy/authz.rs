@@ -5,7 +5,7 @@ use std::borrow::Borrow;
 use std::fmt;
 
 use crate::identity::SpiffeId;
-use crate::model::{AllowList, Mode};
+use crate::model::{AllowList, Claims, Mode};
 
 /// The HTTP side of a request, for rules with an `http` match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +14,10 @@ pub struct HttpRequestInfo<'a> {
     pub method: &'a str,
     /// The output of [`normalize_path`](super::normalize_path).
     pub normalized_path: &'a str,
+    /// The end user's claims, when a gateway verified a token and the
+    /// caller is that gateway; `None` otherwise (rules with `claims` then
+    /// never match).
+    pub claims: Option<&'a Claims>,
 }
 
 /// What the inbound does with the request.
@@ -92,9 +96,11 @@ pub fn authorize<'a, L: Borrow<AllowList>>(
 ) -> Decision<'a> {
     let method = http.map(|h| h.method);
     let path = http.map(|h| h.normalized_path);
+    let claims = http.and_then(|h| h.claims);
     for list in lists {
         let list = list.borrow();
-        if let Some(index) = list.allows(peer, port, method, path, trust_domain) {
+        if let Some(index) = list.allows_with_claims(peer, port, method, path, claims, trust_domain)
+        {
             return Decision {
                 verdict: Verdict::Allow,
                 rule: Some(RuleRef {
@@ -160,6 +166,7 @@ pub(super) mod tests {
         Some(HttpRequestInfo {
             method: "GET",
             normalized_path: path,
+            claims: None,
         })
     }
 
@@ -248,6 +255,7 @@ pub(super) mod tests {
             Some(HttpRequestInfo {
                 method,
                 normalized_path,
+                claims: None,
             })
         };
         assert_eq!(
@@ -328,6 +336,53 @@ pub(super) mod tests {
             let web = authorize(&lists, &peer("shop", "web"), 8080, None, TD);
             assert_eq!(web, allowed("trial#0"));
         }
+    }
+
+    #[test]
+    fn claims_must_hold_for_the_gateways_requests() {
+        let al = list(
+            "orders",
+            "enforce",
+            "  - from: [gateway-public]\n    claims: {scope: orders:write}\n",
+        );
+        let lists = [&al];
+        let gateway = peer("shop", "gateway-public");
+        let with = |claims: serde_json::Value| {
+            let claims = claims.as_object().cloned().unwrap();
+            authorize(
+                &lists,
+                &gateway,
+                8080,
+                Some(HttpRequestInfo {
+                    method: "POST",
+                    normalized_path: "/orders",
+                    claims: Some(&claims),
+                }),
+                TD,
+            )
+            .verdict
+        };
+        let allow = Verdict::Allow;
+        assert_eq!(with(serde_json::json!({"scope": "orders:write"})), allow);
+        assert_eq!(
+            with(serde_json::json!({"scope": "orders:read orders:write"})),
+            allow
+        );
+        assert_eq!(
+            with(serde_json::json!({"scope": ["a", "orders:write"]})),
+            allow
+        );
+        let deny = Verdict::Deny;
+        assert_eq!(with(serde_json::json!({"scope": "orders:read"})), deny);
+        assert_eq!(with(serde_json::json!({"scope": "orders:writer"})), deny);
+        assert_eq!(with(serde_json::json!({"scope": ["orders:write x"]})), deny);
+        assert_eq!(with(serde_json::json!({"sub": "orders:write"})), deny);
+        // No verified claims (not via a gateway with a token): denied.
+        assert_eq!(
+            authorize(&lists, &gateway, 8080, get("/orders"), TD).verdict,
+            deny
+        );
+        assert_eq!(authorize(&lists, &gateway, 8080, None, TD).verdict, deny);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::borrow::Borrow;
 use std::fmt;
 
 use crate::identity::SpiffeId;
-use crate::model::{AllowList, AllowRule, Mode};
+use crate::model::{AllowList, AllowRule, Claims, Mode};
 
 use super::authz::{Decision, HttpRequestInfo, Verdict, authorize, unmatched};
 use super::path::{PathError, normalize_path};
@@ -40,6 +40,8 @@ pub enum Field {
     Method,
     /// `http.paths`, against the normalized path.
     Path,
+    /// `claims`: the end user's verified claims (requests via a gateway).
+    Claims,
 }
 
 impl Field {
@@ -50,6 +52,7 @@ impl Field {
             Field::Protocol => "protocol",
             Field::Method => "method",
             Field::Path => "path",
+            Field::Claims => "claims",
         }
     }
 }
@@ -87,6 +90,7 @@ impl fmt::Display for Mismatch {
                 "path {} (normalized) matches none of paths [{expected}]",
                 self.got
             ),
+            Field::Claims => write!(f, "claims {} do not hold all of [{expected}]", self.got),
         }
     }
 }
@@ -161,6 +165,20 @@ pub fn explain<L: Borrow<AllowList>>(
     call: Call<'_>,
     trust_domain: &str,
 ) -> Explanation {
+    explain_with_claims(lists, peer, port, call, None, trust_domain)
+}
+
+/// [`explain`] for a request carrying an end user's verified `claims`, as
+/// a gateway passes them on (`None`: a request without, as from any other
+/// caller).
+pub fn explain_with_claims<L: Borrow<AllowList>>(
+    lists: &[L],
+    peer: &SpiffeId,
+    port: u16,
+    call: Call<'_>,
+    claims: Option<&Claims>,
+    trust_domain: &str,
+) -> Explanation {
     let mut sorted: Vec<&AllowList> = lists.iter().map(Borrow::borrow).collect();
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let (method, normalized_path) = match call {
@@ -185,6 +203,7 @@ pub fn explain<L: Borrow<AllowList>>(
         call,
         method,
         path: normalized_path.as_deref(),
+        claims,
         trust_domain,
     };
     let rules: Vec<RuleCheck> = sorted
@@ -220,6 +239,7 @@ pub fn explain<L: Borrow<AllowList>>(
             .map(|(method, path)| HttpRequestInfo {
                 method,
                 normalized_path: path,
+                claims,
             });
         let decision = authorize(&sorted, peer, port, http, trust_domain);
         let allowed_by = decision.rule.map(|r| (r.list.to_owned(), r.index));
@@ -245,6 +265,7 @@ struct Asked<'a> {
     call: Call<'a>,
     method: Option<&'a str>,
     path: Option<&'a str>,
+    claims: Option<&'a Claims>,
     trust_domain: &'a str,
 }
 
@@ -269,6 +290,21 @@ impl Asked<'_> {
                     .iter()
                     .flatten()
                     .map(ToString::to_string)
+                    .collect(),
+            });
+        }
+        if !rule.matches_claims(self.claims) {
+            failed.push(Mismatch {
+                field: Field::Claims,
+                got: match self.claims {
+                    Some(claims) => serde_json::Value::Object(claims.clone()).to_string(),
+                    None => "none (not via a gateway with a verified token)".to_owned(),
+                },
+                expected: rule
+                    .claims
+                    .iter()
+                    .flatten()
+                    .map(|c| format!("{}: {}", c.name, c.value))
                     .collect(),
             });
         }

@@ -72,6 +72,7 @@ pub(super) async fn serve(
     let deadline = started + timeout;
     let query = req.uri().query().map(str::to_owned);
     let fields = query.as_deref().and_then(fields);
+    let claims = req.extensions().get::<h::VerifiedClaims>().cloned();
     let mut headers = req.headers().clone();
     h::strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
@@ -88,9 +89,13 @@ pub(super) async fn serve(
             None => path,
         };
         let headers = headers.clone();
+        let claims = claims.clone();
         async move {
             let mut request = Request::new(h::empty());
             *request.headers_mut() = headers;
+            if let Some(claims) = claims {
+                request.extensions_mut().insert(claims);
+            }
             match uri.parse() {
                 Ok(uri) => *request.uri_mut() = uri,
                 Err(e) => return Outcome::Error(format!("path {uri}: {e}")),

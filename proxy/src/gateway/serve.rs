@@ -20,7 +20,7 @@ use super::jwt;
 use super::routes::{RouteTable, To};
 use crate::accept::{self, Listener};
 use crate::drain::Drain;
-use crate::http::{self as h, Body};
+use crate::http::{self as h, Body, VerifiedClaims};
 use crate::limits::{self, Limits};
 use crate::outbound::{self, Outbound};
 
@@ -146,9 +146,11 @@ async fn handle(
     };
     let label = route.label.clone();
     table.strip_claim_headers(req.headers_mut());
-    if let Some(auth) = &route.auth
-        && let Err(rejection) = jwt::authenticate(auth, req.headers_mut()).await
-    {
+    let verified = match &route.auth {
+        None => Ok(None),
+        Some(auth) => jwt::authenticate(auth, req.headers_mut()).await,
+    };
+    if let Err(rejection) = verified {
         tracing::debug!(route = %label, ?rejection, "end user refused");
         let mut resp = refuse(
             rejection.status(),
@@ -161,6 +163,16 @@ async fn handle(
                 .insert(header::WWW_AUTHENTICATE, challenge);
         }
         return resp;
+    }
+    // The verified claims travel to the target's sidecar, for AllowList
+    // rules with `claims`.
+    if let Ok(Some(claims)) = &verified {
+        match VerifiedClaims::encode(claims) {
+            Some(header) => {
+                req.extensions_mut().insert(header);
+            }
+            None => tracing::debug!(route = %label, "claims too large to pass on"),
+        }
     }
     forwarded(req.headers_mut(), peer, tls);
     let resp = match &route.to {

@@ -268,6 +268,9 @@ pub(super) fn admit(
     };
     let method = method.unwrap_or(req.method());
     let current = inbound.current(port);
+    // Only a gateway's requests carry end-user claims (nothing to parse
+    // on any other).
+    let claims = h::gateway_claims(peer, req.headers());
     let decision = policy::authorize(
         &current.allow_lists,
         peer,
@@ -275,6 +278,7 @@ pub(super) fn admit(
         Some(HttpRequestInfo {
             method: method.as_str(),
             normalized_path: path_and_query.path(),
+            claims: claims.as_ref(),
         }),
         &inbound.trust_domain,
     );

@@ -360,6 +360,9 @@ async fn route_request<B: SendBody>(
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     h::strip_identity_claims(&mut parts.headers);
+    if let Some(claims) = parts.extensions.remove::<h::VerifiedClaims>() {
+        parts.headers.insert(h::CLAIMS, claims.0);
+    }
     parts.headers.remove(h::VERSION_PIN);
     // Built from parts: the path is shared with the app's request, the
     // authority with the connection (nothing formatted or parsed here).

@@ -8,7 +8,7 @@ use bulkhead_proto::model::{
     AllowList, AllowRule, Kind, Principal, Protocol, Resource, Service, parse_documents,
 };
 use bulkhead_proto::pb;
-use bulkhead_proto::policy::{Call, Explanation, Verdict, explain};
+use bulkhead_proto::policy::{Call, Explanation, Verdict, explain_with_claims};
 use clap::ValueEnum;
 use serde_json::{Value, json};
 
@@ -35,6 +35,11 @@ pub(crate) struct ExplainArgs {
     /// as the sidecar does. Without it, identity and port are checked.
     #[arg(long)]
     path: Option<String>,
+    /// An end user's verified claim, as a gateway passes it on (for rules
+    /// with `claims`): NAME=VALUE, repeatable (a name given twice is a
+    /// list). Only meaningful with --from naming a gateway (gateway-*).
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    claims: Vec<String>,
     /// Offline: Services and AllowLists from these files (`-` for stdin;
     /// repeatable) instead of the control plane.
     #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
@@ -62,8 +67,32 @@ Examples:
   bulkheadctl explain --from shop/web --to shop/inventory --port 8080
   bulkheadctl explain --from spiffe://cluster.local/ns/ops/sa/debug --to shop/ledger
   bulkheadctl explain --to shop/inventory                 # who may call it, on what
+  bulkheadctl explain --from shop/gateway-public --to shop/orders --method POST \\
+      --path /orders --claim scope=orders:write          # an end user via the gateway
   bulkheadctl explain -f services.yaml -f policy.yaml --from shop/web --to shop/inventory \\
       --path /v1/stock/x -o json | jq .decision          # offline, in CI";
+
+/// `--claim NAME=VALUE`s as the claims a gateway would pass on; `None`
+/// without any.
+fn claims_of(args: &[String]) -> Result<Option<bulkhead_proto::model::Claims>, CliError> {
+    let mut claims = bulkhead_proto::model::Claims::new();
+    for arg in args {
+        let (name, value) = arg.split_once('=').ok_or_else(|| {
+            CliError::usage(format!(
+                "--claim {arg}: expected NAME=VALUE, e.g. --claim scope=orders:write"
+            ))
+        })?;
+        let value = Value::from(value);
+        match claims.get_mut(name) {
+            None => {
+                claims.insert(name.to_owned(), value);
+            }
+            Some(Value::Array(list)) => list.push(value),
+            Some(first) => *first = Value::Array(vec![first.take(), value]),
+        }
+    }
+    Ok((!claims.is_empty()).then_some(claims))
+}
 
 pub(crate) async fn run(settings: &Settings, args: ExplainArgs) -> CliResult {
     let (namespace, name) = args.to.split_once('/').ok_or_else(|| {
@@ -118,7 +147,8 @@ pub(crate) async fn run(settings: &Settings, args: ExplainArgs) -> CliResult {
         (_, Some(path)) => Call::Http { method, path },
         (_, None) => Call::AnyHttp,
     };
-    let e = explain(&lists, &peer, port, call, &trust_domain);
+    let claims = claims_of(&args.claims)?;
+    let e = explain_with_claims(&lists, &peer, port, call, claims.as_ref(), &trust_domain);
     let report = Report {
         args: &args,
         peer: &peer,
@@ -461,10 +491,15 @@ fn list_callers(args: &ExplainArgs, lists: &[AllowList]) -> CliResult {
                     .as_ref()
                     .map(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>())
             });
+            let claims = rule.claims.as_ref().map(|c| {
+                c.iter()
+                    .map(|c| format!("{}={}", c.name, c.value))
+                    .collect::<Vec<_>>()
+            });
             json!({
                 "allowList": list.metadata.name, "rule": index, "mode": list.mode().as_str(),
                 "callers": callers, "ports": ports, "httpOnly": rule.http.is_some(),
-                "methods": methods, "paths": paths,
+                "methods": methods, "paths": paths, "claims": claims,
             })
         })
         .collect();

@@ -217,6 +217,7 @@ fn agrees_with_authorize() {
                     Some(HttpRequestInfo {
                         method,
                         normalized_path: &normal,
+                        claims: None,
                     }),
                     TD,
                 );
