@@ -226,3 +226,92 @@ impl JwksServer {
         self.app.seen()
     }
 }
+
+/// A self-signed server certificate for `localhost` and 127.0.0.1, written
+/// as `cert.pem` and `key.pem` in `dir` (replacing what is there, as a
+/// certificate renewal does); its DER.
+pub fn write_server_cert(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).expect("self-signed");
+    // Key first: a reader that sees the new certificate sees its key.
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("key.pem");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("cert.pem");
+    cert.der().to_vec()
+}
+
+/// What an HTTPS GET to the gateway saw.
+pub struct TlsReply {
+    pub status: u16,
+    pub version: http::Version,
+    /// The server's leaf certificate (DER).
+    pub server_cert: Vec<u8>,
+}
+
+/// GET `path` over TLS to `addr`, trusting only `root`, offering `alpn`.
+pub async fn https_get(
+    addr: std::net::SocketAddr,
+    root: &[u8],
+    alpn: &[&[u8]],
+    path: &str,
+) -> Result<TlsReply, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(root.to_vec()))
+        .map_err(|e| e.to_string())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(bulkhead_tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (_, session) = tls.get_ref();
+    let server_cert = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let empty = http_body_util::Empty::<Bytes>::new;
+    let response = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let request = Request::get(format!("https://localhost{path}"))
+            .body(empty())
+            .map_err(|e| e.to_string())?;
+        sender.send_request(request).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let request = Request::get(path)
+            .header("host", "localhost")
+            .body(empty())
+            .map_err(|e| e.to_string())?;
+        sender.send_request(request).await
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(TlsReply {
+        status: response.status().as_u16(),
+        version: response.version(),
+        server_cert,
+    })
+}

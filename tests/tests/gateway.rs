@@ -325,6 +325,11 @@ async fn routes_match_whole_segments_and_nothing_else_is_reachable() {
         "spiffe://gateway.test/ns/shop/sa/gateway-public"
     );
     assert_eq!(seen["x-forwarded-proto"], "http");
+    // HTTP/2 from outside too (h2c behind a load balancer).
+    let h2 = call_with(&h2_client(), shop.listen(), "GET", "/api/open", &[])
+        .await
+        .unwrap();
+    assert_eq!(h2.status, 200, "{}", h2.body);
     for unknown in ["/api/openX", "/api", "/", "/nothing/here"] {
         let r = shop.get(unknown, &[]).await.unwrap();
         assert_eq!(r.status, 404, "{unknown}: {}", r.body);
@@ -698,4 +703,53 @@ async fn allowlists_require_end_user_claims_only_a_gateway_can_carry() {
     })
     .await;
     assert_eq!(r.status, 403, "{}", r.body);
+}
+
+/// TLS from files: ALPN h2 and http/1.1 both served, plain HTTP refused on
+/// the TLS port, and a renewed certificate served without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_from_files_speaks_h2_and_http1_and_reloads_the_certificate() {
+    let mesh = Mesh::memory("gateway.test", SERVICES, &[]).await;
+    mesh.apply(
+        "apiVersion: bulkhead.dev/v1\nkind: Gateway\nmetadata: {name: public, namespace: shop}\n\
+         spec: {routes: [{pathPrefix: /api/open, service: cart}]}\n",
+    )
+    .await;
+    let app = mirror("cart").await;
+    let _cart = mesh.sidecar(SidecarSpec::new("shop", "cart", "1.0.0").app(&app));
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_server_cert(dir.path(), "first");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let gateway = mesh.sidecar(
+        SidecarSpec::gateway("shop", "public")
+            .arg("--tls-cert")
+            .arg(cert.to_str().unwrap())
+            .arg("--tls-key")
+            .arg(key.to_str().unwrap()),
+    );
+    let addr = gateway.listen.unwrap();
+    let h2 = wait_for_async("the gateway to route over TLS", WAIT, || async {
+        let r = https_get(addr, &first, &[b"h2", b"http/1.1"], "/api/open")
+            .await
+            .ok()?;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(h2.version, http::Version::HTTP_2);
+    assert_eq!(h2.server_cert, first);
+    let h1 = https_get(addr, &first, &[b"http/1.1"], "/api/open")
+        .await
+        .unwrap();
+    assert_eq!((h1.status, h1.version), (200, http::Version::HTTP_11));
+    assert!(
+        call(addr, "GET", "/api/open", &[]).await.is_err(),
+        "plain HTTP on the TLS port"
+    );
+
+    let second = write_server_cert(dir.path(), "second");
+    wait_for_async("the renewed certificate to be served", WAIT, || async {
+        let r = https_get(addr, &second, &[b"h2"], "/api/open").await.ok()?;
+        (r.server_cert == second && r.status == 200).then_some(())
+    })
+    .await;
 }
