@@ -142,9 +142,14 @@ pub(crate) fn assert_only_the_issuer_secret(scenario: &str, objs: &[Value]) {
     );
 }
 
-/// The control plane's Deployment (the only one).
+/// The control plane's Deployment (the gateway's may be beside it).
 fn control_name(objs: &[Value]) -> String {
-    name_of(of_kind(objs, "Deployment")[0]).to_owned()
+    let deployments = of_kind(objs, "Deployment");
+    let control = deployments
+        .iter()
+        .find(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "control-plane")
+        .expect("the control plane's Deployment");
+    name_of(control).to_owned()
 }
 
 /// `--webhook-configuration` names the rendered webhook configuration, and the

@@ -168,6 +168,25 @@ pub(crate) fn good_scenarios() -> Vec<(&'static str, Value)> {
                 },
             }),
         ),
+        (
+            "gateway",
+            merged(required(), json!({"gateway": {"enabled": true}})),
+        ),
+        (
+            "gateway-tls",
+            merged(
+                inline_issuer(),
+                json!({"gateway": {
+                    "enabled": true,
+                    "name": "edge",
+                    "replicas": 3,
+                    "tlsSecret": "edge-tls",
+                    "service": {"type": "ClusterIP", "port": 443, "annotations": {"a.example/b": "c"}},
+                    "image": {"tag": "edge-1"},
+                    "extraArgs": ["--request-timeout=30s"],
+                }}),
+            ),
+        ),
     ]
 }
 
@@ -254,6 +273,14 @@ pub(crate) fn bad_scenarios() -> Vec<(&'static str, Value, &'static str)> {
             "even-etcd",
             merged(required(), json!({"etcd": {"bundled": {"replicas": 2}}})),
             "/etcd/bundled/replicas",
+        ),
+        (
+            "gateway-bad-name",
+            merged(
+                required(),
+                json!({"gateway": {"enabled": true, "name": "Public!"}}),
+            ),
+            "/gateway/name",
         ),
         (
             "unknown-failure-policy",

@@ -549,7 +549,8 @@ fn every_value_is_documented_in_values_yaml_and_the_readme() {
 // All scenarios, rendered once
 #[test]
 fn the_real_control_plane_accepts_every_rendered_command_line() {
-    // The chart's flags and env names are a contract with bulkhead-control:
+    // The chart's flags and env names are a contract with bulkhead-control
+    // (and bulkhead-proxy, for the gateway):
     // run the real binary with each scenario's args and env. Files do not
     // exist here, so it must stop on a missing file (exit 2 naming it),
     // never on a flag or value it does not know.
@@ -558,8 +559,11 @@ fn the_real_control_plane_accepts_every_rendered_command_line() {
         for deployment in of_kind(objs, "Deployment") {
             let container = &deployment["spec"]["template"]["spec"]["containers"][0];
             let args = args(deployment);
-            let mut cmd =
-                std::process::Command::new(bulkhead_tests::control::bin("bulkhead-control"));
+            // The gateway's Deployment runs bulkhead-proxy (its `command`).
+            let binary = container["command"][0]
+                .as_str()
+                .unwrap_or("bulkhead-control");
+            let mut cmd = std::process::Command::new(bulkhead_tests::control::bin(binary));
             cmd.args(&args).env_clear();
             for env in container["env"].as_array().into_iter().flatten() {
                 if let (Some(k), Some(v)) = (env["name"].as_str(), env["value"].as_str()) {
@@ -601,4 +605,76 @@ fn outcome(scenario: &str) -> &'static support::Outcome {
 /// A good scenario's objects, after checking it rendered, linted and validated clean.
 pub(crate) fn objects(scenario: &str) -> &'static [Value] {
     rendered().objects(scenario)
+}
+
+// ---------------------------------------------------------------------------
+// The API gateway (off by default)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_gateway_is_off_by_default_and_runs_as_its_mesh_identity_when_on() {
+    let is_gateway =
+        |o: &&Value| o["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway";
+    assert!(
+        objects("defaults").iter().filter(is_gateway).count() == 0,
+        "no gateway by default"
+    );
+    for (scenario, name, tls) in [("gateway", "public", false), ("gateway-tls", "edge", true)] {
+        let objs = objects(scenario);
+        let sa = find(objs, "ServiceAccount", &format!("gateway-{name}"));
+        assert_eq!(sa["automountServiceAccountToken"], false, "{scenario}");
+        let deploy = find(objs, "Deployment", &format!("bulkhead-gateway-{name}"));
+        let pod = &deploy["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["serviceAccountName"],
+            format!("gateway-{name}"),
+            "{scenario}"
+        );
+        let args = args(deploy);
+        assert_eq!(args[0], "gateway", "{scenario}: {args:?}");
+        assert_eq!(flag(&args, "--gateway"), Some(name), "{scenario}");
+        assert_eq!(flag(&args, "--attestation"), Some("k8s-jwt"), "{scenario}");
+        assert_eq!(
+            flag(&args, "--control"),
+            Some(format!("https://bulkhead-control.{NAMESPACE}.svc:8443").as_str()),
+            "{scenario}"
+        );
+        assert_eq!(flag(&args, "--tls-cert").is_some(), tls, "{scenario}");
+        // The trust bundle only: the issuer's key never reaches the gateway.
+        let trust = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "trust")
+            .expect("trust volume");
+        assert_eq!(
+            trust["secret"]["items"],
+            json!([{"key": "bundle.crt", "path": "bundle.crt"}]),
+            "{scenario}"
+        );
+        let token = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "token")
+            .expect("token volume");
+        assert_eq!(
+            token["projected"]["sources"][0]["serviceAccountToken"]["audience"], "bulkhead",
+            "{scenario}"
+        );
+        let service = find(objs, "Service", &format!("bulkhead-gateway-{name}"));
+        assert_eq!(
+            service["spec"]["ports"][0]["targetPort"], "http",
+            "{scenario}"
+        );
+    }
+    let objs = objects("gateway-tls");
+    let deploy = find(objs, "Deployment", "bulkhead-gateway-edge");
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert!(container["image"].as_str().unwrap().ends_with(":edge-1"));
+    assert!(args(deploy).contains(&"--request-timeout=30s"));
+    let service = find(objs, "Service", "bulkhead-gateway-edge");
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
 }

@@ -219,3 +219,14 @@ one clear message instead of rendering a control plane that cannot start.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The gateway's workload name, and the mesh identity (service account) it runs as. */}}
+{{- define "bulkhead.gatewayName" -}}
+{{- printf "%s-gateway-%s" (include "bulkhead.fullname" .) .Values.gateway.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "bulkhead.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "bulkhead.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
