@@ -83,6 +83,35 @@ impl Limits {
     /// together: a stream whose reader stalls (a client that grants no
     /// window, an app that reads no body) holds its own window, never the
     /// connection's, which the other streams need.
+    /// The HTTP/1.1 and HTTP/2 server for clients that are not sidecars
+    /// (an app on its outbound listeners, the outside on a gateway's),
+    /// held to these limits: head size and time, streams, windows.
+    pub(crate) fn client_facing_server(
+        &self,
+    ) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+        use hyper_util::rt::{TokioExecutor, TokioTimer};
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            // hyper answers 431 itself (unmarked) to a head that outgrows its
+            // read buffer; up to twice the limit, heads reach the outbound's
+            // check, which counts them as HTTP/2 will and answers a marked 431.
+            .max_buf_size((2 * self.max_header_bytes).max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(self.http2_keepalive)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(self.connection_window())
+            .max_send_buf_size(SEND_BUFFER);
+        builder
+    }
+
     pub(crate) fn connection_window(&self) -> u32 {
         let all = u64::from(STREAM_WINDOW) * u64::from(self.max_concurrent_streams);
         all.clamp(1 << 20, (1 << 31) - 1) as u32

@@ -24,62 +24,30 @@ const WAIT: Duration = Duration::from_secs(20);
 const ISSUER: &str = "https://id.shop.test";
 const PARTNER_ISSUER: &str = "https://partners.test";
 
-/// Services behind the gateway: each allows the gateway's identity only.
-const SERVICES: &str = "
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {name: cart, namespace: shop}
-spec: {ports: [{port: 8080, protocol: http}]}
----
-apiVersion: bulkhead.dev/v1
-kind: AllowList
-metadata: {name: cart, namespace: shop}
-spec: {target: cart, rules: [{from: [gateway-public]}]}
----
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {name: catalog, namespace: shop}
-spec: {ports: [{port: 8080, protocol: http}]}
----
-apiVersion: bulkhead.dev/v1
-kind: AllowList
-metadata: {name: catalog, namespace: shop}
-spec: {target: catalog, rules: [{from: [gateway-public]}]}
----
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {name: inventory, namespace: shop}
-spec: {ports: [{port: 8080, protocol: http}]}
----
-apiVersion: bulkhead.dev/v1
-kind: AllowList
-metadata: {name: inventory, namespace: shop}
-spec: {target: inventory, rules: [{from: [gateway-public]}]}
----
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {name: broken, namespace: shop}
-spec: {ports: [{port: 8080, protocol: http}]}
----
-apiVersion: bulkhead.dev/v1
-kind: AllowList
-metadata: {name: broken, namespace: shop}
-spec: {target: broken, rules: [{from: [gateway-public]}]}
----
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {name: orders, namespace: shop}
-spec: {ports: [{port: 8080, protocol: http}]}
----
-apiVersion: bulkhead.dev/v1
-kind: AllowList
-metadata: {name: orders, namespace: shop}
-spec:
-  target: orders
-  rules:
-  - {from: [gateway-public], claims: {scope: orders:write}}
-  - {from: [web], claims: {scope: orders:write}}
-";
+/// Services behind the gateway, each allowing the gateway's identity only;
+/// `orders` wants an end user's scope too (and names `web` the same way,
+/// to show only a gateway's claims count).
+fn services() -> String {
+    let mut yaml = String::new();
+    for name in ["cart", "catalog", "inventory", "broken", "orders"] {
+        let rules = match name {
+            "orders" => {
+                "[{from: [gateway-public], claims: {scope: orders:write}}, \
+                          {from: [web], claims: {scope: orders:write}}]"
+            }
+            _ => "[{from: [gateway-public]}]",
+        };
+        yaml.push_str(&format!(
+            "---\napiVersion: bulkhead.dev/v1\nkind: Service\n\
+             metadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{ports: [{{port: 8080, protocol: http}}]}}\n\
+             ---\napiVersion: bulkhead.dev/v1\nkind: AllowList\n\
+             metadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{target: {name}, rules: {rules}}}\n"
+        ));
+    }
+    yaml
+}
 
 /// The Gateway: `users` keys from a JWKS server, `partners` from another
 /// (the one that stops), `staff` inline, `gone` from a server that never
@@ -221,7 +189,7 @@ struct Shop {
 
 impl Shop {
     async fn start() -> Self {
-        let mesh = Mesh::memory("gateway.test", SERVICES, &[]).await;
+        let mesh = Mesh::memory("gateway.test", &services(), &[]).await;
         let (es, rs, ed) = (
             Signer::es256("k-es"),
             Signer::rs256("k-rs"),
@@ -623,7 +591,7 @@ async fn the_gateway_resource_is_applied_as_written_and_checked() {
     );
     // `explain` reads claims rules with the sidecar's own code.
     let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, SERVICES).unwrap();
+    std::fs::write(&policy, services()).unwrap();
     let explain = |claims: &[&str]| {
         let mut args = vec![
             "explain",
@@ -709,7 +677,7 @@ async fn allowlists_require_end_user_claims_only_a_gateway_can_carry() {
 /// the TLS port, and a renewed certificate served without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_from_files_speaks_h2_and_http1_and_reloads_the_certificate() {
-    let mesh = Mesh::memory("gateway.test", SERVICES, &[]).await;
+    let mesh = Mesh::memory("gateway.test", &services(), &[]).await;
     mesh.apply(
         "apiVersion: bulkhead.dev/v1\nkind: Gateway\nmetadata: {name: public, namespace: shop}\n\
          spec: {routes: [{pathPrefix: /api/open, service: cart}]}\n",

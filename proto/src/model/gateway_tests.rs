@@ -1,31 +1,5 @@
 use super::*;
-use crate::model::test_support::{expect_error, parse_one};
-
-/// The document of issue 14, as users will write it.
-const ISSUE: &str = "apiVersion: bulkhead.dev/v1
-kind: Gateway
-metadata: {name: public, namespace: shop}
-spec:
-  jwt:
-  - name: users
-    issuer: https://id.shop.example
-    audiences: [shop-web]
-    jwksUri: https://id.shop.example/.well-known/jwks.json   # or `jwks:` inline JSON
-    claimToHeaders: [{claim: sub, header: x-user-id}]
-    forwardToken: false
-  routes:
-  - pathPrefix: /api/cart
-    service: cart               # a mesh Service in this namespace (or ns/name)
-    port: 8080                  # optional for a single-port Service
-    auth: {jwt: users, require: always}   # always | if-present | never
-  - pathPrefix: /api/product/
-    auth: {jwt: users, require: if-present}
-    aggregate:
-      timeout: 2s
-      backends:
-      - {key: product, service: catalog, path: \"/v1/products/{rest}\", required: true}
-      - {key: stock, service: inventory, path: \"/v1/stock/{rest}\", required: false, timeout: 300ms}
-";
+use crate::model::test_support::{GATEWAY_ISSUE_14 as ISSUE, expect_error, parse_one};
 
 fn gateway(yaml: &str) -> Gateway {
     match parse_one(yaml) {
@@ -100,6 +74,18 @@ fn inline_jwks_as_string_or_mapping_reads_the_same() {
     let as_string = gateway(&doc(&format!("'{{\"keys\": [{key}]}}'")));
     let as_mapping = gateway(&doc(&format!("{{keys: [{key}]}}")));
     assert_eq!(as_string, as_mapping);
+    // Inline keys and a host read back as written.
+    let with_host = doc(&format!("{{keys: [{key}]}}")).replace(
+        "  - pathPrefix: /api/cart\n",
+        "  - pathPrefix: /api/cart\n    host: Shop.Example\n",
+    );
+    let resource = parse_one(&with_host);
+    let Resource::Gateway(g) = &resource else {
+        panic!("a Gateway")
+    };
+    assert_eq!(g.spec.routes[0].host.as_deref(), Some("shop.example"));
+    assert_eq!(parse_one(&resource.to_yaml()), resource);
+    assert_eq!(Resource::from_json(&resource.to_json()).unwrap(), resource);
 }
 
 fn doc_with(old: &str, new: &str) -> String {

@@ -26,3 +26,29 @@ pub(crate) fn expect_error(yaml: &str, path: &str, message: &str) {
         "expected an error at {path} containing {message:?}, got:\n{errors}"
     );
 }
+
+/// The document of issue 14, as users will write it.
+pub(crate) const GATEWAY_ISSUE_14: &str = "apiVersion: bulkhead.dev/v1
+kind: Gateway
+metadata: {name: public, namespace: shop}
+spec:
+  jwt:
+  - name: users
+    issuer: https://id.shop.example
+    audiences: [shop-web]
+    jwksUri: https://id.shop.example/.well-known/jwks.json   # or `jwks:` inline JSON
+    claimToHeaders: [{claim: sub, header: x-user-id}]
+    forwardToken: false
+  routes:
+  - pathPrefix: /api/cart
+    service: cart               # a mesh Service in this namespace (or ns/name)
+    port: 8080                  # optional for a single-port Service
+    auth: {jwt: users, require: always}   # always | if-present | never
+  - pathPrefix: /api/product/
+    auth: {jwt: users, require: if-present}
+    aggregate:
+      timeout: 2s
+      backends:
+      - {key: product, service: catalog, path: \"/v1/products/{rest}\", required: true}
+      - {key: stock, service: inventory, path: \"/v1/stock/{rest}\", required: false, timeout: 300ms}
+";

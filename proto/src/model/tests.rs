@@ -2,7 +2,7 @@
 //! and collecting every error of a file.
 
 use super::*;
-use crate::model::test_support::parse_one;
+use crate::model::test_support::{GATEWAY_ISSUE_14, parse_one};
 use crate::pb;
 
 /// One document of each kind, with every optional field present.
@@ -47,36 +47,7 @@ spec:
   interval: 1m30s
   analysis: {minSuccessRate: 0.995, maxP99LatencyMs: 300, minRequests: 50}
 ",
-    "apiVersion: bulkhead.dev/v1
-kind: Gateway
-metadata: {name: public, namespace: shop}
-spec:
-  jwt:
-  - name: users
-    issuer: https://id.shop.example
-    audiences: [shop-web]
-    jwksUri: https://id.shop.example/.well-known/jwks.json
-    claimToHeaders: [{claim: sub, header: x-user-id}]
-    forwardToken: false
-  - name: staff
-    issuer: https://staff.example
-    audiences: [ops]
-    jwks: '{\"keys\": [{\"kty\": \"OKP\", \"crv\": \"Ed25519\", \"x\": \"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"}]}'
-    forwardToken: true
-  routes:
-  - pathPrefix: /api/cart
-    service: cart
-    port: 8080
-    auth: {jwt: users, require: always}
-  - pathPrefix: /api/product/
-    host: shop.example
-    auth: {jwt: users, require: if-present}
-    aggregate:
-      timeout: 2s
-      backends:
-      - {key: product, service: catalog, path: \"/v1/products/{rest}\", required: true}
-      - {key: stock, service: stock/inventory, path: \"/v1/stock/{rest}\", required: false, timeout: 300ms}
-",
+    GATEWAY_ISSUE_14,
 ];
 
 /// The same kinds with only required fields.

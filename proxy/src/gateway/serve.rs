@@ -11,7 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -21,7 +21,7 @@ use super::routes::{RouteTable, To};
 use crate::accept::{self, Listener};
 use crate::drain::Drain;
 use crate::http::{self as h, Body, VerifiedClaims};
-use crate::limits::{self, Limits};
+use crate::limits::Limits;
 use crate::outbound::{self, Outbound};
 
 /// What every connection of the gateway shares.
@@ -76,22 +76,7 @@ where
         let front = front.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(req, &front, peer, tls).await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size((2 * limits.max_header_bytes).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.http2_keepalive)
-        .keep_alive_timeout(limits::KEEPALIVE_TIMEOUT)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .initial_stream_window_size(limits::STREAM_WINDOW)
-        .initial_connection_window_size(limits.connection_window())
-        .max_send_buf_size(limits::SEND_BUFFER);
+    let builder = limits.client_facing_server();
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {

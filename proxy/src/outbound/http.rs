@@ -28,7 +28,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use metrics::Counter;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -171,26 +171,7 @@ pub(super) async fn serve(
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper answers 431 itself (unmarked) to a head that outgrows its
-        // read buffer; up to twice the limit, heads reach the check in
-        // `route_request`, which counts them as HTTP/2 will and answers a
-        // marked 431.
-        .max_buf_size((2 * limits.max_header_bytes).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.http2_keepalive)
-        .keep_alive_timeout(limits::KEEPALIVE_TIMEOUT)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .initial_stream_window_size(limits::STREAM_WINDOW)
-        .initial_connection_window_size(limits.connection_window())
-        .max_send_buf_size(limits::SEND_BUFFER);
+    let builder = limits.client_facing_server();
     let io = TokioIo::new(FrameMeter::new(tcp, streams.clone()));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

@@ -109,6 +109,19 @@ impl Target {
         }
     }
 
+    /// A service reached by DNS, capture or a gateway route may not be
+    /// subscribed yet: wait (bounded) for its endpoints rather than refuse.
+    async fn ensure_subscribed(&self, outbound: &Outbound) {
+        if !self.subscribed.load(Ordering::Relaxed)
+            && outbound
+                .subscriptions
+                .ensure(&outbound.states, &self.key)
+                .await
+        {
+            self.subscribed.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The declared port and its protocol, from the Service.
     fn resolve(&self, state: &MeshState) -> Result<(u16, Protocol), String> {
         let (namespace, name) = &self.key;
@@ -153,16 +166,7 @@ pub(crate) async fn connection(
     outbound: Arc<Outbound>,
     drain: Drain,
 ) {
-    // A service the app reached by DNS or capture may not be subscribed
-    // yet: wait (bounded) for its endpoints rather than refuse.
-    if !target.subscribed.load(Ordering::Relaxed)
-        && outbound
-            .subscriptions
-            .ensure(&outbound.states, &target.key)
-            .await
-    {
-        target.subscribed.store(true, Ordering::Relaxed);
-    }
+    target.ensure_subscribed(&outbound).await;
     // The `reason` label says which step refused: no such Service (or port),
     // or a route that cannot be built for it.
     let resolved = {
@@ -204,14 +208,7 @@ pub(crate) async fn send<B: SendBody>(
     req: ::http::Request<B>,
     outbound: &Outbound,
 ) -> ::http::Response<crate::http::Body> {
-    if !target.subscribed.load(Ordering::Relaxed)
-        && outbound
-            .subscriptions
-            .ensure(&outbound.states, &target.key)
-            .await
-    {
-        target.subscribed.store(true, Ordering::Relaxed);
-    }
+    target.ensure_subscribed(outbound).await;
     let route = {
         let state = outbound.states.load();
         match target.resolve(&state) {
