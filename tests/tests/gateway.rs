@@ -19,6 +19,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 const ISSUER: &str = "https://id.shop.test";
@@ -219,7 +220,11 @@ impl Shop {
         for (service, app) in services.iter().zip(&apps) {
             sidecars.push(mesh.sidecar(SidecarSpec::new("shop", service, "1.0.0").app(app)));
         }
-        let gateway = mesh.sidecar(SidecarSpec::gateway("shop", "public"));
+        let gateway = mesh.sidecar(
+            SidecarSpec::gateway("shop", "public")
+                .arg("--header-read-timeout")
+                .arg("2s"),
+        );
         let shop = Self {
             _apps: apps,
             _sidecars: sidecars,
@@ -352,6 +357,16 @@ async fn routes_match_whole_segments_and_nothing_else_is_reachable() {
             .metric("bulkhead_gateway_requests_total", &[("route", "/api/open")])
             >= 2.0
     );
+
+    // A client that connects and sends nothing, or half a head, is closed
+    // after --header-read-timeout rather than held.
+    for opening in [&b""[..], b"GET /api/open HTTP/1.1\r\nHost: x"] {
+        let mut slow = tokio::net::TcpStream::connect(shop.listen()).await.unwrap();
+        slow.write_all(opening).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(WAIT, slow.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "a silent client is closed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

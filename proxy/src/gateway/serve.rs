@@ -11,7 +11,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -46,13 +45,13 @@ pub(super) async fn serve(listener: Listener, front: Arc<Front>, drain: Drain) {
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, front: Arc<Front>, drain: Drain) {
     let Some(acceptor) = front.tls.clone() else {
-        return http(TokioIo::new(tcp), peer, false, front, drain).await;
+        return http(tcp, peer, false, front, drain).await;
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
             metrics::counter!("bulkhead_gateway_tls_handshakes_total", "result" => "ok")
                 .increment(1);
-            http(TokioIo::new(tls), peer, true, front, drain).await;
+            http(tls, peer, true, front, drain).await;
         }
         Ok(Err(error)) => {
             metrics::counter!("bulkhead_gateway_tls_handshakes_total", "result" => "error")
@@ -67,29 +66,18 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, front: Arc<Front>, drain: 
     }
 }
 
-async fn http<I>(io: TokioIo<I>, peer: SocketAddr, tls: bool, front: Arc<Front>, drain: Drain)
+/// One client connection, held to the same limits as an app's to its
+/// sidecar (head size and time, streams, resets, idleness).
+async fn http<I>(io: I, peer: SocketAddr, tls: bool, front: Arc<Front>, drain: Drain)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = front.limits.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    outbound::serve_client(io, "gateway", limits, drain, move |req| {
         let front = front.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, &front, peer, tls).await) }
-    });
-    let builder = limits.client_facing_server();
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%error, "gateway client connection ended");
-            }
-        }
-        () = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+        async move { handle(req, &front, peer, tls).await }
+    })
+    .await;
 }
 
 /// One outside request, to its answer.

@@ -39,7 +39,7 @@ use super::retry::{self, MAX_ATTEMPTS};
 use crate::balance::{Outcome, Pick};
 use crate::drain::Drain;
 use crate::http::{self as h, Answer, Body};
-use crate::limits::{self, ConnStreams, FrameMeter, Head, IdleCheck, Limit};
+use crate::limits::{self, ConnStreams, FrameMeter, Head, IdleCheck, Limit, Limits};
 use crate::pool::{ConnectError, Lane};
 use crate::route;
 use crate::state::{MeshState, ServiceId, ServiceKey};
@@ -138,41 +138,74 @@ pub(super) async fn serve(
 ) {
     let listener = route.listener;
     let limits = outbound.limits.clone();
-    let streams = Arc::new(ConnStreams::new(listener));
-    let svc_streams = streams.clone();
     // Upgraded streams outlive their request: the drain tracks them.
     let upgrades = drain.clone();
+    serve_client(
+        tcp,
+        listener,
+        limits,
+        drain,
+        move |req: Request<Incoming>| {
+            let outbound = outbound.clone();
+            let route = route.clone();
+            // One header lookup is all an ordinary request pays for upgrades.
+            let upgrade = req
+                .headers()
+                .contains_key(http::header::UPGRADE)
+                .then(|| upgrades.clone());
+            async move {
+                if let Some(problem) = h::host_problem(req.version(), req.headers()) {
+                    bad_host(problem, &route)
+                } else {
+                    match upgrade {
+                        None => request(req, &route, &outbound).await,
+                        Some(drain) => {
+                            Box::pin(upgrade::request(req, &route, &outbound, drain)).await
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Serves one connection from a client that is not a sidecar (an app, or
+/// the outside world at a gateway), HTTP/1.1 or HTTP/2, each request
+/// answered by `handle`, until it closes, breaks a limit (no request in
+/// time, idle, a flood of resets) or `drain` signals. `listener` names it
+/// in the limits' metrics.
+pub(crate) async fn serve_client<I, H, Fut>(
+    io: I,
+    listener: &'static str,
+    limits: Limits,
+    drain: Drain,
+    handle: H,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let streams = Arc::new(ConnStreams::new(listener));
+    let svc_streams = streams.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let outbound = outbound.clone();
-        let route = route.clone();
         let stream = svc_streams.start();
         let http2 = req.version() == http::Version::HTTP_2;
-        // One header lookup is all an ordinary request pays for upgrades.
-        let upgrade = req
-            .headers()
-            .contains_key(http::header::UPGRADE)
-            .then(|| upgrades.clone());
+        let answer = handle(req);
         async move {
             if http2 {
-                // hyper looks for the app's RST_STREAM while this yields: a
-                // stream reset as soon as it was opened ends here, and is
+                // hyper looks for the client's RST_STREAM while this yields:
+                // a stream reset as soon as it was opened ends here, and is
                 // never sent on to the peer sidecar.
                 tokio::task::yield_now().await;
             }
-            let resp = if let Some(problem) = h::host_problem(req.version(), req.headers()) {
-                bad_host(problem, &route)
-            } else {
-                match upgrade {
-                    None => request(req, &route, &outbound).await,
-                    Some(drain) => Box::pin(upgrade::request(req, &route, &outbound, drain)).await,
-                }
-            };
+            let resp = answer.await;
             stream.answered();
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
     let builder = limits.client_facing_server();
-    let io = TokioIo::new(FrameMeter::new(tcp, streams.clone()));
+    let io = TokioIo::new(FrameMeter::new(io, streams.clone()));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // hyper times an HTTP/1 head itself; nothing times the bytes before it
@@ -194,12 +227,12 @@ pub(super) async fn serve(
                 waiting_first = false;
                 if streams.started() == 0 && !streams.speaks_http2() {
                     limits::exceeded(listener, Limit::HeaderReadTimeout);
-                    tracing::debug!("no request in time: app connection closed");
+                    tracing::debug!("no request in time: client connection closed");
                     return;
                 }
             }
             flood = streams.flooding() => {
-                tracing::warn!(limit = flood.as_str(), "the app floods: closing its connection");
+                tracing::warn!(limit = flood.as_str(), "the client floods: closing its connection");
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(FLOOD_GRACE, conn).await;
                 return;

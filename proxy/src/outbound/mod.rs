@@ -14,7 +14,7 @@ mod mesh_names;
 mod retry;
 mod tcp;
 
-pub(crate) use self::http::SendBody;
+pub(crate) use self::http::{SendBody, serve_client};
 pub(crate) use self::retry::retryable;
 
 use std::net::SocketAddr;
