@@ -113,6 +113,11 @@ spec:
       backends:
       - {{key: product, service: catalog, path: \"/v1/products/{{rest}}\", required: false}}
       - {{key: bad, service: broken, path: /fail}}
+  - pathPrefix: /api/open/special
+    service: broken
+  - pathPrefix: /api/open
+    host: shop.test
+    service: catalog
 "
     )
 }
@@ -307,6 +312,16 @@ async fn routes_match_whole_segments_and_nothing_else_is_reachable() {
         let r = shop.get(unknown, &[]).await.unwrap();
         assert_eq!(r.status, 404, "{unknown}: {}", r.body);
         assert_eq!(r.headers["x-bulkhead-error"], "no-route");
+    }
+    // The longest prefix wins, whole segments only; a route naming the
+    // host wins over one that takes any host.
+    let special = shop.get("/api/open/special/x", &[]).await.unwrap();
+    assert_eq!(special.status, 500, "to broken: {}", special.body);
+    let not_special = shop.get("/api/open/specialX", &[]).await.unwrap();
+    assert_eq!(body(&not_special)["service"], "cart");
+    for host in ["shop.test", "SHOP.test:8080"] {
+        let r = shop.get("/api/open/x", &[("host", host)]).await.unwrap();
+        assert_eq!(body(&r)["name"], "lamp", "{host}: to catalog");
     }
     // A path servers could read differently is refused, never routed.
     let r = shop
