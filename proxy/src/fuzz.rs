@@ -87,3 +87,22 @@ pub fn http_request_head(req: Request<()>) {
         "a mesh header survived"
     );
 }
+
+/// A request head as anyone on the internet sends it to a gateway:
+/// everything the gateway reads before a token is verified, and the claims
+/// header as a target's sidecar reads it from a gateway.
+pub fn gateway_request_head(req: Request<()>) {
+    let (mut head, ()) = req.into_parts();
+    crate::gateway::read_untrusted(&head.headers, head.uri.path(), head.uri.query());
+    let gateway = bulkhead_proto::SpiffeId::new("cluster.local", "shop", "gateway-public")
+        .expect("a valid SPIFFE ID");
+    let _ = h::gateway_claims(&gateway, &head.headers);
+    h::strip_mesh_headers(&mut head.headers);
+    assert!(
+        !head
+            .headers
+            .keys()
+            .any(|k| k.as_str().starts_with("x-bulkhead-")),
+        "a mesh header survived"
+    );
+}

@@ -99,6 +99,18 @@ impl GatewayArgs {
     }
 }
 
+/// What the gateway reads from an outside request before any token is
+/// verified, for the fuzz target (`crate::fuzz::gateway_request_head`):
+/// the bearer token and its JOSE header, the path as routes match it, and
+/// the fields an aggregate keeps.
+pub(crate) fn read_untrusted(headers: &http::HeaderMap, path: &str, query: Option<&str>) {
+    if let Ok(Some(token)) = jwt::bearer(headers) {
+        let _ = jsonwebtoken::decode_header(&token);
+    }
+    let _ = bulkhead_proto::policy::normalize_path(path);
+    let _ = query.and_then(aggregate::fields);
+}
+
 /// Runs the gateway until SIGTERM, then drains within `--drain-timeout`.
 pub(crate) async fn run(
     gateway: GatewayConfig,

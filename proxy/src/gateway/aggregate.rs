@@ -188,7 +188,7 @@ fn required_failed(key: &str, outcome: &Outcome) -> Response<Body> {
 
 /// The names `fields=a,b` lists (percent-decoding not needed: field names
 /// are plain tokens; anything else never matches).
-fn fields(query: &str) -> Option<Vec<String>> {
+pub(super) fn fields(query: &str) -> Option<Vec<String>> {
     let value = query
         .split('&')
         .find_map(|pair| pair.strip_prefix("fields="))?;

@@ -113,7 +113,7 @@ pub(super) async fn authenticate(
 }
 
 /// The one `Authorization: Bearer <token>`; `None` when absent.
-fn bearer(headers: &HeaderMap) -> Result<Option<String>, Rejection> {
+pub(super) fn bearer(headers: &HeaderMap) -> Result<Option<String>, Rejection> {
     let mut all = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = all.next() else {
         return Ok(None);
