@@ -77,6 +77,8 @@ pub(super) async fn serve(
     h::strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
+    // The parts are read here, not passed on: ask for them uncompressed.
+    headers.remove(header::ACCEPT_ENCODING);
     let calls = parts.iter().map(|part| {
         let part_deadline = part
             .spec
