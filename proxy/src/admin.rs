@@ -51,6 +51,9 @@ pub(crate) struct Admin {
     pub(crate) outbound: Arc<Outbound>,
     /// The app's `--app` addresses (readiness without a probe: all accept).
     pub(crate) apps: Vec<SocketAddr>,
+    /// A resource (`Kind/namespace/name`) the config must hold before this
+    /// workload is ready: a gateway's Gateway. `None` for a sidecar.
+    pub(crate) requires: Option<String>,
     pub(crate) drain: Drain,
     /// `--header-read-timeout` and `--max-header-bytes` hold here too.
     pub(crate) limits: Limits,
@@ -68,6 +71,11 @@ impl Admin {
         }
         if self.states.load().revision == 0 {
             return Err("no config from the control plane yet".into());
+        }
+        if let Some(key) = &self.requires
+            && self.states.load().resource(key).is_none()
+        {
+            return Err(format!("no {key} in the config yet"));
         }
         // The app's own readiness probe when the injector passed one, else
         // a TCP connect to --app.

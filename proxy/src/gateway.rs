@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bulkhead_proto::identity::validate_name;
+use bulkhead_proto::model::{Kind, Resource};
 use clap::Args;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -141,6 +142,13 @@ pub(crate) async fn run(
         states: mesh.states.clone(),
         outbound: mesh.outbound.clone(),
         apps: Vec::new(),
+        // Ready once the routes are known: a load balancer sends nothing
+        // to a gateway that would answer 404 to everything.
+        requires: Some(Resource::key_for(
+            Kind::Gateway,
+            &config.namespace,
+            &gateway.name,
+        )),
         drain: drain.clone(),
         limits: config.limits.clone(),
     });

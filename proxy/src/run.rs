@@ -177,6 +177,7 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
         states: states.clone(),
         outbound: outbound.clone(),
         apps: config.app.iter().map(|a| a.addr).collect(),
+        requires: None,
         drain: drain.clone(),
         limits: config.limits.clone(),
     });

@@ -455,6 +455,11 @@ async fn end_users_are_authenticated_with_each_algorithm_and_forgeries_refused()
     let r = shop.get("/api/cart", &[]).await.unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(r.headers["www-authenticate"], "Bearer");
+    let counted = shop.gateway.metric(
+        "bulkhead_gateway_auth_refused_total",
+        &[("route", "/api/cart"), ("reason", "token-missing")],
+    );
+    assert!(counted >= 1.0, "refusals are counted by bounded reason");
     // Any malformed Authorization is a 401, even where a token is optional.
     for bad in ["Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c.d"] {
         for path in ["/api/cart", "/api/maybe"] {

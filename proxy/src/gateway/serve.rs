@@ -125,6 +125,12 @@ async fn handle(
     };
     if let Err(rejection) = verified {
         tracing::debug!(route = %label, ?rejection, "end user refused");
+        metrics::counter!(
+            "bulkhead_gateway_auth_refused_total",
+            "route" => label.to_string(),
+            "reason" => rejection.reason()
+        )
+        .increment(1);
         let mut resp = refuse(
             rejection.status(),
             rejection.reason(),
