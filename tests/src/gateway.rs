@@ -192,29 +192,93 @@ pub fn claims(iss: &str, aud: &str, extra: Value) -> Value {
 pub struct JwksServer {
     pub app: App,
     document: Arc<Mutex<Value>>,
+    scheme: &'static str,
+}
+
+/// What a JWKS server answers: the document in force, with a max-age
+/// below the gateway's 30 s floor (it must clamp).
+fn jwks_answer(
+    document: Arc<Mutex<Value>>,
+) -> impl Fn(Request<Incoming>) -> std::future::Ready<Response<Full<Bytes>>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |_req| {
+        let body = document.lock().unwrap().to_string();
+        std::future::ready(
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("cache-control", "public, max-age=1")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap(),
+        )
+    }
 }
 
 impl JwksServer {
     pub async fn start(document: Value) -> Self {
         let doc = Arc::new(Mutex::new(document));
-        let served = doc.clone();
-        let app = App::http_with(move |_req: Request<Incoming>| {
-            let body = served.lock().unwrap().to_string();
+        let app = App::http_with(jwks_answer(doc.clone())).await;
+        Self {
+            app,
+            document: doc,
+            scheme: "http",
+        }
+    }
+
+    /// The same over TLS, with a self-signed certificate for `localhost`
+    /// (written in `dir`); also returns that certificate's PEM, what a
+    /// provider's `jwksCa` names.
+    pub async fn start_tls(document: Value, dir: &std::path::Path) -> (Self, String) {
+        write_server_cert(dir, "jwks");
+        let pem = std::fs::read(dir.join("cert.pem")).expect("cert.pem");
+        let chain = bulkhead_tls::certs_from_pem(&pem, "cert.pem").expect("chain");
+        let key_pem = std::fs::read(dir.join("key.pem")).expect("key.pem");
+        let key = bulkhead_tls::key_from_pem(&key_pem, "key.pem").expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(bulkhead_tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let doc = Arc::new(Mutex::new(document));
+        let answer = jwks_answer(doc.clone());
+        let app = App::serve(move |tcp, count| {
+            let (acceptor, answer) = (acceptor.clone(), answer.clone());
             async move {
-                Response::builder()
-                    .header("content-type", "application/json")
-                    // Below the gateway's 30 s floor: it must clamp.
-                    .header("cache-control", "public, max-age=1")
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap()
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let reply = answer(req);
+                    async move { Ok::<_, std::convert::Infallible>(reply.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
             }
         })
         .await;
-        Self { app, document: doc }
+        let server = Self {
+            app,
+            document: doc,
+            scheme: "https",
+        };
+        (server, String::from_utf8(pem).expect("PEM"))
     }
 
+    /// `localhost` for TLS (the certificate's name), the address otherwise.
     pub fn uri(&self) -> String {
-        format!("http://{}/.well-known/jwks.json", self.app.addr)
+        match self.scheme {
+            "https" => format!(
+                "https://localhost:{}/.well-known/jwks.json",
+                self.app.addr.port()
+            ),
+            _ => format!("http://{}/.well-known/jwks.json", self.app.addr),
+        }
     }
 
     pub fn rotate(&self, document: Value) {

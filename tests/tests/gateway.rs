@@ -756,3 +756,67 @@ async fn tls_from_files_speaks_h2_and_http1_and_reloads_the_certificate() {
     })
     .await;
 }
+
+/// Keys from an `https://` JWKS URL are fetched only from a server the
+/// provider's `jwksCa` vouches for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_jwks_is_verified_against_the_providers_ca() {
+    let mesh = Mesh::memory("gateway.test", &services(), &[]).await;
+    let signer = Signer::ed25519("tls-key");
+    let dir = tempfile::tempdir().unwrap();
+    let (jwks_server, ca) = JwksServer::start_tls(jwks(&[&signer]), dir.path()).await;
+    let other = tempfile::tempdir().unwrap();
+    write_server_cert(other.path(), "someone else");
+    let other_ca = std::fs::read_to_string(other.path().join("cert.pem")).unwrap();
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    };
+    let provider = |name: &str, pem: &str| {
+        format!(
+            "  - name: {name}\n    issuer: https://tls.test\n    audiences: [app]\n    \
+             jwksUri: {}\n    jwksCa: |\n{}",
+            jwks_server.uri(),
+            indent(pem)
+        )
+    };
+    mesh.apply(&format!(
+        "apiVersion: bulkhead.dev/v1\nkind: Gateway\nmetadata: {{name: public, namespace: shop}}\n\
+         spec:\n  jwt:\n{}{}  routes:\n\
+         \x20 - {{pathPrefix: /api/trusted, service: cart, auth: {{jwt: trusted}}}}\n\
+         \x20 - {{pathPrefix: /api/untrusted, service: cart, auth: {{jwt: untrusted}}}}\n",
+        provider("trusted", &ca),
+        provider("untrusted", &other_ca),
+    ))
+    .await;
+    let app = mirror("cart").await;
+    let _cart = mesh.sidecar(SidecarSpec::new("shop", "cart", "1.0.0").app(&app));
+    let gateway = mesh.sidecar(SidecarSpec::gateway("shop", "public"));
+    let listen = gateway.listen.unwrap();
+    let auth = format!(
+        "Bearer {}",
+        signer.sign(&claims("https://tls.test", "app", json!({})))
+    );
+    let headers = [("authorization", auth.as_str())];
+    wait_for_async(
+        "a token checked with keys fetched over TLS",
+        WAIT,
+        || async {
+            let r = call(listen, "GET", "/api/trusted", &headers).await.ok()?;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await;
+    // The other CA does not vouch for the server: no keys, never allow.
+    let r = call(listen, "GET", "/api/untrusted", &headers)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        gateway.metric(
+            "bulkhead_gateway_jwks_fetch_total",
+            &[("provider", "untrusted"), ("result", "error")]
+        ) >= 1.0
+    );
+}
