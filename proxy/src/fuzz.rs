@@ -52,10 +52,17 @@ pub fn grpc_health_reply(body: &[u8]) {
 
 /// A request head as an app (or a captured connection) sends it to the
 /// sidecar's outbound listener, after hyper parsed it: everything the
-/// sidecar reads from it before routing.
+/// sidecar reads from it before routing (and a gateway before it checks
+/// a token).
 pub fn http_request_head(req: Request<()>) {
     let req = req.map(|()| http_body_util::Empty::<bytes::Bytes>::new());
     let headers = req.headers();
+    // The same head from the internet to a gateway, and its claims header
+    // as a target's sidecar reads it from one.
+    crate::gateway::read_untrusted(headers, req.uri().path(), req.uri().query());
+    let gateway = bulkhead_proto::SpiffeId::new("cluster.local", "shop", "gateway-public")
+        .expect("a valid SPIFFE ID");
+    let _ = h::gateway_claims(&gateway, headers);
     let _ = h::is_grpc(headers);
     let _ = h::grpc_deadline(headers, tokio::time::Instant::now());
     if let Some(pin) = headers.get(h::VERSION_PIN).and_then(|v| v.to_str().ok()) {
@@ -78,25 +85,6 @@ pub fn http_request_head(req: Request<()>) {
     let (mut head, _) = req.into_parts();
     h::strip_hop_by_hop(&mut head.headers);
     h::strip_identity_claims(&mut head.headers);
-    h::strip_mesh_headers(&mut head.headers);
-    assert!(
-        !head
-            .headers
-            .keys()
-            .any(|k| k.as_str().starts_with("x-bulkhead-")),
-        "a mesh header survived"
-    );
-}
-
-/// A request head as anyone on the internet sends it to a gateway:
-/// everything the gateway reads before a token is verified, and the claims
-/// header as a target's sidecar reads it from a gateway.
-pub fn gateway_request_head(req: Request<()>) {
-    let (mut head, ()) = req.into_parts();
-    crate::gateway::read_untrusted(&head.headers, head.uri.path(), head.uri.query());
-    let gateway = bulkhead_proto::SpiffeId::new("cluster.local", "shop", "gateway-public")
-        .expect("a valid SPIFFE ID");
-    let _ = h::gateway_claims(&gateway, &head.headers);
     h::strip_mesh_headers(&mut head.headers);
     assert!(
         !head
