@@ -113,6 +113,10 @@ spec:
       backends:
       - {{key: product, service: catalog, path: \"/v1/products/{{rest}}\", required: false}}
       - {{key: bad, service: broken, path: /fail}}
+  - pathPrefix: /api/slow
+    aggregate:
+      backends:
+      - {{key: stock, service: inventory, path: /v1/stock, timeout: 300ms}}
   - pathPrefix: /api/open/special
     service: broken
   - pathPrefix: /api/open
@@ -308,7 +312,7 @@ async fn routes_match_whole_segments_and_nothing_else_is_reachable() {
         .await
         .unwrap();
     assert_eq!(h2.status, 200, "{}", h2.body);
-    for unknown in ["/api/openX", "/api", "/", "/nothing/here"] {
+    for unknown in ["/api/cartX", "/api/openX", "/api", "/", "/nothing/here"] {
         let r = shop.get(unknown, &[]).await.unwrap();
         assert_eq!(r.status, 404, "{unknown}: {}", r.body);
         assert_eq!(r.headers["x-bulkhead-error"], "no-route");
@@ -571,6 +575,11 @@ async fn aggregates_merge_parts_and_say_which_failed() {
     let failed = body(&r);
     assert_eq!(failed["key"], "bad");
     assert_eq!(failed["status"], 500);
+    // A required part out of time: 504 naming it.
+    let r = shop.get("/api/slow", &[]).await.unwrap();
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(body(&r)["key"], "stock");
+    assert_eq!(body(&r)["status"], "timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
