@@ -13,7 +13,7 @@
 //! - [`attack`]: hand-written attackers (raw HTTP/2 frames, slow and idle
 //!   clients) and a sidecar's memory and descriptors.
 //! - [`gateway`]: end-user tokens signed with each algorithm, forged ones,
-//!   and a JWKS server that rotates or stops.
+//!   JWKS servers that rotate or stop, and the shop behind a gateway.
 //! - [`netns`]: network-namespace "nodes" and "pods" for capture tests.
 //! - [`prom`]: the one Prometheus text reader.
 //! - [`rollout`]: Rollout documents, canary apps that fail on purpose, status reads.
