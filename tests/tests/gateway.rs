@@ -488,6 +488,24 @@ async fn tls_from_files_speaks_h2_and_http1_and_reloads_the_certificate() {
         (r.server_cert == second && r.status == 200).then_some(())
     })
     .await;
+
+    // The Gateway deleted: nothing is exposed any more, and the gateway
+    // says it is not ready (a load balancer stops sending to it).
+    let out = mesh
+        .cp
+        .ctl(&mesh.ca, &["delete", "gateway", "public", "-n", "shop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_async("routes to be withdrawn", WAIT, || async {
+        let r = https_get(addr, &second, &[b"h2"], "/api/open").await.ok()?;
+        (r.status == 404).then_some(())
+    })
+    .await;
+    let (status, _) = bulkhead_tests::control::http_get(gateway.admin, "/ready").unwrap();
+    assert_eq!(status, 503);
 }
 
 /// Keys from an `https://` JWKS URL are fetched only from a server the

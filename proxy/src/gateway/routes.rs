@@ -158,12 +158,20 @@ pub(super) async fn follow(
 ) {
     let key = Resource::key_for(bulkhead_proto::model::Kind::Gateway, &namespace, &name);
     let mut changes = states.subscribe();
-    let mut current: Option<Arc<Resource>> = None;
+    // `None` until the first config (restored or pushed) says whether the
+    // resource exists.
+    let mut current: Option<Option<Arc<Resource>>> = None;
     loop {
-        let found = states.load().resource(&key).cloned();
+        let (found, decided) = {
+            let state = states.load();
+            let found = state.resource(&key).cloned();
+            let decided = state.revision != 0 || found.is_some();
+            (found, decided)
+        };
         // Every snapshot brings the resource again: rebuild only when it
         // changed, so routes keep their subscriptions and connections.
-        if found.as_deref() != current.as_deref() {
+        let changed = current.as_ref().map(|c| c.as_deref()) != Some(found.as_deref());
+        if decided && changed {
             match found.as_deref() {
                 Some(Resource::Gateway(gateway)) => {
                     for route in &gateway.spec.routes {
@@ -186,9 +194,9 @@ pub(super) async fn follow(
                         "gateway routes in force"
                     );
                 }
-                _ if states.load().revision == 0 => {}
                 _ => {
                     front.routes.store(Arc::new(RouteTable::default()));
+                    front.keys.retain(&[]);
                     tracing::warn!(
                         gateway = %name,
                         %namespace,
@@ -196,7 +204,7 @@ pub(super) async fn follow(
                     );
                 }
             }
-            current = found;
+            current = Some(found);
         }
         if changes.changed().await.is_err() {
             return;
