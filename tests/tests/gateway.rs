@@ -334,6 +334,9 @@ async fn the_gateway_resource_is_applied_as_written_and_checked() {
         .ctl(&mesh.ca, &["get", "gateway", "-n", "shop", "-o", "json"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/v1/products/{rest}"), "{text}");
+    let out = mesh.cp.ctl(&mesh.ca, &["get", "gw", "-n", "shop"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("routes=/api/cart,/api/open"), "{table}");
 
     let bad = dir.path().join("bad.yaml");
     let doc = std::fs::read_to_string(&good)

@@ -124,7 +124,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Show resources: KIND is service, allowlist, trafficsplit or rollout.
+    /// Show resources: KIND is service, allowlist, trafficsplit, rollout or gateway.
     Get {
         kind: String,
         name: Option<String>,

@@ -82,7 +82,7 @@ pub(crate) async fn get(
 ) -> CliResult {
     let kind: bulkhead_proto::model::Kind = kind.parse().map_err(|_| {
         CliError::usage(format!(
-            "unknown kind {kind:?}: expected service, allowlist, trafficsplit or rollout"
+            "unknown kind {kind:?}: expected service, allowlist, trafficsplit, rollout or gateway"
         ))
     })?;
     let resp = client(settings)?
@@ -142,7 +142,7 @@ pub(crate) async fn delete(
 ) -> CliResult {
     let kind: bulkhead_proto::model::Kind = kind.parse().map_err(|_| {
         CliError::usage(format!(
-            "unknown kind {kind:?}: expected service, allowlist, trafficsplit or rollout"
+            "unknown kind {kind:?}: expected service, allowlist, trafficsplit, rollout or gateway"
         ))
     })?;
     client(settings)?
