@@ -438,6 +438,28 @@ spec:
     }
 
     #[test]
+    fn claims_read_back_and_bad_ones_are_refused() {
+        let with = |claims: &str| {
+            ALLOW.replace(
+                "  - from: [ops/debugger]\n",
+                &format!("  - from: [ops/debugger]\n    claims: {claims}\n"),
+            )
+        };
+        let al = allow_list(&with("{scope: orders:write, tier: gold}"));
+        let rule = &al.spec.rules[1];
+        let claims = rule.claims.as_ref().expect("claims");
+        assert_eq!(claims.len(), 2);
+        let resource = parse_one(&with("{scope: orders:write}"));
+        assert_eq!(parse_one(&resource.to_yaml()), resource);
+        expect_error(&with("{}"), "spec.rules[1].claims", "expected 1-16 claims");
+        expect_error(
+            &with("{scope: 'a b'}"),
+            "spec.rules[1].claims.scope",
+            "one value",
+        );
+    }
+
+    #[test]
     fn first_matching_rule_wins() {
         let al = allow_list(ALLOW);
         let cart = id("spiffe://cluster.local/ns/shop/sa/cart");
