@@ -207,6 +207,8 @@ pub struct Events {
     pub(crate) refusals: upkeep::Refusals,
     /// What sidecars published, against their budget.
     pub(crate) publishers: upkeep::Publishers,
+    /// The consumers this replica serves (WatchEvents and SSE), bounded.
+    pub(crate) consumers: feed::Consumers,
 }
 
 impl std::fmt::Debug for Events {
@@ -233,6 +235,7 @@ impl Events {
             lease: Mutex::new(None),
             refusals: upkeep::Refusals::default(),
             publishers: upkeep::Publishers::default(),
+            consumers: feed::Consumers::default(),
         }
     }
 

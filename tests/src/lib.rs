@@ -4,6 +4,7 @@
 //!
 //! - [`control`]: the CA, the control plane process, gRPC clients, waits.
 //! - [`etcd`]: etcd servers and clusters on free ports.
+//! - [`events`]: the mesh event stream as scripts read it, and waits for an event.
 //! - [`proxy`]: sidecar processes and in-process sample apps.
 //! - [`mesh`]: the one mesh setup (CA, control plane, resources, sidecars).
 //! - [`shop`]: the resilience scenarios' shop and load helpers.
@@ -30,6 +31,7 @@ pub mod browser;
 pub mod certify;
 pub mod control;
 pub mod etcd;
+pub mod events;
 pub mod mesh;
 pub mod netns;
 pub mod prom;
