@@ -263,6 +263,11 @@ impl Events {
         }
     }
 
+    /// The store the events are kept in.
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
     /// The store write of `event`, for the transaction of its change.
     pub(crate) async fn op(&self, event: NewEvent) -> Result<Op, StoreError> {
         let unix_ms = if event.unix_ms > 0 {
