@@ -22,7 +22,7 @@
 //! The rules follow the pushed config ([`EgressPolicy::follow`]); until a
 //! config has arrived nothing goes out (fail closed).
 
-mod peek;
+pub(crate) mod peek;
 mod resolve;
 mod rules;
 
@@ -66,7 +66,8 @@ struct Counters {
     allowed_cidr: Counter,
     allowed_host: Counter,
     allowed_default: Counter,
-    /// The count `capture` has always kept for `--egress deny`.
+    /// The count `capture` has always kept for destinations outside the
+    /// mesh refused without rules (`--egress deny`, or no config yet).
     unknown_destination: Counter,
 }
 
@@ -174,9 +175,9 @@ impl EgressPolicy {
                 passthrough(app, dst, &[], idle).await;
                 return;
             } else {
-                self.counters.unknown_destination.increment(1);
                 Refusal::DefaultDeny
             };
+            self.counters.unknown_destination.increment(1);
             self.refuse(refusal, dst, None, &[]);
             return;
         };

@@ -284,6 +284,41 @@ mod tests {
     }
 
     #[test]
+    fn egress_refusals_are_their_own_events_and_a_flood_stays_bounded() {
+        let mut window = Window::default();
+        for i in 0..5_000u32 {
+            let [_, _, a, b] = i.to_be_bytes();
+            window.add(Denial {
+                kind: DenialKind::Egress,
+                caller: "payments".into(),
+                target: format!("198.18.{a}.{b}:443"),
+                rule: "no-rule".into(),
+                path: String::new(),
+            });
+        }
+        window.add(denial("spiffe://td/ns/a/sa/web", "/x"));
+        let events: Vec<_> = window.events().collect();
+        assert!(events.len() <= MAX_DENIAL_KEYS + 2, "{}", events.len());
+        let egress: Vec<_> = events
+            .iter()
+            .filter(|(kind, _, _)| *kind == EGRESS_REFUSED)
+            .collect();
+        let total: u64 = egress
+            .iter()
+            .map(|(_, _, d)| d["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 5_000);
+        assert!(egress.iter().all(|(_, subject, d)| subject == "payments"
+            && d["service"] == "payments"
+            && d["destination"].as_str().is_some()));
+        assert!(
+            egress
+                .iter()
+                .any(|(_, _, d)| d["destination"] == "*" && d["reason"] == "overflow")
+        );
+    }
+
+    #[test]
     fn a_flood_of_denials_is_a_bounded_number_of_events_that_count_it_all() {
         let mut window = Window::default();
         for i in 0..10_000 {

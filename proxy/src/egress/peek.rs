@@ -83,6 +83,15 @@ pub(crate) async fn read_name(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Peeked 
         .unwrap_or(Peeked::Timeout)
 }
 
+/// The name in a connection's first bytes, if they hold a complete one
+/// (for the fuzz target).
+pub(crate) fn name_in(buf: &[u8]) -> Option<Name> {
+    match parse(buf) {
+        Parse::Found(name) => Some(name),
+        Parse::NoName | Parse::Incomplete => None,
+    }
+}
+
 fn parse(buf: &[u8]) -> Parse {
     match buf.first() {
         None => Parse::Incomplete,

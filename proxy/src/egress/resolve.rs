@@ -133,23 +133,13 @@ impl HostAddresses {
     /// Returns when the answer expires (to resolve again then).
     async fn resolve(&self, resolver: &Resolver) -> Result<Instant, String> {
         let result = resolver.lookup(&self.host).await;
-        let now = Instant::now();
-        let mut next: Vec<(IpAddr, Instant)> = self
-            .addresses
-            .load()
-            .iter()
-            .filter(|(_, until)| *until > now)
-            .copied()
-            .collect();
+        let answer = result
+            .as_ref()
+            .ok()
+            .map(|(ips, until)| (ips.as_slice(), *until));
+        let next = merge(&self.addresses.load(), answer, Instant::now());
         let outcome = match result {
-            Ok((ips, until)) => {
-                for ip in ips {
-                    if let Some(entry) = next.iter_mut().find(|(a, _)| *a == ip) {
-                        entry.1 = entry.1.max(until);
-                    } else if next.len() < MAX_ADDRESSES {
-                        next.push((ip, until));
-                    }
-                }
+            Ok((_, until)) => {
                 metrics::counter!("bulkhead_egress_resolutions_total", "result" => "ok")
                     .increment(1);
                 tracing::debug!(host = %self.host, addresses = ?next, "resolved Egress host");
@@ -165,6 +155,31 @@ impl HostAddresses {
         self.addresses.store(Arc::new(next));
         outcome
     }
+}
+
+/// The addresses after an answer (or a failure, `None`) at `now`: the
+/// ones still within their TTL, each named again extended to the new
+/// answer's expiry, new ones added (at most [`MAX_ADDRESSES`]).
+fn merge(
+    current: &[(IpAddr, Instant)],
+    answer: Option<(&[IpAddr], Instant)>,
+    now: Instant,
+) -> Vec<(IpAddr, Instant)> {
+    let mut next: Vec<(IpAddr, Instant)> = current
+        .iter()
+        .filter(|(_, until)| *until > now)
+        .copied()
+        .collect();
+    if let Some((ips, until)) = answer {
+        for &ip in ips {
+            if let Some(entry) = next.iter_mut().find(|(a, _)| *a == ip) {
+                entry.1 = entry.1.max(until);
+            } else if next.len() < MAX_ADDRESSES {
+                next.push((ip, until));
+            }
+        }
+    }
+    next
 }
 
 /// Keeps `hosts` resolved: each again when its answer expires, after a
@@ -191,5 +206,49 @@ pub(crate) async fn refresh_forever(hosts: Vec<Arc<HostAddresses>>, resolver: Re
             return;
         };
         tokio::time::sleep_until(next.max(Instant::now() + Duration::from_millis(100))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_live_until_the_ttl_of_the_last_answer_naming_them() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let (a, b) = (ip("198.18.2.2"), ip("198.18.2.50"));
+        let first = merge(&[], Some((&[a], t0 + 2 * s)), t0);
+        assert_eq!(first, [(a, t0 + 2 * s)]);
+        // The name moves to b: a stays until its TTL, b is added.
+        let moved = merge(&first, Some((&[b], t0 + 3 * s)), t0 + s);
+        assert_eq!(moved, [(a, t0 + 2 * s), (b, t0 + 3 * s)]);
+        // Past a's TTL only b is left; a failed lookup adds nothing.
+        assert_eq!(merge(&moved, None, t0 + 2 * s), [(b, t0 + 3 * s)]);
+        assert!(merge(&moved, None, t0 + 3 * s).is_empty());
+        // Named again: the later expiry wins.
+        let again = merge(&moved, Some((&[a], t0 + 9 * s)), t0 + s);
+        assert_eq!(again, [(a, t0 + 9 * s), (b, t0 + 3 * s)]);
+    }
+
+    #[test]
+    fn a_host_keeps_a_bounded_number_of_addresses() {
+        let t0 = Instant::now();
+        let many: Vec<IpAddr> = (0..200u8).map(|i| IpAddr::from([198, 18, 3, i])).collect();
+        let kept = merge(&[], Some((&many, t0 + Duration::from_secs(5))), t0);
+        assert_eq!(kept.len(), MAX_ADDRESSES);
+    }
+
+    #[tokio::test]
+    async fn without_a_resolver_configuration_nothing_resolves() {
+        let resolver = Resolver::from_resolv_conf(Path::new("/nonexistent/resolv.conf"));
+        let host = HostAddresses::new("api.payments.example".into());
+        host.requery(&resolver).await;
+        assert!(!host.is_resolved());
+        assert!(!host.has(ip("198.18.2.2")));
     }
 }
