@@ -178,6 +178,13 @@ fn egress_rules_let_out_only_what_they_name() {
         assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
     }
 
+    let listed = cp.ctl(&["get", "egress", "-n", "shop"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("payments-out") && listed.contains("payments-partner"),
+        "{listed}"
+    );
+
     for pod in [&payments, &web, &reports] {
         pod.init_capture();
     }
@@ -190,11 +197,12 @@ fn egress_rules_let_out_only_what_they_name() {
         spec("payments").arg("--resolv-conf").arg(&resolv),
     );
     let mut web_sidecar = PodSidecar::start(&web, &ca, &cp, spec("web"));
+    let reports_spec = spec("reports").arg("--egress").arg("allow");
     let mut rep = PodSidecar::start(
         &reports,
         &ca,
         &cp,
-        spec("reports").arg("--egress").arg("allow"),
+        reports_spec.arg("--resolv-conf").arg(&resolv),
     );
     for sidecar in [&mut pay, &mut web_sidecar, &mut rep] {
         sidecar.wait_ready();
@@ -214,7 +222,7 @@ fn egress_rules_let_out_only_what_they_name() {
     // Allowed by CIDR and port, on the address alone: the server speaks
     // first, so a sidecar waiting for a name would hang here.
     assert_eq!(
-        payments.read_banner_as(APP_UID, IpAddr::V4(api), 5432),
+        payments.talk_as(APP_UID, IpAddr::V4(api), 5432, ""),
         "read:db says hi"
     );
     let allowed = |rule| {
@@ -241,14 +249,27 @@ fn egress_rules_let_out_only_what_they_name() {
     let r = http(&payments, "other.example", api, "wrong-host");
     assert!(r.status.is_none() && r.exit != 0, "other Host: {r:?}");
     assert_eq!(
-        payments.read_banner_as(APP_UID, IpAddr::V4(api), 5433),
+        payments.talk_as(APP_UID, IpAddr::V4(api), 5433, ""),
         "read:",
         "a port no rule has"
     );
     assert_eq!(
-        payments.read_banner_as(APP_UID, IpAddr::V4(far), 5432),
+        payments.talk_as(APP_UID, IpAddr::V4(far), 5432, ""),
         "read:",
         "an address outside the CIDR"
+    );
+    // On a port only host rules name, a client that says nothing gets
+    // nothing (after the sidecar's 5 s), and one that sends neither TLS nor
+    // HTTP is refused at once.
+    assert_eq!(
+        payments.talk_as(APP_UID, IpAddr::V4(api), 443, ""),
+        "read:",
+        "silent client"
+    );
+    assert_eq!(
+        payments.talk_as(APP_UID, IpAddr::V4(api), 443, "hello\n"),
+        "read:",
+        "neither TLS nor HTTP"
     );
     for path in ["/spoof", "/other"] {
         assert!(tls.requests(path).is_empty(), "{path} reached the server");
@@ -260,6 +281,8 @@ fn egress_rules_let_out_only_what_they_name() {
         "host-mismatch",
         "port",
         "no-rule",
+        "peek-timeout",
+        "no-name",
     ] {
         assert!(
             refused(&pay, "payments", reason) >= 1.0,
@@ -283,13 +306,13 @@ fn egress_rules_let_out_only_what_they_name() {
 
     // No Egress names web or reports: --egress decides.
     assert_eq!(
-        web.read_banner_as(APP_UID, IpAddr::V4(api), 5432),
+        web.talk_as(APP_UID, IpAddr::V4(api), 5432, ""),
         "read:",
         "--egress deny"
     );
     assert!(refused(&web_sidecar, "web", "default-deny") >= 1.0);
     assert_eq!(
-        reports.read_banner_as(APP_UID, IpAddr::V4(api), 5432),
+        reports.talk_as(APP_UID, IpAddr::V4(api), 5432, ""),
         "read:db says hi",
         "--egress allow"
     );
@@ -338,6 +361,34 @@ fn egress_rules_let_out_only_what_they_name() {
             && e["data"]["destination"] == format!("{far}:5432")),
         "{events:?}"
     );
+
+    // Only the sidecars of the services an Egress names hold it; an edit
+    // that moves one to another service takes it from the first and gives
+    // it to the second (reports then has rules, and --egress allow no
+    // longer applies to it).
+    let holds = |s: &PodSidecar, name: &str| s.admin("/config").body.contains(name);
+    assert!(holds(&pay, "payments-partner") && !holds(&web_sidecar, "payments-partner"));
+    cp.apply(
+        "apiVersion: bulkhead.dev/v1\nkind: Egress\n\
+         metadata: {name: payments-partner, namespace: shop}\n\
+         spec: {from: [reports], to: [{host: www.partner.example, ports: [80]}]}\n",
+    );
+    wait_for("payments losing the partner rule", WAIT, || {
+        let r = http(&payments, "www.partner.example", api, "host");
+        r.status.is_none().then_some(())
+    });
+    assert!(!holds(&pay, "payments-partner"));
+    wait_for("reports getting the partner rule", WAIT, || {
+        let r = http(&reports, "www.partner.example", api, "host");
+        (r.status == Some(200)).then_some(())
+    });
+    assert_eq!(
+        reports.talk_as(APP_UID, IpAddr::V4(api), 5432, ""),
+        "read:",
+        "reports is now held to its Egress"
+    );
+    // The address is one of the partner host's, on another port.
+    assert!(refused(&rep, "reports", "port") >= 1.0);
     for sidecar in [&mut pay, &mut web_sidecar, &mut rep] {
         sidecar.assert_running();
     }

@@ -73,11 +73,15 @@ while True:
     print("query", name, qtype, count, flush=True)
 "#;
 
-/// What a TCP client read from a server that speaks first.
-const READ_BANNER: &str = r#"
+/// A TCP client: sends `argv[3]` (if any), then prints what it reads
+/// first. It waits longer than the sidecar's 5 s for a name, so a
+/// connection the sidecar closes reads as closed, not as a timeout.
+const TALK: &str = r#"
 import socket, sys
 try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=8)
+    if sys.argv[3]:
+        c.sendall(sys.argv[3].encode())
     print("read:" + c.recv(100).decode().strip())
 except Exception as e:
     print("error:" + type(e).__name__)
@@ -183,12 +187,13 @@ impl Pod {
         PodDns { process, zone }
     }
 
-    /// Connects to `ip:port` as `uid` and reads what the server says first:
-    /// `read:<banner>`, `read:` (closed without a word) or `error:<kind>`.
-    pub fn read_banner_as(&self, uid: u32, ip: IpAddr, port: u16) -> String {
-        let script = self.script("read_banner.py", READ_BANNER);
+    /// Connects to `ip:port` as `uid`, sends `send` (nothing when empty)
+    /// and reads the first answer: `read:<text>`, `read:` (closed without
+    /// a word) or `error:<kind>`.
+    pub fn talk_as(&self, uid: u32, ip: IpAddr, port: u16, send: &str) -> String {
+        let script = self.script("talk.py", TALK);
         let (ip, port) = (ip.to_string(), port.to_string());
-        let out = self.exec_as(uid, "/usr/bin/python3", &[&script, &ip, &port]);
+        let out = self.exec_as(uid, "/usr/bin/python3", &[&script, &ip, &port, send]);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
