@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use bulkhead_tests::control::{TestCa, wait_for};
+use bulkhead_tests::control::{TestCa, json_lines, wait_for};
 use bulkhead_tests::netns::*;
 use serde_json::Value;
 
@@ -22,26 +22,21 @@ const EVENT_WAIT: Duration = Duration::from_secs(40);
 /// The TTL of the answers for `api.payments.example`.
 const TTL: u32 = 2;
 
-/// Services, and the two Egress resources for `payments`; `{net}` is the
-/// outside hosts' /25, `{dns}` the DNS server's address.
+/// The three Services, and the two Egress resources for `payments`;
+/// `net` is the CIDR of the outside hosts it may reach on port 5432.
 fn mesh(net: &str) -> String {
+    let services: String = ["payments", "web", "reports"]
+        .iter()
+        .map(|name| {
+            format!(
+                "apiVersion: bulkhead.dev/v1\nkind: Service\n\
+                 metadata: {{name: {name}, namespace: shop}}\n\
+                 spec: {{ports: [{{port: 80, protocol: http}}]}}\n---\n"
+            )
+        })
+        .collect();
     format!(
-        "
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {{name: payments, namespace: shop}}
-spec: {{ports: [{{port: 80, protocol: http}}]}}
----
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {{name: web, namespace: shop}}
-spec: {{ports: [{{port: 80, protocol: http}}]}}
----
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {{name: reports, namespace: shop}}
-spec: {{ports: [{{port: 80, protocol: http}}]}}
----
+        "{services}
 apiVersion: bulkhead.dev/v1
 kind: Egress
 metadata: {{name: payments-out, namespace: shop}}
@@ -91,7 +86,7 @@ fn refused(sidecar: &PodSidecar, service: &str, reason: &str) -> f64 {
 
 /// `bulkheadctl events --type egress.refused -o json`, parsed.
 fn egress_events(cp: &PodControlPlane) -> Vec<Value> {
-    let out = cp.ctl(&[
+    let args = [
         "events",
         "-o",
         "json",
@@ -99,16 +94,8 @@ fn egress_events(cp: &PodControlPlane) -> Vec<Value> {
         "egress.refused",
         "--since",
         "10m",
-    ]);
-    assert!(
-        out.status.success(),
-        "bulkheadctl events: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    ];
+    json_lines("bulkheadctl events", &cp.ctl(&args))
 }
 
 #[test]
@@ -248,29 +235,18 @@ fn egress_rules_let_out_only_what_they_name() {
     );
     let r = http(&payments, "other.example", api, "wrong-host");
     assert!(r.status.is_none() && r.exit != 0, "other Host: {r:?}");
-    assert_eq!(
-        payments.talk_as(APP_UID, IpAddr::V4(api), 5433, ""),
-        "read:",
-        "a port no rule has"
-    );
-    assert_eq!(
-        payments.talk_as(APP_UID, IpAddr::V4(far), 5432, ""),
-        "read:",
-        "an address outside the CIDR"
-    );
     // On a port only host rules name, a client that says nothing gets
     // nothing (after the sidecar's 5 s), and one that sends neither TLS nor
     // HTTP is refused at once.
-    assert_eq!(
-        payments.talk_as(APP_UID, IpAddr::V4(api), 443, ""),
-        "read:",
-        "silent client"
-    );
-    assert_eq!(
-        payments.talk_as(APP_UID, IpAddr::V4(api), 443, "hello\n"),
-        "read:",
-        "neither TLS nor HTTP"
-    );
+    for (ip, port, send, case) in [
+        (api, 5433, "", "a port no rule has"),
+        (far, 5432, "", "an address outside the CIDR"),
+        (api, 443, "", "a silent client"),
+        (api, 443, "hello\n", "neither TLS nor HTTP"),
+    ] {
+        let heard = payments.talk_as(APP_UID, IpAddr::V4(ip), port, send);
+        assert_eq!(heard, "read:", "{case}");
+    }
     for path in ["/spoof", "/other"] {
         assert!(tls.requests(path).is_empty(), "{path} reached the server");
     }

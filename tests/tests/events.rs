@@ -23,15 +23,7 @@ fn events(mesh: &Mesh, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["events", "-o", "json"];
     all.extend_from_slice(args);
     let out = blocking(|| mesh.cp.ctl(&mesh.ca, &all));
-    assert!(
-        out.status.success(),
-        "bulkheadctl events failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    json_lines("bulkheadctl events", &out)
 }
 
 /// Waits (bounded) for events of `kind` for which `pick` holds; all of them.

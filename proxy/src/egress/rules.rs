@@ -208,11 +208,7 @@ mod tests {
     const TWO: &str = "apiVersion: bulkhead.dev/v1
 kind: Egress
 metadata: {name: payments-out, namespace: shop}
-spec:
-  from: [payments]
-  to:
-  - {host: api.payments.example, ports: [443]}
-  - {cidr: 198.18.5.0/24, ports: [5432]}
+spec: {from: [payments], to: [{host: api.payments.example, ports: [443]}, {cidr: 198.18.5.0/24, ports: [5432]}]}
 ---
 apiVersion: bulkhead.dev/v1
 kind: Egress
