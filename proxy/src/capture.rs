@@ -65,7 +65,9 @@ async fn connection(
         Some(Destination::Endpoint(key, endpoint)) => Target::pinned(key, dst.port(), &endpoint),
         None => {
             let idle = outbound.tcp_idle_timeout;
-            egress.connection(&outbound.states, tcp, dst, idle).await;
+            // Boxed: its name-reading buffers would otherwise grow every
+            // captured connection's future, mesh ones included.
+            Box::pin(egress.connection(&outbound.states, tcp, dst, idle)).await;
             return;
         }
     };
