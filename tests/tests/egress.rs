@@ -45,6 +45,7 @@ spec:
   to:
   - {{host: api.payments.example, ports: [443]}}
   - {{cidr: {net}, ports: [5432]}}
+  - {{cidr: 'fd00:bb:0:2::/64', ports: [5432]}}
 ---
 apiVersion: bulkhead.dev/v1
 kind: Egress
@@ -212,13 +213,18 @@ fn egress_rules_let_out_only_what_they_name() {
         payments.talk_as(APP_UID, IpAddr::V4(api), 5432, ""),
         "read:db says hi"
     );
+    // The same over IPv6, by a v6 CIDR rule.
+    assert_eq!(
+        payments.talk_as(APP_UID, IpAddr::V6(outside.ip6), 5432, ""),
+        "read:db says hi"
+    );
     let allowed = |rule| {
         pay.metric(
             "bulkhead_egress_allowed_total",
             &[("service", "payments"), ("rule", rule)],
         )
     };
-    assert!(allowed("host") >= 2.0 && allowed("cidr") >= 1.0);
+    assert!(allowed("host") >= 2.0 && allowed("cidr") >= 2.0);
 
     // Refused: another host by SNI (at the right address), the right SNI
     // at an address it does not resolve to, HTTP with another Host, a

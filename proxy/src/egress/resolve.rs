@@ -2,7 +2,7 @@
 //!
 //! Names are resolved with the pod's resolver (`--resolv-conf`, normally
 //! `/etc/resolv.conf`) through hickory, as absolute names (no search
-//! domains). Each address is kept until the TTL of the answer that last
+//! domains), for A and AAAA records both. Each address is kept until the TTL of the answer that last
 //! named it: a name that rotates through several addresses is allowed on
 //! every one still within its TTL, and an address the name no longer
 //! resolves to stops being allowed once its TTL is over. Each host is
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_resolver::TokioResolver;
+use hickory_resolver::config::LookupIpStrategy;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -55,6 +56,8 @@ impl Resolver {
             .and_then(|(config, mut options)| {
                 options.timeout = RESOLVE_TIMEOUT / 2;
                 options.attempts = 2;
+                // An app may dial either family: know both.
+                options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
                 let mut builder =
                     TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
                 *builder.options_mut() = options;

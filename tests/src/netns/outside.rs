@@ -19,15 +19,16 @@ httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
 httpd.serve_forever()
 "#;
 
-/// A TCP server on `0.0.0.0:port` that writes a banner as soon as a
-/// client connects (as PostgreSQL or SMTP servers speak first) and logs
-/// each client.
+/// A TCP server on `[::]:port` (IPv4 and IPv6) that writes a banner as
+/// soon as a client connects (as PostgreSQL or SMTP servers speak first)
+/// and logs each client.
 const BANNER: &str = r#"
 import socket, sys, threading
 port, banner = int(sys.argv[1]), sys.argv[2].encode() + b"\n"
-s = socket.socket()
+s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port)); s.listen(64)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", port)); s.listen(64)
 def serve(c, peer):
     print("client", peer[0], flush=True)
     try:
