@@ -139,6 +139,9 @@ impl EgressPolicy {
                     task.abort();
                 }
                 if egresses.is_empty() {
+                    if current.is_some() {
+                        tracing::info!("no Egress names this service any more: --egress applies");
+                    }
                     self.rules.store(None);
                 } else {
                     let previous = self.rules.load_full();

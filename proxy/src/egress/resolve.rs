@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures::StreamExt;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::LookupIpStrategy;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -38,6 +39,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub(crate) const REQUERY_AFTER: Duration = Duration::from_secs(1);
 /// Most addresses kept per host.
 const MAX_ADDRESSES: usize = 64;
+/// Most hosts resolved at once by the background refresh.
+const PARALLEL: usize = 8;
 
 /// The pod's resolver, or why there is none (every host rule is then
 /// unresolved).
@@ -186,18 +189,32 @@ fn merge(
 }
 
 /// Keeps `hosts` resolved: each again when its answer expires, after a
-/// failure with backoff. Runs until aborted (when the rules change).
+/// failure with backoff, at most [`PARALLEL`] at once (a slow or failing
+/// resolver holds up one host's refresh, not every other's). Runs until
+/// aborted (when the rules change).
 pub(crate) async fn refresh_forever(hosts: Vec<Arc<HostAddresses>>, resolver: Resolver) {
     let mut due: Vec<(Instant, Duration)> = vec![(Instant::now(), RETRY_MIN); hosts.len()];
     loop {
         let now = Instant::now();
-        for (host, (at, retry)) in hosts.iter().zip(due.iter_mut()) {
-            if *at > now {
-                continue;
-            }
-            let mut last = host.resolving.lock().await;
-            *last = Some(Instant::now());
-            match host.resolve(&resolver).await {
+        let resolving: Vec<_> = (0..hosts.len())
+            .filter(|i| due[*i].0 <= now)
+            .map(|i| {
+                // Owned, so the task's future holds no borrowed closure.
+                let (host, resolver) = (Arc::clone(&hosts[i]), resolver.clone());
+                async move {
+                    let mut last = host.resolving.lock().await;
+                    *last = Some(Instant::now());
+                    (i, host.resolve(&resolver).await)
+                }
+            })
+            .collect();
+        let results: Vec<_> = futures::stream::iter(resolving)
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        for (i, result) in results {
+            let (at, retry) = &mut due[i];
+            match result {
                 Ok(until) => (*at, *retry) = (until, RETRY_MIN),
                 Err(_) => {
                     *at = Instant::now() + *retry;
