@@ -39,7 +39,7 @@ pub fn dns_query(packet: &[u8]) {
 /// The first bytes of a captured connection out of the mesh, which the
 /// sidecar reads for the TLS SNI or HTTP `Host` an `Egress` host rule
 /// needs: never a panic, and a name found is a plain lower-case host name
-/// (what rules are compared with).
+/// of non-empty labels (what rules are compared with).
 pub fn egress_first_bytes(data: &[u8]) {
     if let Some(name) = egress::peek::name_in(data) {
         let name = name.as_str();
@@ -49,7 +49,10 @@ pub fn egress_first_bytes(data: &[u8]) {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'),
             "{name:?}"
         );
-        assert!(!name.ends_with('.'), "{name:?}");
+        assert!(
+            name.split('.').all(|l| !l.is_empty() && l.len() <= 63),
+            "{name:?}"
+        );
     }
 }
 

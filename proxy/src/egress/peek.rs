@@ -252,16 +252,14 @@ fn strip_port(value: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// A host name as rules hold them: lower case, no trailing dot, only
-/// letters, digits, '-' and '.'. Anything else is no name.
+/// A host name as rules hold them: lower case, no trailing dot, labels of
+/// 1-63 letters, digits and '-'. Anything else is no name.
 fn clean_name(raw: &[u8]) -> Option<String> {
     let raw = raw.strip_suffix(b".").unwrap_or(raw);
-    if raw.is_empty()
-        || raw.len() > MAX_NAME
-        || !raw
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.')
-    {
+    let label_ok = |l: &[u8]| {
+        !l.is_empty() && l.len() <= 63 && l.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+    };
+    if raw.is_empty() || raw.len() > MAX_NAME || !raw.split(|b| *b == b'.').all(label_ok) {
         return None;
     }
     Some(String::from_utf8_lossy(raw).to_ascii_lowercase())

@@ -93,6 +93,10 @@ fn http_requests_give_their_host_without_port() {
         ),
         ("GET / HTTP/1.1\r\nHost: a.example:x\r\n\r\n", Parse::NoName),
         ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Parse::NoName),
+        // Found by the fuzz target: dots that make no labels.
+        ("GET / HTTP/1.1\r\nHost: w........\r\n\r\n", Parse::NoName),
+        ("GET / HTTP/1.1\r\nHost: a..example\r\n\r\n", Parse::NoName),
+        ("GET / HTTP/1.1\r\nHost: .example\r\n\r\n", Parse::NoName),
         ("GET / HTTP/1.1\r\n\r\n", Parse::NoName),
         ("GET / HTTP/1.1\r\nBad Header\r\n\r\n", Parse::NoName),
     ];
