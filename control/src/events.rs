@@ -50,12 +50,18 @@ pub(crate) const CERTIFICATE_REFUSED: &str = "dev.bulkhead.certificate.refused";
 pub(crate) const RESOURCE_APPLIED: &str = "dev.bulkhead.resource.applied";
 pub(crate) const RESOURCE_DELETED: &str = "dev.bulkhead.resource.deleted";
 pub(crate) const AUTHZ_DENIED: &str = "dev.bulkhead.authz.denied";
+pub(crate) const EGRESS_REFUSED: &str = "dev.bulkhead.egress.refused";
 pub(crate) const ROLLOUT_STEP: &str = "dev.bulkhead.rollout.step";
 /// Not stored: what a consumer is told when events it asked for are gone.
 pub(crate) const LOST: &str = "dev.bulkhead.events.lost";
 
 /// The types a sidecar may publish (`Discovery.PublishEvents`).
-pub(crate) const SIDECAR_TYPES: [&str; 3] = [ENDPOINT_EJECTED, ENDPOINT_READMITTED, AUTHZ_DENIED];
+pub(crate) const SIDECAR_TYPES: [&str; 4] = [
+    ENDPOINT_EJECTED,
+    ENDPOINT_READMITTED,
+    AUTHZ_DENIED,
+    EGRESS_REFUSED,
+];
 
 /// A CloudEvent id as a number (see the module docs).
 pub(crate) type EventId = i64;

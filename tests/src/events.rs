@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::control::wait_for_async;
+use crate::control::{json_lines, wait_for_async};
 use crate::mesh::{Mesh, blocking};
 
 /// `bulkheadctl events -o json ARGS`: one CloudEvent per line, parsed.
@@ -14,15 +14,7 @@ pub fn events(mesh: &Mesh, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["events", "-o", "json"];
     all.extend_from_slice(args);
     let out = blocking(|| mesh.cp.ctl(&mesh.ca, &all));
-    assert!(
-        out.status.success(),
-        "bulkheadctl events failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    json_lines("bulkheadctl events", &out)
 }
 
 /// Waits (bounded by `within`) for events of `kind` (the full type,

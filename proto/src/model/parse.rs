@@ -15,6 +15,7 @@ use serde_saphyr::MessageFormatter;
 
 use super::allowlist::AllowListSpec;
 use super::check;
+use super::egress::EgressSpec;
 use super::error::{FieldError, FieldErrors, ValidationErrors};
 use super::resource::{
     API_VERSION, DEFAULT_NAMESPACE, Kind, RawDocument, Resource, Spec, from_raw_document,
@@ -229,7 +230,7 @@ fn read_document(input: &Input<'_>, errs: &mut FieldErrors) -> Option<Read> {
         ),
         None => errs.push("apiVersion", format!("missing; expected {API_VERSION}")),
     }
-    let kinds = "one of Service, AllowList, TrafficSplit, Rollout";
+    let kinds = "one of Service, AllowList, TrafficSplit, Rollout, Egress";
     let kind = match header.kind.as_deref() {
         None => {
             errs.push("kind", format!("missing; expected {kinds}"));
@@ -288,6 +289,7 @@ fn read_kind(kind: Kind, input: &Input<'_>, errs: &mut FieldErrors) -> Option<Re
         Kind::AllowList => typed::<AllowListSpec>(input, errs),
         Kind::TrafficSplit => typed::<TrafficSplitSpec>(input, errs),
         Kind::Rollout => typed::<RolloutSpec>(input, errs),
+        Kind::Egress => typed::<EgressSpec>(input, errs),
     }
 }
 

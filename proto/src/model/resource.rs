@@ -11,6 +11,7 @@ use crate::pb;
 
 use super::allowlist::AllowList;
 use super::check;
+use super::egress::Egress;
 use super::error::{FieldErrors, ValidationError, ValidationErrors};
 use super::parse;
 use super::rollout::Rollout;
@@ -30,14 +31,16 @@ pub enum Kind {
     AllowList,
     TrafficSplit,
     Rollout,
+    Egress,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Service,
         Kind::AllowList,
         Kind::TrafficSplit,
         Kind::Rollout,
+        Kind::Egress,
     ];
 
     /// The name written in documents' `kind` field.
@@ -47,6 +50,7 @@ impl Kind {
             Kind::AllowList => "AllowList",
             Kind::TrafficSplit => "TrafficSplit",
             Kind::Rollout => "Rollout",
+            Kind::Egress => "Egress",
         }
     }
 }
@@ -60,7 +64,7 @@ impl fmt::Display for Kind {
 /// A name that is not a kind (nor a plural or short form of one).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown kind {0:?}: expected one of Service (svc), AllowList (al), TrafficSplit (ts), Rollout (ro)"
+    "unknown kind {0:?}: expected one of Service (svc), AllowList (al), TrafficSplit (ts), Rollout (ro), Egress (eg)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -75,6 +79,7 @@ impl FromStr for Kind {
             "allowlist" | "allowlists" | "al" => Ok(Kind::AllowList),
             "trafficsplit" | "trafficsplits" | "ts" => Ok(Kind::TrafficSplit),
             "rollout" | "rollouts" | "ro" => Ok(Kind::Rollout),
+            "egress" | "egresses" | "eg" => Ok(Kind::Egress),
             _ => Err(UnknownKind(s.chars().take(64).collect())),
         }
     }
@@ -104,6 +109,7 @@ pub enum Resource {
     AllowList(AllowList),
     TrafficSplit(TrafficSplit),
     Rollout(Rollout),
+    Egress(Egress),
 }
 
 impl Resource {
@@ -113,6 +119,7 @@ impl Resource {
             Resource::AllowList(_) => Kind::AllowList,
             Resource::TrafficSplit(_) => Kind::TrafficSplit,
             Resource::Rollout(_) => Kind::Rollout,
+            Resource::Egress(_) => Kind::Egress,
         }
     }
 
@@ -122,6 +129,7 @@ impl Resource {
             Resource::AllowList(r) => &r.metadata,
             Resource::TrafficSplit(r) => &r.metadata,
             Resource::Rollout(r) => &r.metadata,
+            Resource::Egress(r) => &r.metadata,
         }
     }
 
@@ -170,6 +178,7 @@ impl Serialize for Resource {
             Resource::AllowList(r) => document(&r.metadata, &r.spec).serialize(serializer),
             Resource::TrafficSplit(r) => document(&r.metadata, &r.spec).serialize(serializer),
             Resource::Rollout(r) => document(&r.metadata, &r.spec).serialize(serializer),
+            Resource::Egress(r) => document(&r.metadata, &r.spec).serialize(serializer),
         }
     }
 }
