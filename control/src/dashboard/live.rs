@@ -388,6 +388,27 @@ fn event_ms(event: &Value) -> i64 {
         .unwrap_or_else(now_ms)
 }
 
+/// Before `key` goes into `map`: when it is new and `map` holds `max`
+/// already, the entry with the oldest `time` goes (a scan, on a map of a
+/// few hundred entries).
+fn make_room<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    key: &K,
+    max: usize,
+    time: impl Fn(&V) -> i64,
+) {
+    if map.contains_key(key) || map.len() < max {
+        return;
+    }
+    let oldest = map
+        .iter()
+        .min_by_key(|(_, v)| time(v))
+        .map(|(k, _)| k.clone());
+    if let Some(oldest) = oldest {
+        map.remove(&oldest);
+    }
+}
+
 fn note_denial(kept: &mut Kept, namespace: &str, event: &Value) {
     let data = &event["data"];
     let key = DenialKey {
@@ -399,16 +420,7 @@ fn note_denial(kept: &mut Kept, namespace: &str, event: &Value) {
     };
     let at = event_ms(event);
     let count = data["count"].as_u64().unwrap_or(1);
-    if !kept.denials.contains_key(&key) && kept.denials.len() >= MAX_DENIALS {
-        let oldest = kept
-            .denials
-            .iter()
-            .min_by_key(|(_, d)| d.last_unix_ms)
-            .map(|(k, _)| k.clone());
-        if let Some(oldest) = oldest {
-            kept.denials.remove(&oldest);
-        }
-    }
+    make_room(&mut kept.denials, &key, MAX_DENIALS, |d| d.last_unix_ms);
     let row = kept.denials.entry(key).or_insert(Denials {
         count: 0,
         first_unix_ms: at,
@@ -434,16 +446,7 @@ fn note_ejection(kept: &mut Kept, kind: &str, event: &Value) {
         kept.ejections.remove(&key);
         return;
     }
-    if !kept.ejections.contains_key(&key) && kept.ejections.len() >= MAX_EJECTIONS {
-        let oldest = kept
-            .ejections
-            .iter()
-            .min_by_key(|(_, e)| e.at_unix_ms)
-            .map(|(k, _)| k.clone());
-        if let Some(oldest) = oldest {
-            kept.ejections.remove(&oldest);
-        }
-    }
+    make_room(&mut kept.ejections, &key, MAX_EJECTIONS, |e| e.at_unix_ms);
     let at = event_ms(event);
     let seconds = data["ejectedForSeconds"]
         .as_f64()

@@ -57,7 +57,8 @@ const MAX_BODY: usize = 16 * 1024;
 const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one connection may stay open (the page opens another).
+/// How long one connection may stay open (the page opens another; an
+/// event stream cut this way is resumed by the browser with `Last-Event-ID`).
 const CONNECTION_LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]

@@ -592,12 +592,12 @@
       const data = await view.load(args);
       if (mine !== seq) return;
       clearProblem();
+      document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
       // Unchanged data is not drawn again: the page stays still (focus,
       // selection, scroll) when nothing moved.
       const json = view.id === 'events' ? null : JSON.stringify(data);
       if (json !== null && last && last.key === key && last.json === json) return;
       last = { key, data, json };
-      document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
       draw();
     } catch (e) {
       if (mine !== seq) return;
