@@ -257,10 +257,7 @@ async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browse
             "pushed, not reloaded"
         );
         // The type filter keeps rollout events only.
-        browser.script(
-            "const s = document.getElementById('events-type'); s.value = 'rollout'; \
-             s.dispatchEvent(new Event('change')); return true;",
-        );
+        event_type(&browser, "rollout");
         browser.wait("only rollout events", WAIT, |b| {
             let types = b.texts("table.events td.type");
             (!types.is_empty() && types.iter().all(|t| t.starts_with("rollout."))).then_some(())
@@ -358,6 +355,17 @@ async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browse
         assert!(hostile.contains(HOSTILE_RULE), "{hostile}");
         assert_no_markup_made(&browser);
         browser.screenshot("7-denials");
+        // The Events view lists the same hostile event, as text too.
+        browser
+            .click(r#"nav a[data-view="events"]"#)
+            .expect("Events");
+        event_type(&browser, "authz");
+        browser.wait_text(
+            r#"table.events tr[data-type="dev.bulkhead.authz.denied"]"#,
+            HOSTILE_PATH,
+            WAIT,
+        );
+        assert_no_markup_made(&browser);
         // The topology draws the denied edge apart from the allowed ones.
         browser
             .click(r#"nav a[data-view="topology"]"#)
@@ -517,6 +525,14 @@ fn assert_no_markup_made(browser: &Browser) {
         "markup from the mesh became elements"
     );
     assert_eq!(browser.script("return window.pwned === undefined;"), true);
+}
+
+/// Picks `kind` in the Events view's Type filter.
+fn event_type(browser: &Browser, kind: &str) {
+    browser.script(&format!(
+        "const s = document.getElementById('events-type'); s.value = {kind:?}; \
+         s.dispatchEvent(new Event('change')); return true;"
+    ));
 }
 
 fn clear_filter(browser: &Browser) {

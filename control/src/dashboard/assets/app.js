@@ -616,8 +616,9 @@
   // --- Live: the control plane's events, relayed by the dashboard over
   // Server-Sent Events. The browser reconnects by itself and resumes
   // after the last id it saw (Last-Event-ID); each event refreshes the
-  // view it concerns, at most once per REFRESH_MS.
-  const REFRESH_MS = 300;
+  // view it concerns, at most once per REFRESH_MS (a burst of events is
+  // one fetch).
+  const REFRESH_MS = 500;
   let pending = null;
   function soon() {
     if (pending) return;
