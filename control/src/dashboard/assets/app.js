@@ -194,6 +194,7 @@
         svg('title', {}, e.from + ' → ' + e.to + ': ' + label)));
       root.append(svg('text', { class: 'edge-label' + (bad ? ' bad' : ''), x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, 'text-anchor': 'middle' }, label));
     }
+    const deniedAt = new Map();
     for (const e of denied) {
       const a = pos.get(e.from), b = pos.get(e.to);
       if (!a || !b) continue;
@@ -203,10 +204,16 @@
       const d = e.from === e.to
         ? `M ${x1} ${y1 - 8} C ${x1 + 50} ${y1 - 50}, ${x1 + 50} ${y1 + 50}, ${x1} ${y1 + 8}`
         : `M ${x1} ${y1} C ${x1 + bend} ${y1 + 24}, ${x2 - bend} ${y2 + 24}, ${x2} ${y2}`;
-      const label = e.count + ' denied';
       root.append(svg('path', { class: 'edge denied', d, 'marker-end': 'url(#arrow-denied)', 'data-from': e.from, 'data-to': e.to },
-        svg('title', {}, `${e.from} → ${e.to}: ${label} (${(e.rules || []).join(', ')})`)));
-      root.append(svg('text', { class: 'edge-label denied', x: (x1 + x2) / 2, y: (y1 + y2) / 2 + 26, 'text-anchor': 'middle' }, '✗ ' + label));
+        svg('title', {}, `${e.from} → ${e.to}: ${e.count} denied (${(e.rules || []).join(', ')})`)));
+      deniedAt.set(e.to, (deniedAt.get(e.to) || 0) + e.count);
+    }
+    // Labels on denied edges would cross the allowed edges' labels: the
+    // count goes above the target's top right corner instead (the table
+    // below names each caller).
+    for (const [id, count] of deniedAt) {
+      const p = pos.get(id);
+      if (p) root.append(svg('text', { class: 'edge-label denied', x: p.x + NODE_W, y: p.y - 3, 'text-anchor': 'end' }, `✗ ${count} denied`));
     }
     for (const id of ids) {
       const n = nodes.get(id), p = pos.get(id);
