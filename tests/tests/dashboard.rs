@@ -7,21 +7,23 @@
 //! the page through its confirmation; a denied call in Denials (and a
 //! denial whose path is markup, published by a hostile sidecar, shown as
 //! text); the Policy view's AllowLists and its "can X call this?" answer.
-//! Then what the dashboard refuses (a foreign `Host`, a POST without the
-//! page's token or from another origin) and the message when the control
+//! The event stream read raw: resumed after a `Last-Event-ID`, a ninth
+//! follower refused, an abandoned one's place freed. Then what the
+//! dashboard refuses (a foreign `Host`, a POST without the page's token or
+//! from another origin) and the message when the control
 //! plane is gone, on the open page and on a fresh load. Screenshots of
 //! every view are saved under the test's target tmp dir. One mesh serves
 //! every assertion.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use bulkhead_proto::pb;
 use bulkhead_tests::browser::Browser;
-use bulkhead_tests::control::{http_exchange, workload};
+use bulkhead_tests::control::{http_exchange, wait_for, workload};
 use bulkhead_tests::mesh::{Mesh, blocking};
 use bulkhead_tests::proxy::{App, SidecarSpec};
 use bulkhead_tests::rollout::{FAST_REPORTS, rollout, status, until_status};
@@ -420,6 +422,33 @@ async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browse
         browser.screenshot("10-policy-allowed");
     });
 
+    // The event stream as any client sees it: resumable after an id, and
+    // bounded in how many follow it at once.
+    blocking(|| {
+        let (code, mut first) = EventStream::open(dashboard.addr, None);
+        assert_eq!(code, 200);
+        let ids = first.ids(3);
+        let (_, mut resumed) = EventStream::open(dashboard.addr, Some(ids[1]));
+        assert_eq!(
+            resumed.ids(1),
+            [ids[2]],
+            "resumes right after Last-Event-ID"
+        );
+        // The page holds one stream, these two more: at most
+        // MAX_STREAMS (8) are served at once.
+        let mut held = vec![first, resumed];
+        let busy = (0..8).find_map(|_| {
+            let (code, stream) = EventStream::open(dashboard.addr, None);
+            held.push(stream);
+            (code == 503).then_some(())
+        });
+        assert!(busy.is_some(), "a ninth stream is refused");
+        drop(held);
+        wait_for("an abandoned stream's place freed", WAIT, || {
+            (EventStream::open(dashboard.addr, None).0 == 200).then_some(())
+        });
+    });
+
     // What the dashboard refuses.
     blocking(|| {
         for path in ["/api/overview", "/api/events", "/api/denials"] {
@@ -525,6 +554,59 @@ fn assert_no_markup_made(browser: &Browser) {
         "markup from the mesh became elements"
     );
     assert_eq!(browser.script("return window.pwned === undefined;"), true);
+}
+
+/// `/api/events` on a raw connection, as a script would follow it.
+struct EventStream {
+    tcp: TcpStream,
+    read: String,
+}
+
+impl EventStream {
+    /// The status code, and the stream (headers read).
+    fn open(addr: SocketAddr, last_id: Option<i64>) -> (u16, Self) {
+        let mut tcp = TcpStream::connect(addr).expect("connect to the dashboard");
+        tcp.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let resume = last_id
+            .map(|id| format!("last-event-id: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            tcp,
+            "GET /api/events HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n{resume}\r\n"
+        )
+        .expect("send the request");
+        let mut stream = Self {
+            tcp,
+            read: String::new(),
+        };
+        while !stream.read.contains("\r\n\r\n") {
+            stream.more();
+        }
+        let code = stream.read[9..12].parse().expect("a status code");
+        (code, stream)
+    }
+
+    fn more(&mut self) {
+        let mut buf = [0u8; 4096];
+        let n = self.tcp.read(&mut buf).expect("read the event stream");
+        assert!(n > 0, "the event stream closed: {}", self.read);
+        self.read.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+
+    /// The ids of the next `n` events (the status line has none).
+    fn ids(&mut self, n: usize) -> Vec<i64> {
+        loop {
+            let ids: Vec<i64> = self
+                .read
+                .lines()
+                .filter_map(|l| l.strip_prefix("id: ")?.trim().parse().ok())
+                .collect();
+            if ids.len() >= n {
+                return ids[..n].to_vec();
+            }
+            self.more();
+        }
+    }
 }
 
 /// Picks `kind` in the Events view's Type filter.
