@@ -160,7 +160,7 @@ async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browse
                 "{service}"
             );
         }
-        let calls = browser.text(r#"table.calls tr[data-from="shop/web"]"#);
+        let calls = browser.wait_text(r#"table.calls tr[data-from="shop/web"]"#, "%", WAIT);
         assert!(
             calls.contains("shop/inventory") && calls.contains("100.00%"),
             "{calls}"
@@ -195,7 +195,7 @@ async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browse
         );
         assert_no_markup_made(&browser);
         browser.wait_text("table.versions", STABLE, WAIT);
-        let split = browser.text("table.weights");
+        let split = browser.wait_text("table.weights", STABLE, WAIT);
         assert!(split.contains(STABLE) && split.contains("100"), "{split}");
         browser.screenshot("2-service");
     });
@@ -276,16 +276,9 @@ async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browse
     blocking(|| {
         browser.goto(&format!("{}#/services/shop/inventory", dashboard.url));
         browser.wait_text(".rollout .phase", "Paused", WAIT);
-        let current = browser.text(".rollout .steps li.current");
-        assert!(
-            current.contains("2. pause"),
-            "steps count from 1: {current}"
-        );
-        assert!(
-            browser.text(".rollout").contains("step 2 of 4"),
-            "{}",
-            browser.text(".rollout")
-        );
+        // Steps count from 1 for people.
+        browser.wait_text(".rollout .steps li.current", "2. pause", WAIT);
+        browser.wait_text(".rollout", "step 2 of 4", WAIT);
         browser.screenshot("4-rollout-paused");
         browser
             .click(r#".rollout button[data-action="promote"]"#)
