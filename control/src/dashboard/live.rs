@@ -1,6 +1,7 @@
 //! The live side of the dashboard: ONE `Admin.WatchEvents` stream from
 //! the control plane (as the operator), resumed after the last id it
-//! delivered whenever it breaks, relayed to every open page over
+//! delivered whenever it breaks (or stays quiet and the control plane
+//! does not answer a health probe), relayed to every open page over
 //! Server-Sent Events (`/api/events`). What the views need from the
 //! stream is kept here in bounded memory: the latest events (replayed to
 //! a page that connects, or resumes with `Last-Event-ID`), the denials
@@ -51,8 +52,10 @@ const DENIED_EDGE_WINDOW: Duration = Duration::from_secs(300);
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Longest wait before the relay tries the control plane again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long opening the stream may take.
+/// How long opening the stream (or a health probe) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream quiet this long gets its control plane probed.
+const QUIET: Duration = Duration::from_secs(20);
 
 /// One message for the pages: a mesh event (with its id) or the relay's
 /// own status (`event: status`, no id).
@@ -168,9 +171,17 @@ impl Live {
                 let mut stream = opened.map_err(|s| s.message().to_owned())?.into_inner();
                 self.set_status(None);
                 backoff = Duration::from_millis(200);
-                while let Some(event) =
-                    stream.message().await.map_err(|s| s.message().to_owned())?
-                {
+                loop {
+                    // A quiet stream may be a dead connection (a partition
+                    // sends no reset): after a while, ask the control plane
+                    // whether it is there.
+                    let Ok(next) = tokio::time::timeout(QUIET, stream.message()).await else {
+                        probe(&admin).await?;
+                        continue;
+                    };
+                    let Some(event) = next.map_err(|s| s.message().to_owned())? else {
+                        break;
+                    };
                     after = after.max(event.id);
                     self.take(&event);
                 }
@@ -342,6 +353,23 @@ impl Live {
             .collect();
         by.sort_by(|a, b| a["by"].as_str().cmp(&b["by"].as_str()));
         by
+    }
+}
+
+/// Whether the control plane answers (`GetHealth`, bounded in time).
+async fn probe(admin: &AdminClient<Channel>) -> Result<(), String> {
+    match tokio::time::timeout(
+        OPEN_TIMEOUT,
+        admin.clone().get_health(pb::GetHealthRequest {}),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status.message().to_owned()),
+        Err(_) => Err(format!(
+            "no answer to a health probe within {}s",
+            OPEN_TIMEOUT.as_secs()
+        )),
     }
 }
 
