@@ -273,21 +273,12 @@ mod tests {
     use bulkhead_proto::model::{Resource, parse_documents};
 
     const POLICY: &str = "
-apiVersion: bulkhead.dev/v1
-kind: Service
-metadata: {name: inventory, namespace: shop}
-spec:
-  ports: [{port: 8080, protocol: http}, {port: 9090, protocol: tcp}]
+{apiVersion: bulkhead.dev/v1, kind: Service, metadata: {name: inventory, namespace: shop},
+ spec: {ports: [{port: 8080, protocol: http}, {port: 9090, protocol: tcp}]}}
 ---
-apiVersion: bulkhead.dev/v1
-kind: AllowList
-metadata: {name: readers, namespace: shop}
-spec:
-  target: inventory
-  rules:
-    - from: [web]
-      ports: [8080]
-      http: {methods: [GET], paths: [/v1/stock/*]}
+{apiVersion: bulkhead.dev/v1, kind: AllowList, metadata: {name: readers, namespace: shop},
+ spec: {target: inventory, rules: [{from: [web], ports: [8080],
+        http: {methods: [GET], paths: [/v1/stock/*]}}]}}
 ";
 
     fn parsed() -> (Service, Vec<AllowList>) {
