@@ -80,7 +80,7 @@ struct State {
 pub struct Dashboard {
     listener: TcpListener,
     addr: SocketAddr,
-    state: Arc<State>,
+    state: State,
 }
 
 impl Dashboard {
@@ -105,21 +105,19 @@ impl Dashboard {
         Ok(Self {
             listener,
             addr,
-            state: Arc::new(State {
+            state: State {
                 api: Api::new(admin),
                 token,
                 port: addr.port(),
                 index,
-            }),
+            },
         })
     }
 
     /// The mesh's trust domain, which `ns/sa` callers in the Policy
     /// view's form belong to (default `cluster.local`).
     pub fn trust_domain(mut self, trust_domain: &str) -> Self {
-        if let Some(state) = Arc::get_mut(&mut self.state) {
-            state.api.trust_domain = trust_domain.to_owned();
-        }
+        self.state.api.trust_domain = trust_domain.to_owned();
         self
     }
 
@@ -135,15 +133,10 @@ impl Dashboard {
     /// Serves until `shutdown` completes; follows the event stream and
     /// samples the charts' history meanwhile.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let relay = tokio::spawn(
-            self.state
-                .api
-                .live
-                .clone()
-                .follow(self.state.api.admin.clone()),
-        );
+        let state = Arc::new(self.state);
+        let relay = tokio::spawn(state.api.live.clone().follow(state.api.admin.clone()));
         let sampler = {
-            let state = self.state.clone();
+            let state = state.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(history::SAMPLE_EVERY);
                 loop {
@@ -157,7 +150,7 @@ impl Dashboard {
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         tokio::select! {
             () = shutdown => {}
-            () = accept(self.listener, self.state, connections) => {}
+            () = accept(self.listener, state, connections) => {}
         }
         sampler.abort();
         relay.abort();
