@@ -15,15 +15,12 @@
 //! every view are saved under the test's target tmp dir. One mesh serves
 //! every assertion.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use bulkhead_proto::pb;
 use bulkhead_tests::browser::Browser;
-use bulkhead_tests::control::{http_exchange, wait_for, workload};
+use bulkhead_tests::control::wait_for;
+use bulkhead_tests::dashboard::{DashboardProcess, EventStream, publish_event};
 use bulkhead_tests::mesh::{Mesh, blocking};
 use bulkhead_tests::proxy::{App, SidecarSpec};
 use bulkhead_tests::rollout::{FAST_REPORTS, rollout, status, until_status};
@@ -32,74 +29,6 @@ use bulkhead_tests::shop::{self, CANARY, Load, OneConnection, STABLE, split, unt
 /// Markup in a locality label: the page must show it as these characters.
 /// (Labels hold no spaces; `/` separates attributes just as well.)
 const HOSTILE_NODE: &str = "<img/src=x/onerror=window.pwned=1>";
-
-/// `bulkheadctl dashboard --port 0 --no-open`, stopped on drop.
-struct DashboardProcess {
-    child: Child,
-    /// Kept open: the process may print more.
-    _stdout: BufReader<std::process::ChildStdout>,
-    url: String,
-    addr: SocketAddr,
-}
-
-impl DashboardProcess {
-    fn start(mesh: &Mesh) -> Self {
-        let mut child = mesh
-            .ca
-            .ctl_command(&mesh.cp.url(), &["dashboard", "--port", "0", "--no-open"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn bulkheadctl dashboard");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        let mut stdout = BufReader::new(stdout);
-        stdout
-            .read_line(&mut line)
-            .expect("read the dashboard's first line");
-        let url = line
-            .trim()
-            .strip_prefix("Dashboard: ")
-            .unwrap_or_else(|| panic!("expected `Dashboard: URL`, got {line:?}"))
-            .to_owned();
-        let addr = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .expect("a loopback address in the URL");
-        Self {
-            child,
-            _stdout: stdout,
-            url,
-            addr,
-        }
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, String) {
-        http_exchange(
-            self.addr,
-            method,
-            path,
-            headers,
-            body,
-            Duration::from_secs(10),
-        )
-        .expect("dashboard answers")
-    }
-}
-
-impl Drop for DashboardProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots")
@@ -208,7 +137,7 @@ async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browse
         "inboundPort": stable.inbound.port(), "ejectedForSeconds": 600,
         "reason": "consecutive_failures",
     });
-    publish_as(
+    publish_event(
         &mesh,
         "shop/web",
         "dev.bulkhead.endpoint.ejected",
@@ -221,7 +150,7 @@ async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browse
         browser.wait_text(&row, "ejected by shop/web", WAIT);
         browser.screenshot("2b-service-endpoint-ejected");
     });
-    publish_as(
+    publish_event(
         &mesh,
         "shop/web",
         "dev.bulkhead.endpoint.readmitted",
@@ -321,7 +250,7 @@ async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browse
         .await
         .expect("an answer");
     assert_eq!(reply.status, 403, "no AllowList names intruder");
-    publish_as(
+    publish_event(
         &mesh,
         "shop/inventory",
         "dev.bulkhead.authz.denied",
@@ -515,30 +444,6 @@ spec:
 const HOSTILE_PATH: &str = "/<img src=x onerror=window.pwned=1>";
 const HOSTILE_RULE: &str = "<b>rule</b>";
 
-/// Publishes one event as the sidecar of `ns_sa` would (a compromised
-/// one can put anything in its data).
-async fn publish_as(mesh: &Mesh, ns_sa: &str, kind: &str, subject: &str, data: serde_json::Value) {
-    let sidecar = workload(&mesh.cp, &mesh.ca, ns_sa).await;
-    let mut client = pb::discovery_client::DiscoveryClient::new(
-        mesh.cp.channel(&mesh.ca, Some(sidecar.slot.clone())),
-    );
-    let accepted = client
-        .publish_events(pb::PublishEventsRequest {
-            events: vec![pb::SidecarEvent {
-                r#type: kind.to_owned(),
-                subject: subject.to_owned(),
-                unix_ms: 0,
-                data_json: data.to_string(),
-            }],
-            dropped: 0,
-        })
-        .await
-        .expect("publish an event")
-        .into_inner()
-        .accepted;
-    assert_eq!(accepted, 1, "{kind}");
-}
-
 /// Nothing the mesh sent became an element, nor ran.
 fn assert_no_markup_made(browser: &Browser) {
     assert_eq!(
@@ -547,59 +452,6 @@ fn assert_no_markup_made(browser: &Browser) {
         "markup from the mesh became elements"
     );
     assert_eq!(browser.script("return window.pwned === undefined;"), true);
-}
-
-/// `/api/events` on a raw connection, as a script would follow it.
-struct EventStream {
-    tcp: TcpStream,
-    read: String,
-}
-
-impl EventStream {
-    /// The status code, and the stream (headers read).
-    fn open(addr: SocketAddr, last_id: Option<i64>) -> (u16, Self) {
-        let mut tcp = TcpStream::connect(addr).expect("connect to the dashboard");
-        tcp.set_read_timeout(Some(WAIT)).expect("read timeout");
-        let resume = last_id
-            .map(|id| format!("last-event-id: {id}\r\n"))
-            .unwrap_or_default();
-        write!(
-            tcp,
-            "GET /api/events HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n{resume}\r\n"
-        )
-        .expect("send the request");
-        let mut stream = Self {
-            tcp,
-            read: String::new(),
-        };
-        while !stream.read.contains("\r\n\r\n") {
-            stream.more();
-        }
-        let code = stream.read[9..12].parse().expect("a status code");
-        (code, stream)
-    }
-
-    fn more(&mut self) {
-        let mut buf = [0u8; 4096];
-        let n = self.tcp.read(&mut buf).expect("read the event stream");
-        assert!(n > 0, "the event stream closed: {}", self.read);
-        self.read.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-
-    /// The ids of the next `n` events (the status line has none).
-    fn ids(&mut self, n: usize) -> Vec<i64> {
-        loop {
-            let ids: Vec<i64> = self
-                .read
-                .lines()
-                .filter_map(|l| l.strip_prefix("id: ")?.trim().parse().ok())
-                .collect();
-            if ids.len() >= n {
-                return ids[..n].to_vec();
-            }
-            self.more();
-        }
-    }
 }
 
 /// Picks `kind` in the Events view's Type filter.
