@@ -18,6 +18,8 @@
 //! - [`rollout`]: Rollout documents, canary apps that fail on purpose, status reads.
 //! - [`rotation`]: a second root, the trust record, what sidecars trust.
 //! - [`browser`]: headless Chromium over WebDriver, for the dashboard.
+//! - [`dashboard`]: the dashboard process, its raw event stream, and
+//!   events published as a sidecar would.
 //! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS, bearer token;
 //!   GET, and JSON Patch of the objects it holds).
 //!
@@ -30,6 +32,7 @@ pub mod attack;
 pub mod browser;
 pub mod certify;
 pub mod control;
+pub mod dashboard;
 pub mod etcd;
 pub mod events;
 pub mod mesh;
