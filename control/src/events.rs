@@ -50,12 +50,18 @@ pub(crate) const CERTIFICATE_REFUSED: &str = "dev.bulkhead.certificate.refused";
 pub(crate) const RESOURCE_APPLIED: &str = "dev.bulkhead.resource.applied";
 pub(crate) const RESOURCE_DELETED: &str = "dev.bulkhead.resource.deleted";
 pub(crate) const AUTHZ_DENIED: &str = "dev.bulkhead.authz.denied";
+pub(crate) const EGRESS_REFUSED: &str = "dev.bulkhead.egress.refused";
 pub(crate) const ROLLOUT_STEP: &str = "dev.bulkhead.rollout.step";
 /// Not stored: what a consumer is told when events it asked for are gone.
 pub(crate) const LOST: &str = "dev.bulkhead.events.lost";
 
 /// The types a sidecar may publish (`Discovery.PublishEvents`).
-pub(crate) const SIDECAR_TYPES: [&str; 3] = [ENDPOINT_EJECTED, ENDPOINT_READMITTED, AUTHZ_DENIED];
+pub(crate) const SIDECAR_TYPES: [&str; 4] = [
+    ENDPOINT_EJECTED,
+    ENDPOINT_READMITTED,
+    AUTHZ_DENIED,
+    EGRESS_REFUSED,
+];
 
 /// A CloudEvent id as a number (see the module docs).
 pub(crate) type EventId = i64;
@@ -207,6 +213,8 @@ pub struct Events {
     pub(crate) refusals: upkeep::Refusals,
     /// What sidecars published, against their budget.
     pub(crate) publishers: upkeep::Publishers,
+    /// The consumers this replica serves (WatchEvents and SSE), bounded.
+    pub(crate) consumers: feed::Consumers,
 }
 
 impl std::fmt::Debug for Events {
@@ -233,6 +241,7 @@ impl Events {
             lease: Mutex::new(None),
             refusals: upkeep::Refusals::default(),
             publishers: upkeep::Publishers::default(),
+            consumers: feed::Consumers::default(),
         }
     }
 
@@ -258,6 +267,11 @@ impl Events {
         if matches!(error, StoreError::LeaseNotFound(_)) {
             *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
+    }
+
+    /// The store the events are kept in.
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// The store write of `event`, for the transaction of its change.

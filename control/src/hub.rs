@@ -117,7 +117,10 @@ impl View {
             Event::Put(kv) => kv.key.as_str(),
             Event::Delete { key, .. } => key.as_str(),
         };
-        if key.starts_with(keys::STATS) || key.starts_with(keys::EVENTS) {
+        if key.starts_with(keys::STATS)
+            || key.starts_with(keys::EVENTS)
+            || key.starts_with(keys::EVENT_CLAIMS)
+        {
             return None;
         }
         match event {

@@ -45,6 +45,9 @@ pub(crate) const ROLLOUT_LEADER: &str = "leader/rollouts";
 pub(crate) const STATS: &str = "stats/";
 pub(crate) const EVENTS: &str = "events/";
 pub(crate) const EVENTS_HORIZON: &str = "events-horizon";
+/// Which replica wrote the event of a change every replica sees (an
+/// endpoint's lease expiry): the first to create the claim.
+pub(crate) const EVENT_CLAIMS: &str = "event-claims/";
 /// Never written: listing it reads only the store's current revision.
 pub(crate) const SYNC_PROBE: &str = "sync-probe/";
 
@@ -108,6 +111,11 @@ pub(crate) fn event(unix_ms: i64, replica: &str, n: u64) -> String {
     // Zero-padded: one replica's events of the same millisecond sort
     // in the order they were made.
     format!("{}-{replica}-{n:010}", events_at(unix_ms))
+}
+
+/// The claim on the event of the change to `key` at `revision`.
+pub(crate) fn event_claim(revision: i64, key: &str) -> String {
+    format!("{EVENT_CLAIMS}{revision:020}/{key}")
 }
 
 /// Where events written at `unix_ms` start (as [`stats_at`]).

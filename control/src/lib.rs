@@ -17,7 +17,7 @@
 //! ([`topology`]) and keeps the webhook configuration's `caBundle`.
 //!
 //! For operators: the golden metrics rows ([`golden`]) that `bulkheadctl
-//! stat` prints, and the web [`dashboard`] (`bulkheadctl dashboard`, the
+//! stat` prints, the policy answers ([`explain`]) of `bulkheadctl explain`, and the web [`dashboard`] (`bulkheadctl dashboard`, the
 //! demo's `--dashboard`), a loopback server that reads the admin API as
 //! the operator.
 
@@ -28,6 +28,7 @@ pub mod ca;
 pub mod config;
 pub mod dashboard;
 pub mod events;
+pub mod explain;
 pub mod golden;
 mod hub;
 pub mod k8s_api;

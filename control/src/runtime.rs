@@ -454,12 +454,12 @@ pub async fn start(
             settings.leader_lease_ttl,
             leading_tx,
         )));
-        // Written once, by the replica that leads: expiries and the trim.
+        // Expiries: once, by whichever replica claims each first.
         tasks.push(tokio::spawn(crate::events::upkeep::expiries_forever(
             events.clone(),
             hub.unexplained_deletions(),
-            leading.clone(),
         )));
+        // The trim: by the replica that leads.
         tasks.push(tokio::spawn(crate::events::upkeep::trim_forever(
             events.clone(),
             store.clone(),

@@ -8,43 +8,45 @@
 //! has is looked up on the control plane first, see `subscriptions`) — and
 //! the connection is then routed as on an `--upstream` listener: balanced
 //! for a VIP, pinned to that one endpoint for a pod address
-//! ([`Target::pinned`]). Unknown destinations go
-//! out unchanged only with `--egress allow`; otherwise they are refused
-//! and counted.
+//! ([`Target::pinned`]). Destinations outside the mesh are `egress`'s to
+//! let out or refuse ([`EgressPolicy`]: the service's `Egress` rules, else
+//! `--egress allow|deny`).
 
 mod iptables;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 pub(crate) use self::iptables::{InitArgs, init_iptables};
 use crate::accept::{self, Listener};
 use crate::drain::Drain;
+use crate::egress::EgressPolicy;
 use crate::outbound::{self, Outbound, Target};
 use crate::state::Destination;
 #[cfg(doc)]
 use crate::state::MeshState;
 
-/// How long a passed-through egress connection may take to connect.
-const EGRESS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Serves the capture listener until the sidecar drains.
 pub(crate) async fn serve(
     listener: Listener,
     outbound: Arc<Outbound>,
-    egress_allowed: bool,
+    egress: Arc<EgressPolicy>,
     drain: Drain,
 ) {
     accept::serve(listener, Some(drain.clone()), move |tcp, _| {
-        connection(tcp, outbound.clone(), egress_allowed, drain.clone())
+        connection(tcp, outbound.clone(), egress.clone(), drain.clone())
     })
     .await;
 }
 
-async fn connection(tcp: TcpStream, outbound: Arc<Outbound>, egress_allowed: bool, drain: Drain) {
+async fn connection(
+    tcp: TcpStream,
+    outbound: Arc<Outbound>,
+    egress: Arc<EgressPolicy>,
+    drain: Drain,
+) {
     let dst = match original_destination(&tcp) {
         Ok(d) => d,
         Err(error) => {
@@ -61,14 +63,11 @@ async fn connection(tcp: TcpStream, outbound: Arc<Outbound>, egress_allowed: boo
         Some(Destination::Vip(key)) => Target::new(key, Some(dst.port())),
         // A pod address reaches that pod, or nothing.
         Some(Destination::Endpoint(key, endpoint)) => Target::pinned(key, dst.port(), &endpoint),
-        None if egress_allowed => {
-            passthrough(tcp, dst, outbound.tcp_idle_timeout).await;
-            return;
-        }
         None => {
-            metrics::counter!("bulkhead_outbound_refused_total", "reason" => "unknown-destination")
-                .increment(1);
-            tracing::info!(%dst, "refused captured connection to a destination outside the mesh (see --egress)");
+            let idle = outbound.tcp_idle_timeout;
+            // Boxed: its name-reading buffers would otherwise grow every
+            // captured connection's future, mesh ones included.
+            Box::pin(egress.connection(&outbound.states, tcp, dst, idle)).await;
             return;
         }
     };
@@ -91,16 +90,6 @@ async fn look_up(dst: SocketAddr, outbound: &Outbound) -> Option<Destination> {
         outbound.states.load().destination(dst)
     } else {
         None
-    }
-}
-
-async fn passthrough(mut app: TcpStream, dst: SocketAddr, idle: Duration) {
-    match tokio::time::timeout(EGRESS_CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
-        Ok(Ok(mut remote)) => {
-            metrics::counter!("bulkhead_egress_connections_total").increment(1);
-            let _ = crate::wire::splice(&mut app, &mut remote, idle).await;
-        }
-        _ => tracing::info!(%dst, "egress destination unreachable"),
     }
 }
 

@@ -131,8 +131,17 @@ pub(crate) struct RunArgs {
     )]
     pub outbound: Vec<SocketAddr>,
     /// Captured connections to destinations outside the mesh: refuse (default) or allow.
+    /// Only for a service no `Egress` resource names; one that is named gets its rules.
     #[arg(long, env = "BULKHEAD_EGRESS", value_enum, default_value = "deny")]
     pub egress: Egress,
+    /// The resolver configuration `Egress` host rules are resolved with (the pod's).
+    #[arg(
+        long,
+        env = "BULKHEAD_RESOLV_CONF",
+        default_value = "/etc/resolv.conf",
+        value_name = "FILE"
+    )]
+    pub resolv_conf: PathBuf,
     /// Admin listener: /metrics, /ready, /live, /config.
     #[arg(
         long,
@@ -423,6 +432,7 @@ pub(crate) struct Config {
     pub admin: SocketAddr,
     pub outbound: Vec<SocketAddr>,
     pub egress: Egress,
+    pub resolv_conf: PathBuf,
     pub upstreams: Vec<Upstream>,
     pub dns: Vec<SocketAddr>,
     pub cluster_domain: String,
@@ -466,6 +476,7 @@ impl Config {
             "admin": self.admin.to_string(),
             "outbound": display(&self.outbound),
             "egress": self.egress.to_possible_value().map(|v| v.get_name().to_owned()),
+            "resolvConf": self.resolv_conf,
             "upstreams": self.upstreams.iter().map(|u| serde_json::json!({
                 "service": u.service,
                 "namespace": u.namespace,
@@ -587,6 +598,7 @@ impl Config {
             admin: a.admin,
             outbound: a.outbound,
             egress: a.egress,
+            resolv_conf: a.resolv_conf,
             upstreams,
             dns: a.dns,
             cluster_domain: a.cluster_domain,

@@ -1,7 +1,8 @@
 //! What this sidecar tells the mesh event stream: endpoints it ejected
-//! (outlier detection) and the requests it denied, added up per (caller,
-//! target, rule or reason) over [`DENIAL_WINDOW`] so a flood of denied
-//! requests makes a bounded number of events.
+//! (outlier detection), the requests it denied and the egress connections
+//! it refused, added up per (caller, target, rule or reason) over
+//! [`DENIAL_WINDOW`] so a flood of denied requests makes a bounded number
+//! of events.
 //!
 //! Nothing here may slow the data path: producers `try_send` into bounded
 //! queues and never wait; when a queue is full the event is dropped and
@@ -40,6 +41,7 @@ const MAX_PATH: usize = 128;
 pub(crate) const ENDPOINT_EJECTED: &str = "dev.bulkhead.endpoint.ejected";
 pub(crate) const ENDPOINT_READMITTED: &str = "dev.bulkhead.endpoint.readmitted";
 pub(crate) const AUTHZ_DENIED: &str = "dev.bulkhead.authz.denied";
+pub(crate) const EGRESS_REFUSED: &str = "dev.bulkhead.egress.refused";
 
 struct Sinks {
     events: mpsc::Sender<pb::SidecarEvent>,
@@ -55,9 +57,10 @@ fn dropped(reason: &'static str) {
     metrics::counter!("bulkhead_events_dropped_total", "reason" => reason).increment(1);
 }
 
-/// One denied request, as the data path saw it.
+/// One denied request (or refused egress connection), as the data path saw it.
 #[derive(Debug)]
 pub(crate) struct Denial {
+    pub kind: DenialKind,
     pub caller: String,
     pub target: String,
     pub rule: String,
@@ -98,10 +101,45 @@ pub(crate) fn denied(caller: &dyn std::fmt::Display, target: &str, rule: &str, p
         cut -= 1;
     }
     let denial = Denial {
+        kind: DenialKind::Authz,
         caller: caller.to_string(),
         target: target.to_owned(),
         rule: rule.to_owned(),
         path: path[..cut].to_owned(),
+    };
+    if sinks.denials.try_send(denial).is_err() {
+        dropped("denials_full");
+    }
+}
+
+/// Which event a denial adds up to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum DenialKind {
+    /// An inbound request no AllowList allowed.
+    Authz,
+    /// A captured connection out of the mesh no Egress (or `--egress`)
+    /// allowed: `caller` is the service, `target` the destination, `rule`
+    /// the reason, `path` the SNI or `Host` name read, if any.
+    Egress,
+}
+
+/// Counts one refused egress connection toward its window's event; never
+/// waits.
+pub(crate) fn egress_refused(
+    service: &str,
+    destination: std::net::SocketAddr,
+    reason: &str,
+    name: &str,
+) {
+    let Some(sinks) = SINKS.get() else {
+        return;
+    };
+    let denial = Denial {
+        kind: DenialKind::Egress,
+        caller: service.to_owned(),
+        target: destination.to_string(),
+        rule: reason.to_owned(),
+        path: name.chars().take(MAX_PATH).collect(),
     };
     if sinks.denials.try_send(denial).is_err() {
         dropped("denials_full");
@@ -124,31 +162,48 @@ pub(crate) fn start(channel: Channel) {
 /// the first path seen.
 #[derive(Debug, Default)]
 struct Window {
-    counts: HashMap<(String, String, String), (u64, String)>,
+    counts: HashMap<(DenialKind, String, String, String), (u64, String)>,
 }
 
 impl Window {
     fn add(&mut self, d: Denial) {
-        let mut key = (d.caller, d.target, d.rule);
+        let mut key = (d.kind, d.caller, d.target, d.rule);
         if self.counts.len() >= MAX_DENIAL_KEYS && !self.counts.contains_key(&key) {
-            key = ("*".into(), key.1, "overflow".into());
+            key = match d.kind {
+                DenialKind::Authz => (d.kind, "*".into(), key.2, "overflow".into()),
+                DenialKind::Egress => (d.kind, key.1, "*".into(), "overflow".into()),
+            };
         }
         self.counts.entry(key).or_insert((0, d.path)).0 += 1;
     }
 
-    fn events(self) -> impl Iterator<Item = (String, serde_json::Value)> {
+    /// (event type, subject, data) for each entry.
+    fn events(self) -> impl Iterator<Item = (&'static str, String, serde_json::Value)> {
         self.counts
             .into_iter()
-            .map(|((caller, target, rule), (count, path))| {
-                let data = serde_json::json!({
-                    "caller": caller,
-                    "target": target,
-                    "rule": rule,
-                    "path": path,
-                    "count": count,
-                    "windowSeconds": DENIAL_WINDOW.as_secs(),
-                });
-                (target, data)
+            .map(|((kind, caller, target, rule), (count, path))| match kind {
+                DenialKind::Authz => {
+                    let data = serde_json::json!({
+                        "caller": caller,
+                        "target": target,
+                        "rule": rule,
+                        "path": path,
+                        "count": count,
+                        "windowSeconds": DENIAL_WINDOW.as_secs(),
+                    });
+                    (AUTHZ_DENIED, target, data)
+                }
+                DenialKind::Egress => {
+                    let data = serde_json::json!({
+                        "service": caller,
+                        "destination": target,
+                        "reason": rule,
+                        "name": path,
+                        "count": count,
+                        "windowSeconds": DENIAL_WINDOW.as_secs(),
+                    });
+                    (EGRESS_REFUSED, caller, data)
+                }
             })
     }
 }
@@ -164,8 +219,8 @@ async fn add_up_denials(mut rx: mpsc::Receiver<Denial>) {
                 None => return,
             },
             _ = tick.tick() => {
-                for (target, data) in std::mem::take(&mut window).events() {
-                    emit(AUTHZ_DENIED, target, data);
+                for (kind, subject, data) in std::mem::take(&mut window).events() {
+                    emit(kind, subject, data);
                 }
             }
         }
@@ -220,11 +275,47 @@ mod tests {
 
     fn denial(caller: &str, path: &str) -> Denial {
         Denial {
+            kind: DenialKind::Authz,
             caller: caller.into(),
             target: "inventory".into(),
             rule: "default-deny".into(),
             path: path.into(),
         }
+    }
+
+    #[test]
+    fn egress_refusals_are_their_own_events_and_a_flood_stays_bounded() {
+        let mut window = Window::default();
+        for i in 0..5_000u32 {
+            let [_, _, a, b] = i.to_be_bytes();
+            window.add(Denial {
+                kind: DenialKind::Egress,
+                caller: "payments".into(),
+                target: format!("198.18.{a}.{b}:443"),
+                rule: "no-rule".into(),
+                path: String::new(),
+            });
+        }
+        window.add(denial("spiffe://td/ns/a/sa/web", "/x"));
+        let events: Vec<_> = window.events().collect();
+        assert!(events.len() <= MAX_DENIAL_KEYS + 2, "{}", events.len());
+        let egress: Vec<_> = events
+            .iter()
+            .filter(|(kind, _, _)| *kind == EGRESS_REFUSED)
+            .collect();
+        let total: u64 = egress
+            .iter()
+            .map(|(_, _, d)| d["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 5_000);
+        assert!(egress.iter().all(|(_, subject, d)| subject == "payments"
+            && d["service"] == "payments"
+            && d["destination"].as_str().is_some()));
+        assert!(
+            egress
+                .iter()
+                .any(|(_, _, d)| d["destination"] == "*" && d["reason"] == "overflow")
+        );
     }
 
     #[test]
@@ -238,9 +329,14 @@ mod tests {
         assert!(events.len() <= MAX_DENIAL_KEYS + 1, "{}", events.len());
         let total: u64 = events
             .iter()
-            .map(|(_, d)| d["count"].as_u64().unwrap())
+            .map(|(_, _, d)| d["count"].as_u64().unwrap())
             .sum();
         assert_eq!(total, 20_000);
-        assert!(events.iter().any(|(_, d)| d["caller"] == "spiffe://td/ns/a/sa/attacker" && d["count"] == 10_000));
+        assert!(
+            events
+                .iter()
+                .any(|(_, _, d)| d["caller"] == "spiffe://td/ns/a/sa/attacker"
+                    && d["count"] == 10_000)
+        );
     }
 }

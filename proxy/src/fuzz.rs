@@ -12,7 +12,7 @@ use http::Request;
 use prost::Message as _;
 
 use crate::dns::{self, MeshNames};
-use crate::{admin, http as h, outbound, policy, route, upgrade};
+use crate::{admin, egress, http as h, outbound, policy, route, upgrade};
 
 /// A DNS query as a pod's app (or anything on the pod's network) sends it
 /// to the sidecar's DNS server: never a panic, and every reply parses.
@@ -32,6 +32,26 @@ pub fn dns_query(packet: &[u8]) {
         assert!(
             reply.len() >= 12,
             "a reply shorter than a DNS header: {reply:?}"
+        );
+    }
+}
+
+/// The first bytes of a captured connection out of the mesh, which the
+/// sidecar reads for the TLS SNI or HTTP `Host` an `Egress` host rule
+/// needs: never a panic, and a name found is a plain lower-case host name
+/// of non-empty labels (what rules are compared with).
+pub fn egress_first_bytes(data: &[u8]) {
+    if let Some(name) = egress::peek::name_in(data) {
+        let name = name.as_str();
+        assert!(!name.is_empty() && name.len() <= 254, "{name:?}");
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'),
+            "{name:?}"
+        );
+        assert!(
+            name.split('.').all(|l| !l.is_empty() && l.len() <= 63),
+            "{name:?}"
         );
     }
 }

@@ -17,7 +17,8 @@
 //! [`control_client`] the [`state`]
 //! (subscribed to what [`subscriptions`] asks for, grown on demand);
 //! [`admin`] serves /metrics, /ready, /live, /config; [`dns`] answers mesh
-//! names; [`telemetry`] holds request metrics and this version's inbound
+//! names; [`egress`] decides which captured connections may leave the
+//! mesh (`Egress` rules, SNI/Host, resolved addresses); [`telemetry`] holds request metrics and this version's inbound
 //! aggregates (reported by [`control_client`]); [`events`] what this
 //! sidecar tells the mesh event stream (ejections, aggregated denials),
 //! never blocking the data path; [`http`] the plumbing both
@@ -36,6 +37,7 @@ mod config;
 mod control_client;
 mod dns;
 mod drain;
+mod egress;
 mod events;
 #[doc(hidden)]
 pub mod fuzz;

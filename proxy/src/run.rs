@@ -27,6 +27,7 @@ use crate::config::{Config, Egress};
 use crate::control_client::{self, Registration};
 use crate::dns;
 use crate::drain::Drain;
+use crate::egress::EgressPolicy;
 use crate::identity::{self, IdentityError};
 use crate::inbound::{self, Inbound};
 use crate::limits::Pending;
@@ -191,14 +192,22 @@ pub(crate) async fn run(config: Config, metrics: PrometheusHandle) -> Result<(),
             outbound_drain.clone(),
         ));
     }
-    for listener in listeners.capture {
-        let egress = config.egress == Egress::Allow;
-        outbound_drain.spawn(capture::serve(
-            listener,
-            outbound.clone(),
-            egress,
-            outbound_drain.clone(),
-        ));
+    if !listeners.capture.is_empty() {
+        let egress = EgressPolicy::new(
+            &config.namespace,
+            &config.service,
+            config.egress == Egress::Allow,
+            &config.resolv_conf,
+        );
+        tokio::spawn(egress.clone().follow(states.clone()));
+        for listener in listeners.capture {
+            outbound_drain.spawn(capture::serve(
+                listener,
+                outbound.clone(),
+                egress.clone(),
+                outbound_drain.clone(),
+            ));
+        }
     }
     let dns = serve_dns(&config, &outbound, &outbound_drain).await?;
     if let Some(path) = &config.addresses_file {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use bulkhead_proto::model::{AllowList, Endpoint, Resource, Service, TrafficSplit, Trust};
+use bulkhead_proto::model::{AllowList, Egress, Endpoint, Resource, Service, TrafficSplit, Trust};
 use bulkhead_proto::pb::{self, change::Item, change::Op};
 use prost::Message;
 use tokio::sync::watch;
@@ -363,6 +363,16 @@ impl MeshState {
             views.resize(at + 1, None);
         }
         views[at] = (!view.is_empty()).then(|| Arc::new(view));
+    }
+
+    /// The `Egress` resources of `namespace` naming `service`.
+    pub(crate) fn egresses_of(&self, namespace: &str, service: &str) -> Vec<Egress> {
+        self.in_namespace("Egress", namespace)
+            .filter_map(|r| match r {
+                Resource::Egress(e) if e.names(service) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn in_namespace<'a>(

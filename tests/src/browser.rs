@@ -138,16 +138,26 @@ impl Browser {
         self.find_all(css).len()
     }
 
-    /// The rendered text of every element matching `css`.
+    /// The rendered text of every element matching `css`. The page
+    /// redraws as events arrive: when an element found is gone before its
+    /// text is read (stale), the query is made again on the new page.
     pub fn texts(&self, css: &str) -> Vec<String> {
-        self.find_all(css)
-            .iter()
-            .filter_map(|id| {
-                self.command("GET", &format!("/element/{id}/text"), None)
-                    .ok()
-            })
-            .map(|v| v.as_str().unwrap_or_default().to_owned())
-            .collect()
+        let mut tries = 0;
+        loop {
+            let read: Result<Vec<String>, String> = self
+                .find_all(css)
+                .iter()
+                .map(|id| {
+                    self.command("GET", &format!("/element/{id}/text"), None)
+                        .map(|v| v.as_str().unwrap_or_default().to_owned())
+                })
+                .collect();
+            match read {
+                Ok(texts) => return texts,
+                Err(_) if tries < 10 => tries += 1,
+                Err(_) => return Vec::new(),
+            }
+        }
     }
 
     /// The texts of `css`'s elements joined by newlines ("" when none).
@@ -157,28 +167,42 @@ impl Browser {
 
     /// Clicks the first element matching `css` (scrolled into view).
     pub fn click(&self, css: &str) -> Result<(), String> {
-        let id = self
-            .find_all(css)
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("nothing matches {css}"))?;
-        self.command("POST", &format!("/element/{id}/click"), Some(json!({})))
-            .map(|_| ())
+        self.on_first(css, |id| {
+            self.command("POST", &format!("/element/{id}/click"), Some(json!({})))
+        })
     }
 
     /// Types `text` into the first element matching `css`.
     pub fn type_into(&self, css: &str, text: &str) -> Result<(), String> {
-        let id = self
-            .find_all(css)
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("nothing matches {css}"))?;
-        self.command(
-            "POST",
-            &format!("/element/{id}/value"),
-            Some(json!({"text": text})),
-        )
-        .map(|_| ())
+        self.on_first(css, |id| {
+            self.command(
+                "POST",
+                &format!("/element/{id}/value"),
+                Some(json!({"text": text})),
+            )
+        })
+    }
+
+    /// Does `act` on the first element matching `css`, finding it again
+    /// when a redraw replaced it in between (stale element).
+    fn on_first(
+        &self,
+        css: &str,
+        act: impl Fn(&str) -> Result<Value, String>,
+    ) -> Result<(), String> {
+        let mut tries = 0;
+        loop {
+            let id = self
+                .find_all(css)
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("nothing matches {css}"))?;
+            match act(&id) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.contains("stale element") && tries < 10 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Runs `script` (a function body: `return ...;`) in the page.

@@ -35,6 +35,21 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The output of a command that prints one JSON document a line (as
+/// `bulkheadctl events -o json` does), parsed; panics with stderr when the
+/// command failed.
+pub fn json_lines(what: &str, out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {l}")))
+        .collect()
+}
+
 /// A loopback port that was free a moment ago, chosen below Linux's
 /// ephemeral range (32768-60999) so outgoing connections of other tests
 /// cannot take it as their source port before our process binds it; a

@@ -4,6 +4,7 @@
 //!
 //! - [`control`]: the CA, the control plane process, gRPC clients, waits.
 //! - [`etcd`]: etcd servers and clusters on free ports.
+//! - [`events`]: the mesh event stream as scripts read it, and waits for an event.
 //! - [`proxy`]: sidecar processes and in-process sample apps.
 //! - [`mesh`]: the one mesh setup (CA, control plane, resources, sidecars).
 //! - [`shop`]: the resilience scenarios' shop and load helpers.
@@ -19,6 +20,8 @@
 //! - [`rollout`]: Rollout documents, canary apps that fail on purpose, status reads.
 //! - [`rotation`]: a second root, the trust record, what sidecars trust.
 //! - [`browser`]: headless Chromium over WebDriver, for the dashboard.
+//! - [`dashboard`]: the dashboard process, its raw event stream, and
+//!   events published as a sidecar would.
 //! - [`apiserver`]: a stand-in Kubernetes API server (HTTPS, bearer token;
 //!   GET, and JSON Patch of the objects it holds).
 //!
@@ -31,7 +34,9 @@ pub mod attack;
 pub mod browser;
 pub mod certify;
 pub mod control;
+pub mod dashboard;
 pub mod etcd;
+pub mod events;
 pub mod gateway;
 pub mod mesh;
 pub mod netns;

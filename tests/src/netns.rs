@@ -41,8 +41,10 @@ use std::time::{Duration, Instant};
 
 use crate::control::{TestCa, bin, wait_for};
 
+mod outside;
 mod processes;
 
+pub use self::outside::PodDns;
 pub use self::processes::{PodApp, PodControlPlane, PodProcess, PodSidecar, PodSidecarSpec};
 
 /// The UID `init-iptables` exempts by default: the sidecar runs as it.

@@ -12,45 +12,12 @@ use std::time::Duration;
 
 use bulkhead_proto::pb;
 use bulkhead_tests::control::*;
+use bulkhead_tests::events::{events, until_events};
 use bulkhead_tests::mesh::{Mesh, blocking};
 use bulkhead_tests::proxy::*;
 use bulkhead_tests::rollout::rollout;
 use bulkhead_tests::shop::{self, *};
 use serde_json::Value;
-
-/// `bulkheadctl events -o json ARGS`: one CloudEvent per line, parsed.
-fn events(mesh: &Mesh, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["events", "-o", "json"];
-    all.extend_from_slice(args);
-    let out = blocking(|| mesh.cp.ctl(&mesh.ca, &all));
-    assert!(
-        out.status.success(),
-        "bulkheadctl events failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-/// Waits (bounded) for events of `kind` for which `pick` holds; all of them.
-async fn until_events(
-    mesh: &Mesh,
-    kind: &str,
-    within: Duration,
-    pick: impl Fn(&Value) -> bool,
-) -> Vec<Value> {
-    wait_for_async(kind, within, || async {
-        let seen = events(mesh, &["--type", kind, "--since", "10m"]);
-        let found: Vec<Value> = seen
-            .into_iter()
-            .filter(|e| e["type"] == kind && pick(e))
-            .collect();
-        (!found.is_empty()).then_some(found)
-    })
-    .await
-}
 
 fn id(event: &Value) -> i64 {
     event["id"]
@@ -312,21 +279,25 @@ async fn consumers_resume_after_a_disconnect_with_no_gap_and_no_duplicate() {
     let live = take(&mut stream, 1).await;
     assert!(live[0].id > second.last().unwrap().id);
 
-    // Server-Sent Events: resume by Last-Event-ID from the 5th event.
+    // Server-Sent Events: resume by Last-Event-ID from the 5th event, over
+    // HTTP/2 (what curl negotiates) and over HTTP/1.1 (what a browser's
+    // EventSource behind an HTTP/1.1 proxy uses).
     let after = first[4].id;
-    let sse = blocking(|| sse_events(&mesh, after, 16));
-    let sse_ids: Vec<i64> = sse.iter().map(|(id, _, _)| *id).collect();
     let expected: Vec<i64> = first[5..]
         .iter()
         .chain(&second)
         .chain(&live)
         .map(|e| e.id)
         .collect();
-    assert_eq!(sse_ids, expected);
-    for (id, kind, data) in &sse {
-        let e: Value = serde_json::from_str(data).unwrap();
-        assert_eq!(e["id"], id.to_string());
-        assert_eq!(e["type"], *kind);
+    for http in ["--http2", "--http1.1"] {
+        let sse = blocking(|| sse_events(&mesh, http, after, 16));
+        let sse_ids: Vec<i64> = sse.iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(sse_ids, expected, "over {http}");
+        for (id, kind, data) in &sse {
+            let e: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(e["id"], id.to_string());
+            assert_eq!(e["type"], *kind);
+        }
     }
 
     // Without an operator certificate: 403.
@@ -353,11 +324,12 @@ async fn consumers_resume_after_a_disconnect_with_no_gap_and_no_duplicate() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
 }
 
-/// `GET /v1/events` with `Last-Event-ID: after`, until `n` events came:
-/// (id, event, data) of each.
-fn sse_events(mesh: &Mesh, after: i64, n: usize) -> Vec<(i64, String, String)> {
+/// `GET /v1/events` with `Last-Event-ID: after` over `http` (curl's
+/// `--http2` or `--http1.1`), until `n` events came: (id, event, data) of
+/// each.
+fn sse_events(mesh: &Mesh, http: &str, after: i64, n: usize) -> Vec<(i64, String, String)> {
     let out = std::process::Command::new("curl")
-        .args(["-s", "-N", "--max-time", "4"])
+        .args(["-s", "-N", http, "--max-time", "4"])
         .arg("--cacert")
         .arg(mesh.ca.file("bundle.crt"))
         .arg("--cert")

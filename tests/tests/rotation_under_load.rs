@@ -20,8 +20,10 @@ use bulkhead_tests::rotation::*;
 use bulkhead_tests::shop::{self, Load, STABLE, metrics_of};
 
 /// How long after `retire` a connection of the old root may still be seen:
-/// the sidecars' 15 s, and a second of sampling.
-const OLD_CONNECTIONS_GONE: Duration = Duration::from_secs(16);
+/// the sidecars' 15 s, a second of sampling, and a margin for a loaded CI
+/// machine (it once took 16 s while a release build ran beside it): the
+/// test checks that they close, not how fast.
+const OLD_CONNECTIONS_GONE: Duration = Duration::from_secs(25);
 
 fn unix(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)

@@ -2,13 +2,15 @@
 //! registered once its app passes its readiness probe (the one the
 //! injector hands over in `BULKHEAD_APP_PROBES`), withdrawn when the app
 //! stops being ready, so callers stop being sent there without waiting for
-//! outlier ejection, and registered again when it recovers.
+//! outlier ejection, and registered again when it recovers; each change
+//! is a `dev.bulkhead.endpoint.unready` / `.ready` event (issue 12).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use bulkhead_tests::control::{endpoints_of, registrations_of, wait_for_async};
+use bulkhead_tests::events::until_events;
 use bulkhead_tests::mesh::Mesh;
 use bulkhead_tests::proxy::*;
 use bytes::Bytes;
@@ -82,11 +84,29 @@ async fn an_unready_app_is_withdrawn_and_registered_again_when_it_recovers() {
     let everything = listed(&["endpoints", "web", "-n", "shop", "--all", "-o", "json"]);
     assert_eq!(everything.len(), 1, "{everything:?}");
     assert_eq!(everything[0]["ready"], false, "{everything:?}");
+    // The mesh event stream says so, naming the endpoint.
+    let web_endpoint =
+        |e: &serde_json::Value| e["data"]["namespace"] == "shop" && e["data"]["service"] == "web";
+    let unready = until_events(&mesh, "dev.bulkhead.endpoint.unready", wait, web_endpoint).await;
+    assert_eq!(
+        unready.len(),
+        1,
+        "one unready event per change: {unready:?}"
+    );
     // ... and registered again once it recovers.
     readiness.store(200, Ordering::SeqCst);
     wait_for_async("web registered again", wait, || registered(1)).await;
     let everything = listed(&["endpoints", "web", "-n", "shop", "--all", "-o", "json"]);
     assert_eq!(everything[0]["ready"], true, "{everything:?}");
+    let ready = until_events(&mesh, "dev.bulkhead.endpoint.ready", wait, web_endpoint).await;
+    assert_eq!(ready.len(), 1, "one ready event per change: {ready:?}");
+    assert!(
+        ready[0]["id"].as_str().and_then(|i| i.parse::<i64>().ok())
+            > unready[0]["id"]
+                .as_str()
+                .and_then(|i| i.parse::<i64>().ok()),
+        "ready comes after unready: {unready:?} {ready:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Certificate renewal under traffic: no failed request, the new expiry
-//! visible in /config, renewal at about 70 % of the lifetime.
+//! visible in /config, renewal at about 70 % of the lifetime, each renewal
+//! a `dev.bulkhead.certificate.renewed` event.
 //!
 //! Every call goes app → caller sidecar → mTLS → callee sidecar → app over
 //! real loopback sockets, against the shop in `bulkhead_tests::shop`. Loads
@@ -9,6 +10,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bulkhead_tests::control::*;
+use bulkhead_tests::events::until_events;
 use bulkhead_tests::prom::{metric, metric_if_any};
 use bulkhead_tests::proxy::*;
 use bulkhead_tests::shop::{self, *};
@@ -91,6 +93,21 @@ async fn certificates_renew_under_traffic_with_no_failed_request() {
         assert!(
             expiry as u64 > first_expiry,
             "{name}'s certificate now expires later ({expiry} > {first_expiry})"
+        );
+        // Each renewal is an event naming the workload's identity.
+        let renewed = until_events(
+            &mesh,
+            "dev.bulkhead.certificate.renewed",
+            Duration::from_secs(5),
+            |e| {
+                e["subject"] == format!("spiffe://cluster.local/ns/shop/sa/{name}")
+                    && e["data"]["method"] == "renew"
+            },
+        )
+        .await;
+        assert!(
+            renewed.len() as f64 <= renewals(s),
+            "{name}: at most one event per renewal: {renewed:?}"
         );
     }
 }

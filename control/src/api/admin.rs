@@ -58,10 +58,6 @@ impl AdminService {
 
 /// Most type filters one request may carry.
 const MAX_TYPE_FILTERS: usize = 32;
-/// Events queued per consumer (it is disconnected when it takes none for
-/// a while, see events::feed).
-const EVENT_QUEUE: usize = 64;
-
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::MeshEvent, Status>> + Send>>;
 
 /// The feed's query from a request, checked.
@@ -100,15 +96,13 @@ pub(crate) fn events_query(req: pb::WatchEventsRequest) -> Result<feed::Query, S
 
 /// Runs the feed for one consumer; the stream ends with the feed's error
 /// as a status (a slow consumer is told why it was cut off).
-fn event_stream(store: Arc<dyn crate::store::Store>, query: feed::Query) -> EventStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        metrics::gauge!("bulkhead_event_consumers").increment(1.0);
-        let result = feed::run(store, query, tx).await;
-        metrics::gauge!("bulkhead_event_consumers").decrement(1.0);
-        let _ = done_tx.send(result);
-    });
+fn event_stream(
+    events: &crate::events::Events,
+    store: Arc<dyn crate::store::Store>,
+    query: feed::Query,
+) -> Result<EventStream, Status> {
+    let (rx, done_rx) = feed::spawn(&events.consumers, store, query)
+        .map_err(|busy| Status::unavailable(busy.to_string()))?;
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|d| {
         Ok(pb::MeshEvent {
             id: d.id,
@@ -126,7 +120,7 @@ fn event_stream(store: Arc<dyn crate::store::Store>, query: feed::Query) -> Even
             _ => None,
         }
     });
-    Box::pin(events.chain(end))
+    Ok(Box::pin(events.chain(end)))
 }
 
 fn parse_kind(kind: &str) -> Result<Kind, Status> {
@@ -475,7 +469,11 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         self.authorize(&request, "events")?;
         let query = events_query(request.into_inner())?;
-        Ok(Response::new(event_stream(self.plane.store.clone(), query)))
+        Ok(Response::new(event_stream(
+            &self.plane.events,
+            self.plane.store.clone(),
+            query,
+        )?))
     }
 
     async fn get_stats(

@@ -553,7 +553,17 @@ impl Interest {
             Resource::Gateway(g) => {
                 ns == self.namespace && self.gateway.as_deref() == Some(g.metadata.name.as_str())
             }
+            // A sidecar enforces the egress rules of its own service only.
+            Resource::Egress(eg) => {
+                ns == self.namespace && self.own_service.as_deref().is_some_and(|own| eg.names(own))
+            }
         }
+    }
+
+    fn may_hold_egress(&self, res: &Resource) -> bool {
+        matches!(res, Resource::Egress(_))
+            && res.namespace() == self.namespace
+            && self.own_service.is_some()
     }
 
     fn wants_endpoint(&self, ep: &Endpoint) -> bool {
@@ -564,6 +574,11 @@ impl Interest {
         let (op, item) = match change {
             Change::Resource(res) if self.wants_resource(res) => {
                 (Op::Upsert, resource_item(res, true))
+            }
+            // An Egress edited to no longer name this sidecar's service
+            // must leave it; a delete of one it never held costs nothing.
+            Change::Resource(res) if self.may_hold_egress(res) => {
+                (Op::Delete, resource_item(res, false))
             }
             Change::ResourceDeleted(res) if self.wants_resource(res) => {
                 (Op::Delete, resource_item(res, false))
@@ -589,7 +604,7 @@ impl Interest {
             op: Op::Upsert as i32,
             item: Some(Item::TrustBundle(bundle.clone())),
         }];
-        for res in view.resources.values() {
+        for res in view.resources.values().filter(|r| self.wants_resource(r)) {
             if let Some(c) = self.change(&Change::Resource(res.clone())) {
                 changes.push(c);
             }

@@ -1,7 +1,8 @@
 //! The dashboard's JSON API, built from the control plane's admin API as
-//! the operator: `/api/overview` (every service with its totals, and the
-//! edges between them), `/api/service` (one service in detail) and the
-//! rollout actions. Errors are classified once here into an HTTP status
+//! the operator: `/api/overview` (every service with its totals, the
+//! edges between them and the recently denied ones), `/api/service` (one
+//! service in detail, its endpoints' ejections from the event stream) and
+//! the rollout actions. Errors are classified once here into an HTTP status
 //! the page shows: an unreachable control plane is a 502 with a message,
 //! never a blank page.
 
@@ -18,6 +19,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use super::history::{History, SAMPLE_EVERY};
+use super::live::Live;
 use crate::golden;
 use crate::rollout::view;
 
@@ -90,8 +92,12 @@ async fn call<T>(
 }
 
 pub(super) struct Api {
-    admin: AdminClient<Channel>,
+    pub(super) admin: AdminClient<Channel>,
     pub(super) history: Arc<History>,
+    /// The relayed event stream and what it tells (denials, ejections).
+    pub(super) live: Arc<Live>,
+    /// The mesh's trust domain, for callers typed as `ns/sa`.
+    pub(super) trust_domain: String,
 }
 
 fn window_ms(window: Duration) -> u32 {
@@ -103,10 +109,12 @@ impl Api {
         Self {
             admin,
             history: Arc::default(),
+            live: Arc::default(),
+            trust_domain: bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
         }
     }
 
-    async fn get(
+    pub(super) async fn get(
         &self,
         kind: &str,
         namespace: &str,
@@ -249,6 +257,7 @@ impl Api {
             "windowMs": window_ms(WINDOW),
             "services": rows.into_values().collect::<Vec<_>>(),
             "edges": edges,
+            "denied": self.live.denied_edges(),
         }))
     }
 
@@ -285,10 +294,11 @@ impl Api {
             .iter()
             .map(|e| {
                 let locality = e.locality.clone().unwrap_or_default();
-                json!({"version": e.version, "address": e.address,
+                json!({"version": e.version, "address": e.address, "inboundPort": e.inbound_port,
                        "ports": e.ports.iter().map(|p| json!({"port": p.port, "protocol": p.protocol})).collect::<Vec<_>>(),
                        "node": locality.node, "zone": locality.zone, "region": locality.region,
                        "ready": e.ready.unwrap_or(true), "identity": e.identity,
+                       "ejectedBy": self.live.ejected(&e.address, e.inbound_port),
                        "registeredUnixMs": e.registered_unix_ms})
             })
             .collect();

@@ -5,9 +5,14 @@
 //! plane only to an authenticated operator.
 //!
 //! The page is plain HTML, CSS and JavaScript built into the binary
-//! (`assets/`, no CDN, works offline); it polls the JSON [`api`] every
-//! two seconds and draws every string from the mesh as text, never as
-//! markup. The charts' history is sampled here ([`history`]).
+//! (`assets/`, no CDN, works offline) and draws every string from the
+//! mesh as text, never as markup. It is live: the control plane's event
+//! stream is relayed to it over Server-Sent Events ([`live`],
+//! `/api/events`) and each event refreshes the view it concerns; figures
+//! that have no event (rates, latencies) are polled from the JSON [`api`]
+//! every few seconds. The charts' history is sampled here ([`history`]);
+//! the Policy view's answers come from the same code as `bulkheadctl
+//! explain` ([`policy`], [`crate::explain`]).
 //!
 //! Views plug into the page's registry (`VIEWS` in `assets/app.js`): a
 //! view is a nav label, a route, and a function that fetches its JSON
@@ -16,6 +21,8 @@
 mod api;
 mod guard;
 mod history;
+mod live;
+mod policy;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +32,8 @@ use std::time::Duration;
 use bulkhead_proto::pb::admin_client::AdminClient;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
@@ -34,6 +42,7 @@ use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
 use api::{Api, ApiError, RolloutAction, check_name};
+use policy::ExplainForm;
 
 /// The port `bulkheadctl dashboard` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 50750;
@@ -48,7 +57,8 @@ const MAX_BODY: usize = 16 * 1024;
 const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one connection may stay open (the page opens another).
+/// How long one connection may stay open (the page opens another; an
+/// event stream cut this way is resumed by the browser with `Last-Event-ID`).
 const CONNECTION_LIMIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +80,7 @@ struct State {
 pub struct Dashboard {
     listener: TcpListener,
     addr: SocketAddr,
-    state: Arc<State>,
+    state: State,
 }
 
 impl Dashboard {
@@ -95,13 +105,20 @@ impl Dashboard {
         Ok(Self {
             listener,
             addr,
-            state: Arc::new(State {
+            state: State {
                 api: Api::new(admin),
                 token,
                 port: addr.port(),
                 index,
-            }),
+            },
         })
+    }
+
+    /// The mesh's trust domain, which `ns/sa` callers in the Policy
+    /// view's form belong to (default `cluster.local`).
+    pub fn trust_domain(mut self, trust_domain: &str) -> Self {
+        self.state.api.trust_domain = trust_domain.to_owned();
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -113,11 +130,13 @@ impl Dashboard {
         format!("http://{}/", self.addr)
     }
 
-    /// Serves until `shutdown` completes; samples the charts' history
-    /// meanwhile.
+    /// Serves until `shutdown` completes; follows the event stream and
+    /// samples the charts' history meanwhile.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let state = Arc::new(self.state);
+        let relay = tokio::spawn(state.api.live.clone().follow(state.api.admin.clone()));
         let sampler = {
-            let state = self.state.clone();
+            let state = state.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(history::SAMPLE_EVERY);
                 loop {
@@ -131,9 +150,10 @@ impl Dashboard {
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         tokio::select! {
             () = shutdown => {}
-            () = accept(self.listener, self.state, connections) => {}
+            () = accept(self.listener, state, connections) => {}
         }
         sampler.abort();
+        relay.abort();
     }
 }
 
@@ -159,14 +179,47 @@ async fn accept(listener: TcpListener, state: Arc<State>, connections: Arc<Semap
     }
 }
 
-type Body = Full<Bytes>;
+type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(body.into()))
-        .unwrap_or_default()
+    let mut resp = Response::new(Full::new(body.into()).boxed_unsync());
+    *resp.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, value);
+    }
+    resp
+}
+
+/// `/api/events`: the relayed event stream; a page resumes with the
+/// `Last-Event-ID` its browser sends.
+fn event_stream(req: &Request<Incoming>, state: &State) -> Response<Body> {
+    let last_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|id| *id >= 0);
+    match state.api.live.stream(last_id) {
+        Ok(frames) => {
+            let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            resp
+        }
+        Err(busy) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": busy.to_string()}),
+        ),
+    }
+}
+
+fn answer(result: Result<serde_json::Value, ApiError>) -> Response<Body> {
+    match result {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => error_response(&e),
+    }
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -213,20 +266,28 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
         (&Method::GET, "/style.css") => {
             respond(StatusCode::OK, "text/css; charset=utf-8", STYLE_CSS)
         }
-        (&Method::GET, "/api/overview") => match state.api.overview().await {
-            Ok(v) => json_response(StatusCode::OK, &v),
-            Err(e) => error_response(&e),
-        },
-        (&Method::GET, "/api/service") => {
+        (&Method::GET, "/api/overview") => answer(state.api.overview().await),
+        (&Method::GET, "/api/service" | "/api/policy") => {
             let query = req.uri().query().unwrap_or_default();
             let (namespace, name) = (param(query, "namespace"), param(query, "name"));
-            let checked = check_name("namespace", namespace).and(check_name("name", name));
-            let result = match checked {
-                Ok(()) => state.api.service(namespace, name).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(v) => json_response(StatusCode::OK, &v),
+            if let Err(e) = check_name("namespace", namespace).and(check_name("name", name)) {
+                return error_response(&e);
+            }
+            answer(if path == "/api/service" {
+                state.api.service(namespace, name).await
+            } else {
+                state.api.policy(namespace, name).await
+            })
+        }
+        (&Method::GET, "/api/denials") => answer(Ok(json!({"denials": state.api.live.denials()}))),
+        (&Method::GET, "/api/events") => event_stream(&req, state),
+        (&Method::POST, "/api/explain") => {
+            // Read-only, but it carries a body: the page's token all the same.
+            if let Err(why) = guard::check_change(req.headers(), state.port, &state.token) {
+                return refused(&why);
+            }
+            match read_json::<ExplainForm>(req).await {
+                Ok(form) => answer(state.api.explain(&form).await),
                 Err(e) => error_response(&e),
             }
         }
@@ -238,10 +299,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
                 Ok(a) => a,
                 Err(e) => return error_response(&e),
             };
-            match state.api.act(&action).await {
-                Ok(v) => json_response(StatusCode::OK, &v),
-                Err(e) => error_response(&e),
-            }
+            answer(state.api.act(&action).await)
         }
         (
             _,
@@ -250,6 +308,10 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
             | "/style.css"
             | "/api/overview"
             | "/api/service"
+            | "/api/policy"
+            | "/api/denials"
+            | "/api/events"
+            | "/api/explain"
             | "/api/rollout-action",
         ) => json_response(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -178,9 +178,61 @@ fn lost_marker(id: EventId, data: serde_json::Value) -> Delivered {
     }
 }
 
+/// Events queued for one consumer.
+const QUEUE: usize = 64;
+/// Consumers (gRPC `WatchEvents` and SSE together) one replica serves at
+/// once: each holds a watch and, while it catches up, backlog reads.
+pub(crate) const MAX_CONSUMERS: usize = 256;
+
+/// The consumers being served, against [`MAX_CONSUMERS`].
+#[derive(Debug)]
+pub(crate) struct Consumers(Arc<tokio::sync::Semaphore>);
+
+impl Default for Consumers {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(MAX_CONSUMERS)))
+    }
+}
+
+/// A consumer's feed: its events, then how it ended.
+pub(crate) type Feed = (
+    mpsc::Receiver<Delivered>,
+    tokio::sync::oneshot::Receiver<Result<(), FeedError>>,
+);
+
+/// Starts serving `query` to one consumer, or refuses when
+/// [`MAX_CONSUMERS`] are already served (the caller says "busy, retry").
+pub(crate) fn spawn(
+    consumers: &Consumers,
+    store: Arc<dyn Store>,
+    query: Query,
+) -> Result<Feed, Busy> {
+    let permit = consumers.0.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!("bulkhead_event_consumers_refused_total").increment(1);
+        Busy
+    })?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        metrics::gauge!("bulkhead_event_consumers").increment(1.0);
+        let result = run(store, query, tx).await;
+        metrics::gauge!("bulkhead_event_consumers").decrement(1.0);
+        drop(permit);
+        let _ = done_tx.send(result);
+    });
+    Ok((rx, done_rx))
+}
+
+/// Every consumer slot is taken.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this control-plane replica already serves {MAX_CONSUMERS} event consumers; retry later or use another replica"
+)]
+pub(crate) struct Busy;
+
 /// Sends what `query` asks for to `tx` until done (no follow), the
 /// consumer goes away, or it falls too far behind.
-pub(crate) async fn run(
+async fn run(
     store: Arc<dyn Store>,
     mut query: Query,
     tx: mpsc::Sender<Delivered>,
@@ -243,6 +295,29 @@ mod tests {
 
     fn ids(revisions: &[Revision]) -> Vec<EventId> {
         revisions.iter().map(|r| event_id(*r, 0)).collect()
+    }
+
+    #[tokio::test]
+    async fn consumers_are_bounded_and_a_slot_frees_when_one_leaves() {
+        let (store, _, events) = test_support::events();
+        let follow = || Query {
+            follow: true,
+            ..Query::default()
+        };
+        let mut feeds: Vec<Feed> = (0..MAX_CONSUMERS)
+            .map(|_| spawn(&events.consumers, store.clone(), follow()).expect("a free slot"))
+            .collect();
+        assert!(spawn(&events.consumers, store.clone(), follow()).is_err());
+        // A consumer goes away: its feed ends and gives its slot back.
+        let (rx, done) = feeds.pop().unwrap();
+        drop(rx);
+        // The feed notices on its next send: write an event.
+        test_support::write(&events, 1).await;
+        assert!(matches!(
+            tokio::time::timeout(Duration::from_secs(5), done).await,
+            Ok(Ok(Err(FeedError::Gone)))
+        ));
+        assert!(spawn(&events.consumers, store.clone(), follow()).is_ok());
     }
 
     #[tokio::test]

@@ -25,8 +25,6 @@ use crate::server::ConnInfo;
 pub(crate) const PATH: &str = "/v1/events";
 /// How often an idle stream gets a comment.
 const HEARTBEAT: Duration = Duration::from_secs(15);
-/// Events queued for one consumer.
-const QUEUE: usize = 64;
 /// Longest query string read.
 const MAX_QUERY: usize = 2048;
 
@@ -70,15 +68,15 @@ pub(crate) async fn serve<B>(
         Err(message) => return Ok(plain(http::StatusCode::BAD_REQUEST, message)),
     };
     tracing::debug!(%peer, after = query.after_id, "event stream (SSE) opened");
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let store = plane.store.clone();
-    tokio::spawn(async move {
-        metrics::gauge!("bulkhead_event_consumers").increment(1.0);
-        let result = feed::run(store, query, tx).await;
-        metrics::gauge!("bulkhead_event_consumers").decrement(1.0);
-        let _ = done_tx.send(result);
-    });
+    let (rx, done_rx) = match feed::spawn(&plane.events.consumers, plane.store.clone(), query) {
+        Ok(feed) => feed,
+        Err(busy) => {
+            return Ok(plain(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                busy.to_string(),
+            ));
+        }
+    };
     let mut response = http::Response::new(StreamBody::new(frames(rx, done_rx)));
     let headers = response.headers_mut();
     headers.insert(

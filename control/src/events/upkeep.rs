@@ -1,6 +1,7 @@
 //! The event stream's background work: aggregated certificate refusals
-//! (every replica), and on the replica that leads rollouts only, expired
-//! endpoints and the retention trim (written once, not once per replica).
+//! (every replica), expired endpoints (every replica tries; the first to
+//! claim each expiry writes it), and on the replica that leads rollouts
+//! only, the retention trim.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -150,11 +151,14 @@ pub(crate) struct Unexplained {
 }
 
 /// Writes `endpoint.expired` for each unexplained endpoint deletion the
-/// hub sees, while this replica leads.
+/// hub sees. Every replica tries, and the first to claim the deletion
+/// (create-if-absent of its claim key, in the event's transaction) writes
+/// it: one event per expiry, none lost while the rollout leadership moves
+/// (a leader-only writer would miss the expiries of the handover and could
+/// write twice if two replicas briefly both believed they led).
 pub(crate) async fn expiries_forever(
     events: Arc<Events>,
     mut deletions: broadcast::Receiver<Arc<Vec<Unexplained>>>,
-    leading: watch::Receiver<bool>,
 ) {
     loop {
         let batch = match deletions.recv().await {
@@ -164,20 +168,48 @@ pub(crate) async fn expiries_forever(
                     .increment(n);
                 tracing::warn!(
                     missed = n,
-                    "fell behind on endpoint deletions; some expiries have no event"
+                    "fell behind on endpoint deletions; another replica may write their expiries"
                 );
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if !*leading.borrow() {
-            continue;
+        for gone in batch.iter() {
+            if let Err(error) = write_expiry(&events, gone).await {
+                metrics::counter!("bulkhead_events_dropped_total", "reason" => "store")
+                    .increment(1);
+                tracing::warn!(%error, key = %gone.key, "cannot write an endpoint expiry event");
+            }
         }
-        let new: Vec<NewEvent> = batch.iter().map(expired_event).collect();
-        if let Err(error) = events.write(new).await {
-            metrics::counter!("bulkhead_events_dropped_total", "reason" => "store")
-                .increment(batch.len() as u64);
-            tracing::warn!(%error, "cannot write endpoint expiry events");
+    }
+}
+
+/// Writes the expiry of `gone` unless another replica has: `Ok(false)`
+/// when it had.
+pub(crate) async fn write_expiry(events: &Events, gone: &Unexplained) -> Result<bool, StoreError> {
+    let claim = keys::event_claim(gone.revision, &gone.key);
+    let mut tries = 0;
+    loop {
+        let event = events.op(expired_event(gone)).await?;
+        let lease = match &event {
+            Op::Put { lease, .. } => *lease,
+            _ => None,
+        };
+        let ops = vec![
+            // The claim lives as long as the events do.
+            Op::Put {
+                key: claim.clone(),
+                value: Vec::new(),
+                lease,
+            },
+            event,
+        ];
+        match events.store().txn_if(&claim, 0, ops).await {
+            Err(StoreError::LeaseNotFound(id)) if tries == 0 => {
+                events.lease_failed(&StoreError::LeaseNotFound(id));
+                tries += 1;
+            }
+            other => return other,
         }
     }
 }
@@ -291,6 +323,31 @@ async fn delete_oldest(
 mod tests {
     use super::*;
     use crate::events::test_support;
+
+    #[tokio::test]
+    async fn an_expiry_seen_by_two_replicas_is_written_once() {
+        let (store, settings, first) = test_support::events();
+        let second = Events::new(store.clone(), settings, "cp-2");
+        let gone = Unexplained {
+            key: format!("{}shop/web/10.0.0.7:8443", keys::ENDPOINTS),
+            revision: 42,
+        };
+        assert!(write_expiry(&first, &gone).await.unwrap());
+        assert!(!write_expiry(&second, &gone).await.unwrap());
+        assert!(!write_expiry(&first, &gone).await.unwrap());
+        let (kept, _) = store.list(keys::EVENTS).await.unwrap();
+        assert_eq!(kept.len(), 1, "one event: {kept:?}");
+        let event: serde_json::Value = serde_json::from_slice(&kept[0].value).unwrap();
+        assert_eq!(event["type"], ENDPOINT_EXPIRED);
+        assert_eq!(event["subject"], "shop/web/10.0.0.7:8443");
+        // Another expiry of the same key (registered again, expired again)
+        // is its own event.
+        let again = Unexplained {
+            revision: 57,
+            ..gone
+        };
+        assert!(write_expiry(&second, &again).await.unwrap());
+    }
 
     #[tokio::test]
     async fn the_count_bound_deletes_the_oldest_and_moves_the_horizon() {

@@ -190,7 +190,7 @@ pub fn tick(
                     format!(
                         "progress deadline {} passed at step {} without a passing interval (last: {last}); all traffic back to {}",
                         humantime::format_duration(deadline),
-                        status.step,
+                        status.step + 1,
                         spec.stable
                     ),
                 );
@@ -296,18 +296,20 @@ fn advance(status: &mut RolloutStatus, spec: &RolloutSpec, at: Moment<'_>, why: 
 fn enter_step(status: &mut RolloutStatus, spec: &RolloutSpec, at: Moment<'_>) {
     let plan = spec.plan();
     let index = status.step as usize;
+    // Reasons are for people: steps count from 1 (the status from 0).
+    let number = index + 1;
     status.canary_weight = weight_at(&plan, index);
     let what = match plan.get(index) {
         Some(Step::Pause(None)) => {
             status.phase = Phase::Paused;
             format!(
-                "paused at step {index} until promoted (bulkheadctl rollout promote {})",
+                "paused at step {number} until promoted (bulkheadctl rollout promote {})",
                 spec.service
             )
         }
         Some(Step::Pause(Some(for_))) => {
             status.phase = Phase::Paused;
-            format!("paused at step {index} for {for_}")
+            format!("paused at step {number} for {for_}")
         }
         _ if spec.strategy == Strategy::BlueGreen => {
             status.phase = Phase::Progressing;
@@ -319,7 +321,7 @@ fn enter_step(status: &mut RolloutStatus, spec: &RolloutSpec, at: Moment<'_>) {
         _ => {
             status.phase = Phase::Progressing;
             format!(
-                "step {index}: {} % to {}",
+                "step {number}: {} % to {}",
                 status.canary_weight, spec.canary
             )
         }

@@ -1,5 +1,5 @@
 //! The shared model: the resources operators apply (`Service`, `AllowList`,
-//! `TrafficSplit`, `Rollout`, `Gateway`), parsing and validating them, matching requests
+//! `TrafficSplit`, `Rollout`, `Gateway`, `Egress`), parsing and validating them, matching requests
 //! against allow-lists, registry endpoints, and the trust sidecars are pushed.
 //!
 //! Everything here checks what it reads: a `Resource` or `Endpoint` value is
@@ -8,6 +8,7 @@
 
 mod allowlist;
 mod check;
+mod egress;
 mod endpoint;
 mod error;
 mod gateway;
@@ -25,6 +26,7 @@ mod test_support;
 mod tests;
 
 pub use allowlist::{AllowList, AllowListSpec, AllowRule, ClaimMatch, Claims, HttpMatch, Mode};
+pub use egress::{BadCidr, Cidr, Destination as EgressDestination, Egress, EgressRule, EgressSpec};
 pub use endpoint::{Endpoint, EndpointError, Locality};
 pub use error::{ValidationError, ValidationErrors};
 pub use gateway::{

@@ -15,6 +15,7 @@ use serde_saphyr::MessageFormatter;
 
 use super::allowlist::AllowListSpec;
 use super::check;
+use super::egress::EgressSpec;
 use super::error::{FieldError, FieldErrors, ValidationErrors};
 use super::gateway::GatewaySpec;
 use super::resource::{
@@ -230,7 +231,7 @@ fn read_document(input: &Input<'_>, errs: &mut FieldErrors) -> Option<Read> {
         ),
         None => errs.push("apiVersion", format!("missing; expected {API_VERSION}")),
     }
-    let kinds = "one of Service, AllowList, TrafficSplit, Rollout, Gateway";
+    let kinds = "one of Service, AllowList, TrafficSplit, Rollout, Gateway, Egress";
     let kind = match header.kind.as_deref() {
         None => {
             errs.push("kind", format!("missing; expected {kinds}"));
@@ -290,6 +291,7 @@ fn read_kind(kind: Kind, input: &Input<'_>, errs: &mut FieldErrors) -> Option<Re
         Kind::TrafficSplit => typed::<TrafficSplitSpec>(input, errs),
         Kind::Rollout => typed::<RolloutSpec>(input, errs),
         Kind::Gateway => typed::<GatewaySpec>(input, errs),
+        Kind::Egress => typed::<EgressSpec>(input, errs),
     }
 }
 

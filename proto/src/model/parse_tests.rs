@@ -89,7 +89,7 @@ fn rejects_unknown_kind() {
     expect_error(
         &SVC.replace("kind: Service", "kind: Deployment"),
         "kind",
-        "expected one of Service, AllowList, TrafficSplit, Rollout, Gateway, got \"Deployment\"",
+        "expected one of Service, AllowList, TrafficSplit, Rollout, Gateway, Egress, got \"Deployment\"",
     );
     expect_error(
         &SVC.replace("kind: Service", "kind: service"),

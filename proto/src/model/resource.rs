@@ -11,6 +11,7 @@ use crate::pb;
 
 use super::allowlist::AllowList;
 use super::check;
+use super::egress::Egress;
 use super::error::{FieldErrors, ValidationError, ValidationErrors};
 use super::gateway::Gateway;
 use super::parse;
@@ -32,15 +33,17 @@ pub enum Kind {
     TrafficSplit,
     Rollout,
     Gateway,
+    Egress,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Service,
         Kind::AllowList,
         Kind::TrafficSplit,
         Kind::Rollout,
         Kind::Gateway,
+        Kind::Egress,
     ];
 
     /// The name written in documents' `kind` field.
@@ -51,6 +54,7 @@ impl Kind {
             Kind::TrafficSplit => "TrafficSplit",
             Kind::Rollout => "Rollout",
             Kind::Gateway => "Gateway",
+            Kind::Egress => "Egress",
         }
     }
 }
@@ -64,7 +68,7 @@ impl fmt::Display for Kind {
 /// A name that is not a kind (nor a plural or short form of one).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown kind {0:?}: expected one of Service (svc), AllowList (al), TrafficSplit (ts), Rollout (ro), Gateway (gw)"
+    "unknown kind {0:?}: expected one of Service (svc), AllowList (al), TrafficSplit (ts), Rollout (ro), Gateway (gw), Egress (eg)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -80,6 +84,7 @@ impl FromStr for Kind {
             "trafficsplit" | "trafficsplits" | "ts" => Ok(Kind::TrafficSplit),
             "rollout" | "rollouts" | "ro" => Ok(Kind::Rollout),
             "gateway" | "gateways" | "gw" => Ok(Kind::Gateway),
+            "egress" | "egresses" | "eg" => Ok(Kind::Egress),
             _ => Err(UnknownKind(s.chars().take(64).collect())),
         }
     }
@@ -110,6 +115,7 @@ pub enum Resource {
     TrafficSplit(TrafficSplit),
     Rollout(Rollout),
     Gateway(Gateway),
+    Egress(Egress),
 }
 
 impl Resource {
@@ -120,6 +126,7 @@ impl Resource {
             Resource::TrafficSplit(_) => Kind::TrafficSplit,
             Resource::Rollout(_) => Kind::Rollout,
             Resource::Gateway(_) => Kind::Gateway,
+            Resource::Egress(_) => Kind::Egress,
         }
     }
 
@@ -130,6 +137,7 @@ impl Resource {
             Resource::TrafficSplit(r) => &r.metadata,
             Resource::Rollout(r) => &r.metadata,
             Resource::Gateway(r) => &r.metadata,
+            Resource::Egress(r) => &r.metadata,
         }
     }
 
@@ -179,6 +187,7 @@ impl Serialize for Resource {
             Resource::TrafficSplit(r) => document(&r.metadata, &r.spec).serialize(serializer),
             Resource::Rollout(r) => document(&r.metadata, &r.spec).serialize(serializer),
             Resource::Gateway(r) => document(&r.metadata, &r.spec).serialize(serializer),
+            Resource::Egress(r) => document(&r.metadata, &r.spec).serialize(serializer),
         }
     }
 }

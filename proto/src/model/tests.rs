@@ -6,7 +6,7 @@ use crate::model::test_support::{GATEWAY_ISSUE_14, parse_one};
 use crate::pb;
 
 /// One document of each kind, with every optional field present.
-const FULL: [&str; 5] = [
+const FULL: [&str; 6] = [
     "apiVersion: bulkhead.dev/v1
 kind: Service
 metadata: {name: inventory, namespace: shop}
@@ -48,16 +48,27 @@ spec:
   analysis: {minSuccessRate: 0.995, maxP99LatencyMs: 300, minRequests: 50}
 ",
     GATEWAY_ISSUE_14,
+    "apiVersion: bulkhead.dev/v1
+kind: Egress
+metadata: {name: payments-out, namespace: shop}
+spec:
+  from: [payments, refunds]
+  to:
+  - {host: api.payments.example, ports: [443, 8443]}
+  - {cidr: 198.18.5.0/24, ports: [5432]}
+  - {cidr: 'fd00:bb::/48', ports: [5432]}
+",
 ];
 
 /// The same kinds with only required fields.
-const MINIMAL: [&str; 5] = [
+const MINIMAL: [&str; 6] = [
     "apiVersion: bulkhead.dev/v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80, protocol: tcp}]}\n",
     "apiVersion: bulkhead.dev/v1\nkind: AllowList\nmetadata: {name: a}\nspec: {target: a, rules: [{from: [b]}]}\n",
     "apiVersion: bulkhead.dev/v1\nkind: TrafficSplit\nmetadata: {name: a}\nspec: {service: a, backends: [{version: v1, weight: 1}]}\n",
     "apiVersion: bulkhead.dev/v1\nkind: Rollout\nmetadata: {name: a}\n\
      spec: {service: a, stable: v1, canary: v2, strategy: blue-green, interval: 10m}\n",
     "apiVersion: bulkhead.dev/v1\nkind: Gateway\nmetadata: {name: a}\nspec: {routes: [{pathPrefix: /, service: a}]}\n",
+    "apiVersion: bulkhead.dev/v1\nkind: Egress\nmetadata: {name: a}\nspec: {from: [a], to: [{cidr: 10.0.0.0/8, ports: [1]}]}\n",
 ];
 
 #[test]
@@ -183,7 +194,7 @@ fn collects_every_error_across_documents() {
             "shop.yaml: document 3 (TrafficSplit default/a): spec.backends[0].weight: \
              expected a weight 0-4294967295, got -1",
             "shop.yaml: document 4: kind: expected one of Service, AllowList, TrafficSplit, \
-             Rollout, Gateway, got \"Rollot\"",
+             Rollout, Gateway, Egress, got \"Rollot\"",
         ]
     );
 }

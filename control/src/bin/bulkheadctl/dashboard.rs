@@ -23,9 +23,11 @@ pub(crate) async fn run(settings: &Settings, address: IpAddr, port: u16, open: b
         )));
     }
     let admin = crate::ops::client(settings)?;
+    let trust_domain = crate::certs::trust_domain_for(settings, None)?;
     let dashboard = Dashboard::bind(SocketAddr::new(address, port), admin)
         .await
-        .map_err(|e| CliError::failure(e.to_string()))?;
+        .map_err(|e| CliError::failure(e.to_string()))?
+        .trust_domain(&trust_domain);
     let url = dashboard.url();
     // Scripts read this line (and may close the pipe after it): never
     // let a closed stdout end the server.

@@ -3,14 +3,14 @@
 //! configuration or, with `-f`, against files offline (CI tests a policy
 //! change before it is applied).
 
-use bulkhead_proto::SpiffeId;
-use bulkhead_proto::model::{
-    AllowList, AllowRule, Kind, Principal, Protocol, Resource, Service, parse_documents,
+use bulkhead_control::explain::{
+    PortError, Question, allowed_callers, answer, declared_port, parse_caller, report, targeting,
 };
+use bulkhead_proto::model::{AllowList, Kind, Protocol, Resource, Service, parse_documents};
 use bulkhead_proto::pb;
-use bulkhead_proto::policy::{Call, Explanation, Verdict, explain_with_claims};
+use bulkhead_proto::policy::{Call, Explanation, Verdict};
 use clap::ValueEnum;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::rollout::{colour, paint};
 use crate::settings::Settings;
@@ -131,16 +131,22 @@ pub(crate) async fn run(settings: &Settings, args: ExplainArgs) -> CliResult {
                 }
             ))
         })?;
-    let mut lists: Vec<AllowList> = lists
-        .into_iter()
-        .filter(|l| l.metadata.namespace == namespace && l.spec.target == name)
-        .collect();
-    lists.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let lists = targeting(lists, namespace, name);
     let Some(from) = &args.from else {
         return list_callers(&args, &lists);
     };
-    let peer = caller(from, &trust_domain)?;
-    let (port, protocol) = port_of(service, args.port, &args.to)?;
+    let peer = parse_caller(from, &trust_domain).map_err(|why| {
+        CliError::usage(format!(
+            "--from {from}: expected NAMESPACE/SERVICE-ACCOUNT (e.g. shop/web) or a SPIFFE ID \
+             (spiffe://{trust_domain}/ns/shop/sa/web): {why}"
+        ))
+    })?;
+    let (port, protocol) = declared_port(service, args.port).map_err(|e| match e {
+        PortError::NotDeclared { port, to, declared } => CliError::usage(format!(
+            "--port {port}: {to} declares port(s) {declared}; pass one of them (rules name declared ports, not the app's)"
+        )),
+        PortError::Ambiguous { .. } => CliError::usage(format!("--port is needed: {e}")),
+    })?;
     let method = args.method.as_deref().unwrap_or("GET");
     let call = match (protocol, &args.path) {
         (Protocol::Tcp, _) => Call::Tcp,
@@ -148,24 +154,24 @@ pub(crate) async fn run(settings: &Settings, args: ExplainArgs) -> CliResult {
         (_, None) => Call::AnyHttp,
     };
     let claims = claims_of(&args.claims)?;
-    let e = explain_with_claims(&lists, &peer, port, call, claims.as_ref(), &trust_domain);
-    let report = Report {
-        args: &args,
-        peer: &peer,
+    let question = Question {
+        from: &peer,
+        to: &args.to,
+        claims: claims.as_ref(),
         port,
         protocol,
         call,
-        lists: &lists,
-        e: &e,
+        path: args.path.as_deref(),
     };
-    let value = report.json();
+    let e = answer(&lists, &question, &trust_domain);
+    let value = report(&lists, &question, &e);
     match args.output {
         Format::Json => println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         ),
         Format::Yaml => print!("{}", serde_saphyr::to_string(&value).unwrap_or_default()),
-        Format::Table => print!("{}", report.text(&value, colour())),
+        Format::Table => print!("{}", text(&question, &e, &value, colour())),
     }
     if e.lets_through() {
         Ok(())
@@ -218,291 +224,60 @@ fn split(resources: Vec<Resource>) -> (Vec<Service>, Vec<AllowList>) {
     (services, lists)
 }
 
-/// `--from`: `ns/sa` in the mesh's trust domain, or a full SPIFFE ID.
-fn caller(from: &str, trust_domain: &str) -> Result<SpiffeId, CliError> {
-    let parsed = if from.starts_with("spiffe://") {
-        from.parse().map_err(|e| format!("{e}"))
-    } else {
-        match from.split_once('/') {
-            Some((ns, sa)) => SpiffeId::new(trust_domain, ns, sa).map_err(|e| format!("{e}")),
-            None => Err("no namespace".to_owned()),
-        }
+/// The answer as text, from its JSON (the same reasons, in order).
+fn text(q: &Question<'_>, e: &Explanation, value: &Value, colour: bool) -> String {
+    let (word, code) = match e.verdict {
+        Verdict::Allow => ("ALLOWED", "32"),
+        Verdict::AuditAllow => ("AUDIT (would be denied; let through)", "33"),
+        Verdict::Deny => ("DENIED", "31"),
     };
-    parsed.map_err(|why| {
-        CliError::usage(format!(
-            "--from {from}: expected NAMESPACE/SERVICE-ACCOUNT (e.g. shop/web) or a SPIFFE ID \
-             (spiffe://{trust_domain}/ns/shop/sa/web): {why}"
-        ))
-    })
-}
-
-/// The declared port called and its protocol.
-fn port_of(service: &Service, port: Option<u16>, to: &str) -> Result<(u16, Protocol), CliError> {
-    let declared = &service.spec.ports;
-    let list = || {
-        declared
-            .iter()
-            .map(|p| p.port.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+    let what = match q.call {
+        Call::Http { method, path } => format!(" {method} {path}"),
+        Call::Tcp => " (tcp connection)".to_owned(),
+        Call::AnyHttp => " (any method and path)".to_owned(),
     };
-    match (port, declared.as_slice()) {
-        (Some(port), _) => declared
-            .iter()
-            .find(|p| p.port == port)
-            .map(|p| (p.port, p.protocol))
-            .ok_or_else(|| {
-                CliError::usage(format!(
-                    "--port {port}: {to} declares port(s) {}; pass one of them (rules name declared ports, not the app's)",
-                    list()
-                ))
-            }),
-        (None, [only]) => Ok((only.port, only.protocol)),
-        (None, _) => Err(CliError::usage(format!(
-            "--port is needed: {to} declares ports {}; pass one of them",
-            list()
-        ))),
+    let mut out = format!(
+        "{}  {} → {}:{}{what}\n",
+        paint(word, code, colour),
+        q.from,
+        q.to,
+        q.port
+    );
+    if let (Some(normal), Call::Http { path, .. }) = (&e.normalized_path, q.call)
+        && normal != path
+    {
+        out.push_str(&format!("  path normalized: {path} → {normal}\n"));
     }
-}
-
-/// One explanation, as JSON (the shape scripts rely on) and as text.
-struct Report<'a> {
-    args: &'a ExplainArgs,
-    peer: &'a SpiffeId,
-    port: u16,
-    protocol: Protocol,
-    call: Call<'a>,
-    lists: &'a [AllowList],
-    e: &'a Explanation,
-}
-
-impl Report<'_> {
-    fn decision(&self) -> &'static str {
-        match self.e.verdict {
-            Verdict::Allow => "allowed",
-            Verdict::AuditAllow => "audit",
-            Verdict::Deny => "denied",
-        }
+    if let Some((list, index)) = &e.allowed_by {
+        out.push_str(&format!("  by AllowList {list}, rule #{index}\n"));
+    } else if e.reason != Explanation::BAD_PATH {
+        out.push_str(&format!("  reason: {}\n", e.reason));
     }
-
-    /// `{"decision", "allowList", "rule", "normalizedPath", "reasons"}` and
-    /// what was asked. Every reason has the same keys (null when they do
-    /// not apply): code, message, allowList, rule, field, got, expected.
-    fn json(&self) -> Value {
-        let e = self.e;
-        let (method, path) = match self.call {
-            Call::Http { method, path } => (Some(method), Some(path)),
-            Call::Tcp | Call::AnyHttp => (None, None),
-        };
-        json!({
-            "decision": self.decision(),
-            "allowList": e.allowed_by.as_ref().map(|(list, _)| list),
-            "rule": e.allowed_by.as_ref().map(|(_, index)| index),
-            "normalizedPath": e.normalized_path,
-            "reasons": self.reasons(),
-            "label": e.reason,
-            "from": self.peer.to_string(),
-            "to": self.args.to,
-            "port": self.port,
-            "protocol": self.protocol.as_str(),
-            "method": method,
-            "path": path,
-        })
-    }
-
-    fn reasons(&self) -> Vec<Value> {
-        let reason = |code: &str, message: String| {
-            json!({"code": code, "message": message, "allowList": null, "rule": null,
-                   "field": null, "got": null, "expected": null})
-        };
-        let to = &self.args.to;
-        let mut out = Vec::new();
-        if self.protocol == Protocol::Tcp && self.args.path.is_some() {
-            out.push(reason(
-                "tcp-port",
-                format!(
-                    "port {} of {to} is tcp: the sidecar sees an opaque connection, so --method and --path do not apply",
-                    self.port
-                ),
-            ));
-        }
-        if let Some(error) = self.e.path_error {
-            let mut r = reason(
-                Explanation::BAD_PATH,
-                format!(
-                    "the sidecar refuses this path with 400 before any rule is tried: {error} ({})",
-                    error.reason()
-                ),
-            );
-            r["field"] = json!("path");
-            r["got"] = json!(self.args.path);
-            out.push(r);
-            return out;
-        }
-        if let Some((list, index)) = &self.e.allowed_by {
-            if self.call == Call::AnyHttp {
-                out.extend(self.not_checked(list, *index));
-            }
-            return out;
-        }
-        if self.lists.is_empty() {
-            out.push(reason(
-                self.e.reason,
-                format!("no AllowList targets {to}: default deny, nobody may call it"),
-            ));
-            return out;
-        }
-        if self.e.verdict == Verdict::AuditAllow {
-            out.push(reason(
-                self.e.reason,
-                format!(
-                    "no rule matches, but every AllowList targeting {to} is in audit mode: let through and counted in bulkhead_authz_audit_total"
-                ),
-            ));
-        }
-        for rule in self.e.closest() {
-            for m in &rule.failed {
-                out.push(json!({
-                    "code": "mismatch",
-                    "message": m.to_string(),
-                    "allowList": rule.list,
-                    "rule": rule.index,
-                    "field": m.field.as_str(),
-                    "got": m.got,
-                    "expected": m.expected,
-                }));
-            }
-        }
-        out
-    }
-
-    /// With no --path, what the allowing rule still limits.
-    fn not_checked(&self, list: &str, index: usize) -> Vec<Value> {
-        let Some(http) = self
-            .lists
-            .iter()
-            .find(|l| l.metadata.name == list)
-            .and_then(|l| l.spec.rules.get(index))
-            .and_then(|r| r.http.as_ref())
-        else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        let limits = [
-            ("method", http.methods.clone(), "--method"),
-            (
-                "path",
-                http.paths
-                    .as_ref()
-                    .map(|p| p.iter().map(ToString::to_string).collect()),
-                "--path",
-            ),
-        ];
-        for (field, expected, flag) in limits {
-            if let Some(expected) = expected {
-                out.push(json!({
-                    "code": "not-checked",
-                    "message": format!("the rule allows only {field}s [{}]; pass {flag} to check a request", expected.join(", ")),
-                    "allowList": list, "rule": index, "field": field, "got": null,
-                    "expected": expected,
-                }));
-            }
-        }
-        out
-    }
-
-    fn text(&self, value: &Value, colour: bool) -> String {
-        let e = self.e;
-        let (word, code) = match e.verdict {
-            Verdict::Allow => ("ALLOWED", "32"),
-            Verdict::AuditAllow => ("AUDIT (would be denied; let through)", "33"),
-            Verdict::Deny => ("DENIED", "31"),
-        };
-        let what = match self.call {
-            Call::Http { method, path } => format!(" {method} {path}"),
-            Call::Tcp => " (tcp connection)".to_owned(),
-            Call::AnyHttp => " (any method and path)".to_owned(),
-        };
-        let mut out = format!(
-            "{}  {} → {}:{}{what}\n",
-            paint(word, code, colour),
-            self.peer,
-            self.args.to,
-            self.port
-        );
-        if let (Some(normal), Call::Http { path, .. }) = (&e.normalized_path, self.call)
-            && normal != path
-        {
-            out.push_str(&format!("  path normalized: {path} → {normal}\n"));
-        }
-        if let Some((list, index)) = &e.allowed_by {
-            out.push_str(&format!("  by AllowList {list}, rule #{index}\n"));
-        } else if e.reason != Explanation::BAD_PATH {
-            out.push_str(&format!("  reason: {}\n", e.reason));
-        }
-        let mut last_rule = None;
-        for r in value["reasons"].as_array().into_iter().flatten() {
-            let message = r["message"].as_str().unwrap_or_default();
-            match (&r["allowList"], &r["rule"]) {
-                (Value::String(list), Value::Number(index)) if r["code"] == "mismatch" => {
-                    if last_rule.is_none() {
-                        out.push_str("  closest rules, and the fields they fail:\n");
-                    }
-                    let rule = format!("{list}#{index}");
-                    if last_rule.as_ref() != Some(&rule) {
-                        out.push_str(&format!("    {rule}\n"));
-                        last_rule = Some(rule);
-                    }
-                    out.push_str(&format!("      {message}\n"));
+    let mut last_rule = None;
+    for r in value["reasons"].as_array().into_iter().flatten() {
+        let message = r["message"].as_str().unwrap_or_default();
+        match (&r["allowList"], &r["rule"]) {
+            (Value::String(list), Value::Number(index)) if r["code"] == "mismatch" => {
+                if last_rule.is_none() {
+                    out.push_str("  closest rules, and the fields they fail:\n");
                 }
-                _ => out.push_str(&format!("  {message}\n")),
+                let rule = format!("{list}#{index}");
+                if last_rule.as_ref() != Some(&rule) {
+                    out.push_str(&format!("    {rule}\n"));
+                    last_rule = Some(rule);
+                }
+                out.push_str(&format!("      {message}\n"));
             }
+            _ => out.push_str(&format!("  {message}\n")),
         }
-        out
     }
+    out
 }
 
 /// `explain --to` alone: one line per rule that lets someone in.
 fn list_callers(args: &ExplainArgs, lists: &[AllowList]) -> CliResult {
-    let rules: Vec<(&AllowList, usize, &AllowRule)> = lists
-        .iter()
-        .flat_map(|l| l.spec.rules.iter().enumerate().map(move |(i, r)| (l, i, r)))
-        .filter(|(_, _, r)| args.port.is_none_or(|p| r.matches_port(p)))
-        .collect();
+    let rows = allowed_callers(lists, args.port);
     let any = |v: Option<Vec<String>>| v.map_or_else(|| "*".to_owned(), |v| v.join(","));
-    let rows: Vec<Value> = rules
-        .iter()
-        .map(|(list, index, rule)| {
-            let callers: Vec<String> = rule
-                .from
-                .iter()
-                .map(|p| match p {
-                    Principal::ServiceAccount(sa) => format!("{}/{sa}", list.metadata.namespace),
-                    other => other.to_string(),
-                })
-                .collect();
-            let ports = rule
-                .ports
-                .as_ref()
-                .map(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>());
-            let methods = rule.http.as_ref().and_then(|h| h.methods.clone());
-            let paths = rule.http.as_ref().and_then(|h| {
-                h.paths
-                    .as_ref()
-                    .map(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>())
-            });
-            let claims = rule.claims.as_ref().map(|c| {
-                c.iter()
-                    .map(|c| format!("{}={}", c.name, c.value))
-                    .collect::<Vec<_>>()
-            });
-            json!({
-                "allowList": list.metadata.name, "rule": index, "mode": list.mode().as_str(),
-                "callers": callers, "ports": ports, "httpOnly": rule.http.is_some(),
-                "methods": methods, "paths": paths, "claims": claims,
-            })
-        })
-        .collect();
     match args.output {
         Format::Json => println!(
             "{}",
@@ -537,6 +312,7 @@ fn list_callers(args: &ExplainArgs, lists: &[AllowList]) -> CliResult {
                     "PROTOCOL",
                     "METHODS",
                     "PATHS",
+                    "CLAIMS",
                 ]
                 .map(str::to_owned)
                 .to_vec(),
@@ -551,6 +327,7 @@ fn list_callers(args: &ExplainArgs, lists: &[AllowList]) -> CliResult {
                     if r["httpOnly"] == true { "http" } else { "any" }.to_owned(),
                     any(strings(&r["methods"])),
                     any(strings(&r["paths"])),
+                    any(strings(&r["claims"])),
                 ]);
             }
             crate::ops::print_table(&table);

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use bulkhead_proto::model::Resource;
+use bulkhead_proto::model::{EgressDestination, Resource};
 use bulkhead_proto::pb;
 use bulkhead_proto::pb::admin_client::AdminClient;
 use tonic::transport::Channel;
@@ -330,6 +330,21 @@ fn summary(r: &Resource) -> String {
                 routes.join(","),
                 g.spec.jwt.as_ref().map_or(0, Vec::len)
             )
+        }
+        Resource::Egress(e) => {
+            let to: Vec<String> = e
+                .spec
+                .to
+                .iter()
+                .map(|r| {
+                    let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
+                    match &r.destination {
+                        EgressDestination::Host(h) => format!("{h}:{}", ports.join(",")),
+                        EgressDestination::Cidr(c) => format!("{c}:{}", ports.join(",")),
+                    }
+                })
+                .collect();
+            format!("from={} to={}", e.spec.from.join(","), to.join(" "))
         }
     }
 }

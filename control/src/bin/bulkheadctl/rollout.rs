@@ -268,6 +268,9 @@ fn gates(interval: &IntervalReport) -> String {
 
 fn table(rollout: &Rollout, status: &RolloutStatus, wide: bool, colour: bool) -> String {
     let meta = &rollout.metadata;
+    // Counted from 1, as the dashboard shows them; the last step is the
+    // canary at 100 %.
+    let steps = bulkhead_control::rollout::view::step_labels(rollout).len();
     let mut out = format!(
         "Rollout {}/{}  {} {} -> {}  stable now {}\nPhase:  {}   step {} of {}   canary weight {} %\n",
         meta.namespace,
@@ -277,8 +280,8 @@ fn table(rollout: &Rollout, status: &RolloutStatus, wide: bool, colour: bool) ->
         rollout.spec.canary,
         status.stable,
         paint(status.phase.as_str(), phase_colour(status.phase), colour),
-        status.step,
-        rollout.spec.plan().len(),
+        (status.step as usize + 1).min(steps),
+        steps,
         status.canary_weight,
     );
     out.push_str(&format!("Steps:  {}\n", progress(rollout, status, colour)));

@@ -7,7 +7,11 @@
 (() => {
   const SVG_NS = 'http://www.w3.org/2000/svg';
   const TOKEN = document.querySelector('meta[name="bulkhead-token"]').content;
-  const POLL_MS = 2000;
+  // Figures with no event of their own (rates, latencies) are polled;
+  // everything else arrives over the event stream.
+  const POLL_MS = 5000;
+  // Events the page keeps (newest first).
+  const MAX_EVENTS = 500;
 
   // --- DOM helpers: children that are strings or numbers become text.
   function fill(node, attrs, children) {
@@ -60,12 +64,20 @@
 
   const banner = document.getElementById('banner');
   const notice = document.getElementById('notice');
+  // Two sources of trouble: the last fetch, and the event stream (which
+  // says when the control plane is gone even on a view with no fetch).
+  const problems = { fetch: '', stream: '' };
+  function showBanner() {
+    const text = problems.fetch || problems.stream;
+    banner.textContent = text;
+    banner.hidden = !text;
+  }
   function showProblem(error) {
     const prefix = error.status === 502 || error.status === 0 ? '' : 'Error: ';
-    banner.textContent = prefix + error.message + ' — showing the last figures received; retrying every ' + POLL_MS / 1000 + ' s.';
-    banner.hidden = false;
+    problems.fetch = prefix + error.message + ' — showing the last figures received; retrying every ' + POLL_MS / 1000 + ' s.';
+    showBanner();
   }
-  function clearProblem() { banner.hidden = true; banner.textContent = ''; }
+  function clearProblem() { problems.fetch = ''; showBanner(); }
   function say(text) { notice.textContent = text; notice.hidden = !text; }
 
   // --- Filter: narrows services by "namespace/name" substring.
@@ -98,22 +110,28 @@
     const known = new Map(data.services.map((s) => [s.namespace + '/' + s.name, s]));
     const nodes = new Map();
     for (const s of data.services) nodes.set(s.namespace + '/' + s.name, { id: s.namespace + '/' + s.name, ns: s.namespace, name: s.name, svc: s });
-    for (const e of data.edges) {
-      if (!nodes.has(e.from)) {
-        const [ns, ...rest] = e.from.split('/');
-        nodes.set(e.from, { id: e.from, ns: rest.length ? ns : '(outside)', name: rest.length ? rest.join('/') : e.from, svc: null });
+    // Denied calls (from the event stream's recent denials) are edges too,
+    // drawn dashed in red: a caller may be no service at all.
+    const deniedAll = data.denied || [];
+    for (const e of [...data.edges, ...deniedAll]) {
+      for (const id of [e.from, e.to]) {
+        if (nodes.has(id)) continue;
+        // `ns/name`, or a caller that is no SPIFFE ID of the mesh's shape.
+        const [ns, ...rest] = id.includes('://') ? [id] : id.split('/');
+        nodes.set(id, { id, ns: rest.length ? ns : '(outside)', name: rest.length ? rest.join('/') : id, svc: null });
       }
     }
     // The filter keeps matching services and their neighbours (dimmed).
     const hit = new Set([...nodes.values()].filter((n) => matches(n.ns, n.name)).map((n) => n.id));
     const shown = new Set(hit);
-    for (const e of data.edges) {
+    for (const e of [...data.edges, ...deniedAll]) {
       if (hit.has(e.from)) shown.add(e.to);
       if (hit.has(e.to)) shown.add(e.from);
     }
     const ids = [...shown].filter((id) => nodes.has(id)).sort();
     const edges = data.edges.filter((e) => shown.has(e.from) && shown.has(e.to));
-    const layer = layers(ids, edges);
+    const denied = deniedAll.filter((e) => shown.has(e.from) && shown.has(e.to));
+    const layer = layers(ids, [...edges, ...denied]);
     const columns = Math.max(1, ...ids.map((id) => layer.get(id) + 1));
     // Bands: one per namespace; inside, a column per layer, wrapped every
     // PER_COLUMN nodes into sub-columns.
@@ -155,7 +173,9 @@
     const height = Math.max(y, 120);
     const root = svg('svg', { width, height, viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': 'Service topology: who calls whom' },
       svg('defs', {}, svg('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' },
-        svg('path', { d: 'M 0 0 L 10 5 L 0 10 z' }))));
+        svg('path', { d: 'M 0 0 L 10 5 L 0 10 z' })),
+      svg('marker', { id: 'arrow-denied', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' },
+        svg('path', { class: 'denied', d: 'M 0 0 L 10 5 L 0 10 z' }))));
     for (const b of bands) {
       root.append(svg('rect', { class: 'ns-band', x: 4, y: b.y, width: width - 8, height: b.height, rx: 8 }),
         svg('text', { class: 'ns-label', x: 14, y: b.y + 17 }, 'namespace ' + b.ns));
@@ -173,6 +193,27 @@
       root.append(svg('path', { class: 'edge' + (bad ? ' bad' : ''), d, 'marker-end': 'url(#arrow)', 'data-from': e.from, 'data-to': e.to },
         svg('title', {}, e.from + ' → ' + e.to + ': ' + label)));
       root.append(svg('text', { class: 'edge-label' + (bad ? ' bad' : ''), x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, 'text-anchor': 'middle' }, label));
+    }
+    const deniedAt = new Map();
+    for (const e of denied) {
+      const a = pos.get(e.from), b = pos.get(e.to);
+      if (!a || !b) continue;
+      // Below the allowed edge between the same two, if any.
+      const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2 + 10, x2 = b.x, y2 = b.y + NODE_H / 2 + 10;
+      const bend = Math.max(40, Math.abs(x2 - x1) / 2);
+      const d = e.from === e.to
+        ? `M ${x1} ${y1 - 8} C ${x1 + 50} ${y1 - 50}, ${x1 + 50} ${y1 + 50}, ${x1} ${y1 + 8}`
+        : `M ${x1} ${y1} C ${x1 + bend} ${y1 + 24}, ${x2 - bend} ${y2 + 24}, ${x2} ${y2}`;
+      root.append(svg('path', { class: 'edge denied', d, 'marker-end': 'url(#arrow-denied)', 'data-from': e.from, 'data-to': e.to },
+        svg('title', {}, `${e.from} → ${e.to}: ${e.count} denied (${(e.rules || []).join(', ')})`)));
+      deniedAt.set(e.to, (deniedAt.get(e.to) || 0) + e.count);
+    }
+    // Labels on denied edges would cross the allowed edges' labels: the
+    // count goes above the target's top right corner instead (the table
+    // below names each caller).
+    for (const [id, count] of deniedAt) {
+      const p = pos.get(id);
+      if (p) root.append(svg('text', { class: 'edge-label denied', x: p.x + NODE_W, y: p.y - 3, 'text-anchor': 'end' }, `✗ ${count} denied`));
     }
     for (const id of ids) {
       const n = nodes.get(id), p = pos.get(id);
@@ -199,6 +240,9 @@
       edges.length
         ? el('table', { class: 'calls' }, el('thead', {}, el('tr', {}, el('th', {}, 'From'), el('th', {}, 'To'), el('th', { class: 'num' }, 'RPS'), el('th', { class: 'num' }, 'Success'), el('th', { class: 'num' }, 'P99 ms'))), el('tbody', {}, rows))
         : el('p', { class: 'muted' }, 'No calls reported in the window (sidecars report every few seconds).'),
+      denied.length ? [el('h3', {}, 'Denied calls (last 5 minutes)'),
+        table('denied-edges', ['From', 'To', 'Denied', 'Rule or reason'], denied.map((e) => el('tr', { 'data-from': e.from, 'data-to': e.to },
+          el('td', {}, e.from), el('td', {}, e.to), el('td', { class: 'num bad' }, String(e.count)), el('td', {}, (e.rules || []).join(', ')))))] : null,
     ];
   }
 
@@ -266,7 +310,8 @@
     const failed = st.phase === 'Failed' || st.phase === 'Aborted';
     const steps = el('ol', { class: 'steps', 'aria-label': 'Steps' }, r.steps.map((label, i) => {
       const state = st.phase === 'Promoted' || i < st.step ? 'done' : i === st.step ? (failed ? 'failed' : 'current') : 'todo';
-      return el('li', { class: state, 'aria-current': state === 'current' ? 'step' : null }, (state === 'done' ? '■ ' : state === 'current' ? '▶ ' : state === 'failed' ? '✗ ' : '□ ') + label);
+      // Steps are numbered from 1 for people (the API counts from 0).
+      return el('li', { class: state, 'aria-current': state === 'current' ? 'step' : null }, (state === 'done' ? '■ ' : state === 'current' ? '▶ ' : state === 'failed' ? '✗ ' : '□ ') + (i + 1) + '. ' + label);
     }));
     const actions = el('div', { class: 'actions' });
     if (!['Promoted', 'Failed', 'Aborted'].includes(st.phase)) {
@@ -276,14 +321,14 @@
       }
     }
     const intervals = (st.intervals || []).slice().reverse().map((i) => el('tr', {},
-      el('td', {}, fmt.time(i.endUnixMs)), el('td', { class: 'num' }, String(i.step)), el('td', { class: 'num' }, i.canaryWeight + ' %'),
+      el('td', {}, fmt.time(i.endUnixMs)), el('td', { class: 'num' }, String(i.step + 1)), el('td', { class: 'num' }, i.canaryWeight + ' %'),
       el('td', { class: 'num' }, String(i.requests)), el('td', { class: 'num ' + rateClass(i.successRate) }, fmt.pct(i.successRate)),
       el('td', { class: 'num' }, fmt.ms(i.p99Ms)),
       el('td', { class: i.verdict === 'failed' ? 'bad' : i.verdict === 'passed' ? 'ok' : 'warn' }, i.verdict),
       el('td', {}, (i.gates || []).filter((g) => g.gate !== 'minRequests').map((g) => el('div', { class: !g.judged ? 'muted' : g.passed ? 'ok' : 'bad' },
         `${g.gate}: ${g.measured === null ? 'n/a' : Number(g.measured).toFixed(3)} vs ${g.threshold} ${!g.judged ? '(not judged)' : g.passed ? 'ok' : 'FAIL'}`)))));
     return el('section', { class: 'card rollout', 'data-rollout': r.namespace + '/' + r.name }, head,
-      el('p', {}, 'Phase ', el('span', { class: 'phase phase-' + st.phase }, st.phase), ` · step ${st.step} of ${r.steps.length - 1} · canary weight ${st.canaryWeight} % · stable now ${st.stable}`),
+      el('p', {}, 'Phase ', el('span', { class: 'phase phase-' + st.phase }, st.phase), ` · step ${Math.min(st.step + 1, r.steps.length)} of ${r.steps.length} · canary weight ${st.canaryWeight} % · stable now ${st.stable}`),
       steps,
       el('p', { class: 'reason' }, 'Reason: ', st.reason),
       st.lastAction ? el('p', { class: 'muted last-action' }, `Last action: ${st.lastAction.action} by ${st.lastAction.by} at ${fmt.time(st.lastAction.atUnixMs)}: ${st.lastAction.outcome}`) : null,
@@ -298,9 +343,13 @@
       el('td', {}, v.version), el('td', { class: 'num' }, fmt.rps(v.rps)), el('td', { class: 'num ' + rateClass(v.successRate) }, fmt.pct(v.successRate)),
       el('td', { class: 'num' }, fmt.ms(v.p50Ms)), el('td', { class: 'num' }, fmt.ms(v.p95Ms)), el('td', { class: 'num' }, fmt.ms(v.p99Ms)),
       el('td', { class: 'num' }, String(v.requests)), el('td', { class: 'num' }, String(v.failures)), el('td', { class: 'num' }, String(v.meshErrors))));
-    const endpoints = d.endpoints.map((e) => el('tr', {},
+    const endpoints = d.endpoints.map((e) => el('tr', { 'data-endpoint': e.address + ':' + e.inboundPort },
       el('td', {}, e.version), el('td', { class: 'code' }, e.address), el('td', {}, e.node), el('td', {}, e.zone), el('td', {}, e.region),
-      el('td', { class: e.ready ? 'ok' : 'warn' }, e.ready ? 'ready' : 'not ready'), el('td', { class: 'code' }, e.identity)));
+      el('td', { class: e.ready ? 'ok' : 'warn' }, e.ready ? 'ready' : 'not ready'),
+      el('td', { class: (e.ejectedBy || []).length ? 'bad ejection' : 'ok ejection' }, (e.ejectedBy || []).length
+        ? e.ejectedBy.map((j) => `ejected by ${j.by} until ${fmt.time(j.untilUnixMs)}`).join('; ')
+        : 'in rotation'),
+      el('td', { class: 'code' }, e.identity)));
     const callers = d.callers.map((c) => el('tr', {}, el('td', {}, c.from), el('td', {}, c.version),
       el('td', { class: 'num' }, fmt.rps(c.rps)), el('td', { class: 'num ' + rateClass(c.successRate) }, fmt.pct(c.successRate))));
     const history = d.history || {};
@@ -316,7 +365,7 @@
       el('section', { class: 'card' }, el('h3', {}, 'Traffic split'),
         d.trafficSplits.length ? d.trafficSplits.map(splitBars) : el('p', { class: 'muted' }, 'No TrafficSplit: callers balance over every version.')),
       el('section', { class: 'card' }, el('h3', {}, 'Endpoints'),
-        endpoints.length ? table('endpoints', ['Version', 'Address', 'Node', 'Zone', 'Region', 'App', 'Identity'], endpoints) : el('p', { class: 'muted' }, 'No endpoint registered.')),
+        endpoints.length ? table('endpoints', ['Version', 'Address', 'Node', 'Zone', 'Region', 'Health', 'Outlier detection', 'Identity'], endpoints) : el('p', { class: 'muted' }, 'No endpoint registered.')),
       el('section', { class: 'card' }, el('h3', {}, 'Callers'),
         callers.length ? table('callers', ['From', 'Version', 'RPS', 'Success'], callers) : el('p', { class: 'muted' }, 'No calls reported in the window.')),
     ];
@@ -343,7 +392,7 @@
       try {
         const state = await post('/api/rollout-action', { namespace: r.namespace, name: r.name, action });
         const st = state.status || {};
-        say(`Rollout ${r.namespace}/${r.name}: ${action} done — ${st.phase || ''} at step ${st.step ?? '-'}, canary weight ${st.canaryWeight ?? '-'} %. ${st.reason || ''}`);
+        say(`Rollout ${r.namespace}/${r.name}: ${action} done — ${st.phase || ''} at step ${st.step === undefined ? '-' : st.step + 1}, canary weight ${st.canaryWeight ?? '-'} %. ${st.reason || ''}`);
       } catch (e) {
         say(`Rollout ${r.namespace}/${r.name}: ${action} failed: ${e.message}`);
       }
@@ -352,16 +401,163 @@
     dialog.showModal();
   }
 
+  // --- Policy: who may call a service, and "can X call this?" answered
+  // by the same code as `bulkheadctl explain`.
+  const policyForms = new Map(); // 'ns/name' -> {from, port, method, path, answer, error}
+  function policyForm(key) {
+    if (!policyForms.has(key)) policyForms.set(key, { from: '', port: '', method: 'GET', path: '', answer: null, error: '' });
+    return policyForms.get(key);
+  }
+  const any = (v) => (v === null || v === undefined ? 'any' : v.join(', '));
+
+  function renderPolicyList(data) {
+    const list = data.services.filter((s) => s.declared && matches(s.namespace, s.name));
+    return [
+      el('h2', {}, 'Policy'),
+      el('p', { class: 'muted' }, 'Pick a service to see the AllowLists targeting it and ask whether a caller may call it.'),
+      table('policy-services', ['Namespace', 'Service'], list.map((s) => el('tr', { 'data-service': s.namespace + '/' + s.name },
+        el('td', {}, s.namespace),
+        el('td', {}, el('a', { href: '#/policy/' + encodeURIComponent(s.namespace) + '/' + encodeURIComponent(s.name), 'data-focus-key': 'pol:' + s.namespace + '/' + s.name }, s.name))))),
+      list.length ? null : el('p', {}, 'No declared service matches the filter.'),
+    ];
+  }
+
+  function renderAnswer(a) {
+    const word = a.decision === 'allowed' ? 'ALLOWED' : a.decision === 'audit' ? 'AUDIT (would be denied; let through)' : 'DENIED';
+    return el('div', { class: 'answer ' + (a.decision === 'denied' ? 'bad' : a.decision === 'audit' ? 'warn' : 'ok'), role: 'status', 'data-decision': a.decision },
+      el('p', {}, el('strong', { class: 'decision' }, word), ` ${a.from} → ${a.to}:${a.port}`, a.path !== null && a.path !== undefined ? ` ${a.method} ${a.path}` : ''),
+      a.normalizedPath !== null && a.normalizedPath !== undefined ? el('p', { class: 'normalized' }, 'Normalized path: ', el('code', {}, a.normalizedPath)) : null,
+      a.allowList !== null && a.allowList !== undefined ? el('p', {}, `By AllowList ${a.allowList}, rule #${a.rule}`) : el('p', {}, 'Reason: ', el('code', {}, a.label)),
+      a.reasons.length ? el('ul', { class: 'reasons' }, a.reasons.map((r) => el('li', {}, r.allowList !== null && r.rule !== null ? `${r.allowList}#${r.rule}: ` : '', r.message))) : null);
+  }
+
+  function renderPolicy(d) {
+    const key = d.namespace + '/' + d.name;
+    const form = policyForm(key);
+    if (!form.port && d.ports.length) form.port = String(d.ports[0].port);
+    const rows = d.callers.map((r) => el('tr', { 'data-allowlist': r.allowList },
+      el('td', {}, r.allowList), el('td', { class: 'num' }, String(r.rule)), el('td', {}, r.mode),
+      el('td', {}, r.callers.join(', ')), el('td', {}, any(r.ports)), el('td', {}, r.httpOnly ? 'http' : 'any'),
+      el('td', {}, any(r.methods)), el('td', { class: 'code' }, any(r.paths))));
+    const field = (name, label, input) => el('div', { class: 'field' }, el('label', { for: 'explain-' + name }, label), input);
+    const bind = (name) => ({ id: 'explain-' + name, name, 'data-focus-key': 'explain:' + name, oninput: (ev) => { form[name] = ev.target.value; } });
+    const portSelect = el('select', Object.assign(bind('port'), { onchange: (ev) => { form.port = ev.target.value; } }),
+      d.ports.map((p) => el('option', { value: String(p.port), selected: String(p.port) === form.port }, `${p.port} (${p.protocol})`)));
+    const inputs = [
+      field('from', 'Caller', el('input', Object.assign(bind('from'), { type: 'text', value: form.from, placeholder: 'namespace/service-account or spiffe://…', required: true, autocomplete: 'off', spellcheck: 'false' }))),
+      field('port', 'Port', portSelect),
+      field('method', 'Method', el('input', Object.assign(bind('method'), { type: 'text', value: form.method, size: 8, autocomplete: 'off' }))),
+      field('path', 'Path', el('input', Object.assign(bind('path'), { type: 'text', value: form.path, placeholder: '/v1/… (empty: any)', autocomplete: 'off', spellcheck: 'false' }))),
+      el('button', { type: 'submit', 'data-focus-key': 'explain:submit' }, 'Explain'),
+    ];
+    const askForm = el('form', { class: 'explain', 'aria-label': 'Can a caller call this service?', onsubmit: (ev) => { ev.preventDefault(); ask(d, form); } }, inputs);
+    return [
+      el('p', {}, el('a', { href: '#/policy' }, '← All services')),
+      el('h2', {}, `Policy of ${key}`),
+      el('section', { class: 'card' }, el('h3', {}, 'AllowLists targeting it'),
+        d.allowLists.length
+          ? [el('p', { class: 'muted' }, d.allowLists.map((l) => `${l.name} (${l.mode}, ${l.rules} rule${l.rules === 1 ? '' : 's'})`).join(' · ')),
+            rows.length ? table('allow-rules', ['AllowList', 'Rule', 'Mode', 'Callers', 'Ports', 'Protocol', 'Methods', 'Paths'], rows) : el('p', {}, 'No rule lets anyone in.')]
+          : el('p', { class: 'warn' }, 'No AllowList targets it: default deny, nobody may call it.')),
+      el('section', { class: 'card' }, el('h3', {}, 'Can this caller call it?'),
+        el('p', { class: 'muted' }, 'The same answer as bulkheadctl explain, from the sidecar\'s own decision code on the live configuration.'),
+        askForm,
+        form.error ? el('p', { class: 'bad' }, form.error) : null,
+        form.answer ? renderAnswer(form.answer) : null),
+    ];
+  }
+
+  async function ask(d, form) {
+    form.error = '';
+    try {
+      form.answer = await post('/api/explain', {
+        namespace: d.namespace, name: d.name, from: form.from,
+        port: form.port ? Number(form.port) : null, method: form.method, path: form.path,
+      });
+    } catch (e) {
+      form.answer = null;
+      form.error = e.message;
+    }
+    draw();
+  }
+
+  // --- Denials: added up by the dashboard from the sidecars' denial
+  // events (caller, target, rule or reason, normalized path).
+  function renderDenials(data) {
+    const f = filterText();
+    const list = data.denials.filter((x) => !f || [x.from, x.to, x.path, x.rule].join(' ').toLowerCase().includes(f));
+    const rows = list.map((x) => el('tr', { 'data-from': x.from, 'data-to': x.to },
+      el('td', {}, fmt.time(x.lastUnixMs)), el('td', { class: 'code', title: x.caller }, x.from), el('td', {}, x.to),
+      el('td', { class: 'code path' }, x.path || '(tcp)'), el('td', { class: 'rule' }, x.rule), el('td', { class: 'num bad' }, String(x.count))));
+    return [
+      el('h2', {}, 'Denials'),
+      el('p', { class: 'muted' }, 'Requests the sidecars refused, added up per caller, target, rule or reason and path (sidecars report every 10 s).'),
+      rows.length
+        ? table('denials', ['Last seen', 'Caller', 'Target', 'Path', 'Rule or reason', 'Count'], rows)
+        : el('p', {}, data.denials.length ? 'No denial matches the filter.' : 'No denial in the last hour.'),
+    ];
+  }
+
+  // --- Events: the mesh event stream as it arrives, newest first.
+  const events = []; // CloudEvents, newest first, at most MAX_EVENTS
+  const eventFilter = { type: '', namespace: '' };
+  const EVENT_TYPES = ['endpoint', 'certificate', 'resource', 'authz', 'rollout', 'events'];
+  const shortType = (t) => String(t || '').replace(/^dev\.bulkhead\./, '');
+
+  function eventDetail(e) {
+    const d = e.data || {};
+    switch (e.type) {
+      case 'dev.bulkhead.authz.denied': return `${d.count}× ${d.caller} → ${d.target} ${d.path || ''} (${d.rule})`;
+      case 'dev.bulkhead.rollout.step': return `${d.rollout}: ${d.phase}, step ${Number(d.step) + 1}, canary ${d.canaryWeight} % — ${d.reason}`;
+      case 'dev.bulkhead.endpoint.ejected': return `${d.service} ${d.address}:${d.inboundPort} ejected for ${d.ejectedForSeconds} s by ${e.source}`;
+      case 'dev.bulkhead.endpoint.readmitted': return `${d.service} ${d.address}:${d.inboundPort} readmitted by ${e.source}`;
+      default: {
+        const text = JSON.stringify(d);
+        return text.length > 200 ? text.slice(0, 199) + '…' : text;
+      }
+    }
+  }
+
+  function renderEvents() {
+    const namespaces = [...new Set(events.map((e) => e.namespace || ''))].filter(Boolean).sort();
+    const f = filterText();
+    const list = events.filter((e) => (!eventFilter.type || shortType(e.type) === eventFilter.type || shortType(e.type).startsWith(eventFilter.type + '.'))
+      && (!eventFilter.namespace || e.namespace === eventFilter.namespace)
+      && (!f || [e.type, e.namespace, e.subject, e.source].join(' ').toLowerCase().includes(f)));
+    const select = (name, label, options, value) => el('div', { class: 'field' }, el('label', { for: 'events-' + name }, label),
+      el('select', { id: 'events-' + name, 'data-focus-key': 'events:' + name, onchange: (ev) => { eventFilter[name] = ev.target.value; draw(); } },
+        el('option', { value: '', selected: !value }, 'all'), options.map((o) => el('option', { value: o, selected: o === value }, o))));
+    const rows = list.map((e) => el('tr', { 'data-type': e.type, 'data-id': e.id, 'data-namespace': e.namespace || '' },
+      el('td', {}, e.time ? new Date(e.time).toLocaleTimeString() : '-'), el('td', { class: 'type' }, shortType(e.type)),
+      el('td', {}, e.namespace || '-'), el('td', { class: 'code' }, e.subject || ''), el('td', { class: 'detail' }, eventDetail(e))));
+    return [
+      el('h2', {}, 'Events'),
+      el('div', { class: 'event-filters' }, select('type', 'Type', EVENT_TYPES, eventFilter.type), select('namespace', 'Namespace', namespaces, eventFilter.namespace),
+        el('span', { class: 'muted' }, `${list.length} of ${events.length} kept (the latest ${MAX_EVENTS}), live from the control plane`)),
+      rows.length ? table('events', ['Time', 'Type', 'Namespace', 'Subject', 'Detail'], rows) : el('p', {}, events.length ? 'No event matches.' : 'No event yet.'),
+    ];
+  }
+
   // --- Views: the nav shows exactly the views registered here. A view
   // is {id, label, load(args) -> Promise<data>, render(data, args) ->
-  // nodes}; Policy, Denials and Events plug in the same way.
+  // nodes, poll: whether figures are re-read every POLL_MS, on(event):
+  // whether a mesh event changes what it shows}.
+  const overview = () => api('/api/overview');
+  const detail = (path, args) => api(path + '?namespace=' + encodeURIComponent(args[0]) + '&name=' + encodeURIComponent(args[1]));
   const VIEWS = [
-    { id: 'topology', label: 'Topology', load: () => api('/api/overview'), render: renderTopology },
+    { id: 'topology', label: 'Topology', load: overview, render: renderTopology, poll: true, on: () => true },
     {
-      id: 'services', label: 'Services',
-      load: (args) => (args.length >= 2 ? api('/api/service?namespace=' + encodeURIComponent(args[0]) + '&name=' + encodeURIComponent(args[1])) : api('/api/overview')),
+      id: 'services', label: 'Services', poll: true, on: () => true,
+      load: (args) => (args.length >= 2 ? detail('/api/service', args) : overview()),
       render: (data, args) => (args.length >= 2 ? renderService(data) : renderServices(data)),
     },
+    {
+      id: 'policy', label: 'Policy', poll: false, on: (e, args) => args.length < 2 && e.type === 'dev.bulkhead.resource.applied',
+      load: (args) => (args.length >= 2 ? detail('/api/policy', args) : overview()),
+      render: (data, args) => (args.length >= 2 ? renderPolicy(data) : renderPolicyList(data)),
+    },
+    { id: 'denials', label: 'Denials', load: () => api('/api/denials'), render: renderDenials, poll: false, on: (e) => e.type === 'dev.bulkhead.authz.denied' },
+    { id: 'events', label: 'Events', load: async () => events, render: renderEvents, poll: false, on: () => true },
   ];
 
   const nav = document.getElementById('nav');
@@ -403,8 +599,12 @@
       const data = await view.load(args);
       if (mine !== seq) return;
       clearProblem();
-      last = { key, data };
       document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
+      // Unchanged data is not drawn again: the page stays still (focus,
+      // selection, scroll) when nothing moved.
+      const json = view.id === 'events' ? null : JSON.stringify(data);
+      if (json !== null && last && last.key === key && last.json === json) return;
+      last = { key, data, json };
       draw();
     } catch (e) {
       if (mine !== seq) return;
@@ -418,7 +618,43 @@
   window.addEventListener('hashchange', () => { say(''); refresh(); main.focus({ preventScroll: true }); });
   filterBox.addEventListener('input', draw);
   refresh();
-  // Live: poll while the page is visible (the event stream's SSE will push
-  // instead once the control plane serves it).
-  setInterval(() => { if (!document.hidden && !dialog.open) refresh(); }, POLL_MS);
+  setInterval(() => { if (!document.hidden && !dialog.open && route().view.poll) refresh(); }, POLL_MS);
+
+  // --- Live: the control plane's events, relayed by the dashboard over
+  // Server-Sent Events. The browser reconnects by itself and resumes
+  // after the last id it saw (Last-Event-ID); each event refreshes the
+  // view it concerns, at most once per REFRESH_MS (a burst of events is
+  // one fetch).
+  const REFRESH_MS = 500;
+  let pending = null;
+  function soon() {
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; if (!dialog.open) refresh(); }, REFRESH_MS);
+  }
+  const seen = new Set();
+  const stream = new EventSource('/api/events');
+  stream.addEventListener('message', (m) => {
+    let e;
+    try { e = JSON.parse(m.data); } catch (err) { return; }
+    if (!e || typeof e !== 'object' || seen.has(e.id)) return;
+    seen.add(e.id);
+    events.unshift(e);
+    while (events.length > MAX_EVENTS) seen.delete(events.pop().id);
+    const { view, args } = route();
+    if (view.on(e, args)) soon();
+  });
+  stream.addEventListener('status', (m) => {
+    let st;
+    try { st = JSON.parse(m.data); } catch (err) { return; }
+    problems.stream = st.connected ? '' : String(st.error || 'control plane unreachable') + ' — live updates paused; the dashboard retries by itself.';
+    showBanner();
+    if (st.connected) soon();
+  });
+  stream.addEventListener('error', () => {
+    if (stream.readyState !== EventSource.OPEN) {
+      problems.stream = 'Live updates interrupted: is `bulkheadctl dashboard` still running? Reconnecting…';
+      showBanner();
+    }
+  });
+  stream.addEventListener('open', () => { problems.stream = ''; showBanner(); });
 })();
