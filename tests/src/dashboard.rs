@@ -164,3 +164,106 @@ pub async fn publish_event(
         .accepted;
     assert_eq!(accepted, 1, "{kind}");
 }
+
+/// `bulkhead-demo --dashboard 0`: the demo's own mesh with its dashboard,
+/// as the README's first command runs it. Stopped with Ctrl-C (SIGINT),
+/// as a user stops it, so it takes its sidecars down with it.
+pub struct DemoDashboard {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Everything the demo printed so far.
+    pub printed: String,
+    pub url: String,
+}
+
+impl DemoDashboard {
+    /// Starts the demo with a traffic phase of `duration` (e.g. `"20s"`)
+    /// and waits (bounded) for it to print its dashboard's URL.
+    pub fn start(duration: &str) -> Self {
+        let mut child = std::process::Command::new(crate::control::bin("bulkhead-demo"))
+            .args(["--duration", duration, "--dashboard", "0"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bulkhead-demo");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut demo = Self {
+            child,
+            lines,
+            printed: String::new(),
+            url: String::new(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while demo.url.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match demo.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((_, url)) = line.split_once("Dashboard: ") {
+                        demo.url = url.trim().to_owned();
+                    }
+                    demo.printed.push_str(&line);
+                    demo.printed.push('\n');
+                }
+                Err(_) => panic!(
+                    "bulkhead-demo printed no `Dashboard: URL` within 60 s:\n{}",
+                    demo.printed
+                ),
+            }
+        }
+        demo
+    }
+
+    /// Ctrl-C, then everything it printed until it exited (bounded: 30 s).
+    pub fn stop(mut self) -> String {
+        self.interrupt();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.printed.push_str(&line);
+                    self.printed.push('\n');
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "bulkhead-demo did not stop within 30 s of Ctrl-C:\n{}",
+                        self.printed
+                    )
+                }
+            }
+        }
+        std::mem::take(&mut self.printed)
+    }
+
+    fn interrupt(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for DemoDashboard {
+    fn drop(&mut self) {
+        // Ctrl-C first, so the demo stops its sidecars; killed if it hangs.
+        self.interrupt();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

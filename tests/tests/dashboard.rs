@@ -13,14 +13,15 @@
 //! from another origin) and the message when the control
 //! plane is gone, on the open page and on a fresh load. Screenshots of
 //! every view are saved under the test's target tmp dir. One mesh serves
-//! every assertion.
+//! every assertion. Apart: the demo's own mesh (`bulkhead-demo
+//! --dashboard 0`) drawn with its services, calls and denied call.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bulkhead_tests::browser::Browser;
 use bulkhead_tests::control::wait_for;
-use bulkhead_tests::dashboard::{DashboardProcess, EventStream, publish_event};
+use bulkhead_tests::dashboard::{DashboardProcess, DemoDashboard, EventStream, publish_event};
 use bulkhead_tests::mesh::{Mesh, blocking};
 use bulkhead_tests::proxy::{App, SidecarSpec};
 use bulkhead_tests::rollout::{FAST_REPORTS, rollout, status, until_status};
@@ -35,6 +36,50 @@ fn shots() -> PathBuf {
 }
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// The README's demo with `--dashboard`: the page shows the demo's own
+/// mesh (its four services, the calls between them, and the forbidden
+/// web → inventory drawn as denied), and Ctrl-C still leaves nothing
+/// running.
+#[test]
+fn the_demo_mesh_is_on_its_dashboard() {
+    let demo = DemoDashboard::start("20s");
+    assert!(demo.url.starts_with("http://127.0.0.1:"), "{}", demo.url);
+    let browser = Browser::start(&shots());
+    browser.goto(&format!("{}#/topology", demo.url));
+    let calls = [
+        ("shop/web", "shop/cart"),
+        ("shop/cart", "shop/inventory"),
+        ("shop/cart", "shop/pricing"),
+    ];
+    browser.wait("the demo's calls", Duration::from_secs(60), |b| {
+        calls
+            .iter()
+            .all(|(from, to)| {
+                b.count(&format!(r#"path.edge[data-from="{from}"][data-to="{to}"]"#)) == 1
+            })
+            .then_some(())
+    });
+    for service in ["shop/web", "shop/cart", "shop/inventory", "shop/pricing"] {
+        assert_eq!(
+            browser.count(&format!(r#"a.node[data-service="{service}"]"#)),
+            1,
+            "{service}"
+        );
+    }
+    // Sidecars report denials every 10 s, added up.
+    browser.wait(
+        "the forbidden call drawn as denied",
+        Duration::from_secs(60),
+        |b| {
+            (b.count(r#"path.edge.denied[data-from="shop/web"][data-to="shop/inventory"]"#) == 1)
+                .then_some(())
+        },
+    );
+    browser.screenshot("demo-topology");
+    let printed = demo.stop();
+    assert!(printed.contains("done: nothing left running"), "{printed}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_mesh_live_and_steers_a_rollout_in_a_real_browser() {
