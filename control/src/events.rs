@@ -269,11 +269,6 @@ impl Events {
         }
     }
 
-    /// The store the events are kept in.
-    pub(crate) fn store(&self) -> &dyn Store {
-        self.store.as_ref()
-    }
-
     /// The store write of `event`, for the transaction of its change.
     pub(crate) async fn op(&self, event: NewEvent) -> Result<Op, StoreError> {
         let unix_ms = if event.unix_ms > 0 {
@@ -302,15 +297,7 @@ impl Events {
 
     /// Writes events that have no change of their own to ride with.
     pub(crate) async fn write(&self, events: Vec<NewEvent>) -> Result<Revision, StoreError> {
-        let mut ops = Vec::with_capacity(events.len());
-        for event in events {
-            ops.push(self.op(event).await?);
-        }
-        let written = self.store.txn(ops).await;
-        if let Err(error) = &written {
-            self.lease_failed(error);
-        }
-        written
+        self.txn_with(Vec::new(), events).await
     }
 
     /// Writes `change` and the events that describe it in one transaction;
@@ -320,21 +307,58 @@ impl Events {
         change: Vec<Op>,
         events: Vec<NewEvent>,
     ) -> Result<Revision, StoreError> {
-        let mut tries = 0;
+        let mut retried = false;
         loop {
             let mut ops = change.clone();
-            for event in &events {
-                ops.push(self.op(event.clone()).await?);
-            }
+            ops.extend(self.ops(&events).await?);
             match self.store.txn(ops).await {
-                Err(StoreError::LeaseNotFound(id))
-                    if tries == 0 && self.held_lease() == Some(id) =>
-                {
-                    self.lease_failed(&StoreError::LeaseNotFound(id));
-                    tries += 1;
-                }
+                Err(error) if !retried && self.lost_our_lease(&error) => retried = true,
                 other => return other,
             }
+        }
+    }
+
+    /// Writes `events` only if `key` does not exist, creating it in the same
+    /// transaction (empty, on the events' lease, so it lives as long as
+    /// they do): `Ok(false)` when it existed and nothing was written. How
+    /// replicas that all see one change write its event once.
+    pub(crate) async fn create_with(
+        &self,
+        key: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<bool, StoreError> {
+        let mut retried = false;
+        loop {
+            let mut ops = vec![Op::Put {
+                key: key.to_owned(),
+                value: Vec::new(),
+                lease: Some(self.lease().await?),
+            }];
+            ops.extend(self.ops(&events).await?);
+            match self.store.txn_if(key, 0, ops).await {
+                Err(error) if !retried && self.lost_our_lease(&error) => retried = true,
+                other => return other,
+            }
+        }
+    }
+
+    async fn ops(&self, events: &[NewEvent]) -> Result<Vec<Op>, StoreError> {
+        let mut ops = Vec::with_capacity(events.len());
+        for event in events {
+            ops.push(self.op(event.clone()).await?);
+        }
+        Ok(ops)
+    }
+
+    /// Whether `error` says the lease we write events on is gone (then
+    /// forgotten, so the next write gets a new one): worth one more try.
+    fn lost_our_lease(&self, error: &StoreError) -> bool {
+        match error {
+            StoreError::LeaseNotFound(id) if self.held_lease() == Some(*id) => {
+                self.lease_failed(error);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -188,30 +188,7 @@ pub(crate) async fn expiries_forever(
 /// when it had.
 pub(crate) async fn write_expiry(events: &Events, gone: &Unexplained) -> Result<bool, StoreError> {
     let claim = keys::event_claim(gone.revision, &gone.key);
-    let mut tries = 0;
-    loop {
-        let event = events.op(expired_event(gone)).await?;
-        let lease = match &event {
-            Op::Put { lease, .. } => *lease,
-            _ => None,
-        };
-        let ops = vec![
-            // The claim lives as long as the events do.
-            Op::Put {
-                key: claim.clone(),
-                value: Vec::new(),
-                lease,
-            },
-            event,
-        ];
-        match events.store().txn_if(&claim, 0, ops).await {
-            Err(StoreError::LeaseNotFound(id)) if tries == 0 => {
-                events.lease_failed(&StoreError::LeaseNotFound(id));
-                tries += 1;
-            }
-            other => return other,
-        }
-    }
+    events.create_with(&claim, vec![expired_event(gone)]).await
 }
 
 fn expired_event(gone: &Unexplained) -> NewEvent {
